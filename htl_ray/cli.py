@@ -1,0 +1,152 @@
+"""`htl-ray` command line: data ingest/synth, train, demo.
+
+Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
+with status 2; nothing else is swallowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from htl_ray.config import ConfigError, load_config
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers like 0.7,0.15,0.15")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers (train,val,test)")
+    return parts  # type: ignore[return-value]
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from htl_ray.data.ingest import ingest
+    from htl_ray.data.layouts import LAYOUTS, FolderLayout, IsicLayout, parse_column_map
+
+    factories = {
+        "isic": lambda: IsicLayout(args.metadata, args.diagnosis),
+        "ph2": lambda: LAYOUTS["ph2"](),
+        "folder": lambda: FolderLayout(args.mask_pattern, args.metadata,
+                                       parse_column_map(args.column_map)),
+    }
+    ingest(factories[args.layout](), args.src, args.out, size=args.size,
+           fractions=args.fractions, seed=args.seed, allow_empty_masks=args.allow_empty_masks)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from htl_ray.data.synth import synthesize
+
+    synthesize(args.out, n=args.n, size=args.size, seed=args.seed, fractions=args.fractions)
+    return 0
+
+
+def _print_outcome(outcome) -> None:
+    from htl_ray.tracking import sqlite_path
+
+    m = outcome.best_metrics or outcome.metrics
+    print("\n=== htl-ray: training finished ===")
+    print(f"best epoch {int(m.get('epoch', -1)) + 1}: val dice {m.get('val/dice', float('nan')):.4f}"
+          f"  iou {m.get('val/iou', float('nan')):.4f}"
+          f"  thresholded jaccard {m.get('val/thresholded_jaccard', float('nan')):.4f}"
+          f"  sensitivity {m.get('val/sensitivity', float('nan')):.4f}"
+          f"  specificity {m.get('val/specificity', float('nan')):.4f}")
+    worst = {k.split("/")[2]: v for k, v in m.items() if k.startswith("val/worst_group/")}
+    if worst:
+        print("worst-group dice: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(worst.items())))
+    print(f"run directory:   {outcome.run_dir}")
+    print(f"best checkpoint: {outcome.best_checkpoint}")
+    print(f"MLflow run:      {outcome.mlflow_run_id} in {outcome.tracking_uri}")
+    db = sqlite_path(outcome.tracking_uri)
+    store = f"sqlite:///{db}" if db else outcome.tracking_uri
+    print(f"open the MLflow UI: mlflow ui --backend-store-uri {store} --host 127.0.0.1 "
+          "--port 5000   (then browse http://127.0.0.1:5000)")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from htl_ray.train.trainer import config_for_resume, run_training
+
+    if args.resume:
+        cfg = config_for_resume(args.resume, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    outcome = run_training(cfg, resume=bool(args.resume))
+    _print_outcome(outcome)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from htl_ray.demo import run_demo
+
+    outcome = run_demo(args.overrides)
+    _print_outcome(outcome)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="htl-ray", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create datasets").add_subparsers(dest="data_command",
+                                                                         required=True)
+    ing = data.add_parser("ingest", help="ingest an ISIC / PH2 / images+masks folder to Parquet")
+    ing.add_argument("src", help="source folder")
+    ing.add_argument("--layout", required=True, choices=["isic", "ph2", "folder"])
+    ing.add_argument("--out", required=True, help="output dataset folder")
+    ing.add_argument("--size", type=int, default=256, help="training resolution (size×size)")
+    ing.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15),
+                     help="train,val,test fractions (default 0.7,0.15,0.15)")
+    ing.add_argument("--seed", type=int, default=0, help="split seed")
+    ing.add_argument("--metadata", help="metadata CSV (isic: found in SRC if omitted)")
+    ing.add_argument("--diagnosis", help="isic: one-hot diagnosis CSV (found in SRC if omitted)")
+    ing.add_argument("--mask-pattern", default="{id}.png", help="folder: mask file name pattern")
+    ing.add_argument("--column-map", help="folder: id=col,age=col,sex=col,site=col,"
+                     "lesion_id=col,diagnosis=col")
+    ing.add_argument("--allow-empty-masks", action="store_true",
+                     help="keep images whose mask is empty (default: quarantine them)")
+    ing.set_defaults(func=_cmd_ingest)
+
+    syn = data.add_parser("synth", help="generate the synthetic dataset with planted hard groups")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--n", type=int, default=400)
+    syn.add_argument("--size", type=int, default=64)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15))
+    syn.set_defaults(func=_cmd_synth)
+
+    tr = sub.add_parser("train", help="train a segmentation model with Ray Train")
+    tr.add_argument("config", nargs="?", help="experiment YAML (defaults if omitted)")
+    tr.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    tr.set_defaults(func=_cmd_train)
+
+    demo = sub.add_parser("demo", help="synthetic data + 2-worker training on CPU, end to end")
+    demo.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "train" and args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)  # `htl-ray train key=value` without a YAML
+        args.config = None
+    from htl_ray.data.ingest import IngestError
+    from htl_ray.data.layouts import LayoutError
+
+    try:
+        return args.func(args)
+    except (ConfigError, IngestError, LayoutError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "Path"]

@@ -1,0 +1,285 @@
+"""Typed experiment configuration: YAML file + dotted CLI overrides, validated before Ray starts.
+
+Every field is declared once, with its type and allowed range, in the dataclasses below; the
+loader walks a plain dict against them so that a typo, a wrong type or an out-of-range value
+fails with one message that names the dotted key — before any cluster or tracking server is
+touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or out of range; the message names the key."""
+
+
+def _spec(default: Any = dataclasses.MISSING, *, lo: float | None = None,
+          hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+          choices: tuple | None = None, help: str = "", factory: Any = None) -> Any:
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+            "choices": choices, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    name: str = _spec("htl-run", help="run name; the run directory is storage_path/name")
+    storage_path: str = _spec("htl_runs", help="local dir or s3:// / gs:// URI for checkpoints")
+    seed: int = _spec(0, lo=0)
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = _spec(0.5, lo=0, hi=1)
+    vflip: float = _spec(0.5, lo=0, hi=1)
+    rotate90: float = _spec(0.5, lo=0, hi=1, help="probability of a random k*90 degree rotation")
+    brightness: float = _spec(0.1, lo=0, hi=1, help="colour jitter: max relative change")
+    contrast: float = _spec(0.1, lo=0, hi=1)
+    saturation: float = _spec(0.1, lo=0, hi=1)
+
+
+@dataclass
+class DataConfig:
+    path: str = _spec("data/synthetic", help="dataset written by `htl-ray data ingest|synth`")
+    batch_size: int = _spec(16, lo=1)
+    val_batch_size: int = _spec(32, lo=1)
+    limit_train: int = _spec(0, lo=0, help="use only the first N training rows (0 = all)")
+    augment: AugmentConfig = _spec(factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _spec("unet", help="smp architecture name (unet, fpn, deeplabv3plus, ...)")
+    encoder: str = _spec("resnet18")
+    encoder_weights: str | None = _spec(None, help="None = random init; no download at run time")
+    in_channels: int = _spec(3, lo=1)
+    decoder_channels: list[int] | None = _spec(
+        None, help="U-Net decoder widths, e.g. [128, 64, 32, 16, 8] (None = smp default)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _spec(10, lo=1)
+    lr: float = _spec(1e-3, lo=0, lo_open=True)
+    weight_decay: float = _spec(1e-4, lo=0)
+    optimizer: str = _spec("adamw", choices=("adamw", "adam", "sgd"))
+    scheduler: str = _spec("cosine", choices=("cosine", "none"))
+    bce_weight: float = _spec(1.0, lo=0)
+    dice_weight: float = _spec(1.0, lo=0)
+    keep_checkpoints: int = _spec(2, lo=1, help="keep the best N checkpoints")
+    checkpoint_metric: str = _spec("val/dice")
+    max_failures: int = _spec(0, lo=-1, help="worker-group restarts allowed (-1 = unlimited)")
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = _spec(2, lo=1)
+    use_gpu: bool = _spec(False)
+    resources_per_worker: dict[str, float] = _spec(factory=lambda: {"CPU": 1.0})
+    torch_threads: int = _spec(0, lo=0, help="torch intra-op threads per worker (0 = CPU share)")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = _spec(None, help="MLflow URI; MLFLOW_TRACKING_URI wins; default sqlite")
+    experiment: str = _spec("htl-ray")
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = _spec(factory=RunConfig)
+    data: DataConfig = _spec(factory=DataConfig)
+    model: ModelConfig = _spec(factory=ModelConfig)
+    train: TrainConfig = _spec(factory=TrainConfig)
+    scaling: ScalingConfig = _spec(factory=ScalingConfig)
+    tracking: TrackingConfig = _spec(factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, e.g. {'train.lr': 0.001}: MLflow params and run names use it."""
+        return flatten(self.to_dict())
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (itype,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, itype) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, vtype = typing.get_args(tp)
+        return {str(k): _coerce(f"{key}.{k}", v, vtype) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _check_range(key: str, value: Any, meta: dict[str, Any]) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        op = ">" if meta.get("lo_open") else ">="
+        raise ConfigError(f"{key}: must be {op} {lo}, got {value!r}")
+    if hi is not None and (value >= hi if meta.get("hi_open") else value > hi):
+        op = "<" if meta.get("hi_open") else "<="
+        raise ConfigError(f"{key}: must be {op} {hi}, got {value!r}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}; "
+                              f"known keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        tp = hints[name]
+        dotted = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw.get(name, {}) or {}, dotted + ".")
+            continue
+        if name not in raw:
+            continue
+        value = _coerce(dotted, raw[name], tp)
+        _check_range(dotted, value, dict(f.metadata))
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.lr=3e-4` → ('train.lr', 0.0003); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    value = yaml.safe_load(text) if text.strip() else ""
+    # YAML reads 1e-3 as a string; numbers written that way are still numbers to users.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        key, value = parse_override(item)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    return _build(ExperimentConfig, _numbers(raw or {}), "")
+
+
+def _numbers(tree: Any) -> Any:
+    """YAML 1.1 leaves '1e-3' a string; convert such strings so users need not write 1.0e-3."""
+    if isinstance(tree, dict):
+        return {k: _numbers(v) for k, v in tree.items()}
+    if isinstance(tree, str):
+        try:
+            return float(tree) if tree.strip().lower().lstrip("+-")[:1].isdigit() and (
+                "e" in tree.lower()) else tree
+        except ValueError:
+            return tree
+    return tree
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read YAML (or start from defaults when `path` is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    return from_dict(raw)
+
+
+def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

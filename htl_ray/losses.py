@@ -1,0 +1,54 @@
+"""Per-sample losses (reduction="none") so that HTL attention can weight each image.
+
+smp's DiceLoss pools the whole batch into one Dice, which makes per-sample weighting
+impossible; here every loss returns one value per image, and `weighted_mean` applies the
+per-sample weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def per_sample_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy averaged over the pixels of each image → shape [B]."""
+    loss = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+    return loss.reshape(loss.shape[0], -1).mean(1)
+
+
+def per_sample_soft_dice(logits: torch.Tensor, target: torch.Tensor,
+                         smooth: float = 1.0) -> torch.Tensor:
+    """1 − soft Dice per image → shape [B]. `smooth` keeps empty-vs-empty at loss 0."""
+    prob = torch.sigmoid(logits).reshape(logits.shape[0], -1)
+    t = target.float().reshape(target.shape[0], -1)
+    inter = (prob * t).sum(1)
+    denom = prob.sum(1) + t.sum(1)
+    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+
+
+class BceDiceLoss:
+    """bce_weight·BCE + dice_weight·(1 − soft Dice), per image."""
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
+        self.bce_weight = bce_weight
+        self.dice_weight = dice_weight
+        self.smooth = smooth
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = torch.zeros(logits.shape[0], device=logits.device, dtype=logits.dtype)
+        if self.bce_weight:
+            loss = loss + self.bce_weight * per_sample_bce(logits, target)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * per_sample_soft_dice(logits, target, self.smooth)
+        return loss
+
+
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of w·loss over the batch. Weights are renormalised to mean 1 over the training set
+    by the attention strategy, so unit weights reproduce plain ERM exactly."""
+    if weights is None:
+        return per_sample.mean()
+    if weights.shape != per_sample.shape:
+        raise ValueError(f"weights shape {tuple(weights.shape)} != losses {tuple(per_sample.shape)}")
+    return (weights.to(per_sample) * per_sample).mean()

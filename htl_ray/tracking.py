@@ -1,0 +1,108 @@
+"""MLflow helpers: one tracking URI rule, one run per training run, metrics in batches.
+
+Rule for the URI: `MLFLOW_TRACKING_URI` wins, then `tracking.uri` from the config, then
+`sqlite:///mlflow.db` in the working directory. Relative SQLite paths are made absolute so that
+Ray workers (whose working directory may differ) write to the same store as the driver, and the
+artifact root of a SQLite store is kept beside the database file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+_SQLITE = "sqlite:///"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    if uri.startswith(_SQLITE):
+        path = uri[len(_SQLITE):]
+        if not path.startswith("/"):
+            uri = _SQLITE + str((Path.cwd() / path).resolve())
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len(_SQLITE):]) if uri.startswith(_SQLITE) else None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "mlartifacts").as_uri() if db else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    """Commit of the checkout the package is imported from (or 'unknown' outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("htl-ray", "torch", "torchvision", "ray", "segmentation-models-pytorch",
+                "mlflow", "optuna"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
+              tags: dict[str, str]) -> str:
+    """Create an MLflow run (status RUNNING) with params and tags; return its id."""
+    client = MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, experiment, uri)
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    client = MlflowClient(uri)
+    import time
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+             if v is not None and v == v]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i:i + 500])
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None):
+    MlflowClient(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient(uri).set_terminated(run_id, status=status)
+
+
+def run_status(uri: str, run_id: str) -> str:
+    return MlflowClient(uri).get_run(run_id).info.status
+
+
+__all__ = ["mlflow", "resolve_tracking_uri", "start_run", "log_metrics", "set_tags",
+           "log_artifact", "end_run", "git_commit", "package_versions"]

@@ -1,0 +1,213 @@
+"""The supervised Ray Train worker loop: train an epoch on this worker's shard, validate, report.
+
+Every rank runs this function. Validation is shared: rank r evaluates validation rows
+i ≡ r (mod world size) and the per-image results are all-gathered, so every rank computes the
+same metrics and no validation image is dropped or counted twice. Rank 0 writes the
+checkpoint and logs metrics to MLflow as each epoch ends (a later crash loses nothing).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from htl_ray.analysis.groups import add_group_columns, flat_group_metrics
+from htl_ray.config import ExperimentConfig, from_dict
+from htl_ray.data.augment import augment_batch
+from htl_ray.data.loading import decode_batch
+from htl_ray.losses import BceDiceLoss, weighted_mean
+from htl_ray.metrics import METRIC_NAMES, per_image_metrics, summarize
+from htl_ray.models import create_model, state_checksum
+from htl_ray.train.checkpoints import PER_SAMPLE_FILE, load_checkpoint, save_checkpoint
+
+VAL_META_COLUMNS = ["age", "sex", "site", "diagnosis", "area_fraction", "contrast"]
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by tests that interrupt a run after a given epoch."""
+
+
+def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+    registry = {
+        "adamw": lambda: torch.optim.AdamW(params, lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay),
+        "adam": lambda: torch.optim.Adam(params, lr=cfg.train.lr,
+                                         weight_decay=cfg.train.weight_decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=cfg.train.lr, momentum=0.9,
+                                       weight_decay=cfg.train.weight_decay),
+    }
+    return registry[cfg.train.optimizer]()
+
+
+def make_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer):
+    if cfg.train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    return None
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _gather(obj: Any) -> list[Any]:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def evaluate(model: torch.nn.Module, val_iter, batch_size: int, rank: int,
+             world: int) -> pd.DataFrame:
+    """Per-image metrics for the validation rows this rank owns (row index mod world)."""
+    model.eval()
+    rows = []
+    offset = 0
+    with torch.inference_mode():
+        for batch in val_iter.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            n = len(batch["id"])
+            mine = [i for i in range(n) if (offset + i) % world == rank]
+            offset += n
+            if not mine:
+                continue
+            sub = {k: v[mine] for k, v in batch.items()}
+            x, y = decode_batch(sub)
+            pred = torch.sigmoid(model(x)) > 0.5
+            m = per_image_metrics(pred[:, 0], y[:, 0] > 0.5)
+            for j in range(len(mine)):
+                row = {"id": str(sub["id"][j])}
+                row.update({c: sub[c][j] for c in VAL_META_COLUMNS if c in sub})
+                row.update({k: float(m[k][j]) for k in METRIC_NAMES})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def validation_metrics(table: pd.DataFrame) -> dict[str, float]:
+    per_image = {k: table[k].to_numpy() for k in METRIC_NAMES}
+    out = {f"val/{k}": v for k, v in summarize(per_image).items()}
+    grouped = add_group_columns(table)
+    out.update(flat_group_metrics(grouped, "dice", "val"))
+    return out
+
+
+def _quiet_ray_logs() -> None:
+    """Ray Train logs every report at INFO (whole metric dicts); keep worker output readable."""
+    import logging
+
+    from ray.data import DataContext
+    from ray.train.v2._internal.execution import context as v2_context
+
+    logging.getLogger(v2_context.__file__).setLevel(logging.WARNING)
+    DataContext.get_current().enable_progress_bars = False
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(loop_config["config"])
+    tracking_uri: str = loop_config["tracking_uri"]
+    mlflow_run_id: str = loop_config["mlflow_run_id"]
+    fault_after_epoch: int | None = loop_config.get("fault_after_epoch")
+
+    _quiet_ray_logs()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cpus = float(cfg.scaling.resources_per_worker.get("CPU", 1.0))
+    torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(math.floor(cpus))))
+    torch.manual_seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed + rank)
+
+    model = create_model(cfg.model)
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = make_scheduler(cfg, optimizer)
+    loss_fn = BceDiceLoss(cfg.train.bce_weight, cfg.train.dice_weight)
+    start_epoch, best = 0, -math.inf
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(d)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        if rank == 0:
+            print(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']}", flush=True)
+
+    model = ray.train.torch.prepare_model(model)
+    device = next(model.parameters()).device
+    train_shard = ray.train.get_dataset_shard("train")
+    val_iter = ray.train.get_dataset_shard("val")
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.time()
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
+        losses, seen = [], 0
+        for batch in train_shard.iter_batches(
+                batch_size=cfg.data.batch_size, batch_format="numpy",
+                local_shuffle_buffer_size=max(4 * cfg.data.batch_size, 64),
+                local_shuffle_seed=cfg.run.seed * 7919 + epoch * 31 + rank):
+            x, y = decode_batch(batch)
+            x, y = augment_batch(x, y, cfg.data.augment, gen)
+            x, y = x.to(device), y.to(device)
+            per_sample = loss_fn(model(x), y)
+            loss = weighted_mean(per_sample)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()) * len(x))
+            seen += len(x)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        train_time = time.time() - t0
+
+        local = evaluate(model, val_iter, cfg.data.val_batch_size, rank, world)
+        table = pd.concat(_gather(local), ignore_index=True).sort_values("id").reset_index(
+            drop=True)
+        loss_sum = _gather((sum(losses), seen))
+        total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
+        checksums = _gather(state_checksum(_unwrap(model)))
+        metrics = {"epoch": epoch, "train/loss": total_loss,
+                   "train/samples": float(sum(b for _, b in loss_sum)),
+                   "time/train_epoch_s": train_time, "time/epoch_s": time.time() - t0,
+                   "lr": lr,
+                   "weights_checksum": checksums[0],
+                   "weights_checksum_max_abs_diff": float(max(checksums) - min(checksums))}
+        metrics.update(validation_metrics(table))
+        best = max(best, metrics.get(cfg.train.checkpoint_metric, -math.inf))
+        metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
+
+        if rank == 0:
+            from htl_ray.tracking import log_metrics
+
+            try:
+                log_metrics(tracking_uri, mlflow_run_id,
+                            {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            except Exception as exc:  # tracking outage must not stop training
+                print(f"[htl-ray] warning: MLflow logging failed at epoch {epoch}: {exc}",
+                      flush=True)
+            print(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} loss {total_loss:.4f} "
+                  f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
+                  f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
+                  f"({metrics['time/epoch_s']:.1f}s)", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, _unwrap(model), optimizer, scheduler, epoch, metrics)
+                table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+        if fault_after_epoch is not None and epoch == fault_after_epoch:
+            raise InjectedFault(f"injected fault after epoch {epoch}")

@@ -1,0 +1,182 @@
+"""Assemble and run one training run: pre-flight checks, Ray Datasets, TorchTrainer, MLflow.
+
+The run directory is `run.storage_path/run.name`. It holds Ray Train's checkpoints and
+`htl_run.json` (the MLflow run id and the config), so `--resume RUN_DIR` continues the same
+run, from its latest checkpoint, into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
+from htl_ray.data.loading import TRAIN_COLUMNS, dataset_fingerprint, split_dataset
+from htl_ray.data.schema import read_manifest
+from htl_ray.train.checkpoints import CHECKPOINT_FILE, PER_SAMPLE_FILE, read_meta
+from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
+
+RUN_STATE_FILE = "htl_run.json"
+
+
+@dataclass
+class TrainingOutcome:
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    best_checkpoint: Path | None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run_dir_of(cfg: ExperimentConfig) -> Path:
+    return (Path(cfg.run.storage_path) / cfg.run.name).resolve()
+
+
+def preflight(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything that can be checked before Ray starts, with errors naming the key."""
+    data = Path(cfg.data.path)
+    if not data.is_dir():
+        raise ConfigError(f"data.path: dataset folder not found: {data} "
+                          "(create it with `htl-ray data synth` or `htl-ray data ingest`)")
+    try:
+        manifest = read_manifest(data)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"data.path: {exc}") from exc
+    counts = manifest.get("split_counts", {})
+    if not counts.get("train"):
+        raise ConfigError(f"data.path: {data} has no training rows (split counts {counts})")
+    if not counts.get("val"):
+        raise ConfigError(f"data.path: {data} has no validation rows (split counts {counts})")
+    if "://" in cfg.run.storage_path and not cfg.run.storage_path.startswith("file://"):
+        raise ConfigError("run.storage_path: remote storage URIs are not supported yet; "
+                          "use a local or shared-filesystem path")
+    return manifest
+
+
+def _load_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config a run was started with (from its run directory), with optional overrides."""
+    from htl_ray.config import apply_overrides
+
+    state = _load_state(Path(run_dir))
+    if not state:
+        raise ConfigError(f"--resume {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
+    return from_dict(apply_overrides(state["config"], overrides or []))
+
+
+def _init_ray(log: Callable[[str], None]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    # Progress bars of many tiny Ray Data executions drown the per-epoch lines.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    log(f"[htl-ray] starting Ray ({'address ' + address if address else 'local cluster'})")
+    ray.init(address=address or None, include_dashboard=False if not address else None,
+             log_to_driver=True, configure_logging=False)
+
+
+def run_training(cfg: ExperimentConfig, *, resume: bool = False,
+                 fault_after_epoch: int | None = None,
+                 log: Callable[[str], None] = print) -> TrainingOutcome:
+    """Train `cfg` with Ray Train; returns where the results are. Raises on failure (the MLflow
+    run is then marked FAILED and the checkpoints already written stay in the run directory)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from htl_ray import tracking
+
+    manifest = preflight(cfg)
+    run_dir = run_dir_of(cfg)
+    state = _load_state(run_dir)
+    if state and not resume:
+        raise ConfigError(f"run.name: run directory {run_dir} already holds a run; resume it "
+                          f"with `htl-ray train --resume {run_dir}` or choose another run.name")
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    flat = cfg.flat()
+    fingerprint = manifest.get("fingerprint", dataset_fingerprint(cfg.data.path))
+    if resume and state.get("mlflow_run_id"):
+        run_id = state["mlflow_run_id"]
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).update_run(run_id, status="RUNNING")
+        log(f"[htl-ray] resuming run {run_dir} (MLflow run {run_id})")
+    else:
+        tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
+                "htl.run_dir": str(run_dir), "htl.setting": "supervised"}
+        tags.update({f"htl.version.{k}": v for k, v in tracking.package_versions().items()})
+        run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, flat, tags)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_STATE_FILE).write_text(json.dumps(
+        {"mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict(),
+         "dataset_fingerprint": fingerprint}, indent=2))
+    dump_config(cfg, run_dir / "config.yaml")
+
+    try:
+        _init_ray(log)
+        t0 = time.time()
+        train_ds = split_dataset(cfg.data.path, "train", cfg.data.limit_train)
+        val_ds = split_dataset(cfg.data.path, "val", columns=TRAIN_COLUMNS + VAL_META_COLUMNS)
+        log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
+            f"({time.time() - t0:.1f}s); {cfg.scaling.num_workers} workers; "
+            f"MLflow {uri} run {run_id}")
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri,
+                               "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker=dict(cfg.scaling.resources_per_worker)),
+            run_config=ray.train.RunConfig(
+                name=cfg.run.name, storage_path=str(run_dir.parent),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=cfg.train.keep_checkpoints,
+                    checkpoint_score_attribute=cfg.train.checkpoint_metric,
+                    checkpoint_score_order="max"),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures)),
+            datasets={"train": train_ds, "val": val_ds},
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+
+    best_ckpt, best_metrics = None, {}
+    if result.best_checkpoints:
+        ckpt, best_metrics = max(result.best_checkpoints,
+                                 key=lambda cm: cm[1].get(cfg.train.checkpoint_metric, -1e9))
+        best_ckpt = Path(ckpt.path)
+    _log_artifacts(uri, run_id, run_dir, best_ckpt)
+    tracking.set_tags(uri, run_id, {"htl.best_checkpoint": str(best_ckpt),
+                                    "htl.best_epoch": str(read_meta(best_ckpt).get("epoch"))
+                                    if best_ckpt else "none"})
+    tracking.end_run(uri, run_id, "FINISHED")
+    return TrainingOutcome(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=uri,
+                           metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
+                           best_metrics=dict(best_metrics))
+
+
+def _log_artifacts(uri: str, run_id: str, run_dir: Path, best_ckpt: Path | None) -> None:
+    from htl_ray import tracking
+
+    tracking.log_artifact(uri, run_id, run_dir / "config.yaml")
+    if best_ckpt is None:
+        return
+    for name, dest in ((CHECKPOINT_FILE, "best_checkpoint"), ("meta.json", "best_checkpoint"),
+                       (PER_SAMPLE_FILE, "evaluation")):
+        if (best_ckpt / name).is_file():
+            tracking.log_artifact(uri, run_id, best_ckpt / name, dest)

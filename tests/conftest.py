@@ -1,0 +1,48 @@
+"""Shared fixtures: one real local Ray cluster per test session (num_cpus=2, no dashboard),
+paths to the shared real data, and small synthetic datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+ISIC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2018-task1-256"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def isic_dir() -> Path:
+    if not (ISIC_DIR / "ISIC2018_Task1-2_Training_Input").is_dir():
+        pytest.skip(f"shared ISIC data not present at {ISIC_DIR} (optional real-data test)")
+    return ISIC_DIR
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory) -> Path:
+    """200 synthetic 48x48 images, shared by the training tests."""
+    from htl_ray.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    synthesize(out, n=200, size=48, seed=0, log=lambda s: None)
+    return out
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

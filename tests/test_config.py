@@ -1,0 +1,48 @@
+import pytest
+
+from htl_ray.config import ConfigError, ExperimentConfig, from_dict, load_config, parse_override
+
+
+def test_defaults_are_valid_and_flatten_to_dotted_keys():
+    cfg = load_config(None)
+    assert isinstance(cfg, ExperimentConfig)
+    flat = cfg.flat()
+    assert flat["train.lr"] == 1e-3
+    assert flat["scaling.resources_per_worker.CPU"] == 1.0
+    assert flat["model.encoder_weights"] is None
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: 3\n  lr: 1e-3\nmodel:\n  decoder_channels: [64, 32, 16, 8, 4]\n")
+    cfg = load_config(p, ["train.epochs=5", "scaling.num_workers=1", "data.augment.hflip=0"])
+    assert cfg.train.epochs == 5
+    assert cfg.train.lr == pytest.approx(1e-3)  # YAML's "1e-3" string is read as a number
+    assert cfg.scaling.num_workers == 1
+    assert cfg.data.augment.hflip == 0.0
+    assert cfg.model.decoder_channels == [64, 32, 16, 8, 4]
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"train": {"epoch": 3}}, "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ({"trian": {}}, "unknown key 'trian' (did you mean 'train'?)"),
+    ({"train": {"epochs": "three"}}, "train.epochs: expected an integer, got str 'three'"),
+    ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+    ({"train": {"lr": 0}}, "train.lr: must be > 0"),
+    ({"train": {"optimizer": "lion"}}, "train.optimizer: expected one of"),
+    ({"data": {"augment": {"hflip": 1.5}}}, "data.augment.hflip: must be <= 1"),
+    ({"scaling": {"use_gpu": "yes"}}, "scaling.use_gpu: expected true/false"),
+    ({"model": {"decoder_channels": [64, "x"]}}, "model.decoder_channels[1]: expected an integer"),
+    ({"train": 5}, "train: expected a mapping"),
+])
+def test_bad_values_name_the_key(raw, fragment):
+    with pytest.raises(ConfigError) as exc:
+        from_dict(raw)
+    assert fragment in str(exc.value)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        parse_override("train.epochs")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/cfg.yaml")
