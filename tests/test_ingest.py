@@ -1,0 +1,195 @@
+"""Ingestion: the real ISIC folder's known quirks, and a bad-input matrix built here."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from htl_ray.cli import main
+from htl_ray.data.ingest import IngestError, ingest
+from htl_ray.data.layouts import FolderLayout, IsicLayout, LayoutError, Ph2Layout
+from htl_ray.data.schema import decode_mask, read_table
+
+QUIET = dict(log=lambda s: None)
+
+
+def _lesion_image(path: Path, w: int = 40, h: int = 30, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((h, w, 3)) * 60 + 150).astype(np.uint8)
+    arr[8:20, 10:25] = 60
+    Image.fromarray(arr).save(path)
+
+
+def _mask(path: Path, w: int = 40, h: int = 30, values=(0, 255)) -> None:
+    arr = np.full((h, w), values[0], np.uint8)
+    arr[8:20, 10:25] = values[1]
+    Image.fromarray(arr).save(path)
+
+
+# --------------------------------------------------------------------- real ISIC data
+
+
+def test_real_isic_folder_reports_exactly_its_known_quirks(isic_dir, tmp_path):
+    result = ingest(IsicLayout(), isic_dir, tmp_path / "isic", size=32, **QUIET)
+    report = json.loads((tmp_path / "isic" / "report.json").read_text())
+    assert report["total_images"] == 2005 and report["usable"] == 2005
+    assert report["quarantined"] == 0
+    # the one image without a metadata row, and nothing else is wrong
+    assert report["counts"] == {"no_metadata": 1}
+    assert [x["id"] for x in report["issues"]["no_metadata"]] == ["ISIC_0015982"]
+    ms = report["metadata_summary"]
+    assert ms["ids_normalised"] == 1391                   # '<id>_downsampled' rows
+    # blank fields (+1 for the image with no row at all)
+    assert ms["missing"] == {"age": 222, "sex": 187, "site": 507, "diagnosis": 1,
+                             "lesion_id": 1460}
+    assert ms["lesions_with_several_images"] == 10 and ms["images_of_repeated_lesions"] == 23
+    df = read_table(tmp_path / "isic")
+    assert (df.orig_width == 256).all() and (df.height == 32).all()
+    for _, group in df[df.lesion_id.notna()].groupby("lesion_id"):
+        assert group.split.nunique() == 1                 # a lesion never crosses splits
+    assert set(df.diagnosis.dropna()) == {"NV", "MEL", "BKL"}
+    assert result["manifest"]["split_counts"] == {"train": 1404, "val": 301, "test": 300}
+    # same input, same fingerprint
+    again = ingest(IsicLayout(), isic_dir, tmp_path / "again", size=32, **QUIET)
+    assert again["manifest"]["fingerprint"] == result["manifest"]["fingerprint"]
+
+
+# --------------------------------------------------------------------- bad-input matrix
+
+
+@pytest.fixture
+def bad_folder(tmp_path) -> Path:
+    """One file per bad case, plus good records, in the generic folder layout."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    for i in range(4):
+        _lesion_image(src / "images" / f"good{i}.png", seed=i)
+        _mask(src / "masks" / f"good{i}.png")
+    (src / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    _mask(src / "masks" / "corrupt.png")
+    _lesion_image(src / "images" / "nomask.png")
+    _lesion_image(src / "images" / "mismatch.png")
+    _mask(src / "masks" / "mismatch.png", w=20, h=20)
+    _lesion_image(src / "images" / "grey.png")
+    _mask(src / "masks" / "grey.png", values=(10, 200))
+    _lesion_image(src / "images" / "empty.png")
+    _mask(src / "masks" / "empty.png", values=(0, 0))
+    _lesion_image(src / "images" / "dup.png")
+    _lesion_image(src / "images" / "dup.jpg")
+    _mask(src / "masks" / "dup.png")
+    _mask(src / "masks" / "orphan.png")
+    (src / "images" / "zerobytes.png").write_bytes(b"")
+    pd.DataFrame({
+        "name": ["good0", "good1", "good2", "grey", "dup", "ghost", "good1"],
+        "Age": ["40", "55", "abc", "70", "30", "20", "99"],
+        "Sex": ["F", "M", "F", "M", "F", "M", "M"],
+    }).to_csv(src / "meta.csv", sep=";", index=False, encoding="utf-8-sig")
+    return src
+
+
+def test_every_bad_case_is_named_in_the_report(bad_folder, tmp_path):
+    out = tmp_path / "out"
+    layout = FolderLayout("{id}.png", "meta.csv", {"id": "name", "age": "Age", "sex": "Sex"})
+    ingest(layout, bad_folder, out, size=16, **QUIET)
+    report = json.loads((out / "report.json").read_text())
+    ids = {reason: sorted(x["id"] for x in items) for reason, items in report["issues"].items()}
+    assert ids == {
+        "unreadable_image": ["corrupt", "zerobytes"],
+        "missing_mask": ["nomask"],
+        "size_mismatch": ["mismatch"],
+        "empty_mask": ["empty"],
+        "duplicate_id": ["dup"],
+        "orphan_mask": ["orphan"],
+        "non_binary_mask": ["grey"],
+        "unknown_metadata_id": ["ghost"],
+        "duplicate_metadata_row": ["good1"],
+        "invalid_metadata_value": ["good2"],
+        "no_metadata": ["good3"],
+    }
+    assert report["usable"] == 6                            # good0-3, grey, first dup
+    assert report["total_images"] == 12
+    # nothing lost: every unusable file is kept under quarantine/<reason>/
+    q = out / "quarantine"
+    assert (q / "unreadable_image" / "corrupt.jpg").is_file()
+    assert (q / "size_mismatch" / "mismatch.png").is_file()
+    assert (q / "duplicate_id" / "dup.png").is_file()
+    assert (q / "orphan_mask" / "orphan.png").is_file()
+    df = read_table(out, columns=["id", "mask", "age", "sex", "mask_binarised", "orig_width"])
+    row = df.set_index("id")
+    assert row.loc["grey", "mask_binarised"] and decode_mask(row.loc["grey", "mask"], 16, 16).any()
+    assert row.loc["good0", "age"] == 40 and row.loc["good0", "sex"] == "f"
+    assert np.isnan(row.loc["good2", "age"])               # 'abc' → unknown, reported
+    assert row.loc["good1", "age"] == 55                   # first of duplicated rows
+    assert (df.orig_width == 40).all()                     # non-square originals kept
+
+
+def test_zero_usable_records_is_a_clear_nonzero_exit(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    (src / "images" / "a.jpg").write_bytes(b"garbage")
+    with pytest.raises(IngestError, match="no usable records"):
+        ingest(FolderLayout(), src, tmp_path / "o", **QUIET)
+    code = main(["data", "ingest", "--layout", "folder", str(src), "--out", str(tmp_path / "o2")])
+    assert code == 2
+    assert "no usable records" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o2" / "report.json").read_text())["counts"] == {
+        "unreadable_image": 1}
+
+
+def test_layout_errors_name_what_was_expected(tmp_path):
+    with pytest.raises(LayoutError, match="images/"):
+        FolderLayout().discover(tmp_path)
+    with pytest.raises(LayoutError, match="no ISIC image folder"):
+        IsicLayout().discover(tmp_path)
+    with pytest.raises(LayoutError, match="IMDxxx"):
+        Ph2Layout().discover(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(LayoutError, match="outside the data folder"):
+        FolderLayout(metadata_csv="../../etc/passwd").discover(tmp_path)
+
+
+def test_ph2_layout(tmp_path):
+    root = tmp_path / "PH2 Dataset images"
+    for i, name in enumerate(["IMD002", "IMD003"]):
+        case = root / name
+        (case / f"{name}_Dermoscopic_Image").mkdir(parents=True)
+        (case / f"{name}_lesion").mkdir()
+        _lesion_image(case / f"{name}_Dermoscopic_Image" / f"{name}.bmp", 76, 57, seed=i)
+        _mask(case / f"{name}_lesion" / f"{name}_lesion.bmp", 76, 57)
+    (root / "IMD009" / "IMD009_Dermoscopic_Image").mkdir(parents=True)
+    _lesion_image(root / "IMD009" / "IMD009_Dermoscopic_Image" / "IMD009.bmp", 76, 57)
+    ingest(Ph2Layout(), tmp_path, tmp_path / "out", size=16, fractions=(0.5, 0.5, 0.0), **QUIET)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["usable"] == 2 and report["counts"] == {"missing_mask": 1}
+    df = read_table(tmp_path / "out")
+    assert sorted(df.id) == ["IMD002", "IMD003"] and (df.orig_width == 76).all()
+
+
+def test_isic_layout_with_downsampled_names_and_one_hot_diagnosis(tmp_path):
+    src = tmp_path / "isic"
+    inp, gt = src / "ISIC2018_Task1-2_Training_Input", src / "ISIC2018_Task1_Training_GroundTruth"
+    inp.mkdir(parents=True)
+    gt.mkdir()
+    for i in range(3):
+        _lesion_image(inp / f"ISIC_000000{i}.jpg", seed=i)
+        _mask(gt / f"ISIC_000000{i}_segmentation.png")
+    (src / "meta.csv").write_text(
+        "image,age_approx,anatom_site_general,lesion_id,sex\n"
+        "ISIC_0000000_downsampled,45,head/neck,L1,male\n"
+        "ISIC_0000001,,,L1,\n"
+        "ISIC_0000002,30,anterior torso,,female\n")
+    (src / "dx.csv").write_text("image,MEL,NV,BCC\nISIC_0000000_downsampled,1.0,0.0,0.0\n"
+                                "ISIC_0000001,0.0,1.0,0.0\nISIC_0000002,0.0,0.0,0.0\n")
+    ingest(IsicLayout("meta.csv", "dx.csv"), src, tmp_path / "o", size=16,
+           fractions=(0.34, 0.33, 0.33), **QUIET)
+    df = read_table(tmp_path / "o").set_index("id")
+    assert df.loc["ISIC_0000000", "diagnosis"] == "MEL" and df.loc["ISIC_0000000", "age"] == 45
+    assert df.loc["ISIC_0000001", "diagnosis"] == "NV" and pd.isna(df.loc["ISIC_0000001", "sex"])
+    assert pd.isna(df.loc["ISIC_0000002", "diagnosis"])     # all-zero one-hot → unknown
+    assert df.loc["ISIC_0000000", "split"] == df.loc["ISIC_0000001", "split"]   # lesion L1
