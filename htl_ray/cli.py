@@ -17,7 +17,8 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers like 0.7,0.15,0.15")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected three numbers like 0.7,0.15,0.15") from None
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers (train,val,test)")
     return parts  # type: ignore[return-value]
@@ -49,12 +50,13 @@ def _print_outcome(outcome) -> None:
     from htl_ray.tracking import sqlite_path
 
     m = outcome.best_metrics or outcome.metrics
+    nan = float("nan")
     print("\n=== htl-ray: training finished ===")
-    print(f"best epoch {int(m.get('epoch', -1)) + 1}: val dice {m.get('val/dice', float('nan')):.4f}"
-          f"  iou {m.get('val/iou', float('nan')):.4f}"
-          f"  thresholded jaccard {m.get('val/thresholded_jaccard', float('nan')):.4f}"
-          f"  sensitivity {m.get('val/sensitivity', float('nan')):.4f}"
-          f"  specificity {m.get('val/specificity', float('nan')):.4f}")
+    print(f"best epoch {int(m.get('epoch', -1)) + 1}: val dice {m.get('val/dice', nan):.4f}"
+          f"  iou {m.get('val/iou', nan):.4f}"
+          f"  thresholded jaccard {m.get('val/thresholded_jaccard', nan):.4f}"
+          f"  sensitivity {m.get('val/sensitivity', nan):.4f}"
+          f"  specificity {m.get('val/specificity', nan):.4f}")
     worst = {k.split("/")[2]: v for k, v in m.items() if k.startswith("val/worst_group/")}
     if worst:
         print("worst-group dice: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(worst.items())))

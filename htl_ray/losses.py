@@ -50,5 +50,6 @@ def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None = None)
     if weights is None:
         return per_sample.mean()
     if weights.shape != per_sample.shape:
-        raise ValueError(f"weights shape {tuple(weights.shape)} != losses {tuple(per_sample.shape)}")
+        raise ValueError(f"weights shape {tuple(weights.shape)} != losses "
+                         f"{tuple(per_sample.shape)}")
     return (weights.to(per_sample) * per_sample).mean()

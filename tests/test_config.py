@@ -14,7 +14,8 @@ def test_defaults_are_valid_and_flatten_to_dotted_keys():
 
 def test_yaml_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("train:\n  epochs: 3\n  lr: 1e-3\nmodel:\n  decoder_channels: [64, 32, 16, 8, 4]\n")
+    p.write_text("train:\n  epochs: 3\n  lr: 1e-3\n"
+                 "model:\n  decoder_channels: [64, 32, 16, 8, 4]\n")
     cfg = load_config(p, ["train.epochs=5", "scaling.num_workers=1", "data.augment.hflip=0"])
     assert cfg.train.epochs == 5
     assert cfg.train.lr == pytest.approx(1e-3)  # YAML's "1e-3" string is read as a number

@@ -21,7 +21,7 @@ def test_images_of_one_lesion_never_cross_splits():
     for seed in range(5):
         split = assign_splits(ids, lesions, (0.6, 0.2, 0.2), seed=seed)
         for lesion in {x for x in lesions if x}:
-            assert len({s for s, le in zip(split, lesions) if le == lesion}) == 1
+            assert len({s for s, le in zip(split, lesions, strict=True) if le == lesion}) == 1
 
 
 @pytest.mark.parametrize("fr", [(0.5, 0.5), (0.5, 0.3, 0.3), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
