@@ -75,16 +75,25 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
 
 
 def _init_ray(log: Callable[[str], None]) -> None:
-    import ray
+    """Join RAY_ADDRESS (a cluster, or a `ray job submit` job) or start a local cluster.
 
+    A local cluster gets the dashboard on 127.0.0.1: Ray Train's placement-group cleaner polls
+    actor state through it (and warns every few seconds without it)."""
+    import ray
+    from ray.data import DataContext
+
+    # Progress bars of many tiny Ray Data executions drown the per-epoch lines; the dataset
+    # carries the driver's context to the workers.
+    DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    # Progress bars of many tiny Ray Data executions drown the per-epoch lines.
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    log(f"[htl-ray] starting Ray ({'address ' + address if address else 'local cluster'})")
-    ray.init(address=address or None, include_dashboard=False if not address else None,
-             log_to_driver=True, configure_logging=False)
+    if address:
+        log(f"[htl-ray] connecting to Ray at {address}")
+        ray.init(address=address, configure_logging=False)
+        return
+    log("[htl-ray] starting a local Ray cluster (dashboard on http://127.0.0.1:8265)")
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
 
 
 def run_training(cfg: ExperimentConfig, *, resume: bool = False,
