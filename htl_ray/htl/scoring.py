@@ -1,0 +1,113 @@
+"""HTL scores for localisation (DESIGN §3): disagreement between a dense snapshot and its
+pruned copies, per sample, in [0, 1].
+
+For a sample x with dense prediction ŷ_d and pruned predictions ŷ_s (masks at p > 0.5):
+
+- d_s(x) = 1 − IoU(ŷ_d, ŷ_s)   (two empty masks agree: IoU 1, d 0)
+- h(x)   = mean_s d_s(x)
+- GT-aware term, where a label y exists: g(x) = mean_s max(0, IoU(ŷ_d, y) − IoU(ŷ_s, y))
+  (how much accuracy pruning costs on x); the GT-aware score is h + g, clipped to [0, 1].
+
+The same forward passes also give the comparators' scores at no extra cost: the dense model's
+per-sample loss and EL2N (mean ‖p − y‖₂ over pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from htl_ray.losses import BceDiceLoss
+from htl_ray.metrics import mask_iou
+
+
+def binarize(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) > 0.5
+
+
+def disagreement(dense_mask: torch.Tensor, pruned_mask: torch.Tensor) -> torch.Tensor:
+    """d_s = 1 − IoU(dense, pruned) per sample."""
+    return 1.0 - mask_iou(dense_mask, pruned_mask)
+
+
+def gt_gap(dense_mask: torch.Tensor, pruned_mask: torch.Tensor,
+           target: torch.Tensor) -> torch.Tensor:
+    """max(0, IoU(dense, y) − IoU(pruned, y)) per sample."""
+    return (mask_iou(dense_mask, target) - mask_iou(pruned_mask, target)).clamp(min=0)
+
+
+def el2n(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image mean over pixels of |p − y| (the L2 norm of a one-logit error vector)."""
+    err = (torch.sigmoid(logits) - target.float()).abs()
+    return err.reshape(err.shape[0], -1).mean(1)
+
+
+@torch.inference_mode()
+def score_batch(dense: torch.nn.Module, pruned: dict[float, torch.nn.Module],
+                images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """One dense forward pass and one per pruned model; per-sample scalars only."""
+    dense_logits = dense(images)
+    dense_mask = binarize(dense_logits)
+    out: dict[str, np.ndarray] = {}
+    d_cols, g_cols = [], []
+    target = masks > 0.5 if masks is not None else None
+    for s, model in sorted(pruned.items()):
+        pm = binarize(model(images))
+        d = disagreement(dense_mask, pm)
+        out[sparsity_column(s)] = d.numpy()
+        d_cols.append(d)
+        if target is not None:
+            g_cols.append(gt_gap(dense_mask, pm, target))
+    h = torch.stack(d_cols).mean(0)
+    out["h"] = h.numpy()
+    if target is not None:
+        g = torch.stack(g_cols).mean(0)
+        out["gt_gap"] = g.numpy()
+        out["h_gt"] = (h + g).clamp(max=1.0).numpy()
+        out["loss"] = BceDiceLoss()(dense_logits, masks).numpy()
+        out["el2n"] = el2n(dense_logits, masks).numpy()
+        out["dense_iou"] = mask_iou(dense_mask, target).numpy()
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def sparsity_column(s: float) -> str:
+    return f"d_{s:.2f}"
+
+
+def ema(previous: np.ndarray | None, new: np.ndarray, beta: float) -> np.ndarray:
+    """h_t = β·h_{t−1} + (1−β)·h_new (the first refresh has no history: h_t = h_new)."""
+    if previous is None:
+        return np.asarray(new, dtype=np.float64)
+    return beta * np.asarray(previous, dtype=np.float64) + (1 - beta) * np.asarray(new)
+
+
+def select_htl(scores: np.ndarray, q: float | None = 0.2, tau: float | None = None,
+               seed: int = 0) -> np.ndarray:
+    """Boolean HTL set: h ≥ τ when τ is given, else the top-q fraction by h (ties broken by a
+    seeded random order so the set has exactly round(q·N) members)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if tau is not None:
+        return scores >= tau
+    if q is None or not 0 < q <= 1:
+        raise ValueError(f"q={q}: expected a fraction in (0, 1]")
+    k = int(round(q * len(scores)))
+    tiebreak = np.random.default_rng(seed).random(len(scores))
+    order = np.lexsort((tiebreak, -scores))
+    chosen = np.zeros(len(scores), dtype=bool)
+    chosen[order[:k]] = True
+    return chosen
+
+
+def majority_mask(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-pixel majority vote of a population of boolean masks (ties count as foreground)."""
+    stack = torch.stack([m.float() for m in masks])
+    return stack.mean(0) >= 0.5
+
+
+def pie_disagreement(dense_population: Sequence[torch.Tensor],
+                     pruned_population: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Hooker's PIE criterion for localisation: 1 − IoU between the majority mask of the dense
+    population (last M snapshots) and that of the pruned population."""
+    return disagreement(majority_mask(dense_population), majority_mask(pruned_population))

@@ -1,0 +1,48 @@
+"""The actor-pool scorer computes exactly what a plain in-process loop computes."""
+
+import numpy as np
+import pytest
+import torch
+
+from htl_ray.config import ModelConfig
+from htl_ray.data.loading import split_dataset
+from htl_ray.data.schema import read_table
+from htl_ray.htl.scorer import ScoringSpec, score_dataset, score_in_process
+from htl_ray.models import create_model
+
+MODEL = {"arch": "unet", "encoder": "resnet18", "encoder_weights": None, "in_channels": 3,
+         "decoder_channels": [32, 16, 8, 8, 4]}
+
+
+def test_actor_pool_scores_equal_in_process_scores(ray_cluster, synth_dataset):
+    torch.manual_seed(1)
+    model = create_model(ModelConfig(**MODEL))
+    # logits near the decision boundary, so the pruned copies disagree with the dense model
+    model.segmentation_head[0].bias.data.fill_(0.0)
+    state = model.state_dict()
+    spec = ScoringSpec(model=MODEL, sparsities=(0.3, 0.5, 0.7), batch_size=16, pool_size=2)
+    ds = split_dataset(synth_dataset, "val")
+    pooled = score_dataset(ds, state, spec)
+    rows = read_table(synth_dataset, columns=["id", "image", "mask", "height", "width"],
+                      split="val")
+    plain = score_in_process({c: rows[c].to_numpy() for c in rows.columns}, state, spec)
+    assert pooled.id.tolist() == plain.id.tolist() and pooled.id.is_unique
+    assert len(pooled) == len(rows)
+    cols = ["d_0.30", "d_0.50", "d_0.70", "h", "gt_gap", "h_gt", "loss", "el2n"]
+    assert set(cols) <= set(pooled.columns)
+    for c in cols:
+        np.testing.assert_allclose(pooled[c].to_numpy(), plain[c].to_numpy(), atol=1e-6, rtol=0)
+    assert pooled.h.between(0, 1).all() and pooled.h.max() > 0
+    np.testing.assert_allclose(pooled.h, pooled[["d_0.30", "d_0.50", "d_0.70"]].mean(1),
+                               atol=1e-12)
+    # more pruning, more disagreement (on average)
+    assert pooled["d_0.70"].mean() >= pooled["d_0.30"].mean()
+
+
+def test_unlabeled_scoring_returns_only_label_free_columns(ray_cluster, synth_dataset):
+    model = create_model(ModelConfig(**MODEL))
+    spec = ScoringSpec(model=MODEL, sparsities=(0.5,), with_labels=False, batch_size=64)
+    table = score_dataset(split_dataset(synth_dataset, "val"), model.state_dict(), spec)
+    assert set(table.columns) == {"id", "d_0.50", "h"}
+    with pytest.raises(AssertionError):
+        assert "loss" in table

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from htl_ray.config import ModelConfig
+from htl_ray.models import create_model, state_checksum
+from htl_ray.pruning import measured_sparsity, prunable_parameters, pruned_copy
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model(ModelConfig(decoder_channels=[32, 16, 8, 8, 4])).eval()
+
+
+@pytest.mark.parametrize("s", [0.3, 0.5, 0.7, 0.9])
+def test_global_l1_reaches_the_exact_sparsity_and_leaves_the_dense_model(model, s):
+    before = state_checksum(model)
+    pruned = pruned_copy(model, s)
+    total = sum(getattr(m, n).numel() for m, n in prunable_parameters(pruned))
+    assert abs(measured_sparsity(pruned) - s) <= 1 / total + 1e-12      # well within ±0.5%
+    assert state_checksum(model) == before                              # dense untouched
+    assert measured_sparsity(model) < 0.01
+    # global magnitude: every surviving weight is at least as large as every pruned one
+    dense_w = torch.cat([getattr(m, n).detach().flatten().abs()
+                         for m, n in prunable_parameters(model)])
+    pruned_w = torch.cat([getattr(m, n).detach().flatten() for m, n in prunable_parameters(pruned)])
+    assert dense_w[pruned_w == 0].max() <= dense_w[pruned_w != 0].min()
+    assert not any(hasattr(m, "weight_mask") for m, _ in prunable_parameters(pruned))
+
+
+def test_structured_channel_pruning_zeroes_whole_channels(model):
+    pruned = pruned_copy(model, 0.5, method="channel_l2")
+    assert abs(measured_sparsity(pruned) - 0.5) < 0.05
+    conv = next(m for m, _ in prunable_parameters(pruned) if m.weight.shape[0] >= 16)
+    per_channel = conv.weight.detach().flatten(1).abs().sum(1)
+    assert (per_channel == 0).float().mean() == pytest.approx(0.5, abs=0.07)
+
+
+def test_bad_arguments(model):
+    with pytest.raises(ValueError, match="sparsity 1.0"):
+        pruned_copy(model, 1.0)
+    with pytest.raises(ValueError, match="pruning method"):
+        pruned_copy(model, 0.5, method="random")
