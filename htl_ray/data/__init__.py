@@ -1,0 +1,1 @@
+"""Data: ingestion of real layouts, the synthetic generator, splits and Ray Dataset loading."""

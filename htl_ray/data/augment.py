@@ -1,0 +1,47 @@
+"""Batch augmentation on tensors inside the training worker: flips, 90° rotations, colour jitter.
+
+Done on the batch (not per row in Ray Data tasks) so that training workers do not compete with
+data tasks for the CPUs they reserved, and so that a seeded generator makes it reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from htl_ray.config import AugmentConfig
+
+
+def augment_batch(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """images: [B,3,H,W] float in [0,1]; masks: [B,1,H,W]. Geometry is applied to both."""
+    b = images.shape[0]
+    out_i, out_m = images.clone(), masks.clone()
+
+    def coin(p: float) -> torch.Tensor:
+        return torch.rand(b, generator=generator) < p
+
+    for flag, dim in ((coin(cfg.hflip), 3), (coin(cfg.vflip), 2)):
+        idx = flag.nonzero().flatten()
+        if len(idx):
+            out_i[idx] = out_i[idx].flip(dim)
+            out_m[idx] = out_m[idx].flip(dim)
+    if images.shape[2] == images.shape[3]:
+        rot = coin(cfg.rotate90)
+        ks = torch.randint(1, 4, (b,), generator=generator)
+        for i in rot.nonzero().flatten().tolist():
+            k = int(ks[i])
+            out_i[i] = torch.rot90(out_i[i], k, (1, 2))
+            out_m[i] = torch.rot90(out_m[i], k, (1, 2))
+
+    def factor(amount: float) -> torch.Tensor:
+        return 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * amount
+
+    if cfg.brightness:
+        out_i = out_i * factor(cfg.brightness)
+    if cfg.contrast:
+        mean = out_i.mean(dim=(1, 2, 3), keepdim=True)
+        out_i = (out_i - mean) * factor(cfg.contrast) + mean
+    if cfg.saturation:
+        grey = out_i.mean(dim=1, keepdim=True)
+        out_i = (out_i - grey) * factor(cfg.saturation) + grey
+    return out_i.clamp(0, 1), out_m

@@ -1,0 +1,52 @@
+"""Ray Dataset access to an ingested dataset, and decoding of its batches into tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from htl_ray.data.schema import RECORDS_FILE, read_manifest
+
+TRAIN_COLUMNS = ["id", "image", "mask", "height", "width"]
+
+
+def records_path(dataset_dir: str | Path) -> str:
+    path = Path(dataset_dir) / RECORDS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dataset; create one with `htl-ray data ingest` or "
+                                "`htl-ray data synth`")
+    return str(path.resolve())
+
+
+def split_dataset(dataset_dir: str | Path, split: str, limit: int = 0,
+                  columns: list[str] | None = None):
+    """A materialised Ray Dataset of one split.
+
+    Materialised in the driver before training starts: the trainers then reserve every CPU of a
+    small machine without starving Ray Data of the CPUs it would need to read Parquet.
+    """
+    import ray.data
+    from ray.data.expressions import col
+
+    cols = columns or TRAIN_COLUMNS
+    ds = ray.data.read_parquet(records_path(dataset_dir), columns=[*cols, "split"])
+    ds = ds.filter(expr=col("split") == split).select_columns(cols)
+    if limit:
+        ds = ds.limit(limit)
+    return ds.materialize()
+
+
+def decode_batch(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numpy batch of raw uint8 buffers → images [B,3,H,W] float in [0,1], masks [B,1,H,W]."""
+    h, w = int(batch["height"][0]), int(batch["width"][0])
+    images = np.stack([np.frombuffer(b, np.uint8) for b in batch["image"]]).reshape(-1, h, w, 3)
+    masks = np.stack([np.frombuffer(b, np.uint8) for b in batch["mask"]]).reshape(-1, 1, h, w)
+    img_t = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return img_t.contiguous(), torch.from_numpy(masks.copy()).float()
+
+
+def dataset_fingerprint(dataset_dir: str | Path) -> str:
+    return str(read_manifest(dataset_dir).get("fingerprint", "unknown"))

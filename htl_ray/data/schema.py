@@ -1,0 +1,80 @@
+"""The one Parquet schema every dataset (ISIC, PH2, folder, synthetic) is written in.
+
+Images and masks are stored pre-decoded as raw uint8 at the training resolution (HxWx3 and
+HxW with values 0/1), so training never decodes a JPEG per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+RECORDS_FILE = "records.parquet"
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.json"
+SPLITS = ("train", "val", "test")
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("image", pa.binary()),
+    ("mask", pa.binary()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("orig_height", pa.int32()),
+    ("orig_width", pa.int32()),
+    ("age", pa.float64()),
+    ("sex", pa.string()),
+    ("site", pa.string()),
+    ("diagnosis", pa.string()),
+    ("lesion_id", pa.string()),
+    ("area_fraction", pa.float64()),
+    ("contrast", pa.float64()),
+    ("split", pa.string()),
+    ("source", pa.string()),
+    ("mask_binarised", pa.bool_()),
+    ("planted_hard", pa.bool_()),
+    ("hard_reason", pa.string()),
+])
+METADATA_COLUMNS = ("age", "sex", "site", "diagnosis", "lesion_id")
+TABLE_COLUMNS = [f.name for f in SCHEMA if f.name not in ("image", "mask")]
+
+
+def decode_image(buf: bytes, height: int, width: int) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
+
+
+def decode_mask(buf: bytes, height: int, width: int) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.uint8).reshape(height, width)
+
+
+def write_records(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = {f.name: [r.get(f.name) for r in rows] for f in SCHEMA}
+    table = pa.Table.from_pydict(columns, schema=SCHEMA)
+    path = out_dir / RECORDS_FILE
+    pq.write_table(table, path, compression="zstd", row_group_size=128)
+    return path
+
+
+def read_table(dataset_dir: str | Path, columns: list[str] | None = None,
+               split: str | None = None):
+    """Metadata (and optionally pixels) as a pandas DataFrame, for analysis and tests."""
+    path = Path(dataset_dir) / RECORDS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dataset here; create one with `htl-ray data ingest` "
+                                "or `htl-ray data synth`")
+    filters = [("split", "==", split)] if split else None
+    return pq.read_table(path, columns=columns or TABLE_COLUMNS, filters=filters).to_pandas()
+
+
+def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    path = Path(dataset_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing dataset manifest")
+    return json.loads(path.read_text())
