@@ -76,11 +76,40 @@ class TrainConfig:
     weight_decay: float = _spec(1e-4, lo=0)
     optimizer: str = _spec("adamw", choices=("adamw", "adam", "sgd"))
     scheduler: str = _spec("cosine", choices=("cosine", "none"))
+    loss: str = _spec("bce_dice", choices=("bce_dice", "focal_dice"),
+                      help="focal_dice replaces BCE by focal loss (the focal comparator)")
+    focal_gamma: float = _spec(2.0, lo=0)
     bce_weight: float = _spec(1.0, lo=0)
     dice_weight: float = _spec(1.0, lo=0)
     keep_checkpoints: int = _spec(2, lo=1, help="keep the best N checkpoints")
     checkpoint_metric: str = _spec("val/dice")
     max_failures: int = _spec(0, lo=-1, help="worker-group restarts allowed (-1 = unlimited)")
+
+
+@dataclass
+class HtlConfig:
+    """HTL attention and its comparators (DESIGN §3)."""
+
+    method: str = _spec("erm", choices=("erm", "htl", "random", "loss", "el2n", "focal"),
+                        help="which samples get attention: pruning disagreement (htl), a placebo "
+                             "(random), per-sample loss, EL2N, none (erm), or focal loss")
+    attention: str = _spec("reweight", choices=("reweight", "oversample", "both"))
+    weighting: str = _spec("hard", choices=("hard", "soft"))
+    lam: float = _spec(1.0, lo=0, help="λ: extra weight of HTL samples")
+    q: float = _spec(0.2, lo=0, hi=1, lo_open=True, help="top-q fraction is HTL")
+    tau: float | None = _spec(None, lo=0, hi=1, help="threshold on h instead of top-q")
+    sparsities: list[float] = _spec(factory=lambda: [0.3, 0.5, 0.7])
+    pruning: str = _spec("l1_unstructured", choices=("l1_unstructured", "channel_l2"))
+    refresh_every: int = _spec(2, lo=1, help="R: re-score every R epochs")
+    beta: float = _spec(0.5, lo=0, hi=1, hi_open=True, help="EMA of h across refreshes")
+    warmup_epochs: int = _spec(1, lo=0, help="E0: no attention before this epoch")
+    gt_aware: bool = _spec(False, help="add the GT-aware term max(0, IoU_d − IoU_s)")
+    population: int = _spec(1, lo=1, help="M: PIE population of the last M snapshots")
+    asynchronous: bool = _spec(True, help="train on while the refresh scores")
+    scorer_actors: int = _spec(1, lo=1)
+    scorer_cpus: float = _spec(1.0, lo=0)
+    scorer_gpus: float = _spec(0.0, lo=0)
+    scorer_batch_size: int = _spec(32, lo=1)
 
 
 @dataclass
@@ -103,6 +132,7 @@ class ExperimentConfig:
     data: DataConfig = _spec(factory=DataConfig)
     model: ModelConfig = _spec(factory=ModelConfig)
     train: TrainConfig = _spec(factory=TrainConfig)
+    htl: HtlConfig = _spec(factory=HtlConfig)
     scaling: ScalingConfig = _spec(factory=ScalingConfig)
     tracking: TrackingConfig = _spec(factory=TrackingConfig)
 
@@ -163,6 +193,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+    if tp is float and isinstance(value, list):
+        raise ConfigError(f"{key}: expected a number, got list {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -248,7 +280,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
-    return _build(ExperimentConfig, _numbers(raw or {}), "")
+    cfg = _build(ExperimentConfig, _numbers(raw or {}), "")
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def _check_cross_fields(cfg: ExperimentConfig) -> None:
+    """Constraints that involve a list or several keys."""
+    if not cfg.htl.sparsities:
+        raise ConfigError("htl.sparsities: expected at least one sparsity")
+    for i, s in enumerate(cfg.htl.sparsities):
+        if not 0 < s < 1:
+            raise ConfigError(f"htl.sparsities[{i}]: must be in (0, 1), got {s!r}")
+    if cfg.htl.method == "focal" and cfg.train.loss != "focal_dice":
+        cfg.train.loss = "focal_dice"       # the focal comparator is a loss, not a selection
 
 
 def _numbers(tree: Any) -> Any:

@@ -18,7 +18,7 @@ import torch
 
 from htl_ray.config import ModelConfig
 from htl_ray.data.loading import decode_batch
-from htl_ray.htl.scoring import score_batch
+from htl_ray.htl.scoring import score_population_batch
 from htl_ray.models import create_model
 from htl_ray.pruning import measured_sparsity, pruned_copies
 
@@ -46,37 +46,43 @@ def build_scoring_models(spec: ScoringSpec, state: dict[str, torch.Tensor]):
 
 
 class ScorerActor:
-    """Callable class for `map_batches`: state is built once per actor."""
+    """Callable class for `map_batches`: models are built and pruned once per actor."""
 
-    def __init__(self, spec: ScoringSpec, snapshot: list):
+    def __init__(self, spec: ScoringSpec, snapshots: list):
         import ray
 
         torch.set_num_threads(max(1, int(spec.cpus_per_actor)))
-        state = ray.get(snapshot[0])            # the snapshot lives in the object store
         self.spec = spec
-        self.dense, self.pruned = build_scoring_models(spec, state)
-        self.sparsity = {s: measured_sparsity(m) for s, m in self.pruned.items()}
+        # snapshots live in the object store; one (dense, pruned copies) pair per snapshot
+        self.population = [build_scoring_models(spec, ray.get(ref)) for ref in snapshots]
+        self.sparsity = {s: measured_sparsity(m) for s, m in self.population[-1][1].items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, masks = decode_batch(batch)
-        scores = score_batch(self.dense, self.pruned, images,
-                             masks if self.spec.with_labels else None)
+        scores = score_population_batch(self.population, images,
+                                        masks if self.spec.with_labels else None)
         return {"id": np.asarray(batch["id"]), **scores}
 
 
-def score_dataset(dataset, state: dict[str, torch.Tensor], spec: ScoringSpec) -> pd.DataFrame:
-    """Score every row of `dataset` (a Ray Dataset with id/image/mask/height/width columns)."""
+def score_dataset(dataset, snapshot, spec: ScoringSpec) -> pd.DataFrame:
+    """Score every row of `dataset` (a Ray Dataset with id/image/mask/height/width columns).
+
+    `snapshot` is a state dict, or a list of ObjectRefs to state dicts (a PIE population,
+    oldest first)."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    ref = ray.put({k: v.detach().cpu() for k, v in state.items()})
+    if isinstance(snapshot, dict):
+        refs = [ray.put({k: v.detach().cpu() for k, v in snapshot.items()})]
+    else:
+        refs = list(snapshot)
     if spec.pool_size > 1 and dataset.num_blocks() < 2 * spec.pool_size:
         # Give every actor work. Materialised first: once the actors hold the CPUs, a
         # repartition task inside the same pipeline could never be scheduled.
         dataset = dataset.repartition(2 * spec.pool_size).materialize()
     scored = dataset.map_batches(
         ScorerActor,
-        fn_constructor_kwargs={"spec": spec, "snapshot": [ref]},
+        fn_constructor_kwargs={"spec": spec, "snapshots": refs},
         compute=ActorPoolStrategy(size=spec.pool_size),
         batch_size=spec.batch_size,
         batch_format="numpy",
@@ -90,7 +96,7 @@ def score_dataset(dataset, state: dict[str, torch.Tensor], spec: ScoringSpec) ->
 def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
                      state: dict[str, torch.Tensor], spec: ScoringSpec) -> pd.DataFrame:
     """The same computation without Ray (reference for tests and benchmarks)."""
-    dense, pruned = build_scoring_models(spec, state)
+    population = [build_scoring_models(spec, state)]
     batch = rows if isinstance(rows, dict) else {k: np.asarray([r[k] for r in rows], dtype=object)
                                                  for k in rows[0]}
     n = len(batch["id"])
@@ -98,6 +104,6 @@ def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
     for start in range(0, n, spec.batch_size):
         sub = {k: v[start:start + spec.batch_size] for k, v in batch.items()}
         images, masks = decode_batch(sub)
-        scores = score_batch(dense, pruned, images, masks if spec.with_labels else None)
+        scores = score_population_batch(population, images, masks if spec.with_labels else None)
         parts.append(pd.DataFrame({"id": sub["id"], **scores}))
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)

@@ -72,6 +72,39 @@ def score_batch(dense: torch.nn.Module, pruned: dict[float, torch.nn.Module],
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
+@torch.inference_mode()
+def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, torch.nn.Module]]],
+                           images: torch.Tensor,
+                           masks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """PIE over a population of the last M snapshots (Hooker et al.): per sparsity, compare the
+    per-pixel majority mask of the M dense models with that of the M pruned models. With M = 1
+    this is exactly `score_batch`. Loss and EL2N come from the newest dense model."""
+    if len(population) == 1:
+        return score_batch(population[0][0], population[0][1], images, masks)
+    dense_logits = [dense(images) for dense, _ in population]
+    dense_major = majority_mask([binarize(lg) for lg in dense_logits])
+    target = masks > 0.5 if masks is not None else None
+    out: dict[str, np.ndarray] = {}
+    d_cols, g_cols = [], []
+    for s in sorted(population[0][1]):
+        pruned_major = majority_mask([binarize(pruned[s](images)) for _, pruned in population])
+        d = disagreement(dense_major, pruned_major)
+        out[sparsity_column(s)] = d.numpy()
+        d_cols.append(d)
+        if target is not None:
+            g_cols.append(gt_gap(dense_major, pruned_major, target))
+    h = torch.stack(d_cols).mean(0)
+    out["h"] = h.numpy()
+    if target is not None:
+        g = torch.stack(g_cols).mean(0)
+        out["gt_gap"] = g.numpy()
+        out["h_gt"] = (h + g).clamp(max=1.0).numpy()
+        out["loss"] = BceDiceLoss()(dense_logits[-1], masks).numpy()
+        out["el2n"] = el2n(dense_logits[-1], masks).numpy()
+        out["dense_iou"] = mask_iou(binarize(dense_logits[-1]), target).numpy()
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
 def sparsity_column(s: float) -> str:
     return f"d_{s:.2f}"
 

@@ -29,6 +29,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module,
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
         "epoch": epoch,
         "rng_torch": torch.get_rng_state(),
+        "htl_version": int((extra or {}).get("htl_version", 0)),
     }
     torch.save(state, d / CHECKPOINT_FILE)
     (d / META_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics,

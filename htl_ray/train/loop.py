@@ -8,6 +8,7 @@ checkpoint and logs metrics to MLflow as each epoch ends (a later crash loses no
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -23,7 +24,9 @@ from htl_ray.analysis.groups import add_group_columns, flat_group_metrics
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import decode_batch
-from htl_ray.losses import BceDiceLoss, weighted_mean
+from htl_ray.htl.attention import ATTENTION, oversample_counts
+from htl_ray.htl.coordinator import weights_checksum
+from htl_ray.losses import make_loss, weighted_mean
 from htl_ray.metrics import METRIC_NAMES, per_image_metrics, summarize
 from htl_ray.models import create_model, state_checksum
 from htl_ray.train.checkpoints import PER_SAMPLE_FILE, load_checkpoint, save_checkpoint
@@ -55,6 +58,68 @@ def make_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer):
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's value on every rank."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+class HtlState:
+    """The HTL version in use on this rank, its id → weight map, and pending refreshes."""
+
+    def __init__(self, cfg: ExperimentConfig, coordinator: Any, version: int):
+        self.cfg = cfg
+        self.coordinator = coordinator
+        self.version = version
+        self.resumed_version: int | None = version if version else None
+        self.pending: int | None = None
+        self.weights: dict[str, float] = {}
+        self.checksum = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.coordinator is not None
+
+    def adopt(self, rank: int) -> float:
+        """At an epoch start: rank 0 picks the version, every rank adopts it. Returns the time
+        this rank waited for the coordinator."""
+        import ray
+
+        t0 = time.time()
+        if rank == 0:
+            if self.resumed_version is not None:
+                chosen = self.resumed_version          # a resumed run keeps its version
+            else:
+                if self.pending is not None and not self.cfg.htl.asynchronous:
+                    ray.get(self.coordinator.wait_for.remote(self.pending))
+                error = ray.get(self.coordinator.error.remote())
+                if error:
+                    raise RuntimeError(f"HTL refresh failed:\n{error}")
+                chosen = ray.get(self.coordinator.latest_version.remote())
+        else:
+            chosen = None
+        self.resumed_version = None
+        chosen = _broadcast(chosen)
+        if chosen != self.version or (chosen and not self.weights):
+            ids, w = ray.get(self.coordinator.weights.remote(chosen))
+            self.weights = dict(zip(ids.tolist(), w.tolist(), strict=True))
+            self.checksum = weights_checksum(ids, w)
+        self.version = chosen
+        return time.time() - t0
+
+    def submit(self, model: torch.nn.Module, epoch: int) -> None:
+        import ray
+
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.pending = ray.get(self.coordinator.submit.remote([ray.put(state)], epoch))
+
+    def batch_weights(self, ids: np.ndarray) -> np.ndarray:
+        return np.array([self.weights.get(str(i), 1.0) for i in ids], dtype=np.float64)
 
 
 def _gather(obj: Any) -> list[Any]:
@@ -129,8 +194,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = create_model(cfg.model)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
-    loss_fn = BceDiceLoss(cfg.train.bce_weight, cfg.train.dice_weight)
-    start_epoch, best = 0, -math.inf
+    loss_fn = make_loss(cfg.train.loss, cfg.train.bce_weight, cfg.train.dice_weight,
+                        cfg.train.focal_gamma)
+    start_epoch, best, htl_version = 0, -math.inf, 0
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -141,6 +207,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"]) + 1
+        htl_version = int(state.get("htl_version", 0))
         if rank == 0:
             print(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']}", flush=True)
 
@@ -148,21 +215,37 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = next(model.parameters()).device
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
+    htl = HtlState(cfg, loop_config.get("coordinator"), htl_version)
+    attention = ATTENTION[cfg.htl.attention]
 
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
+        wait_s = htl.adopt(rank) if htl.enabled else 0.0
+        attend = htl.enabled and epoch >= cfg.htl.warmup_epochs and htl.version > 0
         model.train()
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
-        losses, seen = [], 0
+        rng = np.random.default_rng([cfg.run.seed, epoch, rank])
+        losses, seen, attended = [], 0, 0
         for batch in train_shard.iter_batches(
                 batch_size=cfg.data.batch_size, batch_format="numpy",
                 local_shuffle_buffer_size=max(4 * cfg.data.batch_size, 64),
                 local_shuffle_seed=cfg.run.seed * 7919 + epoch * 31 + rank):
             x, y = decode_batch(batch)
+            w_loss = None
+            if attend:
+                w = htl.batch_weights(batch["id"])
+                attended += int((w > 1.0).sum())
+                w_loss_np, w_sample = attention.split(w)
+                idx = np.repeat(np.arange(len(w)), oversample_counts(w_sample, rng)) \
+                    if cfg.htl.attention != "reweight" else np.arange(len(w))
+                if len(idx) == 0:      # every rank must still step once per batch (DDP)
+                    idx, w_loss_np = np.array([0]), np.zeros(len(w))
+                x, y = x[idx], y[idx]
+                w_loss = torch.as_tensor(w_loss_np[idx], dtype=torch.float32, device=device)
             x, y = augment_batch(x, y, cfg.data.augment, gen)
             x, y = x.to(device), y.to(device)
             per_sample = loss_fn(model(x), y)
-            loss = weighted_mean(per_sample)
+            loss = weighted_mean(per_sample, w_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -178,13 +261,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             drop=True)
         loss_sum = _gather((sum(losses), seen))
         total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
+        if htl.enabled and rank == 0 and (epoch + 1) % cfg.htl.refresh_every == 0 \
+                and epoch + 1 < cfg.train.epochs:
+            htl.submit(_unwrap(model), epoch)
         checksums = _gather(state_checksum(_unwrap(model)))
+        htl_sums = _gather(htl.checksum)
         metrics = {"epoch": epoch, "train/loss": total_loss,
                    "train/samples": float(sum(b for _, b in loss_sum)),
                    "time/train_epoch_s": train_time, "time/epoch_s": time.time() - t0,
                    "lr": lr,
                    "weights_checksum": checksums[0],
                    "weights_checksum_max_abs_diff": float(max(checksums) - min(checksums))}
+        if htl.enabled:
+            attended_all = sum(_gather(attended))
+            metrics.update({"htl/version_in_use": float(htl.version), "htl/wait_s": wait_s,
+                            "htl/attention_active": float(attend),
+                            "htl/weights_checksum": htl_sums[0],
+                            "htl/weights_checksum_max_abs_diff": float(max(htl_sums)
+                                                                       - min(htl_sums)),
+                            "htl/attended_samples": float(attended_all)})
         metrics.update(validation_metrics(table))
         best = max(best, metrics.get(cfg.train.checkpoint_metric, -math.inf))
         metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
@@ -203,7 +298,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                   f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
                   f"({metrics['time/epoch_s']:.1f}s)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, _unwrap(model), optimizer, scheduler, epoch, metrics)
+                save_checkpoint(tmp, _unwrap(model), optimizer, scheduler, epoch, metrics,
+                                extra={"htl_version": htl.version,
+                                       "model_config": dataclasses.asdict(cfg.model)})
                 table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:

@@ -7,6 +7,7 @@ run, from its latest checkpoint, into the same MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -96,8 +97,45 @@ def _init_ray(log: Callable[[str], None]) -> None:
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
 
 
+def uses_refresh(cfg: ExperimentConfig) -> bool:
+    """Methods that rank samples need the refresh coordinator; erm and focal do not."""
+    from htl_ray.htl.attention import METHODS
+
+    return METHODS[cfg.htl.method].score_column is not None
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """Trainers and scorer actors must fit in the cluster together, or the refresh would wait
+    forever for CPUs the trainers hold."""
+    import ray
+
+    if not uses_refresh(cfg):
+        return
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    need = (cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
+            + cfg.htl.scorer_actors * cfg.htl.scorer_cpus)
+    if need > cpus + 1e-9:
+        raise ConfigError(
+            f"scaling/htl: {cfg.scaling.num_workers} workers × "
+            f"{cfg.scaling.resources_per_worker.get('CPU', 1.0)} CPU + "
+            f"{cfg.htl.scorer_actors} scorer actors × {cfg.htl.scorer_cpus} CPU = {need} CPUs, "
+            f"but the cluster has {cpus}; lower scaling.resources_per_worker.CPU or "
+            "htl.scorer_cpus (fractions are fine)")
+
+
+def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, run_id: str,
+                      delay_s: float = 0.0):
+    import ray
+
+    from htl_ray.htl.coordinator import RefreshCoordinator, spec_from_config
+
+    actor = ray.remote(num_cpus=0, max_concurrency=8)(RefreshCoordinator)
+    return actor.remote(str(run_dir), train_ds, spec_from_config(cfg),
+                        dataclasses.asdict(cfg.htl), cfg.run.seed, uri, run_id, delay_s)
+
+
 def run_training(cfg: ExperimentConfig, *, resume: bool = False,
-                 fault_after_epoch: int | None = None,
+                 fault_after_epoch: int | None = None, refresh_delay_s: float = 0.0,
                  log: Callable[[str], None] = print) -> TrainingOutcome:
     """Train `cfg` with Ray Train; returns where the results are. Raises on failure (the MLflow
     run is then marked FAILED and the checkpoints already written stay in the run directory)."""
@@ -123,7 +161,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         log(f"[htl-ray] resuming run {run_dir} (MLflow run {run_id})")
     else:
         tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
-                "htl.run_dir": str(run_dir), "htl.setting": "supervised"}
+                "htl.run_dir": str(run_dir), "htl.setting": "supervised",
+                "htl.method": cfg.htl.method}
         tags.update({f"htl.version.{k}": v for k, v in tracking.package_versions().items()})
         run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, flat, tags)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,10 +179,19 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
             f"({time.time() - t0:.1f}s); {cfg.scaling.num_workers} workers; "
             f"MLflow {uri} run {run_id}")
+        check_resources(cfg)
+        coordinator = None
+        if uses_refresh(cfg):
+            coordinator = start_coordinator(cfg, run_dir, train_ds, uri, run_id, refresh_delay_s)
+            log(f"[htl-ray] HTL: method {cfg.htl.method}, {cfg.htl.attention} "
+                f"({cfg.htl.weighting}, λ={cfg.htl.lam}, q={cfg.htl.q}), refresh every "
+                f"{cfg.htl.refresh_every} epochs ({'async' if cfg.htl.asynchronous else 'sync'}), "
+                f"sparsities {cfg.htl.sparsities}")
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri,
-                               "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch},
+                               "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch,
+                               "coordinator": coordinator},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                 resources_per_worker=dict(cfg.scaling.resources_per_worker)),
@@ -157,7 +205,16 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
             datasets={"train": train_ds, "val": val_ds},
             dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        finally:
+            if coordinator is not None:
+                import ray
+
+                try:
+                    ray.get(coordinator.drain.remote())
+                finally:
+                    ray.kill(coordinator)
         if result.error:
             raise result.error
     except BaseException:

@@ -1,0 +1,105 @@
+"""From a score table to per-sample weights: the HTL method and its comparators share this path.
+
+A *method* says which score ranks the samples (registry `METHODS`):
+
+| method | score                                    |
+|--------|------------------------------------------|
+| erm    | none: every weight is 1                  |
+| focal  | none: every weight is 1 (the loss changes)|
+| htl    | pruning disagreement h (EMA'd; + GT term if `gt_aware`) |
+| random | seeded uniform noise: the placebo, same λ and q |
+| loss   | the dense model's per-sample loss (JTT / OHEM style) |
+| el2n   | the dense model's per-sample EL2N        |
+
+Weights: the top-q fraction (or score ≥ τ) is the attended set; hard weights are
+`1 + λ·1[selected]`, soft weights `1 + λ·score/mean(score)`; both are renormalised to mean 1,
+so the loss scale is that of ERM. An *attention* strategy (registry `ATTENTION`) turns the
+weights into a loss weight and a sampling rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from htl_ray.htl.scoring import select_htl
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    score_column: str | None          # None: no attention
+    needs_labels: bool = False
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("erm", None),
+    Method("focal", None),
+    Method("htl", "h"),
+    Method("random", "random"),
+    Method("loss", "loss", needs_labels=True),
+    Method("el2n", "el2n", needs_labels=True),
+)}
+
+
+def method_scores(table: pd.DataFrame, method: str, seed: int, version: int,
+                  gt_aware: bool = False) -> np.ndarray | None:
+    """The score that ranks samples for `method` (None for erm / focal)."""
+    m = METHODS[method]
+    if m.score_column is None:
+        return None
+    if m.score_column == "random":
+        # A fresh draw per refresh, reproducible from (seed, version).
+        return np.random.default_rng([seed, version]).random(len(table))
+    column = "h_gt" if (method == "htl" and gt_aware and "h_gt" in table) else m.score_column
+    if column not in table:
+        raise KeyError(f"score table has no column {column!r} (method {method})")
+    return table[column].to_numpy(dtype=np.float64)
+
+
+def attention_weights(scores: np.ndarray | None, lam: float, q: float | None = 0.2,
+                      tau: float | None = None, weighting: str = "hard",
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(weights renormalised to mean 1, selected mask)."""
+    if scores is None:
+        return np.ones(0), np.zeros(0, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    selected = select_htl(scores, q=q, tau=tau, seed=seed)
+    if weighting == "hard":
+        w = 1.0 + lam * selected.astype(np.float64)
+    elif weighting == "soft":
+        mean = scores.mean()
+        w = 1.0 + lam * (scores / mean if mean > 0 else np.zeros_like(scores))
+    else:
+        raise ValueError(f"htl.weighting={weighting!r}: expected hard or soft")
+    return w / w.mean(), selected
+
+
+@dataclass(frozen=True)
+class Attention:
+    """How a weight w acts: on the loss (w_loss), on the sampling rate (w_sample), or both
+    (√w each, so that the expected emphasis is still w)."""
+
+    name: str
+
+    def split(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ones = np.ones_like(w)
+        if self.name == "reweight":
+            return w, ones
+        if self.name == "oversample":
+            return ones, w
+        root = np.sqrt(w)
+        return root, root
+
+
+ATTENTION: dict[str, Attention] = {a: Attention(a) for a in ("reweight", "oversample", "both")}
+
+
+def oversample_counts(rates: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+    """How many copies of each sample to train on: ⌊r⌋ + Bernoulli(r − ⌊r⌋), so the expected
+    count is r (mean 1: the epoch keeps its expected length)."""
+    rates = np.asarray(rates, dtype=np.float64)
+    base = np.floor(rates)
+    return (base + (generator.random(len(rates)) < rates - base)).astype(np.int64)

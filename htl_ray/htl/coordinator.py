@@ -1,0 +1,208 @@
+"""The refresh coordinator: a Ray actor owned by one training run (DESIGN §4).
+
+Rank 0 hands it a snapshot every R epochs and goes on training; the coordinator scores the
+training Dataset with the actor pool in a background thread, applies the EMA, turns scores into
+weights, and publishes a numbered *version*. At each epoch start rank 0 asks for the newest
+finished version and broadcasts its number, so every rank adopts the same one. Every version is
+written to `RUN_DIR/htl/vNNNN.parquet` (and logged to MLflow) before it is published, so a
+restarted coordinator — or a resumed run — finds every version again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from htl_ray.htl.attention import attention_weights, method_scores
+from htl_ray.htl.scorer import ScoringSpec, score_dataset
+from htl_ray.htl.scoring import ema
+
+HTL_DIR = "htl"
+
+
+def version_path(run_dir: str | Path, version: int) -> Path:
+    return Path(run_dir) / HTL_DIR / f"v{version:04d}.parquet"
+
+
+def load_versions(run_dir: str | Path) -> dict[int, pd.DataFrame]:
+    out = {}
+    for p in sorted((Path(run_dir) / HTL_DIR).glob("v*.parquet")):
+        out[int(p.stem[1:])] = pd.read_parquet(p)
+    return out
+
+
+def weights_checksum(ids: np.ndarray, weights: np.ndarray) -> float:
+    """Order-independent fingerprint of an id → weight map (equal maps, equal checksums)."""
+    if len(ids) == 0:
+        return 0.0
+    order = np.argsort(np.asarray(ids, dtype=str))
+    w = np.asarray(weights, dtype=np.float64)[order]
+    return float(np.sum(w * (1.0 + np.arange(len(w)) / len(w))))
+
+
+class RefreshCoordinator:
+    """Use as `ray.remote(num_cpus=0, max_concurrency=8)(RefreshCoordinator)`: queries are
+    answered while a refresh runs in its own thread."""
+
+    def __init__(self, run_dir: str, train_dataset: Any, spec: ScoringSpec, htl: dict[str, Any],
+                 seed: int, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
+                 delay_s: float = 0.0):
+        self.run_dir = Path(run_dir)
+        (self.run_dir / HTL_DIR).mkdir(parents=True, exist_ok=True)
+        self.dataset = train_dataset
+        self.spec = spec
+        self.htl = htl
+        self.seed = seed
+        self.uri = tracking_uri
+        self.mlflow_run_id = mlflow_run_id
+        self.delay_s = delay_s                      # test aid: makes a refresh take longer
+        self.lock = threading.Lock()
+        self.tables = load_versions(self.run_dir)   # a restarted coordinator resumes here
+        self.population: deque = deque(maxlen=int(htl.get("population", 1)))
+        self.threads: dict[int, threading.Thread] = {}
+        self.errors: dict[int, str] = {}
+        self.timeline: dict[int, dict[str, float]] = {}
+        self.next_version = max(self.tables, default=0) + 1
+
+    # ------------------------------------------------------------------ queries
+    def latest_version(self) -> int:
+        with self.lock:
+            return max(self.tables, default=0)
+
+    def versions(self) -> list[int]:
+        with self.lock:
+            return sorted(self.tables)
+
+    def weights(self, version: int) -> tuple[np.ndarray, np.ndarray]:
+        if version == 0:
+            return np.array([], dtype=object), np.array([], dtype=np.float64)
+        with self.lock:
+            table = self.tables[version]
+        return table["id"].to_numpy(), table["weight"].to_numpy()
+
+    def table(self, version: int) -> pd.DataFrame:
+        with self.lock:
+            return self.tables[version].copy()
+
+    def timing(self) -> dict[int, dict[str, float]]:
+        return dict(self.timeline)
+
+    def error(self) -> str | None:
+        return next(iter(self.errors.values()), None)
+
+    def drain(self, timeout_s: float = 3600.0) -> list[int]:
+        """Wait for every submitted refresh, so each one is persisted before the run ends."""
+        for thread in list(self.threads.values()):
+            thread.join(timeout_s)
+        return self.versions()
+
+    def wait_for(self, version: int, timeout_s: float = 3600.0) -> int:
+        thread = self.threads.get(version)
+        if thread is not None:
+            thread.join(timeout_s)
+        if version in self.errors:
+            raise RuntimeError(f"HTL refresh v{version} failed:\n{self.errors[version]}")
+        return self.latest_version()
+
+    # ------------------------------------------------------------------ refresh
+    def submit(self, snapshot: list, epoch: int) -> int:
+        """Start scoring `snapshot[0]` (an ObjectRef to a state dict) in the background."""
+        import ray
+
+        state = ray.get(snapshot[0])
+        self.population.append(ray.put(state))       # the coordinator owns its population
+        version = self.next_version
+        self.next_version += 1
+        refs = list(self.population)
+        self.timeline[version] = {"submitted": time.time(), "epoch": float(epoch)}
+        t = threading.Thread(target=self._refresh, args=(version, refs, epoch), daemon=True)
+        self.threads[version] = t
+        t.start()
+        return version
+
+    def _refresh(self, version: int, refs: list, epoch: int) -> None:
+        t0 = time.time()
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            raw = score_dataset(self.dataset, refs, self.spec)
+            table = self._finish(raw, version, epoch)
+            path = version_path(self.run_dir, version)
+            tmp = path.with_suffix(".tmp")
+            table.to_parquet(tmp, index=False)
+            tmp.rename(path)                           # persisted before it is published
+            wall = time.time() - t0
+            metrics = self._metrics(table, version, wall)
+            with self.lock:
+                self.tables[version] = table
+            self.timeline[version]["finished"] = time.time()
+            self._log(metrics, version, path)
+        except Exception:
+            self.errors[version] = traceback.format_exc()
+
+    def _finish(self, raw: pd.DataFrame, version: int, epoch: int) -> pd.DataFrame:
+        htl = self.htl
+        table = raw.copy()
+        table["h_raw"] = table["h"]
+        with self.lock:
+            prev = self.tables.get(max(self.tables, default=0))
+        if prev is not None and htl.get("beta", 0.5) > 0:
+            prev_h = prev.set_index("id")["h"].reindex(table["id"]).to_numpy()
+            fresh = np.isnan(prev_h)
+            smoothed = ema(np.where(fresh, table["h"], prev_h), table["h"].to_numpy(),
+                           htl.get("beta", 0.5))
+            table["h"] = smoothed
+        scores = method_scores(table, htl["method"], self.seed, version,
+                               htl.get("gt_aware", False))
+        if scores is None:
+            table["weight"], table["selected"] = 1.0, False
+        else:
+            w, sel = attention_weights(scores, htl["lam"], htl.get("q"), htl.get("tau"),
+                                       htl.get("weighting", "hard"),
+                                       seed=self.seed * 7919 + version)
+            table["weight"], table["selected"] = w, sel
+            table["attention_score"] = scores
+        table["version"] = version
+        table["epoch"] = epoch
+        return table
+
+    def _metrics(self, table: pd.DataFrame, version: int, wall: float) -> dict[str, float]:
+        with self.lock:
+            prev = self.tables.get(max(self.tables, default=0))
+        sel = set(table.loc[table["selected"], "id"])
+        metrics = {"htl/set_size": float(len(sel)), "htl/refresh_wall_s": wall,
+                   "htl/version": float(version)}
+        if prev is not None:
+            prev_sel = set(prev.loc[prev["selected"], "id"])
+            union = sel | prev_sel
+            metrics["htl/jaccard_prev"] = len(sel & prev_sel) / len(union) if union else 1.0
+        for q in (0.1, 0.5, 0.9):
+            metrics[f"htl/h_q{int(q * 100)}"] = float(np.quantile(table["h"], q))
+        return metrics
+
+    def _log(self, metrics: dict[str, float], version: int, path: Path) -> None:
+        if not (self.uri and self.mlflow_run_id):
+            return
+        from htl_ray import tracking
+
+        try:
+            tracking.log_metrics(self.uri, self.mlflow_run_id, metrics, step=version)
+            tracking.log_artifact(self.uri, self.mlflow_run_id, path, "htl")
+        except Exception as exc:   # a tracking outage must not lose the table (already on disk)
+            print(f"[htl-ray] warning: could not log HTL v{version} to MLflow: {exc}")
+
+
+def spec_from_config(cfg) -> ScoringSpec:
+    """ScoringSpec for an ExperimentConfig (model, sparsities and scorer resources)."""
+    return ScoringSpec(
+        model=asdict(cfg.model), sparsities=tuple(cfg.htl.sparsities), method=cfg.htl.pruning,
+        with_labels=True, batch_size=cfg.htl.scorer_batch_size, pool_size=cfg.htl.scorer_actors,
+        cpus_per_actor=cfg.htl.scorer_cpus, gpus_per_actor=cfg.htl.scorer_gpus)
