@@ -81,6 +81,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from htl_ray.htl.offline import score_checkpoint
+    from htl_ray.train.trainer import _init_ray
+
+    _init_ray(print)
+    table, summary, dest = score_checkpoint(
+        args.checkpoint, args.data, split=args.split, sparsities=args.sparsities,
+        pruning=args.pruning, actors=args.actors, batch_size=args.batch_size, out=args.out,
+        labels=not args.no_labels)
+    print(f"scored {summary['n']} images of split '{args.split}' with the checkpoint of epoch "
+          f"{summary['epoch']}: mean h {summary['mean_h']:.4f}")
+    if "failure_auroc" in summary:
+        print(f"failure detector: {summary['failure_rate']:.1%} of images fail (IoU < 0.65); "
+              f"AUROC of h for failure = {summary['failure_auroc']:.3f}")
+    print(f"score table: {dest}")
+    return 0
+
+
+def _sparsities(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 0.3,0.5,0.7") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every sparsity must be in (0, 1)")
+    return values
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from htl_ray.demo import run_demo
 
@@ -126,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     tr.set_defaults(func=_cmd_train)
 
+    sc = sub.add_parser("score", help="HTL scores of a saved model on a dataset split, and "
+                        "the AUROC of h as a label-free failure detector")
+    sc.add_argument("checkpoint", help="checkpoint directory (or its checkpoint.pt)")
+    sc.add_argument("data", help="dataset folder")
+    sc.add_argument("--split", default="val", choices=["train", "val", "test"])
+    sc.add_argument("--sparsities", type=_sparsities, default=(0.3, 0.5, 0.7))
+    sc.add_argument("--pruning", default="l1_unstructured",
+                    choices=["l1_unstructured", "channel_l2"])
+    sc.add_argument("--actors", type=int, default=1, help="scorer actors")
+    sc.add_argument("--batch-size", type=int, default=32)
+    sc.add_argument("--no-labels", action="store_true", help="score without ground truth")
+    sc.add_argument("--out", help="output Parquet (default: beside the checkpoint)")
+    sc.set_defaults(func=_cmd_score)
+
     demo = sub.add_parser("demo", help="synthetic data + 2-worker training on CPU, end to end")
     demo.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     demo.set_defaults(func=_cmd_demo)
@@ -142,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, IngestError, LayoutError, ValueError) as exc:
+    except (ConfigError, IngestError, LayoutError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -73,3 +73,17 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def summarize(per_image: dict[str, np.ndarray]) -> dict[str, float]:
     """Dataset score = mean over images (the challenge's aggregation)."""
     return {k: float(np.mean(v)) if len(v) else float("nan") for k, v in per_image.items()}
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for boolean `labels` (Mann–Whitney U with average
+    ranks for ties); NaN when one class is absent."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

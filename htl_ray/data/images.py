@@ -49,7 +49,8 @@ def _open(path: Path, what: str) -> Image.Image:
             im.load()
         return im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RecordDefect(f"unreadable_{what}", f"{path}: too large to decode safely ({exc})")
+        raise RecordDefect(f"unreadable_{what}",
+                           f"{path}: too large to decode safely ({exc})") from None
     except FileNotFoundError:
         raise RecordDefect(f"missing_{what}", f"{path}: file not found") from None
     except Exception as exc:  # PIL raises many types for corrupt files

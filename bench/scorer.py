@@ -1,0 +1,96 @@
+"""Scoring cost, measured as ratios within one run (this machine is noisy).
+
+1. Throughput of the actor-pool scorer (Ray Data map_batches + ActorPoolStrategy) ÷ a plain
+   in-process loop doing the same K+1 forward passes (dense + one per sparsity) with the same
+   number of threads. Target ≥ 0.8.
+2. Wall time of a training run with asynchronous HTL refresh ÷ the same run with synchronous
+   refresh (refresh every epoch): < 1 means training no longer waits for the scorer.
+
+Usage: .venv/bin/python bench/scorer.py [--n 400] [--size 64] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+import torch
+from _common import init_ray, quiet, workdir
+
+from htl_ray.config import ModelConfig, load_config
+from htl_ray.data.loading import split_dataset
+from htl_ray.data.schema import read_table
+from htl_ray.data.synth import synthesize
+from htl_ray.htl.scorer import ScoringSpec, score_dataset, score_in_process
+from htl_ray.models import create_model
+from htl_ray.train.trainer import run_training
+
+MODEL = {"arch": "unet", "encoder": "resnet18", "encoder_weights": None, "in_channels": 3,
+         "decoder_channels": [64, 32, 16, 8, 4]}
+
+
+def scoring_ratio(data, threads: int, repeats: int) -> tuple[float, float, float]:
+    torch.manual_seed(0)
+    state = create_model(ModelConfig(**MODEL)).state_dict()
+    spec = ScoringSpec(model=MODEL, sparsities=(0.3, 0.5, 0.7), batch_size=32, pool_size=1,
+                       cpus_per_actor=threads)
+    rows = read_table(data, columns=["id", "image", "mask", "height", "width"], split="train")
+    batch = {c: rows[c].to_numpy() for c in rows.columns}
+    ds = split_dataset(data, "train")
+    torch.set_num_threads(threads)
+    score_in_process(batch, state, spec)          # warm-up (allocator, kernels)
+    t_plain, t_pool = [], []
+    for _ in range(repeats):                      # interleaved, so drift hits both alike
+        t0 = time.perf_counter()
+        score_in_process(batch, state, spec)
+        t_plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        score_dataset(ds, state, spec)
+        t_pool.append(time.perf_counter() - t0)
+    n = len(rows)
+    plain, pool = n / min(t_plain), n / min(t_pool)
+    return pool / plain, plain, pool
+
+
+def refresh_ratio(data, root, epochs: int) -> tuple[float, float, float]:
+    walls = {}
+    for mode in ("sync", "async"):
+        cfg = load_config(None, [
+            f"data.path={data}", f"run.storage_path={root / 'runs'}",
+            f"run.name={mode}-{int(time.time())}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            f"train.epochs={epochs}", "data.batch_size=16", "scaling.num_workers=2",
+            "scaling.resources_per_worker={CPU: 0.5}", "htl.method=htl", "htl.refresh_every=1",
+            "htl.warmup_epochs=0", f"htl.asynchronous={'true' if mode == 'async' else 'false'}",
+            "model.decoder_channels=[64,32,16,8,4]", "htl.scorer_batch_size=64"])
+        t0 = time.perf_counter()
+        run_training(cfg, log=quiet)
+        walls[mode] = time.perf_counter() - t0
+    return walls["async"] / walls["sync"], walls["sync"], walls["async"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
+    args = p.parse_args()
+    root = workdir("scorer")
+    data = root / "synthetic"
+    if data.exists():
+        shutil.rmtree(data)
+    synthesize(data, n=args.n, size=args.size, seed=0, log=quiet)
+    init_ray()
+    ratio, plain, pool = scoring_ratio(data, args.threads, args.repeats)
+    print(f"plain in-process scoring: {plain:.1f} images/s; actor pool: {pool:.1f} images/s "
+          f"({args.threads} threads each, K+1 = 4 forward passes per image)")
+    r_ratio, sync, asyn = refresh_ratio(data, root, args.epochs)
+    print(f"training with refresh every epoch: sync {sync:.1f}s, async {asyn:.1f}s")
+    print(f"actor-pool / in-process scoring throughput = {ratio:.2f}  (target >= 0.8)")
+    print(f"async / sync refresh training wall time = {r_ratio:.2f}  (< 1: training does not wait)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""`htl-ray score`: HTL scores of a saved model on any split, and h as a failure detector.
+
+h needs no labels, so on new data it flags the images where the model is likely to fail. On
+labeled held-out data we measure how well it does that: the AUROC of h for "failed
+segmentation" (the dense model's IoU < 0.65, the ISIC 2018 threshold).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from htl_ray.data.loading import split_dataset
+from htl_ray.htl.scorer import ScoringSpec, score_dataset
+from htl_ray.metrics import ISIC_JACCARD_THRESHOLD, auroc
+from htl_ray.train.checkpoints import CHECKPOINT_FILE, load_checkpoint, read_meta
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name == CHECKPOINT_FILE:
+        p = p.parent
+    if not (p / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a checkpoint (expected a directory with "
+                                f"{CHECKPOINT_FILE}, as written by `htl-ray train`)")
+    return p
+
+
+def failure_summary(table: pd.DataFrame, score: str = "h") -> dict[str, Any]:
+    """How well `score` predicts failure (dense IoU < 0.65) on labeled data."""
+    out: dict[str, Any] = {"n": len(table), f"mean_{score}": float(table[score].mean())}
+    if "dense_iou" in table:
+        failed = table["dense_iou"].to_numpy() < ISIC_JACCARD_THRESHOLD
+        out.update({"failure_rate": float(failed.mean()),
+                    "failure_auroc": auroc(table[score].to_numpy(), failed)})
+    return out
+
+
+def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "val",
+                     sparsities: tuple[float, ...] = (0.3, 0.5, 0.7),
+                     pruning: str = "l1_unstructured", actors: int = 1,
+                     batch_size: int = 32, out: str | Path | None = None,
+                     labels: bool = True) -> tuple[pd.DataFrame, dict[str, Any], Path]:
+    ckpt = resolve_checkpoint(checkpoint)
+    meta = read_meta(ckpt)
+    if "model_config" not in meta:
+        raise ValueError(f"{ckpt / 'meta.json'}: no model_config; re-save the checkpoint with "
+                         "this version of htl-ray")
+    state = load_checkpoint(ckpt)["model"]
+    spec = ScoringSpec(model=meta["model_config"], sparsities=tuple(sparsities), method=pruning,
+                       with_labels=labels, batch_size=batch_size, pool_size=actors)
+    table = score_dataset(split_dataset(dataset, split), state, spec)
+    summary = failure_summary(table)
+    summary.update({"split": split, "checkpoint": str(ckpt), "epoch": meta.get("epoch")})
+    dest = Path(out) if out else ckpt.parent / f"htl_scores_{ckpt.name}_{split}.parquet"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(dest, index=False)
+    return table, summary, dest
+
+
+__all__ = ["score_checkpoint", "failure_summary", "np"]

@@ -1,0 +1,104 @@
+"""Each comparator changes the weights it should, and no others."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from htl_ray.htl.attention import (
+    ATTENTION,
+    attention_weights,
+    method_scores,
+    oversample_counts,
+)
+from htl_ray.htl.coordinator import RefreshCoordinator
+from htl_ray.htl.scorer import ScoringSpec
+from htl_ray.losses import make_loss
+
+N = 20
+
+
+def _table():
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"id": [f"s{i:02d}" for i in range(N)], "h": rng.random(N),
+                         "h_gt": rng.random(N), "loss": rng.random(N), "el2n": rng.random(N)})
+
+
+def _coordinator(tmp_path, method, **htl):
+    cfg = {"method": method, "lam": 2.0, "q": 0.25, "tau": None, "weighting": "hard",
+           "beta": 0.5, "gt_aware": False, "population": 1, **htl}
+    return RefreshCoordinator(str(tmp_path), None, ScoringSpec(model={}), cfg, seed=0)
+
+
+@pytest.mark.parametrize("method, column", [("htl", "h"), ("loss", "loss"), ("el2n", "el2n")])
+def test_ranking_methods_upweight_exactly_their_top_q(tmp_path, method, column):
+    table = _table()
+    out = _coordinator(tmp_path, method)._finish(table, version=1, epoch=0)
+    top = set(table.nlargest(5, column).id)                 # q = 0.25 of 20
+    assert set(out.loc[out.selected, "id"]) == top
+    w = out.set_index("id").weight
+    mean = (15 * 1 + 5 * 3) / 20                             # hard: 1 + λ on the selected
+    assert np.allclose(w[list(top)], 3 / mean)
+    assert np.allclose(w.drop(list(top)), 1 / mean)          # every other sample: unchanged
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_random_placebo_has_the_same_size_and_lambda_but_ignores_the_scores(tmp_path):
+    table = _table()
+    out1 = _coordinator(tmp_path, "random")._finish(table, version=1, epoch=0)
+    out2 = _coordinator(tmp_path, "random")._finish(table, version=2, epoch=0)
+    again = _coordinator(tmp_path, "random")._finish(table, version=1, epoch=0)
+    assert out1.selected.sum() == 5 and sorted(set(out1.weight.round(9))) == sorted(
+        set(_coordinator(tmp_path, "htl")._finish(table, 1, 0).weight.round(9)))
+    assert out1.selected.tolist() == again.selected.tolist()          # seeded
+    assert out1.selected.tolist() != out2.selected.tolist()           # fresh per refresh
+    # the scores are not used: reshuffling h changes nothing
+    shuffled = table.assign(h=table.h.sample(frac=1, random_state=1).to_numpy())
+    assert _coordinator(tmp_path, "random")._finish(shuffled, 1, 0).selected.tolist() == \
+        out1.selected.tolist()
+
+
+@pytest.mark.parametrize("method", ["erm", "focal"])
+def test_erm_and_focal_leave_every_weight_at_one(tmp_path, method):
+    out = _coordinator(tmp_path, method)._finish(_table(), version=1, epoch=0)
+    assert (out.weight == 1.0).all() and not out.selected.any()
+
+
+def test_focal_changes_the_loss_not_the_weights():
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 1, 8, 8), (torch.rand(4, 1, 8, 8) > 0.5).float()
+    bce = make_loss("bce_dice")(logits, target)
+    focal = make_loss("focal_dice", gamma=2.0)(logits, target)
+    assert (focal < bce).all()                                 # easy pixels are down-weighted
+    assert torch.allclose(make_loss("focal_dice", gamma=0.0)(logits, target), bce, atol=1e-6)
+
+
+def test_gt_aware_and_soft_and_tau_variants(tmp_path):
+    table = _table()
+    out = _coordinator(tmp_path, "htl", gt_aware=True)._finish(table, 1, 0)
+    assert set(out.loc[out.selected, "id"]) == set(table.nlargest(5, "h_gt").id)
+    w, sel = attention_weights(table.h.to_numpy(), lam=1.0, q=None, tau=0.5, weighting="soft")
+    assert (sel == (table.h >= 0.5)).all()
+    expected = 1 + table.h / table.h.mean()
+    assert np.allclose(w, expected / expected.mean())
+
+
+def test_ema_across_refreshes(tmp_path):
+    coord = _coordinator(tmp_path, "htl", beta=0.5)
+    first = coord._finish(_table(), 1, 0)
+    coord.tables[1] = first
+    second_raw = _table().assign(h=0.0)
+    second = coord._finish(second_raw, 2, 1)
+    assert np.allclose(second.h, 0.5 * first.h)              # h_t = β h_{t−1} + (1−β) h_new
+    assert np.allclose(second.h_raw, 0.0)
+    assert np.allclose(method_scores(second, "htl", 0, 2), second.h)
+
+
+def test_attention_strategies_and_oversampling():
+    w = np.array([0.5, 1.0, 2.0])
+    assert ATTENTION["reweight"].split(w)[0].tolist() == w.tolist()
+    assert ATTENTION["oversample"].split(w)[1].tolist() == w.tolist()
+    lw, sw = ATTENTION["both"].split(w)
+    assert np.allclose(lw * sw, w)
+    counts = np.stack([oversample_counts(w, np.random.default_rng(i)) for i in range(4000)])
+    assert np.allclose(counts.mean(0), w, atol=0.05)          # expected copies = weight

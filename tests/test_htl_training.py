@@ -1,0 +1,81 @@
+"""HTL attention inside real 2-worker Ray Train runs: every rank adopts the same weights, epochs
+advance while a refresh runs, and a resumed run keeps the HTL version it was using."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from htl_ray.config import load_config
+from htl_ray.htl.coordinator import load_versions, version_path, weights_checksum
+from htl_ray.train.trainer import config_for_resume, run_dir_of, run_training
+
+HTL = ["data.batch_size=8", "model.decoder_channels=[32,16,8,8,4]", "train.lr=0.003",
+       "scaling.num_workers=2", "scaling.resources_per_worker={CPU: 0.5}",
+       "htl.method=htl", "htl.refresh_every=1", "htl.warmup_epochs=0", "htl.lam=2.0",
+       "htl.scorer_batch_size=64", "htl.sparsities=[0.3,0.6]"]
+
+
+def _cfg(dataset, tmp_path, uri, name, *extra):
+    return load_config(None, [f"data.path={dataset}", f"run.storage_path={tmp_path / 'runs'}",
+                              f"run.name={name}", f"tracking.uri={uri}", *HTL, *extra])
+
+
+def _hist(client, run_id, key):
+    return {m.step: m for m in client.get_metric_history(run_id, key)}
+
+
+def _values(client, run_id, key):
+    return {s: m.value for s, m in _hist(client, run_id, key).items()}
+
+
+def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
+        ray_cluster, synth_dataset, tmp_path, tracking_uri):
+    cfg = _cfg(synth_dataset, tmp_path, tracking_uri, "sync", "train.epochs=3",
+               "htl.asynchronous=false")
+    with pytest.raises(Exception, match="injected fault after epoch 1"):
+        run_training(cfg, fault_after_epoch=1, log=lambda s: None)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("htl-ray").experiment_id])
+    rid = run.info.run_id
+    # synchronous: epoch 1 waited for version 1 (submitted after epoch 0) and attended it
+    assert _values(client, rid, "htl/version_in_use") == {0: 0.0, 1: 1.0}
+    assert _values(client, rid, "htl/attended_samples")[1] > 0
+    assert _values(client, rid, "htl/weights_checksum_max_abs_diff") == {0: 0.0, 1: 0.0}
+    # the refresh submitted before the crash was finished and persisted, not lost
+    run_dir = run_dir_of(cfg)
+    assert sorted(load_versions(run_dir)) == [1, 2]
+    v1 = pd.read_parquet(version_path(run_dir, 1))
+    assert v1.id.is_unique and len(v1) == 140 and v1.weight.mean() == pytest.approx(1.0)
+    assert v1.selected.sum() == 28                                  # q = 0.2 of 140
+    assert _values(client, rid, "htl/weights_checksum")[1] == pytest.approx(
+        weights_checksum(v1.id.to_numpy(), v1.weight.to_numpy()))
+    assert {"htl/v0001.parquet", "htl/v0002.parquet"} <= {
+        a.path for a in client.list_artifacts(rid, "htl")}
+    assert set(_values(client, rid, "htl/set_size")) == {1, 2}
+    assert 0 <= _values(client, rid, "htl/jaccard_prev")[2] <= 1
+
+    run_training(config_for_resume(run_dir), resume=True, log=lambda s: None)
+    versions = _values(client, rid, "htl/version_in_use")
+    checksums = _values(client, rid, "htl/weights_checksum")
+    assert versions[2] == 1.0                       # the checkpoint's version, not the newer v2
+    assert checksums[2] == checksums[1]             # hence the very same weights
+    assert _values(client, rid, "htl/weights_checksum_max_abs_diff")[2] == 0.0
+    assert client.get_run(rid).info.status == "FINISHED"
+
+
+def test_epochs_advance_while_an_asynchronous_refresh_runs(ray_cluster, synth_dataset,
+                                                           tmp_path, tracking_uri):
+    cfg = _cfg(synth_dataset, tmp_path, tracking_uri, "async", "train.epochs=2")
+    outcome = run_training(cfg, refresh_delay_s=20.0, log=lambda s: None)
+    client = MlflowClient(tracking_uri)
+    rid = outcome.mlflow_run_id
+    epoch_done = {s: m.timestamp for s, m in _hist(client, rid, "val/dice").items()}
+    refresh = _hist(client, rid, "htl/refresh_wall_s")
+    assert refresh[1].value >= 20.0
+    # version 1 was submitted after epoch 0 and published only after epoch 1 had finished:
+    assert epoch_done[0] < epoch_done[1] < refresh[1].timestamp
+    assert _values(client, rid, "htl/version_in_use") == {0: 0.0, 1: 0.0}
+    assert _values(client, rid, "htl/wait_s")[1] < 5.0              # training did not wait
+    assert sorted(load_versions(run_dir_of(cfg))) == [1]           # still persisted at the end
