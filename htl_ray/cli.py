@@ -93,8 +93,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(f"scored {summary['n']} images of split '{args.split}' with the checkpoint of epoch "
           f"{summary['epoch']}: mean h {summary['mean_h']:.4f}")
     if "failure_auroc" in summary:
-        print(f"failure detector: {summary['failure_rate']:.1%} of images fail (IoU < 0.65); "
-              f"AUROC of h for failure = {summary['failure_auroc']:.3f}")
+        rate, auc = summary["failure_rate"], summary["failure_auroc"]
+        verdict = (f"AUROC of h for failure = {auc:.3f}" if auc == auc else
+                   f"AUROC undefined: {'every' if rate == 1 else 'no'} image fails")
+        print(f"failure detector: {rate:.1%} of images fail (IoU < 0.65); {verdict}")
     print(f"score table: {dest}")
     return 0
 

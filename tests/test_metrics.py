@@ -66,3 +66,12 @@ def test_mask_iou_matches_per_image_iou():
     b = rng.random((5, 16, 16)) > 0.5
     np.testing.assert_allclose(mask_iou(torch.as_tensor(a), torch.as_tensor(b)).numpy(),
                                per_image_metrics(a, b)["iou"])
+
+
+def test_auroc_hand_computed_with_ties():
+    from htl_ray.metrics import auroc
+
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == pytest.approx(0.5)   # ties count half
+    assert auroc([0.9, 0.8, 0.1], [1, 1, 0]) == 1.0
+    assert np.isnan(auroc([0.1, 0.2], [0, 0]))

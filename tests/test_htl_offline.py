@@ -1,0 +1,45 @@
+"""`htl-ray score`: offline HTL scores of a saved checkpoint, and h as a failure detector."""
+
+import dataclasses
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from htl_ray.cli import main
+from htl_ray.config import ModelConfig
+from htl_ray.htl.offline import failure_summary, score_checkpoint
+from htl_ray.models import create_model
+from htl_ray.train.checkpoints import save_checkpoint
+
+CFG = ModelConfig(decoder_channels=[32, 16, 8, 8, 4])
+
+
+def test_failure_summary_hand_computed():
+    table = pd.DataFrame({"h": [0.9, 0.1, 0.8, 0.2], "dense_iou": [0.3, 0.9, 0.5, 0.7]})
+    s = failure_summary(table)
+    assert s["failure_rate"] == 0.5 and s["failure_auroc"] == 1.0
+
+
+def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model(CFG)
+    model.segmentation_head[0].bias.data.fill_(0.0)
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt = tmp_path / "checkpoint_x"
+    save_checkpoint(ckpt, model, opt, None, 3, {}, extra={"model_config":
+                                                           dataclasses.asdict(CFG)})
+    table, summary, dest = score_checkpoint(ckpt, synth_dataset, split="val",
+                                            sparsities=(0.5,), out=tmp_path / "s.parquet")
+    assert len(table) == 30 and dest.is_file() and summary["epoch"] == 3
+    # an untrained model fails everywhere: the AUROC is undefined (NaN), and says so
+    assert summary["failure_rate"] == 1.0 and math.isnan(summary["failure_auroc"])
+    code = main(["score", str(ckpt / "checkpoint.pt"), str(synth_dataset), "--split", "test",
+                 "--sparsities", "0.3,0.6", "--out", str(tmp_path / "t.parquet")])
+    out = capsys.readouterr().out
+    assert code == 0 and "AUROC undefined: every image fails" in out
+    assert set(pd.read_parquet(tmp_path / "t.parquet").columns) >= {"id", "d_0.30", "d_0.60",
+                                                                    "h"}
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        score_checkpoint(tmp_path, synth_dataset)
