@@ -44,3 +44,27 @@ def test_pie_population_uses_majority_masks():
     assert majority_mask([a, b, c]).tolist() == [[[True, True, False, False]]]
     assert pie_disagreement([a, b, c], [a, a, a]).item() == 0.0
     assert pie_disagreement([a, b, c], [b, b, c]).item() == pytest.approx(0.5)
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' that returns fixed logits, to hand-compute population scores."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.logits = torch.tensor(mask, dtype=torch.float32)[None, None] * 20 - 10
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+def test_population_scores_compare_majority_masks():
+    from htl_ray.htl.scoring import score_batch, score_population_batch
+
+    x = torch.zeros(1, 3, 1, 4)
+    a, b, c = [[1, 1, 0, 0]], [[1, 0, 0, 0]], [[1, 1, 1, 0]]
+    single = score_batch(_Fixed(a), {0.5: _Fixed(b)}, x)
+    assert single["h"][0] == pytest.approx(0.5)                  # 1 − IoU(a, b)
+    pop = score_population_batch([(_Fixed(a), {0.5: _Fixed(b)}), (_Fixed(c), {0.5: _Fixed(c)}),
+                                  (_Fixed(a), {0.5: _Fixed(a)})], x)
+    # dense majority of (a, c, a) = a; pruned majority of (b, c, a) = a → full agreement
+    assert pop["h"][0] == 0.0 and pop["d_0.50"][0] == 0.0

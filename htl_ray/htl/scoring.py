@@ -44,32 +44,10 @@ def el2n(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return err.reshape(err.shape[0], -1).mean(1)
 
 
-@torch.inference_mode()
 def score_batch(dense: torch.nn.Module, pruned: dict[float, torch.nn.Module],
                 images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """One dense forward pass and one per pruned model; per-sample scalars only."""
-    dense_logits = dense(images)
-    dense_mask = binarize(dense_logits)
-    out: dict[str, np.ndarray] = {}
-    d_cols, g_cols = [], []
-    target = masks > 0.5 if masks is not None else None
-    for s, model in sorted(pruned.items()):
-        pm = binarize(model(images))
-        d = disagreement(dense_mask, pm)
-        out[sparsity_column(s)] = d.numpy()
-        d_cols.append(d)
-        if target is not None:
-            g_cols.append(gt_gap(dense_mask, pm, target))
-    h = torch.stack(d_cols).mean(0)
-    out["h"] = h.numpy()
-    if target is not None:
-        g = torch.stack(g_cols).mean(0)
-        out["gt_gap"] = g.numpy()
-        out["h_gt"] = (h + g).clamp(max=1.0).numpy()
-        out["loss"] = BceDiceLoss()(dense_logits, masks).numpy()
-        out["el2n"] = el2n(dense_logits, masks).numpy()
-        out["dense_iou"] = mask_iou(dense_mask, target).numpy()
-    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+    return score_population_batch([(dense, pruned)], images, masks)
 
 
 @torch.inference_mode()
@@ -77,32 +55,31 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
                            images: torch.Tensor,
                            masks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """PIE over a population of the last M snapshots (Hooker et al.): per sparsity, compare the
-    per-pixel majority mask of the M dense models with that of the M pruned models. With M = 1
-    this is exactly `score_batch`. Loss and EL2N come from the newest dense model."""
-    if len(population) == 1:
-        return score_batch(population[0][0], population[0][1], images, masks)
+    per-pixel majority mask of the M dense models with that of the M pruned models. The
+    majority of one mask is that mask, so M = 1 is the plain dense-vs-pruned score. Loss and
+    EL2N come from the newest dense model."""
     dense_logits = [dense(images) for dense, _ in population]
     dense_major = majority_mask([binarize(lg) for lg in dense_logits])
     target = masks > 0.5 if masks is not None else None
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, torch.Tensor] = {}
     d_cols, g_cols = [], []
-    for s in sorted(population[0][1]):
+    for s in sorted(population[-1][1]):
         pruned_major = majority_mask([binarize(pruned[s](images)) for _, pruned in population])
         d = disagreement(dense_major, pruned_major)
-        out[sparsity_column(s)] = d.numpy()
+        out[sparsity_column(s)] = d
         d_cols.append(d)
         if target is not None:
             g_cols.append(gt_gap(dense_major, pruned_major, target))
     h = torch.stack(d_cols).mean(0)
-    out["h"] = h.numpy()
+    out["h"] = h
     if target is not None:
         g = torch.stack(g_cols).mean(0)
-        out["gt_gap"] = g.numpy()
-        out["h_gt"] = (h + g).clamp(max=1.0).numpy()
-        out["loss"] = BceDiceLoss()(dense_logits[-1], masks).numpy()
-        out["el2n"] = el2n(dense_logits[-1], masks).numpy()
-        out["dense_iou"] = mask_iou(binarize(dense_logits[-1]), target).numpy()
-    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+        out["gt_gap"] = g
+        out["h_gt"] = (h + g).clamp(max=1.0)
+        out["loss"] = BceDiceLoss()(dense_logits[-1], masks)
+        out["el2n"] = el2n(dense_logits[-1], masks)
+        out["dense_iou"] = mask_iou(binarize(dense_logits[-1]), target)
+    return {k: v.double().numpy() for k, v in out.items()}
 
 
 def sparsity_column(s: float) -> str:
