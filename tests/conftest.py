@@ -11,7 +11,10 @@ import pytest
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-ISIC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2018-task1-256"
+# The shared real data sits beside the project checkout; HTL_RAY_ISIC_DIR points elsewhere.
+ISIC_DIR = Path(os.environ.get(
+    "HTL_RAY_ISIC_DIR",
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2018-task1-256"))
 
 
 @pytest.fixture(scope="session")
