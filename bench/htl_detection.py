@@ -9,6 +9,7 @@
    validation split.
 
 Usage: .venv/bin/python bench/htl_detection.py [--n 600] [--size 48] [--epochs 5]
+       [--isic-checkpoint RUN/checkpoint_... --isic-data data/isic128]
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def synthetic(args) -> dict[str, float]:
 
 
 def isic_failure(args) -> float | None:
+    if args.isic_checkpoint:
+        _, summary, _ = score_checkpoint(args.isic_checkpoint, args.isic_data, split="val")
+        print(f"\nISIC val with {args.isic_checkpoint}: {summary['failure_rate']:.1%} of images "
+              "fail (IoU < 0.65)")
+        return summary["failure_auroc"]
     src = isic_dir()
     if src is None:
         print("ISIC data not present: skipping the failure-detector part")
@@ -84,6 +90,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--isic-epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--isic-checkpoint", help="score this trained ISIC checkpoint instead of "
+                   "training a short 64x64 model")
+    p.add_argument("--isic-data", help="the ingested ISIC dataset of --isic-checkpoint")
     args = p.parse_args()
     init_ray()
     result = synthetic(args)
