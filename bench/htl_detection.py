@@ -96,10 +96,10 @@ def main() -> None:
     args = p.parse_args()
     init_ray()
     result = synthetic(args)
-    failure = isic_failure(args)
     print("\nAUROC for finding the planted hard samples (1.0 = perfect, 0.5 = chance):")
     for k, v in result.items():
         print(f"  {k:<10} {v:.3f}")
+    failure = isic_failure(args)
     if failure is not None:
         print(f"AUROC of h as a label-free failure detector on ISIC val: {failure:.3f}")
     print(f"HTL (h) AUROC / random AUROC = {result['htl_h'] / result['random']:.2f}")

@@ -7,6 +7,7 @@ segmentation" (the dense model's IoU < 0.65, the ISIC 2018 threshold).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
+def model_config_of(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The architecture of a checkpoint: its meta.json, else its run's htl_run.json."""
+    if "model_config" in meta:
+        return meta["model_config"]
+    run_state = ckpt.parent / "htl_run.json"
+    if run_state.is_file():
+        return json.loads(run_state.read_text())["config"]["model"]
+    raise ValueError(f"{ckpt}: no model_config in meta.json and no htl_run.json beside it; "
+                     "cannot tell which architecture to build")
+
+
 def failure_summary(table: pd.DataFrame, score: str = "h") -> dict[str, Any]:
     """How well `score` predicts failure (dense IoU < 0.65) on labeled data."""
     out: dict[str, Any] = {"n": len(table), f"mean_{score}": float(table[score].mean())}
@@ -46,11 +58,8 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
                      labels: bool = True) -> tuple[pd.DataFrame, dict[str, Any], Path]:
     ckpt = resolve_checkpoint(checkpoint)
     meta = read_meta(ckpt)
-    if "model_config" not in meta:
-        raise ValueError(f"{ckpt / 'meta.json'}: no model_config; re-save the checkpoint with "
-                         "this version of htl-ray")
     state = load_checkpoint(ckpt)["model"]
-    spec = ScoringSpec(model=meta["model_config"], sparsities=tuple(sparsities), method=pruning,
+    spec = ScoringSpec(model=model_config_of(ckpt, meta), sparsities=tuple(sparsities), method=pruning,
                        with_labels=labels, batch_size=batch_size, pool_size=actors)
     table = score_dataset(split_dataset(dataset, split), state, spec)
     summary = failure_summary(table)
