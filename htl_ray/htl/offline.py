@@ -59,8 +59,8 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
     ckpt = resolve_checkpoint(checkpoint)
     meta = read_meta(ckpt)
     state = load_checkpoint(ckpt)["model"]
-    spec = ScoringSpec(model=model_config_of(ckpt, meta), sparsities=tuple(sparsities), method=pruning,
-                       with_labels=labels, batch_size=batch_size, pool_size=actors)
+    spec = ScoringSpec(model=model_config_of(ckpt, meta), sparsities=tuple(sparsities),
+                       method=pruning, with_labels=labels, batch_size=batch_size, pool_size=actors)
     table = score_dataset(split_dataset(dataset, split), state, spec)
     summary = failure_summary(table)
     summary.update({"split": split, "checkpoint": str(ckpt), "epoch": meta.get("epoch")})
