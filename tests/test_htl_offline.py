@@ -43,3 +43,18 @@ def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, ca
                                                                     "h"}
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         score_checkpoint(tmp_path, synth_dataset)
+
+
+def test_architecture_falls_back_to_the_runs_config(tmp_path):
+    import json
+
+    from htl_ray.htl.offline import model_config_of
+
+    ckpt = tmp_path / "run" / "checkpoint_1"
+    ckpt.mkdir(parents=True)
+    (tmp_path / "run" / "htl_run.json").write_text(json.dumps(
+        {"config": {"model": {"arch": "fpn", "encoder": "resnet18"}}}))
+    assert model_config_of(ckpt, {})["arch"] == "fpn"
+    assert model_config_of(ckpt, {"model_config": {"arch": "unet"}})["arch"] == "unet"
+    with pytest.raises(ValueError, match="cannot tell which architecture"):
+        model_config_of(tmp_path, {})
