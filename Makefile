@@ -19,6 +19,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+bench: $(STAMP)
+	$(BIN)/python bench/htl_detection.py
+	$(BIN)/python bench/scorer.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check htl_ray tests bench
 

@@ -92,6 +92,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         labels=not args.no_labels)
     print(f"scored {summary['n']} images of split '{args.split}' with the checkpoint of epoch "
           f"{summary['epoch']}: mean h {summary['mean_h']:.4f}")
+    print("measured sparsity: " + ", ".join(
+        f"target {t:.2f} → {m:.4f}" for t, m in sorted(summary["measured_sparsity"].items())))
     if "failure_auroc" in summary:
         rate, auc = summary["failure_rate"], summary["failure_auroc"]
         verdict = (f"AUROC of h for failure = {auc:.3f}" if auc == auc else

@@ -39,6 +39,7 @@ def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, ca
                  "--sparsities", "0.3,0.6", "--out", str(tmp_path / "t.parquet")])
     out = capsys.readouterr().out
     assert code == 0 and "AUROC undefined: every image fails" in out
+    assert "target 0.30 → 0.3000" in out
     assert set(pd.read_parquet(tmp_path / "t.parquet").columns) >= {"id", "d_0.30", "d_0.60",
                                                                     "h"}
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):

@@ -27,6 +27,9 @@ def test_actor_pool_scores_equal_in_process_scores(ray_cluster, synth_dataset):
                       split="val")
     plain = score_in_process({c: rows[c].to_numpy() for c in rows.columns}, state, spec)
     assert pooled.id.tolist() == plain.id.tolist() and pooled.id.is_unique
+    measured = pooled.attrs["measured_sparsity"]                       # reported per sparsity
+    assert set(measured) == {0.3, 0.5, 0.7}
+    assert all(abs(measured[s] - s) <= 0.005 for s in measured)
     assert len(pooled) == len(rows)
     cols = ["d_0.30", "d_0.50", "d_0.70", "h", "gt_gap", "h_gt", "loss", "el2n"]
     assert set(cols) <= set(pooled.columns)

@@ -54,6 +54,7 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
     assert {"htl/v0001.parquet", "htl/v0002.parquet"} <= {
         a.path for a in client.list_artifacts(rid, "htl")}
     assert set(_values(client, rid, "htl/set_size")) == {1, 2}
+    assert abs(_values(client, rid, "htl/measured_sparsity/0.60")[1] - 0.6) <= 0.005
     assert 0 <= _values(client, rid, "htl/jaccard_prev")[2] <= 1
 
     run_training(config_for_resume(run_dir), resume=True, log=lambda s: None)

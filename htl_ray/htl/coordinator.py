@@ -141,6 +141,8 @@ class RefreshCoordinator:
             tmp.rename(path)                           # persisted before it is published
             wall = time.time() - t0
             metrics = self._metrics(table, version, wall)
+            metrics.update({f"htl/measured_sparsity/{target:.2f}": value for target, value
+                            in raw.attrs.get("measured_sparsity", {}).items()})
             with self.lock:
                 self.tables[version] = table
             self.timeline[version]["finished"] = time.time()

@@ -63,7 +63,8 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
                        method=pruning, with_labels=labels, batch_size=batch_size, pool_size=actors)
     table = score_dataset(split_dataset(dataset, split), state, spec)
     summary = failure_summary(table)
-    summary.update({"split": split, "checkpoint": str(ckpt), "epoch": meta.get("epoch")})
+    summary.update({"split": split, "checkpoint": str(ckpt), "epoch": meta.get("epoch"),
+                    "measured_sparsity": table.attrs.get("measured_sparsity", {})})
     dest = Path(out) if out else ckpt.parent / f"htl_scores_{ckpt.name}_{split}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(dest, index=False)

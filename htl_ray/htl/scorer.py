@@ -61,7 +61,21 @@ class ScorerActor:
         images, masks = decode_batch(batch)
         scores = score_population_batch(self.population, images,
                                         masks if self.spec.with_labels else None)
-        return {"id": np.asarray(batch["id"]), **scores}
+        n = len(batch["id"])
+        # measured once per actor; carried as columns so the caller can report it
+        sparsity = {f"{SPARSITY_PREFIX}{s:.2f}": np.full(n, v) for s, v in self.sparsity.items()}
+        return {"id": np.asarray(batch["id"]), **scores, **sparsity}
+
+
+SPARSITY_PREFIX = "measured_sparsity_"
+
+
+def pop_measured_sparsity(table: pd.DataFrame) -> dict[float, float]:
+    """Remove the measured-sparsity columns from a score table; return {target: measured}."""
+    cols = [c for c in table.columns if c.startswith(SPARSITY_PREFIX)]
+    out = {float(c[len(SPARSITY_PREFIX):]): float(table[c].iloc[0]) for c in cols if len(table)}
+    table.drop(columns=cols, inplace=True)
+    return out
 
 
 def score_dataset(dataset, snapshot, spec: ScoringSpec) -> pd.DataFrame:
@@ -89,8 +103,9 @@ def score_dataset(dataset, snapshot, spec: ScoringSpec) -> pd.DataFrame:
         num_cpus=spec.cpus_per_actor,
         num_gpus=spec.gpus_per_actor or None,
     )
-    table = scored.to_pandas()
-    return table.sort_values("id").reset_index(drop=True)
+    table = scored.to_pandas().sort_values("id").reset_index(drop=True)
+    table.attrs["measured_sparsity"] = pop_measured_sparsity(table)
+    return table
 
 
 def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
