@@ -41,3 +41,17 @@ def test_bad_arguments(model):
         pruned_copy(model, 1.0)
     with pytest.raises(ValueError, match="pruning method"):
         pruned_copy(model, 0.5, method="random")
+
+
+def test_shared_ranking_gives_the_masks_of_torch_global_unstructured(model):
+    from htl_ray.pruning import pruned_copies
+
+    fast = pruned_copies(model, (0.3, 0.7))
+    for s, copy in fast.items():
+        reference = pruned_copy(model, s)                  # torch.nn.utils.prune path
+        for (a, _), (b, _) in zip(prunable_parameters(copy), prunable_parameters(reference),
+                                  strict=True):
+            assert torch.equal(a.weight == 0, b.weight == 0)
+            assert torch.equal(a.weight, b.weight)
+    with pytest.raises(ValueError, match="sparsity 1.5"):
+        pruned_copies(model, (0.5, 1.5))
