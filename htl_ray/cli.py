@@ -1,4 +1,4 @@
-"""`htl-ray` command line: data ingest/synth, train, demo.
+"""`htl-ray` command line: data ingest/synth, train, score, demo.
 
 Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
 with status 2; nothing else is swallowed.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from htl_ray.config import ConfigError, load_config
 
@@ -195,6 +194,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["main", "build_parser", "Path"]

@@ -14,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -102,7 +101,3 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def run_status(uri: str, run_id: str) -> str:
     return MlflowClient(uri).get_run(run_id).info.status
-
-
-__all__ = ["mlflow", "resolve_tracking_uri", "start_run", "log_metrics", "set_tags",
-           "log_artifact", "end_run", "git_commit", "package_versions"]

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from htl_ray.data.loading import split_dataset
@@ -69,6 +68,3 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
     dest.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(dest, index=False)
     return table, summary, dest
-
-
-__all__ = ["score_checkpoint", "failure_summary", "np"]
