@@ -82,9 +82,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from htl_ray.htl.offline import score_checkpoint
-    from htl_ray.train.trainer import _init_ray
+    from htl_ray.train.trainer import init_ray
 
-    _init_ray(print)
+    init_ray(print)
     table, summary, dest = score_checkpoint(
         args.checkpoint, args.data, split=args.split, sparsities=args.sparsities,
         pruning=args.pruning, actors=args.actors, batch_size=args.batch_size, out=args.out,

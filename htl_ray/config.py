@@ -255,14 +255,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {item!r}: empty key")
-    value = yaml.safe_load(text) if text.strip() else ""
-    # YAML reads 1e-3 as a string; numbers written that way are still numbers to users.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
-    return key, value
+    # '1e-3' stays a string here, as in YAML files; from_dict turns both into numbers.
+    return key, yaml.safe_load(text) if text.strip() else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

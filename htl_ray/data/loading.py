@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from htl_ray.data.schema import RECORDS_FILE, read_manifest
+from htl_ray.data.schema import RECORDS_FILE
 
 TRAIN_COLUMNS = ["id", "image", "mask", "height", "width"]
 
@@ -47,6 +47,3 @@ def decode_batch(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     img_t = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     return img_t.contiguous(), torch.from_numpy(masks.copy()).float()
 
-
-def dataset_fingerprint(dataset_dir: str | Path) -> str:
-    return str(read_manifest(dataset_dir).get("fingerprint", "unknown"))

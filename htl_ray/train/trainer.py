@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
-from htl_ray.data.loading import TRAIN_COLUMNS, dataset_fingerprint, split_dataset
+from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.data.schema import read_manifest
 from htl_ray.train.checkpoints import CHECKPOINT_FILE, PER_SAMPLE_FILE, read_meta
 from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
@@ -75,7 +75,7 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
     return from_dict(apply_overrides(state["config"], overrides or []))
 
 
-def _init_ray(log: Callable[[str], None]) -> None:
+def init_ray(log: Callable[[str], None]) -> None:
     """Join RAY_ADDRESS (a cluster, or a `ray job submit` job) or start a local cluster.
 
     A local cluster gets the dashboard on 127.0.0.1: Ray Train's placement-group cleaner polls
@@ -152,7 +152,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                           f"with `htl-ray train --resume {run_dir}` or choose another run.name")
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     flat = cfg.flat()
-    fingerprint = manifest.get("fingerprint", dataset_fingerprint(cfg.data.path))
+    fingerprint = manifest.get("fingerprint", "unknown")
     if resume and state.get("mlflow_run_id"):
         run_id = state["mlflow_run_id"]
         from mlflow.tracking import MlflowClient
@@ -172,7 +172,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     dump_config(cfg, run_dir / "config.yaml")
 
     try:
-        _init_ray(log)
+        init_ray(log)
         t0 = time.time()
         train_ds = split_dataset(cfg.data.path, "train", cfg.data.limit_train)
         val_ds = split_dataset(cfg.data.path, "val", columns=TRAIN_COLUMNS + VAL_META_COLUMNS)
