@@ -71,10 +71,10 @@ def refresh_ratio(data, root, epochs: int) -> tuple[float, float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=400)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--skip-training", action="store_true",
                    help="only the scoring-throughput ratio")

@@ -113,6 +113,30 @@ class HtlConfig:
 
 
 @dataclass
+class SupervisionConfig:
+    """Which labels training sees (DESIGN §3 settings); evaluation always uses full masks."""
+
+    setting: str = _spec("supervised", choices=("supervised", "semi", "weak"),
+                         help="supervised: masks; semi: a fraction f of masks + Mean Teacher; "
+                              "weak: boxes derived from the masks")
+    label_fraction: float = _spec(1.0, lo=0, hi=1, lo_open=True,
+                                  help="f: fraction of training images that keep their mask "
+                                       "(supervised trains on that subset alone)")
+    label_seed: int | None = _spec(None, lo=0, help="seed of the labeled subset (None = run.seed)")
+    ema_decay: float = _spec(0.99, lo=0, hi=1, hi_open=True, help="Mean Teacher EMA decay")
+    consistency_weight: float = _spec(1.0, lo=0)
+    consistency_rampup_epochs: int = _spec(5, lo=0, help="sigmoid ramp-up of the weight")
+    noise_std: float = _spec(0.05, lo=0, help="Gaussian input noise of student and teacher")
+    box_jitter: float = _spec(0.0, lo=0, hi=1,
+                              help="σ of box-corner jitter as a fraction of box width/height")
+    projection_weight: float = _spec(1.0, lo=0)
+    pairwise_weight: float = _spec(1.0, lo=0, help="colour-affinity term of the box loss")
+    pairwise_threshold: float = _spec(0.3, lo=0, hi=1,
+                                      help="colour similarity above which neighbours should agree")
+    pairwise_warmup_epochs: int = _spec(2, lo=0, help="pairwise term ramps in linearly")
+
+
+@dataclass
 class ScalingConfig:
     num_workers: int = _spec(2, lo=1)
     use_gpu: bool = _spec(False)
@@ -133,6 +157,7 @@ class ExperimentConfig:
     model: ModelConfig = _spec(factory=ModelConfig)
     train: TrainConfig = _spec(factory=TrainConfig)
     htl: HtlConfig = _spec(factory=HtlConfig)
+    supervision: SupervisionConfig = _spec(factory=SupervisionConfig)
     scaling: ScalingConfig = _spec(factory=ScalingConfig)
     tracking: TrackingConfig = _spec(factory=TrackingConfig)
 
@@ -286,6 +311,17 @@ def _check_cross_fields(cfg: ExperimentConfig) -> None:
     for i, s in enumerate(cfg.htl.sparsities):
         if not 0 < s < 1:
             raise ConfigError(f"htl.sparsities[{i}]: must be in (0, 1), got {s!r}")
+    if cfg.supervision.setting == "semi":
+        if cfg.supervision.label_fraction >= 1.0:
+            raise ConfigError("supervision.label_fraction: semi-supervised training needs "
+                              "unlabeled images, expected a value < 1, got 1.0")
+        if cfg.htl.method in ("loss", "el2n") or cfg.htl.gt_aware:
+            key = "htl.gt_aware" if cfg.htl.gt_aware else "htl.method"
+            raise ConfigError(f"{key}: needs labels, which unlabeled images do not have; in the "
+                              "semi setting use htl (label-free), random, erm or focal")
+    if cfg.supervision.setting == "weak" and cfg.supervision.label_fraction < 1.0:
+        raise ConfigError("supervision.label_fraction: the weak setting boxes every image; "
+                          "expected 1.0")
     if cfg.htl.method == "focal" and cfg.train.loss != "focal_dice":
         cfg.train.loss = "focal_dice"       # the focal comparator is a loss, not a selection
 

@@ -102,3 +102,20 @@ def test_attention_strategies_and_oversampling():
     assert np.allclose(lw * sw, w)
     counts = np.stack([oversample_counts(w, np.random.default_rng(i)) for i in range(4000)])
     assert np.allclose(counts.mean(0), w, atol=0.05)          # expected copies = weight
+
+
+def test_a_restarted_coordinator_restores_its_pie_population(ray_cluster, tmp_path):
+    import ray
+
+    states = [{"w": torch.full((3,), float(v))} for v in range(1, 4)]
+    first = _coordinator(tmp_path, "htl", population=2)
+    for version, state in enumerate(states, start=1):
+        first.population.append(ray.put(state))
+        first._keep_snapshot(state, version)
+    kept = sorted(p.name for p in (tmp_path / "htl" / "snapshots").iterdir())
+    assert kept == ["v0002.pt", "v0003.pt"]                 # only the last M = 2 stay on disk
+    restarted = _coordinator(tmp_path, "htl", population=2)
+    restored = [ray.get(ref)["w"][0].item() for ref in restarted.population]
+    assert restored == [2.0, 3.0]                          # same members, oldest first
+    assert not (tmp_path / "htl" / "snapshots" / "v0001.pt").exists()
+    assert len(_coordinator(tmp_path / "other", "htl", population=1).population) == 0

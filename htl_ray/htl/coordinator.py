@@ -26,6 +26,20 @@ from htl_ray.htl.scorer import ScoringSpec, score_dataset
 from htl_ray.htl.scoring import ema
 
 HTL_DIR = "htl"
+SNAPSHOT_DIR = "snapshots"
+
+
+def snapshot_path(run_dir: str | Path, version: int) -> Path:
+    return Path(run_dir) / HTL_DIR / SNAPSHOT_DIR / f"v{version:04d}.pt"
+
+
+def load_population(run_dir: str | Path, size: int) -> list[dict[str, Any]]:
+    """The last `size` snapshots a coordinator kept (oldest first), so a restarted
+    coordinator scores with the same PIE population as the one it replaces."""
+    import torch
+
+    paths = sorted((Path(run_dir) / HTL_DIR / SNAPSHOT_DIR).glob("v*.pt"))[-size:] if size else []
+    return [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
 
 
 def version_path(run_dir: str | Path, version: int) -> Path:
@@ -67,6 +81,11 @@ class RefreshCoordinator:
         self.lock = threading.Lock()
         self.tables = load_versions(self.run_dir)   # a restarted coordinator resumes here
         self.population: deque = deque(maxlen=int(htl.get("population", 1)))
+        if self.population.maxlen > 1:
+            import ray
+
+            for state in load_population(self.run_dir, self.population.maxlen):
+                self.population.append(ray.put(state))
         self.threads: dict[int, threading.Thread] = {}
         self.errors: dict[int, str] = {}
         self.timeline: dict[int, dict[str, float]] = {}
@@ -121,12 +140,26 @@ class RefreshCoordinator:
         self.population.append(ray.put(state))       # the coordinator owns its population
         version = self.next_version
         self.next_version += 1
+        if self.population.maxlen > 1:
+            self._keep_snapshot(state, version)
         refs = list(self.population)
         self.timeline[version] = {"submitted": time.time(), "epoch": float(epoch)}
         t = threading.Thread(target=self._refresh, args=(version, refs, epoch), daemon=True)
         self.threads[version] = t
         t.start()
         return version
+
+    def _keep_snapshot(self, state: dict[str, Any], version: int) -> None:
+        """Persist the snapshot (PIE needs the last M after a restart); drop older ones."""
+        import torch
+
+        path = snapshot_path(self.run_dir, version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.rename(path)
+        for old in sorted(path.parent.glob("v*.pt"))[:-self.population.maxlen]:
+            old.unlink()
 
     def _refresh(self, version: int, refs: list, epoch: int) -> None:
         t0 = time.time()
@@ -203,8 +236,13 @@ class RefreshCoordinator:
 
 
 def spec_from_config(cfg) -> ScoringSpec:
-    """ScoringSpec for an ExperimentConfig (model, sparsities and scorer resources)."""
+    """ScoringSpec for an ExperimentConfig (model, sparsities, labels the setting has, and
+    scorer resources)."""
+    from htl_ray.supervision import SETTINGS
+
+    objective = SETTINGS[cfg.supervision.setting]
     return ScoringSpec(
         model=asdict(cfg.model), sparsities=tuple(cfg.htl.sparsities), method=cfg.htl.pruning,
-        with_labels=True, batch_size=cfg.htl.scorer_batch_size, pool_size=cfg.htl.scorer_actors,
+        with_labels=objective.scores_with_labels, label_kind=objective.label_kind,
+        batch_size=cfg.htl.scorer_batch_size, pool_size=cfg.htl.scorer_actors,
         cpus_per_actor=cfg.htl.scorer_cpus, gpus_per_actor=cfg.htl.scorer_gpus)

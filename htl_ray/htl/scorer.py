@@ -31,6 +31,7 @@ class ScoringSpec:
     sparsities: tuple[float, ...] = (0.3, 0.5, 0.7)
     method: str = "l1_unstructured"
     with_labels: bool = True
+    label_kind: str = "mask"          # "box" in the weak setting: GT-aware term uses box IoU
     batch_size: int = 32
     pool_size: int = 1
     cpus_per_actor: float = 1.0
@@ -60,7 +61,8 @@ class ScorerActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, masks = decode_batch(batch)
         scores = score_population_batch(self.population, images,
-                                        masks if self.spec.with_labels else None)
+                                        masks if self.spec.with_labels else None,
+                                        self.spec.label_kind)
         n = len(batch["id"])
         # measured once per actor; carried as columns so the caller can report it
         sparsity = {f"{SPARSITY_PREFIX}{s:.2f}": np.full(n, v) for s, v in self.sparsity.items()}
@@ -119,6 +121,7 @@ def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
     for start in range(0, n, spec.batch_size):
         sub = {k: v[start:start + spec.batch_size] for k, v in batch.items()}
         images, masks = decode_batch(sub)
-        scores = score_population_batch(population, images, masks if spec.with_labels else None)
+        scores = score_population_batch(population, images, masks if spec.with_labels else None,
+                                        spec.label_kind)
         parts.append(pd.DataFrame({"id": sub["id"], **scores}))
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)

@@ -38,6 +38,19 @@ def gt_gap(dense_mask: torch.Tensor, pruned_mask: torch.Tensor,
     return (mask_iou(dense_mask, target) - mask_iou(pruned_mask, target)).clamp(min=0)
 
 
+def _between(flags: torch.Tensor, dim: int) -> torch.Tensor:
+    """True from the first to the last True entry along `dim` (inclusive)."""
+    f = flags.int()
+    return (f.cumsum(dim) > 0) & (f.flip(dim).cumsum(dim).flip(dim) > 0)
+
+
+def box_of(masks: torch.Tensor) -> torch.Tensor:
+    """Each boolean mask [B,1,H,W] → its filled tight bounding box (empty stays empty)."""
+    rows = _between(masks.any(dim=3, keepdim=True), 2)        # [B,1,H,1]
+    cols = _between(masks.any(dim=2, keepdim=True), 3)        # [B,1,1,W]
+    return rows & cols
+
+
 def el2n(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image mean over pixels of |p − y| (the L2 norm of a one-logit error vector)."""
     err = (torch.sigmoid(logits) - target.float()).abs()
@@ -45,19 +58,24 @@ def el2n(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def score_batch(dense: torch.nn.Module, pruned: dict[float, torch.nn.Module],
-                images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+                images: torch.Tensor, masks: torch.Tensor | None = None,
+                label_kind: str = "mask") -> dict[str, np.ndarray]:
     """One dense forward pass and one per pruned model; per-sample scalars only."""
-    return score_population_batch([(dense, pruned)], images, masks)
+    return score_population_batch([(dense, pruned)], images, masks, label_kind)
 
 
 @torch.inference_mode()
 def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, torch.nn.Module]]],
                            images: torch.Tensor,
-                           masks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+                           masks: torch.Tensor | None = None,
+                           label_kind: str = "mask") -> dict[str, np.ndarray]:
     """PIE over a population of the last M snapshots (Hooker et al.): per sparsity, compare the
     per-pixel majority mask of the M dense models with that of the M pruned models. The
     majority of one mask is that mask, so M = 1 is the plain dense-vs-pruned score. Loss and
-    EL2N come from the newest dense model."""
+    EL2N come from the newest dense model. With `label_kind="box"` (weak supervision) the labels
+    are boxes and the GT-aware term compares the predictions' bounding boxes with them (box
+    IoU)."""
+    as_label = box_of if label_kind == "box" else (lambda m: m)
     dense_logits = [dense(images) for dense, _ in population]
     dense_major = majority_mask([binarize(lg) for lg in dense_logits])
     target = masks > 0.5 if masks is not None else None
@@ -69,7 +87,7 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
         out[sparsity_column(s)] = d
         d_cols.append(d)
         if target is not None:
-            g_cols.append(gt_gap(dense_major, pruned_major, target))
+            g_cols.append(gt_gap(as_label(dense_major), as_label(pruned_major), target))
     h = torch.stack(d_cols).mean(0)
     out["h"] = h
     if target is not None:

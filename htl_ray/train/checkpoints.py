@@ -20,7 +20,10 @@ PER_SAMPLE_FILE = "val_per_sample.parquet"
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
-                    metrics: dict[str, float], extra: dict[str, Any] | None = None) -> Path:
+                    metrics: dict[str, float], extra: dict[str, Any] | None = None,
+                    extra_state: dict[str, Any] | None = None) -> Path:
+    """`extra` goes to meta.json (plain values); `extra_state` into checkpoint.pt (tensors,
+    e.g. a semi-supervised student next to its teacher)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {
@@ -30,6 +33,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module,
         "epoch": epoch,
         "rng_torch": torch.get_rng_state(),
         "htl_version": int((extra or {}).get("htl_version", 0)),
+        **(extra_state or {}),
     }
     torch.save(state, d / CHECKPOINT_FILE)
     (d / META_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics,

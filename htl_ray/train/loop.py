@@ -26,9 +26,10 @@ from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import decode_batch
 from htl_ray.htl.attention import ATTENTION, oversample_counts
 from htl_ray.htl.coordinator import weights_checksum
-from htl_ray.losses import make_loss, weighted_mean
+from htl_ray.losses import weighted_mean
 from htl_ray.metrics import METRIC_NAMES, per_image_metrics, summarize
 from htl_ray.models import create_model, state_checksum
+from htl_ray.supervision import SETTINGS
 from htl_ray.train.checkpoints import PER_SAMPLE_FILE, load_checkpoint, save_checkpoint
 
 VAL_META_COLUMNS = ["age", "sex", "site", "diagnosis", "area_fraction", "contrast"]
@@ -194,15 +195,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = create_model(cfg.model)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
-    loss_fn = make_loss(cfg.train.loss, cfg.train.bce_weight, cfg.train.dice_weight,
-                        cfg.train.focal_gamma)
+    objective = SETTINGS[cfg.supervision.setting](cfg)
     start_epoch, best, htl_version = 0, -math.inf, 0
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(d)
-        model.load_state_dict(state["model"])
+        objective.restore(state, model)
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
@@ -212,6 +212,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']}", flush=True)
 
     model = ray.train.torch.prepare_model(model)
+    objective.attach(_unwrap(model))
     device = next(model.parameters()).device
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
@@ -231,7 +232,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 local_shuffle_buffer_size=max(4 * cfg.data.batch_size, 64),
                 local_shuffle_seed=cfg.run.seed * 7919 + epoch * 31 + rank):
             x, y = decode_batch(batch)
-            w_loss = None
+            w_loss, idx = None, np.arange(len(batch["id"]))
             if attend:
                 w = htl.batch_weights(batch["id"])
                 attended += int((w > 1.0).sum())
@@ -244,11 +245,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 w_loss = torch.as_tensor(w_loss_np[idx], dtype=torch.float32, device=device)
             x, y = augment_batch(x, y, cfg.data.augment, gen)
             x, y = x.to(device), y.to(device)
-            per_sample = loss_fn(model(x), y)
+            per_sample = objective.per_sample_loss(model, x, y, batch, idx, epoch, gen)
             loss = weighted_mean(per_sample, w_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            objective.after_step(_unwrap(model))
             losses.append(float(loss.detach()) * len(x))
             seen += len(x)
         lr = optimizer.param_groups[0]["lr"]
@@ -256,14 +258,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scheduler.step()
         train_time = time.time() - t0
 
-        local = evaluate(model, val_iter, cfg.data.val_batch_size, rank, world)
+        local = evaluate(objective.eval_model(model), val_iter, cfg.data.val_batch_size, rank,
+                         world)
         table = pd.concat(_gather(local), ignore_index=True).sort_values("id").reset_index(
             drop=True)
         loss_sum = _gather((sum(losses), seen))
         total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
         if htl.enabled and rank == 0 and (epoch + 1) % cfg.htl.refresh_every == 0 \
                 and epoch + 1 < cfg.train.epochs:
-            htl.submit(_unwrap(model), epoch)
+            htl.submit(objective.snapshot_model(_unwrap(model)), epoch)
         checksums = _gather(state_checksum(_unwrap(model)))
         htl_sums = _gather(htl.checksum)
         metrics = {"epoch": epoch, "train/loss": total_loss,
@@ -298,9 +301,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                   f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
                   f"({metrics['time/epoch_s']:.1f}s)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, _unwrap(model), optimizer, scheduler, epoch, metrics,
+                save_checkpoint(tmp, objective.eval_model(_unwrap(model)), optimizer, scheduler,
+                                epoch, metrics,
                                 extra={"htl_version": htl.version,
-                                       "model_config": dataclasses.asdict(cfg.model)})
+                                       "model_config": dataclasses.asdict(cfg.model),
+                                       "setting": cfg.supervision.setting},
+                                extra_state=objective.checkpoint_state(_unwrap(model)))
                 table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:

@@ -19,6 +19,8 @@ from typing import Any
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.data.schema import read_manifest
+from htl_ray.supervision import SETTINGS
+from htl_ray.supervision.settings import label_seed
 from htl_ray.train.checkpoints import CHECKPOINT_FILE, PER_SAMPLE_FILE, read_meta
 from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
 
@@ -97,6 +99,15 @@ def init_ray(log: Callable[[str], None]) -> None:
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
 
 
+def describe_supervision(cfg: ExperimentConfig) -> str:
+    s = cfg.supervision
+    text = {"supervised": "supervised", "semi": "semi-supervised (Mean Teacher)",
+            "weak": f"weakly supervised (boxes, jitter σ={s.box_jitter})"}[s.setting]
+    if s.label_fraction < 1:
+        text += f", label fraction f={s.label_fraction} (seed {label_seed(cfg)})"
+    return text
+
+
 def uses_refresh(cfg: ExperimentConfig) -> bool:
     """Methods that rank samples need the refresh coordinator; erm and focal do not."""
     from htl_ray.htl.attention import METHODS
@@ -161,7 +172,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         log(f"[htl-ray] resuming run {run_dir} (MLflow run {run_id})")
     else:
         tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
-                "htl.run_dir": str(run_dir), "htl.setting": "supervised",
+                "htl.run_dir": str(run_dir), "htl.setting": cfg.supervision.setting,
                 "htl.method": cfg.htl.method}
         tags.update({f"htl.version.{k}": v for k, v in tracking.package_versions().items()})
         run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, flat, tags)
@@ -175,10 +186,11 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         init_ray(log)
         t0 = time.time()
         train_ds = split_dataset(cfg.data.path, "train", cfg.data.limit_train)
+        train_ds = SETTINGS[cfg.supervision.setting].prepare_train(cfg, train_ds)
         val_ds = split_dataset(cfg.data.path, "val", columns=TRAIN_COLUMNS + VAL_META_COLUMNS)
         log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
-            f"({time.time() - t0:.1f}s); {cfg.scaling.num_workers} workers; "
-            f"MLflow {uri} run {run_id}")
+            f"({time.time() - t0:.1f}s); {describe_supervision(cfg)}; "
+            f"{cfg.scaling.num_workers} workers; MLflow {uri} run {run_id}")
         check_resources(cfg)
         coordinator = None
         if uses_refresh(cfg):

@@ -1,0 +1,119 @@
+"""The supervision settings on real Ray Datasets and in real 2-worker Ray Train runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.tracking import MlflowClient
+
+from htl_ray.config import load_config
+from htl_ray.data.loading import split_dataset
+from htl_ray.htl.coordinator import load_versions
+from htl_ray.supervision import SETTINGS
+from htl_ray.supervision.labels import mask_boxes
+from htl_ray.train.checkpoints import load_checkpoint
+from htl_ray.train.trainer import run_training
+
+
+def _cfg(dataset, tmp_path, *extra, uri=None):
+    tracking = [f"tracking.uri={uri}"] if uri else []
+    return load_config(None, [f"data.path={dataset}", f"run.storage_path={tmp_path / 'runs'}",
+                              *tracking, *extra])
+
+
+def _masks(ds) -> pd.DataFrame:
+    df = ds.to_pandas().set_index("id").sort_index()
+    df["m"] = [np.frombuffer(b, np.uint8).reshape(h, w)
+               for b, h, w in zip(df["mask"], df["height"], df["width"], strict=True)]
+    return df
+
+
+def test_semi_hides_masks_on_the_driver_and_supervised_uses_the_same_subset(
+        ray_cluster, synth_dataset, tmp_path):
+    raw = split_dataset(synth_dataset, "train")
+    original = _masks(raw)
+    semi_cfg = _cfg(synth_dataset, tmp_path, "supervision.setting=semi",
+                    "supervision.label_fraction=0.25")
+    semi = _masks(SETTINGS["semi"].prepare_train(semi_cfg, raw))
+    n = len(original)
+    assert semi["labeled"].sum() == round(0.25 * n)
+    for sid, row in semi.iterrows():
+        if row["labeled"]:
+            assert np.array_equal(row["m"], original.loc[sid, "m"])
+        else:
+            assert row["m"].sum() == 0                           # the real mask never left
+    sup_cfg = _cfg(synth_dataset, tmp_path, "supervision.label_fraction=0.25")
+    sup = _masks(SETTINGS["supervised"].prepare_train(sup_cfg, raw))
+    assert set(sup.index) == set(semi.index[semi["labeled"]])   # "the same 25% alone"
+    other_seed = _masks(SETTINGS["semi"].prepare_train(
+        _cfg(synth_dataset, tmp_path, "supervision.setting=semi",
+             "supervision.label_fraction=0.25", "run.seed=1"), raw))
+    assert set(other_seed.index[other_seed["labeled"]]) != set(semi.index[semi["labeled"]])
+
+
+def test_weak_replaces_every_mask_by_its_box(ray_cluster, synth_dataset, tmp_path):
+    raw = split_dataset(synth_dataset, "train")
+    original = _masks(raw)
+    weak = _masks(SETTINGS["weak"].prepare_train(
+        _cfg(synth_dataset, tmp_path, "supervision.setting=weak"), raw))
+    for sid, row in weak.iterrows():
+        box = mask_boxes(original.loc[sid, "m"][None])[0].astype(int)
+        x0, y0, x1, y1 = box
+        assert row["m"].sum() == (x1 - x0) * (y1 - y0)
+        assert row["m"][y0:y1, x0:x1].all()
+    jittered = [_masks(SETTINGS["weak"].prepare_train(_cfg(
+        synth_dataset, tmp_path, "supervision.setting=weak", "supervision.box_jitter=0.2"),
+        raw)) for _ in range(2)]
+    same = [np.array_equal(a, b) for a, b in zip(jittered[0]["m"], jittered[1]["m"], strict=True)]
+    moved = [not np.array_equal(a, b) for a, b in zip(jittered[0]["m"], weak["m"], strict=True)]
+    assert all(same) and np.mean(moved) > 0.8                  # seeded, and really jittered
+
+
+RUN = ["data.batch_size=8", "model.decoder_channels=[32,16,8,8,4]", "train.lr=0.003",
+       "scaling.num_workers=2", "scaling.resources_per_worker={CPU: 0.5}", "htl.method=htl",
+       "htl.refresh_every=1", "htl.warmup_epochs=1", "htl.scorer_batch_size=64",
+       "htl.sparsities=[0.3,0.6]", "htl.asynchronous=false", "train.epochs=2",
+       "data.limit_train=96"]
+
+
+def _run(synth_dataset, tmp_path, tracking_uri, name, *extra):
+    cfg = _cfg(synth_dataset, tmp_path, f"run.name={name}", *RUN, *extra, uri=tracking_uri)
+    outcome = run_training(cfg, log=lambda s: None)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    return outcome, run
+
+
+def test_semi_supervised_run_with_htl_on_the_teacher(ray_cluster, synth_dataset, tmp_path,
+                                                      tracking_uri):
+    outcome, run = _run(synth_dataset, tmp_path, tracking_uri, "semi",
+                        "supervision.setting=semi", "supervision.label_fraction=0.25",
+                        "supervision.consistency_rampup_epochs=1")
+    assert run.info.status == "FINISHED" and run.data.tags["htl.setting"] == "semi"
+    m = run.data.metrics
+    assert 0.0 < m["val/dice"] <= 1.0 and m["htl/attention_active"] == 1.0
+    tables = load_versions(outcome.run_dir)
+    assert sorted(tables) == [1]
+    # label-free scores only: unlabeled images have no mask to compare with
+    assert {"h", "weight"} <= set(tables[1].columns)
+    assert not {"h_gt", "loss", "el2n"} & set(tables[1].columns)
+    assert len(tables[1]) == 96 and tables[1]["h"].between(0, 1).all()
+    state = load_checkpoint(outcome.best_checkpoint)
+    assert set(state) >= {"model", "student", "teacher_step"}
+    assert state["teacher_step"] > 0
+    differs = [not torch.equal(state["model"][k], state["student"][k])
+               for k in state["model"] if state["model"][k].is_floating_point()]
+    assert any(differs)                          # the teacher is an average, not the student
+
+
+def test_weakly_supervised_run_uses_box_iou_for_the_gt_aware_term(
+        ray_cluster, synth_dataset, tmp_path, tracking_uri):
+    outcome, run = _run(synth_dataset, tmp_path, tracking_uri, "weak",
+                        "supervision.setting=weak", "htl.gt_aware=true",
+                        "supervision.pairwise_warmup_epochs=1")
+    assert run.info.status == "FINISHED" and run.data.tags["htl.setting"] == "weak"
+    assert 0.0 < run.data.metrics["val/dice"] <= 1.0
+    table = load_versions(outcome.run_dir)[1]
+    assert {"h", "h_gt", "gt_gap"} <= set(table.columns)
+    assert table["h_gt"].between(0, 1).all() and (table["h_gt"] >= table["h_raw"] - 1e-12).all()
