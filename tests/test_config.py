@@ -47,3 +47,22 @@ def test_override_syntax_errors():
         parse_override("train.epochs")
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/cfg.yaml")
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["supervision.setting=semi"], "supervision.label_fraction: semi-supervised training needs"),
+    (["supervision.setting=semi", "supervision.label_fraction=0.25", "htl.method=loss"],
+     "htl.method: needs labels"),
+    (["supervision.setting=semi", "supervision.label_fraction=0.25", "htl.gt_aware=true"],
+     "htl.gt_aware: needs labels"),
+    (["supervision.setting=weak", "supervision.label_fraction=0.5"],
+     "supervision.label_fraction: the weak setting"),
+    (["supervision.setting=boxes"], "supervision.setting: expected one of"),
+    (["supervision.label_fraction=0"], "supervision.label_fraction: must be > 0"),
+])
+def test_supervision_settings_are_checked_before_ray_starts(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("(", r"\(")):
+        load_config(None, overrides)
+    ok = load_config(None, ["supervision.setting=semi", "supervision.label_fraction=0.25",
+                            "htl.method=htl"])
+    assert ok.supervision.setting == "semi" and ok.flat()["supervision.label_fraction"] == 0.25

@@ -49,10 +49,11 @@ def perturb(images: torch.Tensor, noise_std: float, generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian noise plus a random horizontal flip per image; returns (view, flipped flags)."""
     b = images.shape[0]
-    flipped = torch.rand(b, generator=generator) < 0.5
-    view = torch.where(flipped.view(b, 1, 1, 1), images.flip(3), images)
+    flipped = torch.rand(b, generator=generator) < 0.5        # CPU generator: reproducible
+    view = torch.where(flipped.view(b, 1, 1, 1).to(images.device), images.flip(3), images)
     if noise_std:
-        view = view + noise_std * torch.randn(view.shape, generator=generator)
+        noise = torch.randn(view.shape, generator=generator).to(images.device)
+        view = view + noise_std * noise
     return view.clamp(0, 1), flipped
 
 
