@@ -3,11 +3,13 @@ import pytest
 import torch
 
 from htl_ray.htl.scoring import (
+    box_of,
     disagreement,
     ema,
     gt_gap,
     majority_mask,
     pie_disagreement,
+    score_population_batch,
     select_htl,
 )
 
@@ -68,3 +70,39 @@ def test_population_scores_compare_majority_masks():
                                   (_Fixed(a), {0.5: _Fixed(a)})], x)
     # dense majority of (a, c, a) = a; pruned majority of (b, c, a) = a → full agreement
     assert pop["h"][0] == 0.0 and pop["d_0.50"][0] == 0.0
+
+
+def test_box_of_fills_each_masks_tight_box():
+    m = torch.zeros(2, 1, 6, 6, dtype=torch.bool)
+    m[0, 0, 1, 1] = m[0, 0, 3, 4] = True                 # two pixels span rows 1-3, cols 1-4
+    box = box_of(m)
+    assert box[0, 0, 1:4, 1:5].all() and box[0].sum() == 12
+    assert box[1].sum() == 0                             # empty stays empty
+
+
+class _Const(torch.nn.Module):
+    """A 'model' that always predicts one fixed mask (logit ±10)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.logits = torch.where(mask, 10.0, -10.0)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], *self.logits.shape[1:])
+
+
+def test_gt_aware_term_uses_box_iou_for_box_labels():
+    label = torch.zeros(1, 1, 8, 8)
+    label[..., 2:6, 2:6] = 1                             # the label box
+    cross = torch.zeros(1, 1, 8, 8, dtype=torch.bool)    # dense: a cross spanning the box
+    cross[..., 2:6, 3] = cross[..., 3, 2:6] = True
+    corner = torch.zeros(1, 1, 8, 8, dtype=torch.bool)   # pruned: the top-left 2x2 of it
+    corner[..., 2:4, 2:4] = True
+    pop = [(_Const(cross), {0.5: _Const(corner)})]
+    images = torch.zeros(1, 3, 8, 8)
+    as_box = score_population_batch(pop, images, label, label_kind="box")
+    as_mask = score_population_batch(pop, images, label, label_kind="mask")
+    # boxes: IoU(box(cross), label) = 1, IoU(box(corner), label) = 4/16
+    assert as_box["gt_gap"][0] == pytest.approx(1 - 4 / 16)
+    # masks: IoU(cross, label) = 7/16, IoU(corner, label) = 4/16
+    assert as_mask["gt_gap"][0] == pytest.approx(7 / 16 - 4 / 16)

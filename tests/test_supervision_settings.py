@@ -107,13 +107,24 @@ def test_semi_supervised_run_with_htl_on_the_teacher(ray_cluster, synth_dataset,
     assert any(differs)                          # the teacher is an average, not the student
 
 
-def test_weakly_supervised_run_uses_box_iou_for_the_gt_aware_term(
+def test_weakly_supervised_run_trains_on_boxes_and_validates_on_masks(
         ray_cluster, synth_dataset, tmp_path, tracking_uri):
     outcome, run = _run(synth_dataset, tmp_path, tracking_uri, "weak",
-                        "supervision.setting=weak", "htl.gt_aware=true",
+                        "supervision.setting=weak", "htl.method=erm",
                         "supervision.pairwise_warmup_epochs=1")
     assert run.info.status == "FINISHED" and run.data.tags["htl.setting"] == "weak"
-    assert 0.0 < run.data.metrics["val/dice"] <= 1.0
-    table = load_versions(outcome.run_dir)[1]
-    assert {"h", "h_gt", "gt_gap"} <= set(table.columns)
-    assert table["h_gt"].between(0, 1).all() and (table["h_gt"] >= table["h_raw"] - 1e-12).all()
+    history = MlflowClient(tracking_uri).get_metric_history(outcome.mlflow_run_id, "val/dice")
+    assert len(history) == 2 and all(0.0 < m.value <= 1.0 for m in history)
+    assert "htl/version_in_use" not in run.data.metrics          # erm: no refresh actor
+
+
+def test_scoring_spec_follows_the_setting(tmp_path):
+    from htl_ray.htl.coordinator import spec_from_config
+
+    weak = spec_from_config(_cfg("d", tmp_path, "supervision.setting=weak"))
+    semi = spec_from_config(_cfg("d", tmp_path, "supervision.setting=semi",
+                                 "supervision.label_fraction=0.5"))
+    sup = spec_from_config(_cfg("d", tmp_path))
+    assert (weak.label_kind, weak.with_labels) == ("box", True)
+    assert semi.with_labels is False
+    assert (sup.label_kind, sup.with_labels) == ("mask", True)

@@ -99,8 +99,10 @@ class Objective:
         """Only the labeled subset (all of it when f = 1)."""
         if cfg.supervision.label_fraction >= 1.0:
             return ds
+        from ray.data.expressions import col
+
         keep = labeled_ids(cfg, *_train_ids_and_areas(cfg, ds))
-        return ds.filter(lambda row: str(row["id"]) in keep).materialize()
+        return ds.filter(expr=col("id").is_in(sorted(keep))).materialize()
 
     # worker side ---------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> None:
