@@ -102,6 +102,7 @@ def score_dataset(dataset, snapshot, spec: ScoringSpec) -> pd.DataFrame:
         compute=ActorPoolStrategy(size=spec.pool_size),
         batch_size=spec.batch_size,
         batch_format="numpy",
+        zero_copy_batch=True,           # the actor only reads its batch (ray#44905: copies cost)
         num_cpus=spec.cpus_per_actor,
         num_gpus=spec.gpus_per_actor or None,
     )
