@@ -6,11 +6,11 @@
 2. Wall time of a training run with asynchronous HTL refresh ÷ the same run with synchronous
    refresh (refresh every epoch): < 1 means training no longer waits for the scorer.
 
-Usage: .venv/bin/python bench/scorer.py [--n 2000] [--size 128] [--threads 2] [--actors 1]
+Usage: .venv/bin/python bench/scorer.py [--n 1000] [--size 128] [--threads 1] [--actors 1]
 
-The default problem is ISIC-sized (1,400 training images at 128×128): a refresh pays a fixed
-cost (fresh actor processes import torch and smp), so tiny sets understate the pool; the
-script prints that fixed cost too.
+The default problem is 700 training images at 128×128 scored with 1 CPU on each side (the
+scorer's default `htl.scorer_cpus: 1`): a refresh pays a fixed cost (fresh actor processes
+import torch and smp), so tiny sets understate the pool; the script prints that fixed cost.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def refresh_ratio(data, root, epochs: int) -> tuple[float, float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--n", type=int, default=1000)
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2, help="CPUs of the pool and the baseline")
+    p.add_argument("--threads", type=int, default=1, help="CPUs of the pool and the baseline")
     p.add_argument("--actors", type=int, default=1, help="scorer actors sharing --threads")
     p.add_argument("--train-n", type=int, default=400, help="synthetic images, training part")
     p.add_argument("--train-size", type=int, default=64)
