@@ -128,3 +128,18 @@ def test_scoring_spec_follows_the_setting(tmp_path):
     assert (weak.label_kind, weak.with_labels) == ("box", True)
     assert semi.with_labels is False
     assert (sup.label_kind, sup.with_labels) == ("mask", True)
+
+
+def test_each_setting_describes_itself_for_the_start_up_line(tmp_path):
+    def line(*o):
+        cfg = _cfg("d", tmp_path, *o)
+        return SETTINGS[cfg.supervision.setting].describe(cfg)
+
+    assert line() == "supervised"
+    assert line("supervision.label_fraction=0.5", "run.seed=3") == \
+        "supervised, label fraction f=0.5 (seed 3)"
+    assert line("supervision.setting=semi", "supervision.label_fraction=0.25",
+                "supervision.label_seed=7") == \
+        "semi-supervised (Mean Teacher), label fraction f=0.25 (seed 7)"
+    assert line("supervision.setting=weak", "supervision.box_jitter=0.1") == \
+        "weakly supervised (boxes, jitter σ=0.1)"

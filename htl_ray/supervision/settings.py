@@ -95,6 +95,19 @@ class Objective:
 
     # driver side ---------------------------------------------------------------
     @classmethod
+    def describe(cls, cfg: ExperimentConfig) -> str:
+        """One phrase for the run's start-up line."""
+        s = cfg.supervision
+        text = cls.title(cfg)
+        if s.label_fraction < 1:
+            text += f", label fraction f={s.label_fraction} (seed {label_seed(cfg)})"
+        return text
+
+    @classmethod
+    def title(cls, cfg: ExperimentConfig) -> str:
+        return cls.name
+
+    @classmethod
     def prepare_train(cls, cfg: ExperimentConfig, ds):
         """Only the labeled subset (all of it when f = 1)."""
         if cfg.supervision.label_fraction >= 1.0:
@@ -142,6 +155,10 @@ class SemiSupervised(Objective):
 
     name = "semi"
     scores_with_labels = False
+
+    @classmethod
+    def title(cls, cfg: ExperimentConfig) -> str:
+        return "semi-supervised (Mean Teacher)"
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
@@ -194,6 +211,10 @@ class WeaklySupervised(Objective):
 
     name = "weak"
     label_kind = "box"
+
+    @classmethod
+    def title(cls, cfg: ExperimentConfig) -> str:
+        return f"weakly supervised (boxes, jitter σ={cfg.supervision.box_jitter})"
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)

@@ -20,7 +20,6 @@ from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.data.schema import read_manifest
 from htl_ray.supervision import SETTINGS
-from htl_ray.supervision.settings import label_seed
 from htl_ray.train.checkpoints import CHECKPOINT_FILE, PER_SAMPLE_FILE, read_meta
 from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
 
@@ -97,15 +96,6 @@ def init_ray(log: Callable[[str], None]) -> None:
         return
     log("[htl-ray] starting a local Ray cluster (dashboard on http://127.0.0.1:8265)")
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
-
-
-def describe_supervision(cfg: ExperimentConfig) -> str:
-    s = cfg.supervision
-    text = {"supervised": "supervised", "semi": "semi-supervised (Mean Teacher)",
-            "weak": f"weakly supervised (boxes, jitter σ={s.box_jitter})"}[s.setting]
-    if s.label_fraction < 1:
-        text += f", label fraction f={s.label_fraction} (seed {label_seed(cfg)})"
-    return text
 
 
 def uses_refresh(cfg: ExperimentConfig) -> bool:
@@ -189,7 +179,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         train_ds = SETTINGS[cfg.supervision.setting].prepare_train(cfg, train_ds)
         val_ds = split_dataset(cfg.data.path, "val", columns=TRAIN_COLUMNS + VAL_META_COLUMNS)
         log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
-            f"({time.time() - t0:.1f}s); {describe_supervision(cfg)}; "
+            f"({time.time() - t0:.1f}s); {SETTINGS[cfg.supervision.setting].describe(cfg)}; "
             f"{cfg.scaling.num_workers} workers; MLflow {uri} run {run_id}")
         check_resources(cfg)
         coordinator = None
