@@ -123,6 +123,9 @@ class SupervisionConfig:
                                   help="f: fraction of training images that keep their mask "
                                        "(supervised trains on that subset alone)")
     label_seed: int | None = _spec(None, lo=0, help="seed of the labeled subset (None = run.seed)")
+    labeled_share: float = _spec(0.5, lo=0, hi=1, hi_open=True,
+                                 help="semi: labeled rows are repeated until they are about this "
+                                      "share of an epoch (0 = natural share f)")
     ema_decay: float = _spec(0.99, lo=0, hi=1, hi_open=True, help="Mean Teacher EMA decay")
     consistency_weight: float = _spec(1.0, lo=0)
     consistency_rampup_epochs: int = _spec(5, lo=0, help="sigmoid ramp-up of the weight")

@@ -16,7 +16,7 @@ from htl_ray.supervision.mean_teacher import (
 SMALL = ModelConfig(decoder_channels=[16, 8, 8, 4, 4])
 
 
-def test_ema_update_is_the_weighted_average_and_copies_buffers():
+def test_ema_update_is_the_weighted_average_of_weights_and_statistics():
     student = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     teacher = make_teacher(student)
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -24,16 +24,20 @@ def test_ema_update_is_the_weighted_average_and_copies_buffers():
         for p in student.parameters():
             p.add_(1.0)
         student[1].running_mean.fill_(7.0)
+        student[1].num_batches_tracked.fill_(5)
     before = [p.clone() for p in teacher.parameters()]
     alpha = ema_update(teacher, student, decay=0.99, step=1000)
     assert alpha == 0.99
     for t, b, s in zip(teacher.parameters(), before, student.parameters(), strict=True):
         assert torch.allclose(t, 0.99 * b + 0.01 * s)
-    assert torch.equal(teacher[1].running_mean, torch.full((2,), 7.0))
+    # BatchNorm statistics are averaged like the weights (0 → 0.01·7); counters are copied
+    assert torch.allclose(teacher[1].running_mean, torch.full((2,), 0.07))
+    assert int(teacher[1].num_batches_tracked) == 5
     # early steps follow the student closely: α = 1 − 1/(step+1)
     assert ema_update(teacher, student, decay=0.99, step=0) == 0.0
     assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters(),
                                                   strict=True))
+    assert torch.equal(teacher[1].running_mean, student[1].running_mean)
     assert ema_update(teacher, student, decay=0.99, step=3) == pytest.approx(0.75)
 
 

@@ -11,6 +11,7 @@ from htl_ray.config import load_config
 from htl_ray.data.loading import split_dataset
 from htl_ray.htl.coordinator import load_versions
 from htl_ray.supervision import SETTINGS
+from htl_ray.supervision.settings import repeats_for_share
 from htl_ray.supervision.labels import mask_boxes
 from htl_ray.train.checkpoints import load_checkpoint
 from htl_ray.train.trainer import run_training
@@ -50,6 +51,38 @@ def test_semi_hides_masks_on_the_driver_and_supervised_uses_the_same_subset(
         _cfg(synth_dataset, tmp_path, "supervision.setting=semi",
              "supervision.label_fraction=0.25", "run.seed=1"), raw))
     assert set(other_seed.index[other_seed["labeled"]]) != set(semi.index[semi["labeled"]])
+
+
+def test_semi_epoch_repeats_labeled_rows_to_the_requested_share(ray_cluster, synth_dataset,
+                                                               tmp_path):
+    raw = split_dataset(synth_dataset, "train")
+    cfg = _cfg(synth_dataset, tmp_path, "supervision.setting=semi",
+               "supervision.label_fraction=0.25")
+    scored = SETTINGS["semi"].prepare_train(cfg, raw)
+    lines: list[str] = []
+    epoch = SETTINGS["semi"].epoch_rows(cfg, scored, lines.append).to_pandas()
+    n = scored.count()
+    n_lab = round(0.25 * n)
+    counts = epoch.groupby("id").size()
+    labeled = set(epoch.loc[epoch["labeled"], "id"])
+    assert len(labeled) == n_lab and len(counts) == n              # nothing lost or invented
+    assert (counts[list(labeled)] == 3).all()                       # 0.5·(3/4)/(0.5·1/4) = 3
+    assert (counts.drop(list(labeled)) == 1).all()
+    assert epoch["labeled"].mean() == 3 * n_lab / (n - n_lab + 3 * n_lab)
+    # shuffled once, so both halves of the epoch carry about the same share of masks
+    half = len(epoch) // 2
+    assert abs(epoch["labeled"][:half].mean() - epoch["labeled"][half:].mean()) < 0.2
+    assert "repeated ×3" in lines[0]
+    natural = _cfg(synth_dataset, tmp_path, "supervision.setting=semi",
+                   "supervision.label_fraction=0.25", "supervision.labeled_share=0")
+    assert SETTINGS["semi"].epoch_rows(natural, scored, lines.append) is scored
+
+
+def test_repeats_for_share():
+    assert repeats_for_share(25, 75, 0.5) == 3
+    assert repeats_for_share(50, 50, 0.5) == 1
+    assert repeats_for_share(10, 90, 0.0) == 1 and repeats_for_share(0, 90, 0.5) == 1
+    assert repeats_for_share(10, 90, 0.25) == 3                    # 30 of 120 rows
 
 
 def test_weak_replaces_every_mask_by_its_box(ray_cluster, synth_dataset, tmp_path):
@@ -98,7 +131,9 @@ def test_semi_supervised_run_with_htl_on_the_teacher(ray_cluster, synth_dataset,
     # label-free scores only: unlabeled images have no mask to compare with
     assert {"h", "weight"} <= set(tables[1].columns)
     assert not {"h_gt", "loss", "el2n"} & set(tables[1].columns)
-    assert len(tables[1]) == 96 and tables[1]["h"].between(0, 1).all()
+    # the epoch repeats labeled rows; what is scored holds every image exactly once
+    assert len(tables[1]) == 96 and tables[1]["id"].is_unique
+    assert tables[1]["h"].between(0, 1).all()
     state = load_checkpoint(outcome.best_checkpoint)
     assert set(state) >= {"model", "student", "teacher_step"}
     assert state["teacher_step"] > 0

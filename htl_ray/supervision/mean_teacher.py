@@ -27,13 +27,18 @@ def make_teacher(student: torch.nn.Module) -> torch.nn.Module:
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float,
                step: int) -> float:
     """teacher ← α·teacher + (1 − α)·student with α = min(1 − 1/(step + 1), decay), so the
-    teacher follows the student closely at first. Buffers (BatchNorm statistics) are copied.
-    Returns the α used."""
+    teacher follows the student closely at first. Floating buffers (BatchNorm statistics) are
+    averaged the same way, so the teacher's normalisation matches its averaged weights (copying
+    the student's statistics onto EMA weights makes the teacher jump while the student moves
+    fast); integer buffers (batch counters) are copied. Returns the α used."""
     alpha = min(1.0 - 1.0 / (step + 1), decay)
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
+        if t.is_floating_point():
+            t.mul_(alpha).add_(s, alpha=1.0 - alpha)
+        else:
+            t.copy_(s)
     return alpha
 
 

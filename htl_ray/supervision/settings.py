@@ -34,6 +34,7 @@ from htl_ray.supervision.mean_teacher import (
 )
 
 LABELED = "labeled"
+COPY = "copy"
 
 
 def label_seed(cfg: ExperimentConfig) -> int:
@@ -65,6 +66,21 @@ def hide_masks(batch: dict[str, np.ndarray], keep: set[str]) -> dict[str, np.nda
     flags = np.array([str(i) in keep for i in batch["id"]], dtype=bool)
     masks = [m if f else bytes(len(m)) for m, f in zip(batch["mask"], flags, strict=True)]
     return {**batch, "mask": np.array(masks, dtype=object), LABELED: flags}
+
+
+def repeat_labeled(batch: dict[str, np.ndarray], times: int) -> dict[str, np.ndarray]:
+    """Each labeled row `times` times (with its copy number), each unlabeled row once."""
+    counts = np.where(np.asarray(batch[LABELED], dtype=bool), times, 1)
+    out = {k: np.repeat(v, counts, axis=0) for k, v in batch.items()}
+    out[COPY] = np.concatenate([np.arange(c) for c in counts]) if len(counts) else counts
+    return out
+
+
+def repeats_for_share(n_labeled: int, n_unlabeled: int, share: float) -> int:
+    """How many copies of each labeled row make them about `share` of an epoch (at least 1)."""
+    if share <= 0 or n_labeled == 0:
+        return 1
+    return max(1, round(share * n_unlabeled / ((1.0 - share) * n_labeled)))
 
 
 def boxes_for_masks(batch: dict[str, np.ndarray], sigma: float, seed: int
@@ -116,6 +132,12 @@ class Objective:
 
         keep = labeled_ids(cfg, *_train_ids_and_areas(cfg, ds))
         return ds.filter(expr=col("id").is_in(sorted(keep))).materialize()
+
+    @classmethod
+    def epoch_rows(cls, cfg: ExperimentConfig, ds, log=print):
+        """The rows one epoch iterates: `prepare_train`'s dataset (what HTL scores), or a
+        rebalanced version of it. Ids may repeat here, never in what is scored."""
+        return ds
 
     # worker side ---------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> None:
@@ -171,6 +193,26 @@ class SemiSupervised(Objective):
         keep = labeled_ids(cfg, *_train_ids_and_areas(cfg, ds))
         return ds.map_batches(hide_masks, fn_kwargs={"keep": keep},
                               batch_format="numpy").materialize()
+
+    @classmethod
+    def epoch_rows(cls, cfg: ExperimentConfig, ds, log=print):
+        """Repeat labeled rows to about `labeled_share` of the epoch, shuffled once (seeded) so
+        that every batch carries its share of masks: at the natural share f = 0.25 a batch of
+        16 averages 4 masked images, and the supervised signal per step is noisy and thin."""
+        from ray.data.expressions import col
+
+        share = cfg.supervision.labeled_share
+        n_lab = ds.filter(expr=col(LABELED)).count()
+        n_all = ds.count()
+        times = repeats_for_share(n_lab, n_all - n_lab, share)
+        if times == 1:
+            return ds
+        log(f"[htl-ray] semi: {n_lab} labeled rows repeated ×{times} → "
+            f"{n_lab * times / (n_all - n_lab + n_lab * times):.0%} of "
+            f"{n_all - n_lab + n_lab * times} rows per epoch (supervision.labeled_share={share})")
+        return (ds.map_batches(repeat_labeled, fn_kwargs={"times": times},
+                               batch_format="numpy")
+                .random_shuffle(seed=label_seed(cfg)).materialize())
 
     def attach(self, model: torch.nn.Module) -> None:
         self.teacher = make_teacher(model)

@@ -176,15 +176,17 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         init_ray(log)
         t0 = time.time()
         train_ds = split_dataset(cfg.data.path, "train", cfg.data.limit_train)
-        train_ds = SETTINGS[cfg.supervision.setting].prepare_train(cfg, train_ds)
+        setting = SETTINGS[cfg.supervision.setting]
+        score_ds = setting.prepare_train(cfg, train_ds)
+        train_ds = setting.epoch_rows(cfg, score_ds, log)
         val_ds = split_dataset(cfg.data.path, "val", columns=TRAIN_COLUMNS + VAL_META_COLUMNS)
         log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
-            f"({time.time() - t0:.1f}s); {SETTINGS[cfg.supervision.setting].describe(cfg)}; "
+            f"({time.time() - t0:.1f}s); {setting.describe(cfg)}; "
             f"{cfg.scaling.num_workers} workers; MLflow {uri} run {run_id}")
         check_resources(cfg)
         coordinator = None
         if uses_refresh(cfg):
-            coordinator = start_coordinator(cfg, run_dir, train_ds, uri, run_id, refresh_delay_s)
+            coordinator = start_coordinator(cfg, run_dir, score_ds, uri, run_id, refresh_delay_s)
             log(f"[htl-ray] HTL: method {cfg.htl.method}, {cfg.htl.attention} "
                 f"({cfg.htl.weighting}, λ={cfg.htl.lam}, q={cfg.htl.q}), refresh every "
                 f"{cfg.htl.refresh_every} epochs ({'async' if cfg.htl.asynchronous else 'sync'}), "
