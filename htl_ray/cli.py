@@ -46,8 +46,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(outcome) -> None:
-    from htl_ray.tracking import sqlite_path
-
     m = outcome.best_metrics or outcome.metrics
     nan = float("nan")
     print("\n=== htl-ray: training finished ===")
@@ -62,10 +60,7 @@ def _print_outcome(outcome) -> None:
     print(f"run directory:   {outcome.run_dir}")
     print(f"best checkpoint: {outcome.best_checkpoint}")
     print(f"MLflow run:      {outcome.mlflow_run_id} in {outcome.tracking_uri}")
-    db = sqlite_path(outcome.tracking_uri)
-    store = f"sqlite:///{db}" if db else outcome.tracking_uri
-    print(f"open the MLflow UI: mlflow ui --backend-store-uri {store} --host 127.0.0.1 "
-          "--port 5000   (then browse http://127.0.0.1:5000)")
+    _print_ui_hint(outcome.tracking_uri)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -110,6 +105,63 @@ def _sparsities(text: str) -> tuple[float, ...]:
     if not values or not all(0 < v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: every sparsity must be in (0, 1)")
     return values
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from htl_ray.tune import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep, args.overrides)
+    outcome = run_sweep(sweep, resume=args.resume, confirm=args.confirm)
+    print("\n=== htl-ray: sweep finished ===")
+    if outcome.best is not None:
+        b = outcome.best
+        print(f"best trial {b.name}: {sweep.settings.metric} "
+              f"{b.value(sweep.settings.mode):.4f}")
+    print(f"sweep directory: {outcome.directory}")
+    print(f"summary:         {outcome.directory / 'summary' / 'study_summary.md'}")
+    print(f"best config:     {outcome.directory / 'summary' / 'best_config.yaml'}")
+    print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
+    if outcome.confirm_run_ids:
+        print(f"confirmation runs: {sum(map(len, outcome.confirm_run_ids.values()))}; compare "
+              f"them: htl-ray compare {sweep.base.tracking.experiment} --sweep "
+              f"{sweep.settings.name} --role confirm")
+    _print_ui_hint(outcome.tracking_uri)
+    return 0
+
+
+def _print_ui_hint(uri: str) -> None:
+    from htl_ray.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    store = f"sqlite:///{db}" if db else uri
+    print(f"open the MLflow UI: mlflow ui --backend-store-uri {store} --host 127.0.0.1 "
+          "--port 5000   (then browse http://127.0.0.1:5000)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from htl_ray.compare import compare, load_runs, write_comparison
+    from htl_ray.config import parse_override
+    from htl_ray.tracking import resolve_tracking_uri
+
+    filters = [args.filter] if args.filter else []
+    if args.sweep:
+        filters.append(f"tags.`htl.sweep` = '{args.sweep}'")
+    if args.role:
+        filters.append(f"tags.`htl.role` = '{args.role}'")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    runs = load_runs(uri, args.experiment, " and ".join(filters))
+    baseline = dict(parse_override(b) for b in args.baseline) if args.baseline else None
+    if baseline:
+        baseline = {k: str(v) for k, v in baseline.items()}
+    result = compare(runs, split=args.split, baseline=baseline)
+    print(f"{len(runs)} finished runs of experiment {args.experiment!r} in {uri}, "
+          f"{len(result.table)} configurations; {args.split} metrics (best epoch), mean "
+          "[95% CI] over seeds; Δ = paired difference to the baseline (same seed)\n")
+    print(result.markdown())
+    write_comparison(result, Path(args.out or Path("compare") / args.experiment))
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -170,6 +222,33 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-labels", action="store_true", help="score without ground truth")
     sc.add_argument("--out", help="output Parquet (default: beside the checkpoint)")
     sc.set_defaults(func=_cmd_score)
+
+    tu = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune trials of training runs, "
+                        "Optuna TPE search, one MLflow parent run with a child run per trial")
+    tu.add_argument("sweep", help="sweep YAML (base config, sweep settings, search space)")
+    tu.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the base config")
+    tu.add_argument("--resume", action="store_true",
+                    help="continue an interrupted sweep (finished trials are not repeated)")
+    tu.add_argument("--confirm", type=int, default=0, metavar="N",
+                    help="then re-run the best config and its ERM baseline with N seeds each")
+    tu.set_defaults(func=_cmd_tune)
+
+    cmp = sub.add_parser("compare", help="table of runs grouped by configuration: mean and 95%% "
+                         "CI over seeds, paired difference to the ERM baseline")
+    cmp.add_argument("experiment", help="MLflow experiment name")
+    cmp.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or "
+                     "sqlite:///mlflow.db)")
+    cmp.add_argument("--sweep", help="only the runs of this sweep")
+    cmp.add_argument("--role", choices=["trial", "confirm"], help="only sweep trials or only "
+                     "confirmation runs")
+    cmp.add_argument("--filter", help="extra MLflow search filter, e.g. "
+                     "\"params.`supervision.setting` = 'semi'\"")
+    cmp.add_argument("--split", default="val", help="metrics of this split (default val)")
+    cmp.add_argument("--baseline", action="append", metavar="KEY=VALUE",
+                     help="what makes a run a baseline (default htl.method=erm; repeatable)")
+    cmp.add_argument("--out", help="output folder for compare.md / compare.csv "
+                     "(default compare/EXPERIMENT)")
+    cmp.set_defaults(func=_cmd_compare)
 
     demo = sub.add_parser("demo", help="synthetic data + 2-worker training on CPU, end to end")
     demo.add_argument("overrides", nargs="*", help="dotted.key=value overrides")

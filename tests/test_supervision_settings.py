@@ -11,8 +11,8 @@ from htl_ray.config import load_config
 from htl_ray.data.loading import split_dataset
 from htl_ray.htl.coordinator import load_versions
 from htl_ray.supervision import SETTINGS
-from htl_ray.supervision.settings import repeats_for_share
 from htl_ray.supervision.labels import mask_boxes
+from htl_ray.supervision.settings import repeats_for_share
 from htl_ray.train.checkpoints import load_checkpoint
 from htl_ray.train.trainer import run_training
 

@@ -137,9 +137,13 @@ def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, 
 
 def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                  fault_after_epoch: int | None = None, refresh_delay_s: float = 0.0,
+                 tags: dict[str, str] | None = None, callbacks: list | None = None,
                  log: Callable[[str], None] = print) -> TrainingOutcome:
     """Train `cfg` with Ray Train; returns where the results are. Raises on failure (the MLflow
-    run is then marked FAILED and the checkpoints already written stay in the run directory)."""
+    run is then marked FAILED and the checkpoints already written stay in the run directory).
+
+    `tags` go on a new MLflow run (a sweep links its trials to the parent run this way);
+    `callbacks` are Ray Train callbacks (a Tune trial passes its report callback)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -163,9 +167,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     else:
         tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
                 "htl.run_dir": str(run_dir), "htl.setting": cfg.supervision.setting,
-                "htl.method": cfg.htl.method}
+                "htl.method": cfg.htl.method, **(tags or {})}
         tags.update({f"htl.version.{k}": v for k, v in tracking.package_versions().items()})
-        run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, flat, tags)
+        display_name = tags.pop("mlflow.runName", cfg.run.name)
+        run_id = tracking.start_run(uri, cfg.tracking.experiment, display_name, flat, tags)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_STATE_FILE).write_text(json.dumps(
         {"mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict(),
@@ -205,7 +210,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                     num_to_keep=cfg.train.keep_checkpoints,
                     checkpoint_score_attribute=cfg.train.checkpoint_metric,
                     checkpoint_score_order="max"),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures)),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+                callbacks=callbacks or None),
             datasets={"train": train_ds, "val": val_ds},
             dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         )
@@ -230,6 +236,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         ckpt, best_metrics = max(result.best_checkpoints,
                                  key=lambda cm: cm[1].get(cfg.train.checkpoint_metric, -1e9))
         best_ckpt = Path(ckpt.path)
+    # the best epoch's validation metrics, beside the per-epoch history: what comparisons use
+    tracking.log_metrics(uri, run_id, {f"best/{k}": v for k, v in best_metrics.items()
+                                       if k.startswith("val/")}, step=0)
     _log_artifacts(uri, run_id, run_dir, best_ckpt)
     tracking.set_tags(uri, run_id, {"htl.best_checkpoint": str(best_ckpt),
                                     "htl.best_epoch": str(read_meta(best_ckpt).get("epoch"))

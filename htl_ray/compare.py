@@ -1,0 +1,177 @@
+"""`htl-ray compare`: runs grouped by configuration, mean and 95% CI over seeds, and the paired
+difference to the ERM baseline.
+
+A configuration is a run's logged parameters minus the ones that only name or seed it
+(`SEED_LIKE`); runs that share the rest are seeds of one configuration. The baseline of a
+group is the baseline-matching group (default `htl.method=erm`) that differs from it in the
+fewest parameters; differences are paired by `run.seed` so that seed-to-seed variation common
+to both arms cancels. Intervals are Student-t 95% intervals over seeds (or over seed pairs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from htl_ray.tables import markdown_table
+
+SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
+                       "tracking.uri", "tracking.experiment"})
+METRICS = ("dice", "iou", "thresholded_jaccard", "worst_group_dice")
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of a Student-t interval; the interval is NaN with fewer than 2 values."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v == v], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+def run_metrics(metrics: dict[str, float], split: str = "val") -> dict[str, float]:
+    """The four reported metrics of one run: its best epoch's when logged (`best/<split>/...`),
+    else the last logged values. Worst-group Dice is the minimum over the grouping attributes."""
+    prefix = f"best/{split}/" if f"best/{split}/dice" in metrics else f"{split}/"
+    out = {m: metrics.get(prefix + m, math.nan) for m in METRICS[:3]}
+    worst = [v for k, v in metrics.items()
+             if k.startswith(prefix + "worst_group/") and k.endswith("/dice")]
+    out["worst_group_dice"] = min(worst) if worst else math.nan
+    return out
+
+
+def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
+    """FINISHED runs of `experiment` as rows: run_id, name, seed, params (dict), metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"MLflow experiment {experiment!r} not found in {uri} "
+                         f"(experiments there: {', '.join(names) or 'none'})")
+    query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
+    rows = []
+    for run in client.search_runs([exp.experiment_id], query, max_results=50000):
+        if run.data.tags.get("htl.role") == "sweep":
+            continue                                  # a sweep's parent run is not a training run
+        params = dict(run.data.params)
+        rows.append({"run_id": run.info.run_id, "name": run.info.run_name,
+                     "seed": params.get("run.seed", ""), "params": params,
+                     "metrics": dict(run.data.metrics)})
+    return pd.DataFrame(rows, columns=["run_id", "name", "seed", "params", "metrics"])
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame            # one row per configuration, numeric columns
+    runs: pd.DataFrame             # one row per run with its group label and metrics
+    notes: list[str]
+
+    def markdown(self) -> str:
+        t = self.table
+        cols = {"configuration": t["configuration"], "n": t["n"]}
+        for m in METRICS:
+            cols[m] = [_fmt(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) for _, r in t.iterrows()]
+        for m in METRICS:
+            cols[f"Δ{m}"] = [_fmt(r[f"d_{m}"], r[f"d_{m}_lo"], r[f"d_{m}_hi"], signed=True)
+                             for _, r in t.iterrows()]
+        cols["baseline"] = t["baseline"]
+        out = markdown_table(pd.DataFrame(cols))
+        return out + ("\n\n" + "\n".join(f"- {n}" for n in self.notes) if self.notes else "")
+
+
+def _fmt(m: float, lo: float, hi: float, signed: bool = False) -> str:
+    if m != m:
+        return ""
+    f = "+.4f" if signed else ".4f"
+    s = format(m, f)
+    return s if lo != lo else f"{s} [{format(lo, f)}, {format(hi, f)}]"
+
+
+def _short(value: str | None) -> str:
+    """Parameter values as a reader wants them in a label: 2.4208472637 → 2.421."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.4g}" if "." in str(value) or "e" in str(value).lower() else str(value)
+
+
+def _matches(params: dict[str, str], baseline: dict[str, str]) -> bool:
+    return all(params.get(k) == v for k, v in baseline.items())
+
+
+def compare(runs: pd.DataFrame, split: str = "val",
+            baseline: dict[str, str] | None = None) -> Comparison:
+    """Group `runs` (from `load_runs`) by configuration and compare each group to its baseline."""
+    baseline = {"htl.method": "erm"} if baseline is None else baseline
+    if runs.empty:
+        raise ValueError("no finished runs to compare (check the experiment name and filters)")
+    keys = [tuple(sorted((k, v) for k, v in p.items() if k not in SEED_LIKE))
+            for p in runs["params"]]
+    group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    config_params = [dict(k) for k in group_of]
+    varying = sorted({k for c in config_params for k in c
+                      if len({d.get(k) for d in config_params}) > 1})
+
+    def label(c: dict[str, str]) -> str:
+        return " ".join(f"{k}={_short(c.get(k))}" for k in varying) or "all runs"
+
+    runs = runs.copy()
+    runs["group"] = [group_of[k] for k in keys]
+    metrics = pd.DataFrame([run_metrics(m, split) for m in runs["metrics"]], index=runs.index)
+    runs = pd.concat([runs, metrics], axis=1)
+    notes = []
+    rows = []
+    base_groups = [g for g, c in enumerate(config_params) if _matches(c, baseline)]
+    if not base_groups:
+        notes.append("no baseline group matches " + ", ".join(
+            f"{k}={v}" for k, v in baseline.items()) + ": paired differences are left empty")
+    for g, c in enumerate(config_params):
+        sub = runs[runs["group"] == g]
+        row = {"configuration": label(c), "n": len(sub),
+               "seeds": ",".join(sorted(map(str, sub["seed"])))}
+        for m in METRICS:
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = mean_ci(sub[m])
+        b = None
+        if g not in base_groups and base_groups:
+            b = min(base_groups, key=lambda bg: (sum(
+                c.get(k) != config_params[bg].get(k)
+                for k in set(c) | set(config_params[bg])), bg))
+        row["baseline"] = label(config_params[b]) if b is not None else ""
+        pairs = (sub.merge(runs[runs["group"] == b], on="seed", suffixes=("", "_b"))
+                 if b is not None else pd.DataFrame())
+        row["pairs"] = len(pairs)
+        for m in METRICS:
+            diffs = (pairs[m] - pairs[f"{m}_b"]) if len(pairs) else []
+            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = mean_ci(diffs)
+        if b is not None and len(pairs) < len(sub):
+            notes.append(f"{row['configuration']}: {len(sub) - len(pairs)} run(s) have no "
+                         "baseline run with the same seed and are left out of the differences")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    out_runs = runs.assign(configuration=[label(config_params[g]) for g in runs["group"]])
+    return Comparison(table=table, runs=out_runs[["run_id", "name", "configuration", "seed",
+                                                  *METRICS]], notes=notes)
+
+
+def write_comparison(result: Comparison, out_dir: Path, log: Callable[[str], None] = print
+                     ) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv = out_dir / "compare.md", out_dir / "compare.csv"
+    md.write_text(result.markdown() + "\n")
+    result.table.to_csv(csv, index=False)
+    result.runs.to_csv(out_dir / "runs.csv", index=False)
+    log(f"[htl-ray] wrote {md}, {csv} and {out_dir / 'runs.csv'}")
+    return md, csv

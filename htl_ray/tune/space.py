@@ -1,0 +1,194 @@
+"""A sweep file: which experiment to start from, how to search, and the search space.
+
+The space maps dotted config keys to Optuna distributions, written in YAML:
+
+    space:
+      train.lr:          {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+      htl.lam:           {type: float, low: 0.5, high: 4.0}
+      htl.refresh_every: {type: int, low: 1, high: 3}
+      htl.attention:     {type: categorical, choices: [reweight, oversample]}
+      htl.sparsities:    {type: categorical, choices: [[0.3, 0.5], [0.5, 0.7, 0.9]]}
+      htl.max_sparsity:  {type: float, low: 0.5, high: 0.95}
+
+`htl.max_sparsity` is derived: it sets `htl.sparsities` to k evenly spaced levels up to it
+(k = the base config's number of sparsities). Categorical choices that are lists (sparsity
+sets) are handed to Optuna as their JSON text, which it can store, and decoded for the trial.
+Every sampled key is checked against the config schema when the sweep file is read, so a typo
+fails before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna.distributions as od
+import yaml
+
+from htl_ray.config import ConfigError, ExperimentConfig, apply_overrides, load_config
+
+MAX_SPARSITY = "htl.max_sparsity"
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass
+class SweepSettings:
+    """How to search: the `sweep:` section of a sweep file."""
+
+    name: str = "htl-sweep"
+    metric: str = "val/dice"
+    mode: str = "max"
+    num_samples: int = 8
+    max_concurrent: int | str = "auto"     # auto = as many trials as the cluster's CPUs hold
+    seed: int = 0
+    scheduler: str = "fifo"                 # fifo | asha
+    grace_period: int = 2                   # ASHA: epochs before a trial can be stopped
+    reduction_factor: int = 2
+    storage_path: str = "sweeps"
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file: the base experiment, the search settings and the space."""
+
+    path: Path
+    base: ExperimentConfig
+    base_overrides: list[str]
+    settings: SweepSettings
+    space: dict[str, od.BaseDistribution]
+    base_source: str = ""
+    _list_choices: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        return (Path(self.settings.storage_path) / self.settings.name).resolve()
+
+    def overrides_for(self, params: dict[str, Any]) -> list[str]:
+        """The dotted overrides one trial applies on top of the base config."""
+        out = []
+        for key, value in params.items():
+            if key == MAX_SPARSITY:
+                k = len(self.base.htl.sparsities)
+                levels = [round(float(value) * (i + 1) / k, 4) for i in range(k)]
+                out.append(f"htl.sparsities={json.dumps(levels)}")
+            elif self._list_choices.get(key):
+                out.append(f"{key}={value}")          # the JSON text of a list is YAML too
+            else:
+                out.append(f"{key}={json.dumps(value)}")
+        return out
+
+    def config_for(self, params: dict[str, Any], extra: list[str] | None = None
+                   ) -> ExperimentConfig:
+        raw = apply_overrides(self.base.to_dict(), self.overrides_for(params) + (extra or []))
+        from htl_ray.config import from_dict
+
+        return from_dict(raw)
+
+
+def _distribution(key: str, spec: Any) -> tuple[od.BaseDistribution, bool]:
+    """One YAML spec → (Optuna distribution, whether its choices are lists)."""
+    where = f"space.{key}"
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"{where}: expected a mapping with a `type` "
+                          "(float, int or categorical)")
+    kind = spec["type"]
+    try:
+        if kind in ("float", "int"):
+            low, high = spec["low"], spec["high"]
+            if not low < high:
+                raise ConfigError(f"{where}: expected low < high, got {low} and {high}")
+            log = bool(spec.get("log", False))
+            if kind == "float":
+                return od.FloatDistribution(float(low), float(high), log=log,
+                                            step=spec.get("step")), False
+            return od.IntDistribution(int(low), int(high), log=log,
+                                      step=int(spec.get("step", 1))), False
+        if kind == "categorical":
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{where}.choices: expected a non-empty list")
+            lists = any(isinstance(c, list | dict) for c in choices)
+            if lists:
+                choices = [json.dumps(c) for c in choices]
+            return od.CategoricalDistribution(choices), lists
+    except KeyError as exc:
+        raise ConfigError(f"{where}: missing {exc.args[0]!r} for type {kind}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    raise ConfigError(f"{where}.type: expected float, int or categorical, got {kind!r}")
+
+
+def _settings(raw: Any, where: str) -> SweepSettings:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    known = SweepSettings.__dataclass_fields__
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(known)})")
+    s = SweepSettings(**raw)
+    if s.mode not in ("min", "max"):
+        raise ConfigError(f"{where}.mode: expected min or max, got {s.mode!r}")
+    if s.scheduler not in SCHEDULERS:
+        raise ConfigError(f"{where}.scheduler: expected one of {SCHEDULERS}, got {s.scheduler!r}")
+    if not isinstance(s.num_samples, int) or s.num_samples < 1:
+        raise ConfigError(f"{where}.num_samples: expected a positive integer")
+    if s.max_concurrent != "auto" and (not isinstance(s.max_concurrent, int)
+                                       or s.max_concurrent < 1):
+        raise ConfigError(f"{where}.max_concurrent: expected `auto` or a positive integer")
+    return s
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read and check a sweep file; `overrides` apply to the base experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    unknown = sorted(set(raw) - {"base", "overrides", "sweep", "space"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} "
+                          "(expected base, overrides, sweep, space)")
+    base_path = raw.get("base")
+    source = ""
+    if base_path is not None:
+        candidates = [Path(base_path), path.parent / base_path]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(f"{path}: base: config file not found: {base_path} (looked in the "
+                              f"working directory and beside the sweep file)")
+        source = str(found)
+    base_overrides = [str(o) for o in (raw.get("overrides") or [])] + list(overrides or [])
+    base = load_config(source or None, base_overrides)
+    if not isinstance(raw.get("space"), dict) or not raw["space"]:
+        raise ConfigError(f"{path}: space: expected a mapping of dotted config keys to "
+                          "distributions")
+    space, lists = {}, {}
+    flat = base.flat()
+    for key, spec in raw["space"].items():
+        if key != MAX_SPARSITY and key not in flat:
+            raise ConfigError(f"space.{key}: not a config key (e.g. htl.lam, train.lr, "
+                              f"or the derived {MAX_SPARSITY})")
+        space[key], lists[key] = _distribution(key, spec)
+    sweep = Sweep(path=path, base=base, base_overrides=base_overrides,
+                  settings=_settings(raw.get("sweep"), f"{path}: sweep"), space=space,
+                  base_source=source, _list_choices=lists)
+    # every corner of the space must be a valid config: try the low and high ends now
+    for corner in (0, -1):
+        params = {k: _corner(d, corner) for k, d in space.items()}
+        try:
+            sweep.config_for(params)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: space: a sampled config would be invalid: {exc}") from None
+    return sweep
+
+
+def _corner(dist: od.BaseDistribution, end: int) -> Any:
+    if isinstance(dist, od.CategoricalDistribution):
+        return dist.choices[end]
+    return dist.low if end == 0 else dist.high

@@ -1,0 +1,305 @@
+"""`htl-ray tune`: a Ray Tune sweep of training runs, searched by Optuna, tracked in MLflow.
+
+Layout of a sweep directory (`sweep.storage_path/sweep.name`):
+    sweep_state.json   the parent MLflow run and the tracking URI (what `--resume` re-joins)
+    tune/              Ray Tune's experiment state (searcher and scheduler state included)
+    runs/trial-<id>/   each trial's run directory: Ray Train checkpoints, HTL tables
+    runs/confirm-*/    the `--confirm` runs
+    summary/           best_config.yaml, study_summary.md, trials.csv, plots/*.png
+
+One MLflow parent run per sweep; each trial and confirmation run is a child run
+(`mlflow.parentRunId`), so the MLflow UI nests them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from htl_ray.config import ConfigError, ExperimentConfig
+from htl_ray.tune.space import Sweep
+from htl_ray.tune.study import (
+    TrialRecord,
+    build_study,
+    summary_markdown,
+    trials_table,
+    write_plots,
+)
+from htl_ray.tune.trial import FINISHED_KEY, PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, run_trial
+
+STATE_FILE = "sweep_state.json"
+GROUP_TAG = "htl.group"
+
+
+@dataclass
+class SweepOutcome:
+    directory: Path
+    parent_run_id: str
+    tracking_uri: str
+    best: TrialRecord | None
+    records: list[TrialRecord]
+    plots: dict[str, Path] = field(default_factory=dict)
+    confirm_run_ids: dict[str, list[str]] = field(default_factory=dict)
+
+
+def trial_cpus(cfg: ExperimentConfig) -> float:
+    """CPUs one trial holds while it trains: its workers, plus scorer actors when it refreshes."""
+    from htl_ray.train.trainer import uses_refresh
+
+    need = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
+    if uses_refresh(cfg):
+        need += cfg.htl.scorer_actors * cfg.htl.scorer_cpus
+    return need
+
+
+def max_concurrent(sweep: Sweep, cluster_cpus: float) -> int:
+    s = sweep.settings.max_concurrent
+    if s != "auto":
+        return int(s)
+    return max(1, int(math.floor(cluster_cpus / max(trial_cpus(sweep.base), 1e-9) + 1e-9)))
+
+
+def _absolute(base: ExperimentConfig, uri: str, runs_dir: Path) -> dict[str, Any]:
+    """The base config with every path absolute: trials run in other working directories."""
+    raw = base.to_dict()
+    raw["data"]["path"] = str(Path(base.data.path).resolve())
+    raw["run"]["storage_path"] = str(runs_dir)
+    raw["tracking"]["uri"] = uri
+    return raw
+
+
+def _parent_params(sweep: Sweep) -> dict[str, Any]:
+    params = {f"sweep.{k}": v for k, v in vars(sweep.settings).items()}
+    params.update({f"space.{k}": repr(d) for k, d in sweep.space.items()})
+    params["sweep.base"] = sweep.base_source or "(defaults)"
+    params["sweep.base_overrides"] = " ".join(sweep.base_overrides)
+    return params
+
+
+def _records(results, sweep: Sweep) -> list[TrialRecord]:
+    metric = sweep.settings.metric
+    out = []
+    for res in results:
+        hist = getattr(res, "metrics_dataframe", None)
+        history = []
+        if hist is not None and metric in hist.columns:
+            # the final result repeats the best epoch's value: keep the epochs only
+            if FINISHED_KEY in hist.columns:
+                hist = hist[hist[FINISHED_KEY].fillna(0) != 1]
+            history = [float(v) for v in hist[metric].tolist()]
+        last = res.metrics or {}
+        trial_id = last.get("trial_id") or Path(res.path).name
+        params = {k: v for k, v in (res.config or {}).items() if k in sweep.space}
+        out.append(TrialRecord(
+            trial_id=str(trial_id), name=str(last.get("trial_name") or trial_id),
+            params=params, history=history, finished=bool(last.get(FINISHED_KEY)),
+            error=str(res.error) if res.error else None,
+            mlflow_run_id=last.get("mlflow_run_id")))
+    return out
+
+
+def _close_stopped_runs(uri: str, parent_run_id: str) -> int:
+    """Trials stopped early by the scheduler leave their MLflow runs RUNNING: mark them KILLED
+    (their per-epoch metrics and checkpoints stay)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                              "attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_tag(run.info.run_id, "htl.stopped_early", "true")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
+
+
+def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_id: str,
+           resume: bool, concurrency: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = sweep.settings
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base_raw, overrides_of=sweep.overrides_for,
+                             sweep_name=s.name, runs_dir=str(directory / "runs"),
+                             parent_run_id=parent_run_id, metric=s.metric),
+        # the trial function only drives its TorchTrainer, whose workers hold the CPUs; Tune
+        # refuses an empty request, so the trial asks for 1 MiB of memory and no CPU
+        {"CPU": 0, "memory": 2**20})
+    tune_dir = directory / "tune"
+    if resume and tune_dir.is_dir():
+        from ray.tune import Tuner
+
+        return Tuner.restore(str(tune_dir), trainable, resume_unfinished=True,
+                             resume_errored=True)
+    import optuna
+
+    searcher = ConcurrencyLimiter(
+        OptunaSearch(space=dict(sweep.space), metric=s.metric, mode=s.mode,
+                     sampler=optuna.samplers.TPESampler(seed=s.seed)),
+        max_concurrent=concurrency)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.base.train.epochs,
+                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+                 if s.scheduler == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher,
+                                    scheduler=scheduler, num_samples=s.num_samples),
+        run_config=tune.RunConfig(name="tune", storage_path=str(directory), verbose=1))
+
+
+def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
+              log: Callable[[str], None] = print) -> SweepOutcome:
+    """Run (or with `resume`, continue) the sweep; then summarise it in its parent run and,
+    with `confirm` = N, re-run the best config and its ERM baseline with N seeds each."""
+    from htl_ray import tracking
+    from htl_ray.train.trainer import init_ray, preflight
+
+    directory = sweep.directory
+    state_path = directory / STATE_FILE
+    if state_path.is_file() and not resume:
+        raise ConfigError(f"sweep.name: {directory} already holds a sweep; continue it with "
+                          "--resume or choose another sweep.name")
+    if resume and not state_path.is_file():
+        raise ConfigError(f"--resume: no sweep to resume at {directory} ({STATE_FILE} missing)")
+    preflight(sweep.base)
+    if resume:
+        state = json.loads(state_path.read_text())
+        uri, parent_run_id = state["tracking_uri"], state["parent_run_id"]
+        tracking.set_tags(uri, parent_run_id, {"htl.resumed_at": time.strftime("%FT%T")})
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+        log(f"[htl-ray] resuming sweep {directory} (MLflow parent run {parent_run_id})")
+    else:
+        uri = tracking.resolve_tracking_uri(sweep.base.tracking.uri)
+        parent_run_id = tracking.start_run(
+            uri, sweep.base.tracking.experiment, f"sweep {sweep.settings.name}",
+            _parent_params(sweep), {ROLE_TAG: "sweep", SWEEP_TAG: sweep.settings.name,
+                                    "htl.git_commit": tracking.git_commit()})
+        directory.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": uri,
+                                          "sweep_file": str(sweep.path.resolve())}, indent=2))
+    base_raw = _absolute(sweep.base, uri, directory / "runs")
+    try:
+        init_ray(log)
+        import ray
+
+        concurrency = max_concurrent(sweep, ray.cluster_resources().get("CPU", 1.0))
+        s = sweep.settings
+        log(f"[htl-ray] sweep {s.name}: {s.num_samples} trials, {len(sweep.space)} parameters "
+            f"({', '.join(sweep.space)}), Optuna TPE seed {s.seed}, {concurrency} at a time "
+            f"({trial_cpus(sweep.base)} CPUs each), scheduler {s.scheduler}; MLflow {uri} "
+            f"parent run {parent_run_id}")
+        results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
+        stopped = _close_stopped_runs(uri, parent_run_id)
+        if stopped:
+            log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
+        records = _records(results, sweep)
+        best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log)
+        outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
+        if confirm and best is not None:
+            outcome.confirm_run_ids = run_confirmation(sweep, best, confirm, base_raw,
+                                                       parent_run_id, directory / "runs", log)
+    except BaseException:
+        tracking.end_run(uri, parent_run_id, "FAILED")
+        raise
+    tracking.end_run(uri, parent_run_id, "FINISHED")
+    return outcome
+
+
+def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
+              parent_run_id: str, log: Callable[[str], None]
+              ) -> tuple[TrialRecord | None, dict[str, Path]]:
+    """Best config, study summary, trials table and Optuna plots → files and the parent run."""
+    from htl_ray import tracking
+
+    s = sweep.settings
+    scored = [r for r in records if r.value(s.mode) is not None and not r.error]
+    best = None
+    if scored:
+        pick = max if s.mode == "max" else min
+        best = pick(scored, key=lambda r: r.value(s.mode))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = build_study(records, sweep.space, s.mode, s.name)
+    plots, skipped = write_plots(study, out_dir / "plots")
+    table = trials_table(records, s.mode, s.metric)
+    table.to_csv(out_dir / "trials.csv", index=False)
+    (out_dir / "study_summary.md").write_text(
+        summary_markdown(s.name, s.metric, s.mode, table, best, skipped))
+    metrics: dict[str, float] = {"sweep/trials": len(records),
+                                 "sweep/finished": sum(r.finished for r in records)}
+    if best is not None:
+        cfg = sweep.config_for(best.params)
+        (out_dir / "best_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tracking.log_artifact(uri, parent_run_id, out_dir / "best_config.yaml")
+        metrics[f"best/{s.metric}"] = best.value(s.mode)
+        tracking.set_tags(uri, parent_run_id, {"htl.best_trial": best.name,
+                                               "htl.best_trial_id": best.trial_id})
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).log_batch(parent_run_id, params=[
+            Param(f"best.{k}", str(v)) for k, v in sorted(best.params.items())])
+    tracking.log_metrics(uri, parent_run_id, metrics, step=0)
+    for name in ("study_summary.md", "trials.csv"):
+        tracking.log_artifact(uri, parent_run_id, out_dir / name)
+    for path in plots.values():
+        tracking.log_artifact(uri, parent_run_id, path, "plots")
+    if best is not None:
+        log(f"[htl-ray] best trial {best.name}: {s.metric} {best.value(s.mode):.4f}")
+    log(f"[htl-ray] sweep summary: {out_dir / 'study_summary.md'}; plots in {out_dir / 'plots'}")
+    return best, plots
+
+
+def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict[str, Any],
+                     parent_run_id: str, runs_dir: Path, log: Callable[[str], None]
+                     ) -> dict[str, list[str]]:
+    """The best config and the same config with `htl.method=erm`, each with seeds 0..N−1,
+    as child runs of the sweep. Runs already finished are kept; unfinished ones resume."""
+    from htl_ray.config import apply_overrides, from_dict
+    from htl_ray.train.trainer import RUN_STATE_FILE, run_training
+
+    groups = {"best": [], "erm": ["htl.method=erm"]}
+    out: dict[str, list[str]] = {g: [] for g in groups}
+    for group, extra in groups.items():
+        for seed in range(seeds):
+            name = f"confirm-{group}-s{seed}"
+            raw = apply_overrides(json.loads(json.dumps(base_raw)), sweep.overrides_for(
+                best.params) + extra + [f"run.seed={seed}", f"run.name={name}"])
+            cfg = from_dict(raw)
+            state_file = runs_dir / name / RUN_STATE_FILE
+            finished = _finished_run(state_file)
+            if finished:
+                log(f"[htl-ray] confirm {name}: already finished (MLflow run {finished})")
+                out[group].append(finished)
+                continue
+            log(f"[htl-ray] confirm {name}: {group} config, seed {seed}")
+            outcome = run_training(cfg, resume=state_file.is_file(), log=log, tags={
+                PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name,
+                ROLE_TAG: "confirm", GROUP_TAG: group, TRIAL_TAG: best.trial_id,
+                "mlflow.runName": f"{group} s{seed} ({best.name})"})
+            out[group].append(outcome.mlflow_run_id)
+    return out
+
+
+def _finished_run(state_file: Path) -> str | None:
+    if not state_file.is_file():
+        return None
+    from htl_ray import tracking
+
+    state = json.loads(state_file.read_text())
+    run_id = state.get("mlflow_run_id")
+    if run_id and tracking.run_status(state["tracking_uri"], run_id) == "FINISHED":
+        return run_id
+    return None

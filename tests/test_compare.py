@@ -1,0 +1,104 @@
+"""`htl-ray compare` on runs with known metrics in a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from htl_ray import tracking
+from htl_ray.cli import main
+from htl_ray.compare import compare, load_runs, mean_ci, run_metrics
+
+T2 = 4.302652729911275            # Student t, 97.5% quantile, 2 degrees of freedom
+
+
+def _log_run(uri: str, method: str, lam: str, seed: int, dice: float, worst: list[float],
+             status: str = "FINISHED") -> str:
+    params = {"htl.method": method, "htl.lam": lam, "run.seed": seed,
+              "run.name": f"{method}-{lam}-s{seed}", "train.epochs": 10}
+    run_id = tracking.start_run(uri, "cmp", f"{method} s{seed}", params, {})
+    metrics = {"best/val/dice": dice, "best/val/iou": dice - 0.1,
+               "best/val/thresholded_jaccard": dice - 0.2,
+               "val/dice": 0.0,                       # last epoch: must not be what is compared
+               **{f"best/val/worst_group/attr{i}/dice": w for i, w in enumerate(worst)}}
+    tracking.log_metrics(uri, run_id, metrics, step=0)
+    tracking.end_run(uri, run_id, status)
+    return run_id
+
+
+@pytest.fixture
+def runs_uri(tracking_uri):
+    for seed, d in enumerate([0.80, 0.82, 0.84]):
+        _log_run(tracking_uri, "erm", "1.0", seed, d, [d - 0.3, d - 0.1])
+    for seed, d in enumerate([0.83, 0.86, 0.86]):
+        _log_run(tracking_uri, "htl", "2.0", seed, d, [d - 0.2, d - 0.25])
+    _log_run(tracking_uri, "htl", "4.0", 0, 0.70, [0.5])
+    _log_run(tracking_uri, "htl", "4.0", 1, 0.10, [0.1], status="FAILED")   # not compared
+    return tracking_uri
+
+
+def test_mean_ci_is_the_student_t_interval():
+    m, lo, hi = mean_ci([0.03, 0.04, 0.02])
+    assert m == pytest.approx(0.03)
+    assert hi - m == pytest.approx(T2 * 0.01 / math.sqrt(3))
+    assert m - lo == pytest.approx(hi - m)
+    single = mean_ci([0.5])
+    assert single[0] == 0.5 and math.isnan(single[1])
+
+
+def test_run_metrics_prefer_the_best_epoch_and_take_the_worst_group():
+    m = run_metrics({"best/val/dice": 0.8, "val/dice": 0.1,
+                     "best/val/worst_group/a/dice": 0.6, "best/val/worst_group/b/dice": 0.4})
+    assert m["dice"] == 0.8 and m["worst_group_dice"] == 0.4
+    assert run_metrics({"val/dice": 0.7})["dice"] == 0.7       # runs without best/ metrics
+
+
+def test_compare_means_cis_and_paired_differences(runs_uri):
+    runs = load_runs(runs_uri, "cmp")
+    assert len(runs) == 7                                        # the FAILED run is left out
+    result = compare(runs)
+    t = result.table.set_index("configuration")
+    erm = t.loc["htl.lam=1 htl.method=erm"]
+    htl = t.loc["htl.lam=2 htl.method=htl"]
+    assert erm["n"] == 3 and erm["dice"] == pytest.approx(0.82)
+    assert erm["dice_hi"] - erm["dice"] == pytest.approx(T2 * 0.02 / math.sqrt(3))
+    assert htl["dice"] == pytest.approx(0.85)
+    # paired by seed: diffs 0.03, 0.04, 0.02
+    assert htl["pairs"] == 3 and htl["baseline"] == "htl.lam=1 htl.method=erm"
+    assert htl["d_dice"] == pytest.approx(0.03)
+    assert htl["d_dice_hi"] - htl["d_dice"] == pytest.approx(T2 * 0.01 / math.sqrt(3))
+    assert htl["d_iou"] == pytest.approx(0.03)
+    # worst group: erm min(d-0.3, d-0.1) = d-0.3; htl min(d-0.2, d-0.25) = d-0.25 → +0.08
+    assert erm["worst_group_dice"] == pytest.approx(0.52)
+    assert htl["d_worst_group_dice"] == pytest.approx(0.08)
+    assert math.isnan(erm["d_dice"])                             # the baseline itself
+    one = t.loc["htl.lam=4 htl.method=htl"]
+    assert one["n"] == 1 and math.isnan(one["dice_lo"])          # one seed: no interval
+    assert one["pairs"] == 1 and one["d_dice"] == pytest.approx(-0.10)
+    assert "0.8500 [0.8" in result.markdown() and "+0.0300 [+0.0" in result.markdown()
+
+
+def test_compare_cli_prints_and_writes_markdown_and_csv(runs_uri, tmp_path, capsys):
+    assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--out",
+                 str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "7 finished runs" in out and "3 configurations" in out
+    assert "| htl.lam=2 htl.method=htl | 3 | 0.8500" in out
+    csv = pd.read_csv(tmp_path / "out" / "compare.csv")
+    assert set(csv["configuration"]) == {"htl.lam=1 htl.method=erm",
+                                         "htl.lam=2 htl.method=htl", "htl.lam=4 htl.method=htl"}
+    assert (tmp_path / "out" / "compare.md").read_text().startswith("| configuration | n |")
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 7
+
+
+def test_compare_errors_name_what_is_missing(runs_uri, capsys):
+    assert main(["compare", "nope", "--tracking-uri", runs_uri]) == 2
+    assert "experiment 'nope' not found" in capsys.readouterr().err
+    client = MlflowClient(runs_uri)
+    assert client.get_experiment_by_name("cmp") is not None
+    assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--filter",
+                 "params.`htl.method` = 'none'"]) == 2
+    assert "no finished runs" in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""Sweep files: search spaces as Optuna distributions, checked before Ray starts."""
+
+from __future__ import annotations
+
+import optuna.distributions as od
+import pytest
+import yaml
+
+from htl_ray.config import ConfigError
+from htl_ray.tune.space import load_sweep
+from htl_ray.tune.trial import trial_name
+
+
+def _write(tmp_path, space, sweep=None, **top):
+    body = {"overrides": ["train.epochs=3"], "sweep": sweep or {"name": "s"}, "space": space,
+            **top}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_space_becomes_optuna_distributions_and_trial_overrides(tmp_path):
+    sweep = load_sweep(_write(tmp_path, {
+        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "htl.refresh_every": {"type": "int", "low": 1, "high": 3},
+        "htl.attention": {"type": "categorical", "choices": ["reweight", "oversample"]},
+        "htl.sparsities": {"type": "categorical", "choices": [[0.3, 0.5], [0.5, 0.7, 0.9]]},
+    }))
+    assert sweep.space["train.lr"] == od.FloatDistribution(1e-4, 1e-2, log=True)
+    assert sweep.space["htl.refresh_every"] == od.IntDistribution(1, 3)
+    # list choices reach Optuna as JSON text (storable) and come back as lists
+    assert sweep.space["htl.sparsities"].choices == ("[0.3, 0.5]", "[0.5, 0.7, 0.9]")
+    cfg = sweep.config_for({"train.lr": 0.003, "htl.refresh_every": 2,
+                            "htl.attention": "oversample", "htl.sparsities": "[0.5, 0.7, 0.9]"})
+    assert cfg.train.lr == 0.003 and cfg.htl.refresh_every == 2
+    assert cfg.htl.attention == "oversample" and cfg.htl.sparsities == [0.5, 0.7, 0.9]
+    assert cfg.train.epochs == 3                                     # the sweep's overrides
+
+
+def test_max_sparsity_sets_evenly_spaced_levels(tmp_path):
+    sweep = load_sweep(_write(tmp_path, {"htl.max_sparsity": {"type": "float", "low": 0.5,
+                                                              "high": 0.9}}))
+    assert len(sweep.base.htl.sparsities) == 3
+    assert sweep.config_for({"htl.max_sparsity": 0.9}).htl.sparsities == [0.3, 0.6, 0.9]
+
+
+@pytest.mark.parametrize("space, sweep, message", [
+    ({"htl.lamda": {"type": "float", "low": 0, "high": 1}}, None, "space.htl.lamda: not a config"),
+    ({"htl.lam": {"type": "float", "low": 2, "high": 1}}, None, "expected low < high"),
+    ({"htl.lam": {"type": "gauss"}}, None, "space.htl.lam.type"),
+    ({"htl.lam": {"type": "float", "low": 0}}, None, "missing 'high'"),
+    ({"htl.q": {"type": "float", "low": 0.0, "high": 0.5}}, None, "htl.q"),   # q must be > 0
+    ({"htl.lam": {"type": "float", "low": 0, "high": 1}}, {"mode": "up"}, "sweep.mode"),
+    ({"htl.lam": {"type": "float", "low": 0, "high": 1}}, {"scheduler": "pbt"},
+     "sweep.scheduler"),
+    ({"htl.lam": {"type": "float", "low": 0, "high": 1}}, {"num_sample": 3},
+     "sweep.num_sample: unknown key"),
+])
+def test_bad_sweep_files_name_the_key(tmp_path, space, sweep, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_sweep(_write(tmp_path, space, sweep))
+
+
+def test_missing_base_and_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="sweep file not found"):
+        load_sweep(tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="base: config file not found: nope.yaml"):
+        load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+                          base="nope.yaml"))
+
+
+def test_trial_names_are_readable():
+    assert trial_name("41a87fac", {"htl.lam": 2.4208, "train.lr": 0.00312,
+                                   "htl.attention": "reweight"}) == \
+        "41a87fac attention=reweight lam=2.42 lr=0.00312"

@@ -1,0 +1,89 @@
+"""A real 4-trial sweep on 2 CPUs whose driver is killed part-way and resumed: every trial ends
+done exactly once, under one MLflow parent run with 4 child runs and the study's plots."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from htl_ray.tune import load_sweep, run_sweep
+from htl_ray.tune.sweep import STATE_FILE
+
+
+def _children(client: MlflowClient, parent_run_id: str, status: str | None = None):
+    exp = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    return client.search_runs([exp], query)
+
+
+def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, synth_dataset,
+                                                               tmp_path, tracking_uri):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
+                      "tracking.experiment=sweeps", "train.epochs=2", "data.limit_train=48",
+                      "data.batch_size=8", "model.decoder_channels=[16,8,8,4,4]",
+                      "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1}"],
+        "sweep": {"name": "tiny", "num_samples": 4, "seed": 3,
+                  "storage_path": str(tmp_path / "sweeps")},
+        "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                  "htl.lam": {"type": "float", "low": 0.5, "high": 2.0}},
+    }))
+    directory = tmp_path / "sweeps" / "tiny"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "htl_ray.cli", "tune", str(sweep_file)],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(tracking_uri)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and driver.poll() is None:
+            if (directory / STATE_FILE).is_file():
+                parent = yaml.safe_load((directory / STATE_FILE).read_text())["parent_run_id"]
+                if _children(client, parent, "FINISHED"):
+                    break
+            time.sleep(2)
+        time.sleep(3)                     # let Tune write its experiment state once more
+        assert driver.poll() is None, "the sweep finished before it could be interrupted"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    done_before = {r.data.tags["htl.trial_id"] for r in _children(client, parent, "FINISHED")}
+    assert 1 <= len(done_before) < 4
+
+    lines: list[str] = []
+    outcome = run_sweep(load_sweep(sweep_file), resume=True, log=lines.append)
+    assert outcome.parent_run_id == parent
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = _children(client, parent)
+    trial_ids = [r.data.tags["htl.trial_id"] for r in children]
+    assert len(children) == 4 and len(set(trial_ids)) == 4       # 4 trials, each once
+    assert all(r.info.status == "FINISHED" for r in children)
+    for run in children:                                          # no epoch ran twice
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
+        assert sorted(steps) == [0, 1], (run.info.run_name, steps)
+        assert run.data.tags["htl.sweep"] == "tiny"
+        assert run.info.run_name.startswith(run.data.tags["htl.trial_id"] + " lam=")
+    assert len(outcome.records) == 4 and all(r.finished for r in outcome.records)
+    # finished trials were not run again: their runs ended before the resume started
+    resumed_at = client.get_run(parent).data.tags["htl.resumed_at"]
+    assert resumed_at and done_before <= set(trial_ids)
+    # the parent run holds the study: best config, summary, and the Optuna plots
+    arts = {a.path for a in client.list_artifacts(parent)}
+    plots = {a.path for a in client.list_artifacts(parent, "plots")}
+    assert {"best_config.yaml", "study_summary.md", "trials.csv"} <= arts
+    assert "plots/parallel_coordinates.png" in plots
+    best = client.get_run(parent).data
+    assert best.metrics["best/val/dice"] == max(r.value("max") for r in outcome.records)
+    assert set(best.params) >= {"best.train.lr", "best.htl.lam", "sweep.num_samples"}
+    summary = Path(directory / "summary" / "study_summary.md").read_text()
+    assert "4 (4 finished, 0 stopped early, 0 failed)" in summary
