@@ -1,5 +1,6 @@
 """HTL attention inside real 2-worker Ray Train runs: every rank adopts the same weights, epochs
-advance while a refresh runs, and a resumed run keeps the HTL version it was using."""
+advance while a refresh runs, and an interrupted run resumes from its saved epoch, into the same
+MLflow run, with the HTL version it was using."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from htl_ray.config import load_config
+from htl_ray.config import ConfigError, load_config
 from htl_ray.htl.coordinator import load_versions, version_path, weights_checksum
+from htl_ray.train.checkpoints import read_meta
 from htl_ray.train.trainer import config_for_resume, run_dir_of, run_training
 
 HTL = ["data.batch_size=8", "model.decoder_channels=[32,16,8,8,4]", "train.lr=0.003",
@@ -39,12 +41,19 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("htl-ray").experiment_id])
     rid = run.info.run_id
+    run_dir = run_dir_of(cfg)
+    # the crash is marked, and nothing already computed is lost
+    assert run.info.status == "FAILED"
+    assert sorted(_values(client, rid, "val/dice")) == [0, 1]
+    saved = sorted(read_meta(p.parent)["epoch"] for p in run_dir.glob("checkpoint_*/meta.json"))
+    assert saved == [0, 1]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_training(cfg, log=lambda s: None)              # no silent overwrite
     # synchronous: epoch 1 waited for version 1 (submitted after epoch 0) and attended it
     assert _values(client, rid, "htl/version_in_use") == {0: 0.0, 1: 1.0}
     assert _values(client, rid, "htl/attended_samples")[1] > 0
     assert _values(client, rid, "htl/weights_checksum_max_abs_diff") == {0: 0.0, 1: 0.0}
     # the refresh submitted before the crash was finished and persisted, not lost
-    run_dir = run_dir_of(cfg)
     assert sorted(load_versions(run_dir)) == [1, 2]
     v1 = pd.read_parquet(version_path(run_dir, 1))
     assert v1.id.is_unique and len(v1) == 140 and v1.weight.mean() == pytest.approx(1.0)
@@ -57,7 +66,11 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
     assert abs(_values(client, rid, "htl/measured_sparsity/0.60")[1] - 0.6) <= 0.005
     assert 0 <= _values(client, rid, "htl/jaccard_prev")[2] <= 1
 
-    run_training(config_for_resume(run_dir), resume=True, log=lambda s: None)
+    resumed = run_training(config_for_resume(run_dir), resume=True, log=lambda s: None)
+    assert resumed.mlflow_run_id == rid and resumed.metrics["epoch"] == 2
+    # epochs 0 and 1 were not trained again: one value per step, and epoch 2 was added
+    for key in ("val/dice", "train/loss"):
+        assert [m.step for m in client.get_metric_history(rid, key)] == [0, 1, 2]
     versions = _values(client, rid, "htl/version_in_use")
     checksums = _values(client, rid, "htl/weights_checksum")
     assert versions[2] == 1.0                       # the checkpoint's version, not the newer v2

@@ -1,6 +1,6 @@
 """Real Ray Train runs (2 CPU workers, gloo) on a small synthetic set, tracked in a real SQLite
-MLflow store: learning happens, MLflow holds metrics and artifacts, ranks stay in sync, and an
-interrupted run resumes from its saved epoch into the same MLflow run."""
+MLflow store: learning happens, MLflow holds metrics and artifacts, and ranks stay in sync.
+(Interrupting and resuming a run is tested with HTL on, in test_htl_training.py.)"""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from htl_ray.config import ConfigError, load_config
+from htl_ray.config import load_config
 from htl_ray.data.schema import read_manifest
 from htl_ray.models import create_model
-from htl_ray.train.checkpoints import read_meta
-from htl_ray.train.trainer import config_for_resume, run_dir_of, run_training
+from htl_ray.train.trainer import run_training
 
 SMALL = ["data.batch_size=8", "model.decoder_channels=[64,32,16,8,4]", "train.lr=0.003",
          "scaling.num_workers=2", "scaling.resources_per_worker={CPU: 1}"]
@@ -67,31 +66,6 @@ def test_two_worker_run_learns_and_is_tracked(ray_cluster, synth_dataset, tmp_pa
     model = create_model(cfg.model)
     model.load_state_dict(state["model"])                              # a loadable model
     assert state["epoch"] == best_epoch
-
-
-def test_interrupted_run_resumes_from_its_saved_epoch(ray_cluster, synth_dataset, tmp_path,
-                                                      tracking_uri):
-    cfg = _cfg(synth_dataset, tmp_path, tracking_uri, "resume", "train.epochs=3")
-    with pytest.raises(Exception, match="injected fault after epoch 1"):
-        run_training(cfg, fault_after_epoch=1, log=lambda s: None)
-    run_dir = run_dir_of(cfg)
-    client = MlflowClient(tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("htl-ray").experiment_id])
-    assert run.info.status == "FAILED"                     # marked, and nothing lost:
-    assert [s for s, _ in _history(client, run.info.run_id, "val/dice")] == [0, 1]
-    saved = sorted(read_meta(p.parent)["epoch"] for p in run_dir.glob("checkpoint_*/meta.json"))
-    assert saved == [0, 1]
-
-    with pytest.raises(ConfigError, match="already holds a run"):
-        run_training(cfg, log=lambda s: None)              # no silent overwrite
-
-    resumed = run_training(config_for_resume(run_dir), resume=True, log=lambda s: None)
-    assert resumed.mlflow_run_id == run.info.run_id
-    assert client.get_run(run.info.run_id).info.status == "FINISHED"
-    # epochs 0 and 1 were not trained again: one value per step, and epoch 2 was added
-    assert [s for s, _ in _history(client, run.info.run_id, "val/dice")] == [0, 1, 2]
-    assert [s for s, _ in _history(client, run.info.run_id, "train/loss")] == [0, 1, 2]
-    assert resumed.metrics["epoch"] == 2
 
 
 def test_bad_config_fails_before_ray_starts(tmp_path):

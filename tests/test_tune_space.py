@@ -8,7 +8,6 @@ import yaml
 
 from htl_ray.config import ConfigError
 from htl_ray.tune.space import load_sweep
-from htl_ray.tune.trial import trial_name
 
 
 def _write(tmp_path, space, sweep=None, **top):
@@ -35,6 +34,13 @@ def test_space_becomes_optuna_distributions_and_trial_overrides(tmp_path):
     assert cfg.train.lr == 0.003 and cfg.htl.refresh_every == 2
     assert cfg.htl.attention == "oversample" and cfg.htl.sparsities == [0.5, 0.7, 0.9]
     assert cfg.train.epochs == 3                                     # the sweep's overrides
+
+
+def test_command_line_overrides_reach_the_base_config_and_the_sweep_settings(tmp_path):
+    sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}),
+                       ["train.lr=0.01", "sweep.num_samples=3", "sweep.scheduler=asha"])
+    assert sweep.base.train.lr == 0.01 and sweep.base.train.epochs == 3
+    assert sweep.settings.num_samples == 3 and sweep.settings.scheduler == "asha"
 
 
 def test_max_sparsity_sets_evenly_spaced_levels(tmp_path):
@@ -67,9 +73,3 @@ def test_missing_base_and_file_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="base: config file not found: nope.yaml"):
         load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                           base="nope.yaml"))
-
-
-def test_trial_names_are_readable():
-    assert trial_name("41a87fac", {"htl.lam": 2.4208, "train.lr": 0.00312,
-                                   "htl.attention": "reweight"}) == \
-        "41a87fac attention=reweight lam=2.42 lr=0.00312"

@@ -142,7 +142,8 @@ def _settings(raw: Any, where: str) -> SweepSettings:
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    """Read and check a sweep file; `overrides` apply to the base experiment config."""
+    """Read and check a sweep file. `overrides` (dotted key=value) apply to the base experiment
+    config, except `sweep.*` ones, which change the search settings (e.g. sweep.num_samples=4)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
@@ -163,7 +164,18 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             raise ConfigError(f"{path}: base: config file not found: {base_path} (looked in the "
                               f"working directory and beside the sweep file)")
         source = str(found)
-    base_overrides = [str(o) for o in (raw.get("overrides") or [])] + list(overrides or [])
+    overrides = list(overrides or [])
+    sweep_overrides = [o for o in overrides if o.startswith("sweep.")]
+    base_overrides = [str(o) for o in (raw.get("overrides") or [])] + [
+        o for o in overrides if not o.startswith("sweep.")]
+    if sweep_overrides:
+        from htl_ray.config import parse_override
+
+        settings = dict(raw.get("sweep") or {})
+        for item in sweep_overrides:
+            key, value = parse_override(item)
+            settings[key.split(".", 1)[1]] = value
+        raw["sweep"] = settings
     base = load_config(source or None, base_overrides)
     if not isinstance(raw.get("space"), dict) or not raw["space"]:
         raise ConfigError(f"{path}: space: expected a mapping of dotted config keys to "
