@@ -164,6 +164,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from htl_ray.report import build_report
+
+    report = build_report(args.run, args.baseline, args.out, top=args.top)
+    print("\n=== htl-ray: report written ===")
+    print(f"HTML:     {report.html_path}")
+    print(f"Markdown: {report.markdown_path}")
+    print(report.markdown_path.read_text().split("## Groups")[0].strip())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from htl_ray.demo import run_demo
 
@@ -249,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="output folder for compare.md / compare.csv "
                      "(default compare/EXPERIMENT)")
     cmp.set_defaults(func=_cmd_compare)
+
+    rep = sub.add_parser("report", help="HTL report of a run: who is hard (enrichment per "
+                         "group), per-group performance, worst groups, top HTL gallery")
+    rep.add_argument("run", help="run directory (as printed by `htl-ray train`)")
+    rep.add_argument("--baseline", metavar="RUN", help="a baseline run directory to set beside")
+    rep.add_argument("--out", help="output folder (default RUN/report)")
+    rep.add_argument("--top", type=int, default=8, help="HTL samples in the gallery")
+    rep.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser("demo", help="synthetic data + 2-worker training on CPU, end to end")
     demo.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
