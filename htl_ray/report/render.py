@@ -46,9 +46,9 @@ def html_table(df: pd.DataFrame, highlight: pd.Series | None = None) -> str:
     body = []
     for i, (_, row) in enumerate(df.iterrows()):
         cls = ' class="sig"' if highlight is not None and bool(highlight.iloc[i]) else ""
-        body.append(f"<tr{cls}>" + "".join(
-            f"<td>{_fmt(v)}</td>" if isinstance(v, numbers.Number) else f'<td class="l">{_fmt(v)}</td>'
-            for v in row) + "</tr>")
+        cells = (f"<td>{_fmt(v)}</td>" if isinstance(v, numbers.Number)
+                 else f'<td class="l">{_fmt(v)}</td>' for v in row)
+        body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
