@@ -66,3 +66,13 @@ def test_supervision_settings_are_checked_before_ray_starts(overrides, fragment)
     ok = load_config(None, ["supervision.setting=semi", "supervision.label_fraction=0.25",
                             "htl.method=htl"])
     assert ok.supervision.setting == "semi" and ok.flat()["supervision.label_fraction"] == 0.25
+
+
+def test_every_shipped_experiment_config_is_valid():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    configs = [p for p in sorted(folder.glob("*.yaml")) if not p.name.startswith("sweep")]
+    assert len(configs) >= 5
+    settings = {load_config(p).supervision.setting for p in configs}
+    assert settings == {"supervised", "semi", "weak"}

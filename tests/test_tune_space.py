@@ -73,3 +73,12 @@ def test_missing_base_and_file_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="base: config file not found: nope.yaml"):
         load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                           base="nope.yaml"))
+
+
+def test_the_shipped_sweep_file_is_valid():
+    from pathlib import Path
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "experiments" / "sweep_htl.yaml")
+    assert sweep.base.htl.method == "htl" and sweep.settings.num_samples == 8
+    assert set(sweep.space) == {"htl.lam", "htl.q", "htl.max_sparsity", "htl.attention",
+                                "train.lr"}
