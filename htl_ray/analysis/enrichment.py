@@ -18,31 +18,28 @@ import pandas as pd
 from htl_ray.analysis.metric_frame import group_labels
 
 
+def _unsort(sorted_values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(sorted_values)
+    out[order] = sorted_values
+    return out
+
+
 def holm(p: Sequence[float]) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error)."""
+    """Holm step-down adjusted p-values (family-wise error): the running maximum of
+    (m − rank)·p over p sorted ascending."""
     p = np.asarray(p, dtype=float)
-    m = len(p)
     order = np.argsort(p)
-    adj = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adj[i] = running
-    return adj
+    steps = (len(p) - np.arange(len(p))) * p[order]
+    return _unsort(np.maximum.accumulate(np.minimum(steps, 1.0)), order)
 
 
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (false discovery rate)."""
+    """Benjamini–Hochberg adjusted p-values (false discovery rate): the running minimum, from
+    the largest p down, of p·m/rank."""
     p = np.asarray(p, dtype=float)
-    m = len(p)
     order = np.argsort(p)
-    adj = np.empty(m)
-    running = 1.0
-    for rank in range(m - 1, -1, -1):
-        i = order[rank]
-        running = min(running, p[i] * m / (rank + 1))
-        adj[i] = running
-    return adj
+    steps = p[order] * len(p) / (np.arange(len(p)) + 1)
+    return _unsort(np.minimum(np.minimum.accumulate(steps[::-1])[::-1], 1.0), order)
 
 
 CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}

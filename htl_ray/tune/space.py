@@ -25,9 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna.distributions as od
-import yaml
 
-from htl_ray.config import ConfigError, ExperimentConfig, apply_overrides, load_config
+from htl_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    load_config,
+    read_yaml_mapping,
+)
 
 MAX_SPARSITY = "htl.max_sparsity"
 SCHEDULERS = ("fifo", "asha")
@@ -145,12 +150,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and check a sweep file. `overrides` (dotted key=value) apply to the base experiment
     config, except `sweep.*` ones, which change the search settings (e.g. sweep.num_samples=4)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_yaml_mapping(path, "sweep file")
     unknown = sorted(set(raw) - {"base", "overrides", "sweep", "space"})
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} "
