@@ -112,7 +112,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep, args.overrides)
     outcome = run_sweep(sweep, resume=args.resume, confirm=args.confirm)
-    print("\n=== htl-ray: sweep finished ===")
+    print("\n=== htl-ray: sweep " + ("interrupted (resume it with --resume) ==="
+                                     if outcome.interrupted else "finished ==="))
     if outcome.best is not None:
         b = outcome.best
         print(f"best trial {b.name}: {sweep.settings.metric} "

@@ -47,6 +47,7 @@ class SweepOutcome:
     records: list[TrialRecord]
     plots: dict[str, Path] = field(default_factory=dict)
     confirm_run_ids: dict[str, list[str]] = field(default_factory=dict)
+    interrupted: bool = False
 
 
 def trial_cpus(cfg: ExperimentConfig) -> float:
@@ -208,6 +209,15 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
         records = _records(results, sweep)
         best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log)
         outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
+        ended = sum(r.finished or bool(r.error) for r in records)
+        if ended < s.num_samples:
+            # Ctrl-C: Tune saved its state and returned early; what ran is summarised above
+            outcome.interrupted = True
+            tracking.set_tags(uri, parent_run_id, {"htl.interrupted": "true"})
+            tracking.end_run(uri, parent_run_id, "KILLED")
+            log(f"[htl-ray] sweep interrupted after {ended} of {s.num_samples} trials; "
+                f"continue it with: htl-ray tune {sweep.path} --resume")
+            return outcome
         if confirm and best is not None:
             outcome.confirm_run_ids = run_confirmation(sweep, best, confirm, base_raw,
                                                        parent_run_id, directory / "runs", log)
