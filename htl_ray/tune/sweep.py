@@ -106,9 +106,10 @@ def _records(results, sweep: Sweep) -> list[TrialRecord]:
     return out
 
 
-def _close_stopped_runs(uri: str, parent_run_id: str) -> int:
-    """Trials stopped early by the scheduler leave their MLflow runs RUNNING: mark them KILLED
-    (their per-epoch metrics and checkpoints stay)."""
+def _close_stopped_runs(uri: str, parent_run_id: str, tag: str) -> int:
+    """Trials stopped early by the scheduler, or by an interrupted sweep, leave their MLflow
+    runs RUNNING: mark them KILLED with `tag` (their per-epoch metrics and checkpoints stay;
+    `--resume` continues an interrupted trial in the same run)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -117,7 +118,7 @@ def _close_stopped_runs(uri: str, parent_run_id: str) -> int:
                               f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
                               "attributes.status = 'RUNNING'")
     for run in runs:
-        client.set_tag(run.info.run_id, "htl.stopped_early", "true")
+        client.set_tag(run.info.run_id, tag, "true")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)
 
@@ -203,15 +204,19 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
             f"({trial_cpus(sweep.base)} CPUs each), scheduler {s.scheduler}; MLflow {uri} "
             f"parent run {parent_run_id}")
         results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
-        stopped = _close_stopped_runs(uri, parent_run_id)
-        if stopped:
-            log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
         records = _records(results, sweep)
+        # fewer trials than asked for, or (without a scheduler that stops trials) some that
+        # neither finished nor failed: Ctrl-C, after which Tune saved its state and returned
+        ended = sum(r.finished or bool(r.error) for r in records)
+        interrupted = len(records) < s.num_samples or (s.scheduler == "fifo"
+                                                       and ended < s.num_samples)
+        stopped = _close_stopped_runs(uri, parent_run_id, "htl.interrupted" if interrupted
+                                      else "htl.stopped_early")
+        if stopped and not interrupted:
+            log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
         best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log)
         outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
-        ended = sum(r.finished or bool(r.error) for r in records)
-        if ended < s.num_samples:
-            # Ctrl-C: Tune saved its state and returned early; what ran is summarised above
+        if interrupted:
             outcome.interrupted = True
             tracking.set_tags(uri, parent_run_id, {"htl.interrupted": "true"})
             tracking.end_run(uri, parent_run_id, "KILLED")
