@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/htl-ray demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/htl_detection.py
