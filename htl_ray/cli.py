@@ -64,6 +64,11 @@ def _print_outcome(outcome) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if not args.resume:
+        # config and dataset errors first: they need neither torch nor Ray (a second, not ten)
+        from htl_ray.train.preflight import preflight
+
+        preflight(load_config(args.config, args.overrides))
     from htl_ray.train.trainer import config_for_resume, run_training
 
     if args.resume:

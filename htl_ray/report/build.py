@@ -67,8 +67,8 @@ def dataset_section(run: RunInputs) -> str:
 def htl_section(run: RunInputs) -> tuple[str, list[str]]:
     h = run.htl
     n_sel = int(h["selected"].sum())
-    facts = [f"HTL set: {n_sel} of {len(h)} training images ({n_sel / len(h):.0%}), "
-             f"from {run.htl_source}; h mean {h['h'].mean():.3f}, HTL threshold "
+    facts = [f"HTL set: {n_sel} of {len(h)} training images ({n_sel / len(h):.0%}); source: "
+             f"{run.htl_source}; h mean {h['h'].mean():.3f}, HTL threshold "
              f"h ≥ {h.loc[h['selected'], 'h'].min():.3f}" if n_sel else "HTL set is empty"]
     body = (f"<p>{html.escape(facts[0])}.</p>"
             f'<img alt="HTL score histogram" src="{score_histogram(h)}">')

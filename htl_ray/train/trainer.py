@@ -18,10 +18,10 @@ from typing import Any
 
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
-from htl_ray.data.schema import read_manifest
 from htl_ray.supervision import SETTINGS
 from htl_ray.train.checkpoints import CHECKPOINT_FILE, PER_SAMPLE_FILE, read_meta
 from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
+from htl_ray.train.preflight import preflight
 
 RUN_STATE_FILE = "htl_run.json"
 
@@ -38,27 +38,6 @@ class TrainingOutcome:
 
 def run_dir_of(cfg: ExperimentConfig) -> Path:
     return (Path(cfg.run.storage_path) / cfg.run.name).resolve()
-
-
-def preflight(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Everything that can be checked before Ray starts, with errors naming the key."""
-    data = Path(cfg.data.path)
-    if not data.is_dir():
-        raise ConfigError(f"data.path: dataset folder not found: {data} "
-                          "(create it with `htl-ray data synth` or `htl-ray data ingest`)")
-    try:
-        manifest = read_manifest(data)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"data.path: {exc}") from exc
-    counts = manifest.get("split_counts", {})
-    if not counts.get("train"):
-        raise ConfigError(f"data.path: {data} has no training rows (split counts {counts})")
-    if not counts.get("val"):
-        raise ConfigError(f"data.path: {data} has no validation rows (split counts {counts})")
-    if "://" in cfg.run.storage_path and not cfg.run.storage_path.startswith("file://"):
-        raise ConfigError("run.storage_path: remote storage URIs are not supported yet; "
-                          "use a local or shared-filesystem path")
-    return manifest
 
 
 def _load_state(run_dir: Path) -> dict[str, Any]:

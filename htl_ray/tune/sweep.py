@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,10 +107,12 @@ def _records(results, sweep: Sweep) -> list[TrialRecord]:
     return out
 
 
-def _close_stopped_runs(uri: str, parent_run_id: str, tag: str) -> int:
+def _close_stopped_runs(uri: str, parent_run_id: str, tag: str, known: set[str]) -> int:
     """Trials stopped early by the scheduler, or by an interrupted sweep, leave their MLflow
     runs RUNNING: mark them KILLED with `tag` (their per-epoch metrics and checkpoints stay;
-    `--resume` continues an interrupted trial in the same run)."""
+    `--resume` continues an interrupted trial in the same run). A run whose trial Tune never
+    recorded (the driver died between starting the trial and saving its state) is tagged
+    `htl.orphaned`: Tune re-ran that suggestion as a new trial."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -118,7 +121,8 @@ def _close_stopped_runs(uri: str, parent_run_id: str, tag: str) -> int:
                               f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
                               "attributes.status = 'RUNNING'")
     for run in runs:
-        client.set_tag(run.info.run_id, tag, "true")
+        orphan = run.data.tags.get(TRIAL_TAG) not in known
+        client.set_tag(run.info.run_id, "htl.orphaned" if orphan else tag, "true")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)
 
@@ -138,6 +142,9 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_i
         # the trial function only drives its TorchTrainer, whose workers hold the CPUs; Tune
         # refuses an empty request, so the trial asks for 1 MiB of memory and no CPU
         {"CPU": 0, "memory": 2**20})
+    # save Tune's experiment state often: a driver killed between two saves loses the trials
+    # started in between (their runs end up tagged htl.orphaned and are re-run)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     tune_dir = directory / "tune"
     if resume and tune_dir.is_dir():
         from ray.tune import Tuner
@@ -211,7 +218,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
         interrupted = len(records) < s.num_samples or (s.scheduler == "fifo"
                                                        and ended < s.num_samples)
         stopped = _close_stopped_runs(uri, parent_run_id, "htl.interrupted" if interrupted
-                                      else "htl.stopped_early")
+                                      else "htl.stopped_early", {r.trial_id for r in records})
         if stopped and not interrupted:
             log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
         best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log)

@@ -1,0 +1,31 @@
+"""Checks that need no Ray and no torch, so a bad config or a missing dataset fails in a
+second, before anything is started or imported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from htl_ray.config import ConfigError, ExperimentConfig
+from htl_ray.data.schema import read_manifest
+
+
+def preflight(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything that can be checked before Ray starts, with errors naming the key."""
+    data = Path(cfg.data.path)
+    if not data.is_dir():
+        raise ConfigError(f"data.path: dataset folder not found: {data} "
+                          "(create it with `htl-ray data synth` or `htl-ray data ingest`)")
+    try:
+        manifest = read_manifest(data)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"data.path: {exc}") from exc
+    counts = manifest.get("split_counts", {})
+    if not counts.get("train"):
+        raise ConfigError(f"data.path: {data} has no training rows (split counts {counts})")
+    if not counts.get("val"):
+        raise ConfigError(f"data.path: {data} has no validation rows (split counts {counts})")
+    if "://" in cfg.run.storage_path and not cfg.run.storage_path.startswith("file://"):
+        raise ConfigError("run.storage_path: remote storage URIs are not supported yet; "
+                          "use a local or shared-filesystem path")
+    return manifest
