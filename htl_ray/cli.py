@@ -64,17 +64,18 @@ def _print_outcome(outcome) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if not args.resume:
+    if args.resume:
+        from htl_ray.train.trainer import config_for_resume
+
+        cfg = config_for_resume(args.resume, args.overrides)
+    else:
         # config and dataset errors first: they need neither torch nor Ray (a second, not ten)
         from htl_ray.train.preflight import preflight
 
-        preflight(load_config(args.config, args.overrides))
-    from htl_ray.train.trainer import config_for_resume, run_training
-
-    if args.resume:
-        cfg = config_for_resume(args.resume, args.overrides)
-    else:
         cfg = load_config(args.config, args.overrides)
+        preflight(cfg)
+    from htl_ray.train.trainer import run_training
+
     outcome = run_training(cfg, resume=bool(args.resume))
     _print_outcome(outcome)
     return 0
@@ -158,9 +159,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         filters.append(f"tags.`htl.role` = '{args.role}'")
     uri = resolve_tracking_uri(args.tracking_uri)
     runs = load_runs(uri, args.experiment, " and ".join(filters))
-    baseline = dict(parse_override(b) for b in args.baseline) if args.baseline else None
-    if baseline:
-        baseline = {k: str(v) for k, v in baseline.items()}
+    baseline = ({k: str(v) for k, v in map(parse_override, args.baseline)}
+                if args.baseline else None)
     result = compare(runs, split=args.split, baseline=baseline)
     print(f"{len(runs)} finished runs of experiment {args.experiment!r} in {uri}, "
           f"{len(result.table)} configurations; {args.split} metrics (best epoch), mean "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from htl_ray.tables import markdown_table
+from htl_ray.tables import markdown_table, short_value
 
 SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
                        "tracking.uri", "tracking.experiment"})
@@ -99,15 +99,6 @@ def _fmt(m: float, lo: float, hi: float, signed: bool = False) -> str:
     return s if lo != lo else f"{s} [{format(lo, f)}, {format(hi, f)}]"
 
 
-def _short(value: str | None) -> str:
-    """Parameter values as a reader wants them in a label: 2.4208472637 → 2.421."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(value)
-    return f"{number:.4g}" if "." in str(value) or "e" in str(value).lower() else str(value)
-
-
 def _matches(params: dict[str, str], baseline: dict[str, str]) -> bool:
     return all(params.get(k) == v for k, v in baseline.items())
 
@@ -126,7 +117,7 @@ def compare(runs: pd.DataFrame, split: str = "val",
                       if len({d.get(k) for d in config_params}) > 1})
 
     def label(c: dict[str, str]) -> str:
-        return " ".join(f"{k}={_short(c.get(k))}" for k in varying) or "all runs"
+        return " ".join(f"{k}={short_value(c.get(k))}" for k in varying) or "all runs"
 
     runs = runs.copy()
     runs["group"] = [group_of[k] for k in keys]

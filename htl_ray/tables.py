@@ -15,6 +15,19 @@ def _cell(value, floatfmt: str) -> str:
     return str(value).replace("|", "\\|")
 
 
+def short_value(value, digits: int = 4) -> str:
+    """A parameter value as a reader wants it in a name or label: 2.4208472637 → 2.421 (also
+    from its logged text, "2.4208472637"); integers, words and lists as written, no spaces."""
+    if isinstance(value, str) and ("." in value or "e" in value.lower()):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, float) and math.isfinite(value):
+        return format(value, f".{digits}g")
+    return str(value).replace(" ", "")
+
+
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """GitHub-flavoured Markdown; NaN cells are blank; numbers are right-aligned."""
     cols = [str(c) for c in df.columns]

@@ -34,7 +34,6 @@ from htl_ray.supervision.mean_teacher import (
 )
 
 LABELED = "labeled"
-COPY = "copy"
 
 
 def label_seed(cfg: ExperimentConfig) -> int:
@@ -69,11 +68,9 @@ def hide_masks(batch: dict[str, np.ndarray], keep: set[str]) -> dict[str, np.nda
 
 
 def repeat_labeled(batch: dict[str, np.ndarray], times: int) -> dict[str, np.ndarray]:
-    """Each labeled row `times` times (with its copy number), each unlabeled row once."""
+    """Each labeled row `times` times, each unlabeled row once."""
     counts = np.where(np.asarray(batch[LABELED], dtype=bool), times, 1)
-    out = {k: np.repeat(v, counts, axis=0) for k, v in batch.items()}
-    out[COPY] = np.concatenate([np.arange(c) for c in counts]) if len(counts) else counts
-    return out
+    return {k: np.repeat(v, counts, axis=0) for k, v in batch.items()}
 
 
 def repeats_for_share(n_labeled: int, n_unlabeled: int, share: float) -> int:
@@ -207,9 +204,9 @@ class SemiSupervised(Objective):
         times = repeats_for_share(n_lab, n_all - n_lab, share)
         if times == 1:
             return ds
-        log(f"[htl-ray] semi: {n_lab} labeled rows repeated ×{times} → "
-            f"{n_lab * times / (n_all - n_lab + n_lab * times):.0%} of "
-            f"{n_all - n_lab + n_lab * times} rows per epoch (supervision.labeled_share={share})")
+        rows = n_all - n_lab + n_lab * times
+        log(f"[htl-ray] semi: {n_lab} labeled rows repeated ×{times} → {n_lab * times / rows:.0%} "
+            f"of {rows} rows per epoch (supervision.labeled_share={share})")
         return (ds.map_batches(repeat_labeled, fn_kwargs={"times": times},
                                batch_format="numpy")
                 .random_shuffle(seed=label_seed(cfg)).materialize())

@@ -84,6 +84,14 @@ def uses_refresh(cfg: ExperimentConfig) -> bool:
     return METHODS[cfg.htl.method].score_column is not None
 
 
+def cpus_needed(cfg: ExperimentConfig) -> float:
+    """CPUs a run holds while it trains: its workers, plus scorer actors when it refreshes."""
+    need = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
+    if uses_refresh(cfg):
+        need += cfg.htl.scorer_actors * cfg.htl.scorer_cpus
+    return need
+
+
 def check_resources(cfg: ExperimentConfig) -> None:
     """Trainers and scorer actors must fit in the cluster together, or the refresh would wait
     forever for CPUs the trainers hold."""
@@ -92,8 +100,7 @@ def check_resources(cfg: ExperimentConfig) -> None:
     if not uses_refresh(cfg):
         return
     cpus = ray.cluster_resources().get("CPU", 0.0)
-    need = (cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
-            + cfg.htl.scorer_actors * cfg.htl.scorer_cpus)
+    need = cpus_needed(cfg)
     if need > cpus + 1e-9:
         raise ConfigError(
             f"scaling/htl: {cfg.scaling.num_workers} workers × "

@@ -19,6 +19,7 @@ fails before Ray starts.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from htl_ray.config import (
     ConfigError,
     ExperimentConfig,
     apply_overrides,
+    from_dict,
     load_config,
     read_yaml_mapping,
 )
@@ -84,12 +86,12 @@ class Sweep:
                 out.append(f"{key}={json.dumps(value)}")
         return out
 
-    def config_for(self, params: dict[str, Any], extra: list[str] | None = None
-                   ) -> ExperimentConfig:
-        raw = apply_overrides(self.base.to_dict(), self.overrides_for(params) + (extra or []))
-        from htl_ray.config import from_dict
-
-        return from_dict(raw)
+    def config_for(self, params: dict[str, Any], extra: list[str] | None = None,
+                   base_raw: dict[str, Any] | None = None) -> ExperimentConfig:
+        """The config of one trial: `base_raw` (default: the base config as read) + the
+        sampled `params` + `extra` overrides. `base_raw` itself is left untouched."""
+        raw = copy.deepcopy(base_raw) if base_raw is not None else self.base.to_dict()
+        return from_dict(apply_overrides(raw, self.overrides_for(params) + (extra or [])))
 
 
 def _distribution(key: str, spec: Any) -> tuple[od.BaseDistribution, bool]:

@@ -51,21 +51,13 @@ class SweepOutcome:
     interrupted: bool = False
 
 
-def trial_cpus(cfg: ExperimentConfig) -> float:
-    """CPUs one trial holds while it trains: its workers, plus scorer actors when it refreshes."""
-    from htl_ray.train.trainer import uses_refresh
-
-    need = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
-    if uses_refresh(cfg):
-        need += cfg.htl.scorer_actors * cfg.htl.scorer_cpus
-    return need
-
-
 def max_concurrent(sweep: Sweep, cluster_cpus: float) -> int:
+    from htl_ray.train.trainer import cpus_needed
+
     s = sweep.settings.max_concurrent
     if s != "auto":
         return int(s)
-    return max(1, int(math.floor(cluster_cpus / max(trial_cpus(sweep.base), 1e-9) + 1e-9)))
+    return max(1, int(math.floor(cluster_cpus / max(cpus_needed(sweep.base), 1e-9) + 1e-9)))
 
 
 def _absolute(base: ExperimentConfig, uri: str, runs_dir: Path) -> dict[str, Any]:
@@ -136,8 +128,8 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_i
 
     s = sweep.settings
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base_raw, overrides_of=sweep.overrides_for,
-                             sweep_name=s.name, runs_dir=str(directory / "runs"),
+        tune.with_parameters(run_trial, base=base_raw, sweep=sweep,
+                             runs_dir=str(directory / "runs"),
                              parent_run_id=parent_run_id, metric=s.metric),
         # the trial function only drives its TorchTrainer, whose workers hold the CPUs; Tune
         # refuses an empty request, so the trial asks for 1 MiB of memory and no CPU
@@ -172,7 +164,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
     """Run (or with `resume`, continue) the sweep; then summarise it in its parent run and,
     with `confirm` = N, re-run the best config and its ERM baseline with N seeds each."""
     from htl_ray import tracking
-    from htl_ray.train.trainer import init_ray, preflight
+    from htl_ray.train.preflight import preflight
+    from htl_ray.train.trainer import cpus_needed, init_ray
 
     directory = sweep.directory
     state_path = directory / STATE_FILE
@@ -208,7 +201,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
         s = sweep.settings
         log(f"[htl-ray] sweep {s.name}: {s.num_samples} trials, {len(sweep.space)} parameters "
             f"({', '.join(sweep.space)}), Optuna TPE seed {s.seed}, {concurrency} at a time "
-            f"({trial_cpus(sweep.base)} CPUs each), scheduler {s.scheduler}; MLflow {uri} "
+            f"({cpus_needed(sweep.base)} CPUs each), scheduler {s.scheduler}; MLflow {uri} "
             f"parent run {parent_run_id}")
         results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
         records = _records(results, sweep)
@@ -289,7 +282,6 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
                      ) -> dict[str, list[str]]:
     """The best config and the same config with `htl.method=erm`, each with seeds 0..N−1,
     as child runs of the sweep. Runs already finished are kept; unfinished ones resume."""
-    from htl_ray.config import apply_overrides, from_dict
     from htl_ray.train.trainer import RUN_STATE_FILE, run_training
 
     groups = {"best": [], "erm": ["htl.method=erm"]}
@@ -297,9 +289,8 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
     for group, extra in groups.items():
         for seed in range(seeds):
             name = f"confirm-{group}-s{seed}"
-            raw = apply_overrides(json.loads(json.dumps(base_raw)), sweep.overrides_for(
-                best.params) + extra + [f"run.seed={seed}", f"run.name={name}"])
-            cfg = from_dict(raw)
+            cfg = sweep.config_for(best.params, extra + [f"run.seed={seed}", f"run.name={name}"],
+                                   base_raw)
             state_file = runs_dir / name / RUN_STATE_FILE
             finished = _finished_run(state_file)
             if finished:

@@ -9,11 +9,10 @@ continues them instead of starting over.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-from htl_ray.config import ExperimentConfig, from_dict
+from htl_ray.tables import short_value
 
 TRIAL_TAG = "htl.trial_id"
 SWEEP_TAG = "htl.sweep"
@@ -22,36 +21,26 @@ PARENT_TAG = "mlflow.parentRunId"
 FINISHED_KEY = "htl_finished"     # in the trial's final result only (Tune's own `done` differs)
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        if value == 0 or not math.isfinite(value):
-            return str(value)
-        return f"{value:.3g}"
-    return str(value).replace(" ", "")
-
-
 def trial_name(trial_id: str, params: dict[str, Any]) -> str:
     """`41a87fac lam=2.1 q=0.12 lr=0.003`: the Tune trial id and its sampled values."""
-    parts = [f"{key.split('.')[-1]}={_short(v)}" for key, v in sorted(params.items())]
+    parts = [f"{key.split('.')[-1]}={short_value(v, 3)}" for key, v in sorted(params.items())]
     return " ".join([trial_id, *parts])
 
 
-def run_trial(params: dict[str, Any], *, base: dict[str, Any], overrides_of, sweep_name: str,
-              runs_dir: str, parent_run_id: str, metric: str) -> dict[str, Any]:
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep, runs_dir: str,
+              parent_run_id: str, metric: str) -> dict[str, Any]:
     """The Tune function: train one configuration and return its best metric."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from htl_ray.config import apply_overrides
     from htl_ray.train.trainer import RUN_STATE_FILE, run_training
 
     trial_id = ray.tune.get_context().get_trial_id()
     name = trial_name(trial_id, params)
-    raw = apply_overrides(dict(base), overrides_of(params) + [
-        f"run.name=trial-{trial_id}", f"run.storage_path={runs_dir}"])
-    cfg: ExperimentConfig = from_dict(raw)
+    cfg = sweep.config_for(params, [f"run.name=trial-{trial_id}",
+                                    f"run.storage_path={runs_dir}"], base)
     resume = (Path(runs_dir) / cfg.run.name / RUN_STATE_FILE).is_file()
-    tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep_name, TRIAL_TAG: trial_id,
+    tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name, TRIAL_TAG: trial_id,
             ROLE_TAG: "trial", "mlflow.runName": name}
     outcome = run_training(cfg, resume=resume, tags=tags, callbacks=[TuneReportCallback()],
                            log=lambda s: print(f"[{name}] {s}"))
