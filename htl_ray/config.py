@@ -36,7 +36,11 @@ def _spec(default: Any = dataclasses.MISSING, *, lo: float | None = None,
 @dataclass
 class RunConfig:
     name: str = _spec("htl-run", help="run name; the run directory is storage_path/name")
-    storage_path: str = _spec("htl_runs", help="local dir or s3:// / gs:// URI for checkpoints")
+    storage_path: str = _spec("htl_runs", help="directory of run directories (checkpoints, "
+                                               "HTL tables); on several nodes a shared mount")
+    shared_storage: bool = _spec(False, help="storage_path and data.path are on a filesystem "
+                                             "every node mounts at the same path (NFS, EFS, "
+                                             "Lustre); required on multi-node clusters")
     seed: int = _spec(0, lo=0)
 
 
@@ -84,6 +88,10 @@ class TrainConfig:
     keep_checkpoints: int = _spec(2, lo=1, help="keep the best N checkpoints")
     checkpoint_metric: str = _spec("val/dice")
     max_failures: int = _spec(0, lo=-1, help="worker-group restarts allowed (-1 = unlimited)")
+    precision: str = _spec("auto", choices=("auto", "fp32", "bf16"),
+                           help="auto: bf16 autocast on GPUs that support it, fp32 on CPU")
+    memory_format: str = _spec("auto", choices=("auto", "channels_last", "contiguous"),
+                               help="auto: channels-last on GPU, contiguous on CPU")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 
 from htl_ray.config import ModelConfig
 from htl_ray.data.loading import decode_batch
+from htl_ray.device import best_device, placement
 from htl_ray.htl.scoring import score_population_batch
 from htl_ray.models import create_model
 from htl_ray.pruning import measured_sparsity, pruned_copies
@@ -36,6 +37,8 @@ class ScoringSpec:
     pool_size: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    precision: str = "auto"           # train.precision / train.memory_format (htl_ray.device)
+    memory_format: str = "auto"
 
 
 def build_scoring_models(spec: ScoringSpec, state: dict[str, torch.Tensor]):
@@ -54,15 +57,24 @@ class ScorerActor:
 
         torch.set_num_threads(max(1, int(spec.cpus_per_actor)))
         self.spec = spec
-        # snapshots live in the object store; one (dense, pruned copies) pair per snapshot
-        self.population = [build_scoring_models(spec, ray.get(ref)) for ref in snapshots]
-        self.sparsity = {s: measured_sparsity(m) for s, m in self.population[-1][1].items()}
+        # a GPU share (htl.scorer_gpus, e.g. 0.25 beside the trainers) puts the models on it
+        self.place = placement(best_device(spec.gpus_per_actor), spec.precision,
+                               spec.memory_format)
+        # snapshots live in the object store; one (dense, pruned copies) pair per snapshot,
+        # pruned on the CPU (sparsity measured there), then moved
+        population = [build_scoring_models(spec, ray.get(ref)) for ref in snapshots]
+        self.sparsity = {s: measured_sparsity(m) for s, m in population[-1][1].items()}
+        self.population = [(self.place.prepare(dense),
+                            {s: self.place.prepare(m) for s, m in pruned.items()})
+                           for dense, pruned in population]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, masks = decode_batch(batch)
-        scores = score_population_batch(self.population, images,
-                                        masks if self.spec.with_labels else None,
-                                        self.spec.label_kind)
+        with self.place.autocast():
+            scores = score_population_batch(
+                self.population, self.place.inputs(images),
+                masks.to(self.place.device) if self.spec.with_labels else None,
+                self.spec.label_kind)
         n = len(batch["id"])
         # measured once per actor; carried as columns so the caller can report it
         sparsity = {f"{SPARSITY_PREFIX}{s:.2f}": np.full(n, v) for s, v in self.sparsity.items()}

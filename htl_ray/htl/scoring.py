@@ -97,7 +97,7 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
         out["loss"] = BceDiceLoss()(dense_logits[-1], masks)
         out["el2n"] = el2n(dense_logits[-1], masks)
         out["dense_iou"] = mask_iou(binarize(dense_logits[-1]), target)
-    return {k: v.double().numpy() for k, v in out.items()}
+    return {k: v.double().cpu().numpy() for k, v in out.items()}
 
 
 def sparsity_column(s: float) -> str:

@@ -24,6 +24,7 @@ from htl_ray.analysis.groups import add_group_columns, flat_group_metrics
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import decode_batch
+from htl_ray.device import Placement, placement
 from htl_ray.htl.attention import ATTENTION, oversample_counts
 from htl_ray.htl.coordinator import weights_checksum
 from htl_ray.losses import weighted_mean
@@ -132,8 +133,9 @@ def _gather(obj: Any) -> list[Any]:
 
 
 def evaluate(model: torch.nn.Module, val_iter, batch_size: int, rank: int,
-             world: int) -> pd.DataFrame:
+             world: int, place: Placement | None = None) -> pd.DataFrame:
     """Per-image metrics for the validation rows this rank owns (row index mod world)."""
+    place = place or placement("cpu", "fp32", "contiguous")
     model.eval()
     rows = []
     offset = 0
@@ -146,7 +148,8 @@ def evaluate(model: torch.nn.Module, val_iter, batch_size: int, rank: int,
                 continue
             sub = {k: v[mine] for k, v in batch.items()}
             x, y = decode_batch(sub)
-            pred = torch.sigmoid(model(x)) > 0.5
+            with place.autocast():
+                pred = torch.sigmoid(model(place.inputs(x))) > 0.5
             m = per_image_metrics(pred[:, 0], y[:, 0] > 0.5)
             for j in range(len(mine)):
                 row = {"id": str(sub["id"][j])}
@@ -192,7 +195,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed + rank)
 
-    model = create_model(cfg.model)
+    # on its device before the optimizer exists, so restored optimizer state lands there too
+    place = placement(ray.train.torch.get_device(), cfg.train.precision, cfg.train.memory_format)
+    model = place.prepare(create_model(cfg.model))
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     objective = SETTINGS[cfg.supervision.setting](cfg)
@@ -210,10 +215,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         htl_version = int(state.get("htl_version", 0))
         if rank == 0:
             print(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']}", flush=True)
+    if rank == 0:
+        print(f"[htl-ray] workers compute on {place.describe()}", flush=True)
 
     model = ray.train.torch.prepare_model(model)
     objective.attach(_unwrap(model))
-    device = next(model.parameters()).device
+    device = place.device
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
     htl = HtlState(cfg, loop_config.get("coordinator"), htl_version)
@@ -244,8 +251,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 x, y = x[idx], y[idx]
                 w_loss = torch.as_tensor(w_loss_np[idx], dtype=torch.float32, device=device)
             x, y = augment_batch(x, y, cfg.data.augment, gen)
-            x, y = x.to(device), y.to(device)
-            per_sample = objective.per_sample_loss(model, x, y, batch, idx, epoch, gen)
+            x, y = place.inputs(x), y.to(device, non_blocking=True)
+            with place.autocast():
+                per_sample = objective.per_sample_loss(model, x, y, batch, idx, epoch, gen)
             loss = weighted_mean(per_sample, w_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -259,7 +267,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_time = time.time() - t0
 
         local = evaluate(objective.eval_model(model), val_iter, cfg.data.val_batch_size, rank,
-                         world)
+                         world, place)
         table = pd.concat(_gather(local), ignore_index=True).sort_values("id").reset_index(
             drop=True)
         loss_sum = _gather((sum(losses), seen))

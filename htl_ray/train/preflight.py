@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from htl_ray.cluster import check_storage_uri
 from htl_ray.config import ConfigError, ExperimentConfig
 from htl_ray.data.schema import read_manifest
 
 
 def preflight(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything that can be checked before Ray starts, with errors naming the key."""
+    check_storage_uri(cfg)
     data = Path(cfg.data.path)
     if not data.is_dir():
         raise ConfigError(f"data.path: dataset folder not found: {data} "
@@ -25,7 +27,4 @@ def preflight(cfg: ExperimentConfig) -> dict[str, Any]:
         raise ConfigError(f"data.path: {data} has no training rows (split counts {counts})")
     if not counts.get("val"):
         raise ConfigError(f"data.path: {data} has no validation rows (split counts {counts})")
-    if "://" in cfg.run.storage_path and not cfg.run.storage_path.startswith("file://"):
-        raise ConfigError("run.storage_path: remote storage URIs are not supported yet; "
-                          "use a local or shared-filesystem path")
     return manifest

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from htl_ray.cluster import check_cluster, uses_refresh
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.supervision import SETTINGS
@@ -77,39 +78,6 @@ def init_ray(log: Callable[[str], None]) -> None:
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
 
 
-def uses_refresh(cfg: ExperimentConfig) -> bool:
-    """Methods that rank samples need the refresh coordinator; erm and focal do not."""
-    from htl_ray.htl.attention import METHODS
-
-    return METHODS[cfg.htl.method].score_column is not None
-
-
-def cpus_needed(cfg: ExperimentConfig) -> float:
-    """CPUs a run holds while it trains: its workers, plus scorer actors when it refreshes."""
-    need = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
-    if uses_refresh(cfg):
-        need += cfg.htl.scorer_actors * cfg.htl.scorer_cpus
-    return need
-
-
-def check_resources(cfg: ExperimentConfig) -> None:
-    """Trainers and scorer actors must fit in the cluster together, or the refresh would wait
-    forever for CPUs the trainers hold."""
-    import ray
-
-    if not uses_refresh(cfg):
-        return
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    need = cpus_needed(cfg)
-    if need > cpus + 1e-9:
-        raise ConfigError(
-            f"scaling/htl: {cfg.scaling.num_workers} workers × "
-            f"{cfg.scaling.resources_per_worker.get('CPU', 1.0)} CPU + "
-            f"{cfg.htl.scorer_actors} scorer actors × {cfg.htl.scorer_cpus} CPU = {need} CPUs, "
-            f"but the cluster has {cpus}; lower scaling.resources_per_worker.CPU or "
-            "htl.scorer_cpus (fractions are fine)")
-
-
 def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, run_id: str,
                       delay_s: float = 0.0):
     import ray
@@ -142,6 +110,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         raise ConfigError(f"run.name: run directory {run_dir} already holds a run; resume it "
                           f"with `htl-ray train --resume {run_dir}` or choose another run.name")
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    # the cluster decides whether this run can start (shared storage on several nodes, room
+    # for trainers + scorers): checked before an MLflow run exists, so a refusal leaves none
+    init_ray(log)
+    check_cluster(cfg, uri, log)
     flat = cfg.flat()
     fingerprint = manifest.get("fingerprint", "unknown")
     if resume and state.get("mlflow_run_id"):
@@ -164,7 +136,6 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     dump_config(cfg, run_dir / "config.yaml")
 
     try:
-        init_ray(log)
         t0 = time.time()
         train_ds = split_dataset(cfg.data.path, "train", cfg.data.limit_train)
         setting = SETTINGS[cfg.supervision.setting]
@@ -174,7 +145,6 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
             f"({time.time() - t0:.1f}s); {setting.describe(cfg)}; "
             f"{cfg.scaling.num_workers} workers; MLflow {uri} run {run_id}")
-        check_resources(cfg)
         coordinator = None
         if uses_refresh(cfg):
             coordinator = start_coordinator(cfg, run_dir, score_ds, uri, run_id, refresh_delay_s)

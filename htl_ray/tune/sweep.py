@@ -52,7 +52,7 @@ class SweepOutcome:
 
 
 def max_concurrent(sweep: Sweep, cluster_cpus: float) -> int:
-    from htl_ray.train.trainer import cpus_needed
+    from htl_ray.cluster import cpus_needed
 
     s = sweep.settings.max_concurrent
     if s != "auto":
@@ -164,8 +164,9 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
     """Run (or with `resume`, continue) the sweep; then summarise it in its parent run and,
     with `confirm` = N, re-run the best config and its ERM baseline with N seeds each."""
     from htl_ray import tracking
+    from htl_ray.cluster import check_cluster, cpus_needed
     from htl_ray.train.preflight import preflight
-    from htl_ray.train.trainer import cpus_needed, init_ray
+    from htl_ray.train.trainer import init_ray
 
     directory = sweep.directory
     state_path = directory / STATE_FILE
@@ -175,6 +176,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
     if resume and not state_path.is_file():
         raise ConfigError(f"--resume: no sweep to resume at {directory} ({STATE_FILE} missing)")
     preflight(sweep.base)
+    init_ray(log)         # the cluster can refuse the sweep before a parent run exists
+    check_cluster(sweep.base, tracking.resolve_tracking_uri(sweep.base.tracking.uri), log)
     if resume:
         state = json.loads(state_path.read_text())
         uri, parent_run_id = state["tracking_uri"], state["parent_run_id"]

@@ -1,0 +1,144 @@
+"""What a run needs from the cluster it joins, checked once Ray is up and before training.
+
+On one node every path is shared. On several, a local `run.storage_path` would scatter the
+run: Ray Train's checkpoints land on the node of rank 0, the HTL tables on the coordinator's
+node, and a restarted worker, a restarted coordinator or `--resume` on another node would not
+find them. So a multi-node run must put its storage (and its dataset, which Ray Data reads on
+any node) on a filesystem every node mounts at the same path, and say so with
+`run.shared_storage: true`. A SQLite MLflow store is a file on one node: metrics logged by
+rank 0 on another node go to a different file, so that is warned about, not refused (a
+single-GPU-node cluster with a CPU head is a common and working case for the driver's own
+logging, and the user may have put the file on the shared filesystem deliberately).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from htl_ray.config import ConfigError, ExperimentConfig
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The alive part of the cluster, as far as a run's placement is concerned."""
+
+    nodes: int
+    cpus: float
+    gpus: float
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+
+def current_view() -> ClusterView:
+    """The cluster this process is connected to (Ray must be initialised)."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    resources = ray.cluster_resources()
+    return ClusterView(nodes=len(alive), cpus=float(resources.get("CPU", 0.0)),
+                       gpus=float(resources.get("GPU", 0.0)))
+
+
+def check_storage_uri(cfg: ExperimentConfig) -> None:
+    """Object-store URIs are refused before anything starts: the run directory holds plain
+    files (HTL tables, run state, reports) that this version reads and writes with local I/O."""
+    for key, value in (("run.storage_path", cfg.run.storage_path), ("data.path", cfg.data.path)):
+        if value.startswith(REMOTE_SCHEMES):
+            raise ConfigError(
+                f"{key}: object-store URIs ({value.split('://')[0]}://) are not supported; the "
+                "run directory and dataset are plain files. On a multi-node cluster use a "
+                "filesystem every node mounts at the same path (EFS, Filestore, NFS, Lustre — "
+                "or a bucket mounted with mountpoint-s3 / gcsfuse) and set "
+                "run.shared_storage=true")
+
+
+def check_shared_storage(cfg: ExperimentConfig, view: ClusterView) -> None:
+    """A multi-node run with storage not declared shared fails here, before training."""
+    if not view.multi_node or cfg.run.shared_storage:
+        return
+    raise ConfigError(
+        f"run.storage_path: this Ray cluster has {view.nodes} nodes, but "
+        f"{cfg.run.storage_path!r} (and data.path {cfg.data.path!r}) is a local path that is "
+        "not declared shared: checkpoints, HTL tables and the dataset would live on one node "
+        "and workers, the refresh coordinator or --resume on another would not find them. "
+        "Put both on a filesystem every node mounts at the same path (e.g. /mnt/shared on "
+        "EFS/NFS, see cluster.yaml) and set run.shared_storage=true")
+
+
+def uses_refresh(cfg: ExperimentConfig) -> bool:
+    """Methods that rank samples need the refresh coordinator; erm and focal do not."""
+    from htl_ray.htl.attention import METHODS
+
+    return METHODS[cfg.htl.method].score_column is not None
+
+
+def cpus_needed(cfg: ExperimentConfig) -> float:
+    """CPUs a run holds while it trains: its workers, plus scorer actors when it refreshes."""
+    need = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
+    if uses_refresh(cfg):
+        need += cfg.htl.scorer_actors * cfg.htl.scorer_cpus
+    return need
+
+
+def gpus_needed(cfg: ExperimentConfig) -> float:
+    """GPUs a run holds while it trains (Ray Train gives each worker 1 GPU unless told)."""
+    need = 0.0
+    if cfg.scaling.use_gpu:
+        need += cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("GPU", 1.0)
+    if uses_refresh(cfg):
+        need += cfg.htl.scorer_actors * cfg.htl.scorer_gpus
+    return need
+
+
+def check_resources(cfg: ExperimentConfig, view: ClusterView) -> None:
+    """Trainers and scorer actors must fit in the cluster together, or the refresh would wait
+    forever for CPUs the trainers hold."""
+    if not uses_refresh(cfg):
+        return
+    cpus = view.cpus
+    need = cpus_needed(cfg)
+    if need > cpus + 1e-9:
+        raise ConfigError(
+            f"scaling/htl: {cfg.scaling.num_workers} workers × "
+            f"{cfg.scaling.resources_per_worker.get('CPU', 1.0)} CPU + "
+            f"{cfg.htl.scorer_actors} scorer actors × {cfg.htl.scorer_cpus} CPU = {need} CPUs, "
+            f"but the cluster has {cpus}; lower scaling.resources_per_worker.CPU or "
+            "htl.scorer_cpus (fractions are fine)")
+
+
+def tracking_warnings(uri: str, view: ClusterView) -> list[str]:
+    """Why this tracking store may lose metrics on this cluster (empty when it will not)."""
+    from htl_ray.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is None or not view.multi_node:
+        return []
+    return [f"MLflow store {uri} is a SQLite file, and this cluster has {view.nodes} nodes: "
+            "rank 0 and the refresh coordinator log metrics from whichever node they run on, "
+            "into a file of that name on that node. Run a tracking server on the head node, "
+            f"e.g. `mlflow server --backend-store-uri sqlite:///{db} --host HEAD_PRIVATE_IP "
+            "--port 5000`, and set tracking.uri=http://HEAD_PRIVATE_IP:5000 "
+            "(or MLFLOW_TRACKING_URI)"]
+
+
+def check_cluster(cfg: ExperimentConfig, uri: str, log,
+                  view: ClusterView | None = None) -> ClusterView:
+    """All cluster-dependent checks of a run (against the connected cluster unless `view` is
+    given); refusals raise ConfigError, risks are logged as warnings. Returns the view."""
+    view = view or current_view()
+    check_shared_storage(cfg, view)
+    check_resources(cfg, view)
+    for message in tracking_warnings(uri, view):
+        log(f"[htl-ray] WARNING: {message}")
+    gpus = gpus_needed(cfg)
+    if gpus > view.gpus + 1e-9:
+        log(f"[htl-ray] WARNING: this run asks for {gpus:g} GPUs (trainers "
+            f"{'with' if cfg.scaling.use_gpu else 'without'} scaling.use_gpu, plus "
+            f"htl.scorer_gpus per scorer actor) but the cluster has {view.gpus:g} now; it waits "
+            "for the autoscaler to add GPU nodes (Ctrl-C to stop), or set scaling.use_gpu=false "
+            "and htl.scorer_gpus=0 to run on CPUs")
+    return view

@@ -1,0 +1,219 @@
+"""Cluster checks, and `ray job submit` against a real two-node Ray cluster on 127.0.0.1.
+
+The two nodes are two raylets on this machine (`ray start --head` and `ray start --address`):
+to Ray they are two nodes, so the multi-node storage rule applies, while their files are in
+fact shared — which lets the same cluster show both the refusal and a successful run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from htl_ray.cluster import (
+    ClusterView,
+    check_cluster,
+    check_resources,
+    check_shared_storage,
+    check_storage_uri,
+    gpus_needed,
+    tracking_warnings,
+)
+from htl_ray.config import ConfigError, load_config
+from htl_ray.train.checkpoints import CHECKPOINT_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _cfg(*overrides: str):
+    return load_config(None, list(overrides))
+
+
+def test_local_storage_on_several_nodes_is_refused_unless_declared_shared():
+    cfg = _cfg("run.storage_path=/data/runs")
+    check_shared_storage(cfg, ClusterView(nodes=1, cpus=2, gpus=0))       # one node: fine
+    with pytest.raises(ConfigError, match=r"run.storage_path: this Ray cluster has 3 nodes.*"
+                                          r"run.shared_storage=true"):
+        check_shared_storage(cfg, ClusterView(nodes=3, cpus=12, gpus=2))
+    check_shared_storage(_cfg("run.shared_storage=true"), ClusterView(nodes=3, cpus=12, gpus=2))
+
+
+@pytest.mark.parametrize("key", ["run.storage_path", "data.path"])
+def test_object_store_uris_are_refused_with_the_key_and_the_alternative(key):
+    with pytest.raises(ConfigError, match=rf"{key}: object-store URIs \(s3://\).*shared_storage"):
+        check_storage_uri(_cfg(f"{key}=s3://bucket/runs"))
+    check_storage_uri(_cfg(f"{key}=/mnt/shared/runs"))
+
+
+def test_sqlite_tracking_warns_on_several_nodes_only():
+    uri = "sqlite:////home/me/mlflow.db"
+    assert tracking_warnings(uri, ClusterView(nodes=1, cpus=2, gpus=0)) == []
+    (warning,) = tracking_warnings(uri, ClusterView(nodes=2, cpus=8, gpus=1))
+    assert "SQLite" in warning and "2 nodes" in warning and "mlflow server" in warning
+    assert tracking_warnings("http://head:5000", ClusterView(nodes=2, cpus=8, gpus=1)) == []
+
+
+def test_gpu_need_counts_trainers_and_scorer_shares():
+    cfg = load_config(REPO / "experiments" / "gpu_isic256_htl.yaml")
+    assert gpus_needed(cfg) == 2 * 0.75 + 2 * 0.25
+    assert gpus_needed(_cfg("htl.method=htl", "htl.scorer_gpus=0.5")) == 0.5   # CPU trainers
+    assert gpus_needed(_cfg("scaling.use_gpu=true", "scaling.num_workers=3")) == 3.0
+    lines = []
+    check_cluster(cfg, "http://head:5000", lines.append, view=ClusterView(2, 16, 1))
+    assert len(lines) == 1 and "asks for 2 GPUs" in lines[0] and "has 1 now" in lines[0]
+
+
+def test_trainers_and_scorers_must_fit_together():
+    cfg = _cfg("htl.method=htl", "scaling.num_workers=2", "htl.scorer_actors=1")
+    check_resources(cfg, ClusterView(nodes=1, cpus=3, gpus=0))
+    with pytest.raises(ConfigError, match=r"= 3.0 CPUs, but the cluster has 2"):
+        check_resources(cfg, ClusterView(nodes=1, cpus=2, gpus=0))
+    check_resources(_cfg("htl.method=erm", "scaling.num_workers=2"),
+                    ClusterView(nodes=1, cpus=2, gpus=0))          # no scorers, no refresh
+
+
+# --- a real two-node cluster and real job submissions ------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """Ports with fixed defaults, made free ones so two raylets (and the session's in-process
+    cluster) can share this machine."""
+    return [f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"]
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """`ray start --head` bound to 127.0.0.1 (1 CPU, dashboard for the job API) plus a second
+    node with 1 CPU; stopped with `ray stop` at the end."""
+    temp_dir = Path(f"/tmp/htlray-jobs-{os.getpid()}")   # short: Ray's socket paths
+    gcs, dashboard = _free_port(), _free_port()
+    # token authentication (Ray's default for `ray start --head`), said explicitly so the
+    # second node and the job client use the token in ~/.ray/auth_token too
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ray = str(BIN / "ray")
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                    "--num-cpus=1", "--num-gpus=0", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}",
+                    "--disable-usage-stats", *_node_ports()],
+                   env=env, check=True, capture_output=True, timeout=180)
+    try:
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}",
+                        "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
+                        *_node_ports()], env=env, check=True, capture_output=True, timeout=180)
+        yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{gcs}", "env": env}
+    finally:
+        _stop_cluster(temp_dir)
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, command line), from /proc."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        out[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return out
+
+
+def _stop_cluster(temp_dir: Path) -> None:
+    """SIGTERM, then SIGKILL, the processes of the cluster under `temp_dir` and their children.
+    (`ray stop` would stop every Ray process of this user, the session cluster's too.)"""
+    procs = _processes()
+    family = {pid for pid, (_, cmd) in procs.items() if str(temp_dir) in cmd}
+    while True:
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in family} - family
+        if not more:
+            break
+        family |= more
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 5
+        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in family):
+            time.sleep(0.5)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray(cluster: dict, *args: str, timeout: float = 120) -> str:
+    proc = subprocess.run([str(BIN / "ray"), *args], env=cluster["env"], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout + proc.stderr
+
+
+def _submit(cluster: dict, submission_id: str, args: list[str]) -> tuple[str, str]:
+    """`ray job submit --working-dir <repo> -- htl-ray train ...`, then `ray job status` until
+    the job ends; returns its final status and its logs. (The CLI throughout: it reads the
+    cluster's token the way a user's shell does.)"""
+    address = ["--address", cluster["address"]]
+    _ray(cluster, "job", "submit", *address, "--submission-id", submission_id,
+         "--working-dir", str(REPO), "--no-wait", "--", "htl-ray", "train", *args, timeout=300)
+    deadline = time.time() + 600
+    while True:
+        out = _ray(cluster, "job", "status", *address, submission_id)
+        final = re.search(r"Job '[^']+' (succeeded|failed|was stopped)", out)
+        if final:
+            return final.group(1).split()[-1].upper(), _ray(cluster, "job", "logs", *address,
+                                                             submission_id)
+        assert time.time() < deadline, out
+        time.sleep(3)
+
+
+def test_ray_job_submit_trains_on_a_two_node_cluster_once_storage_is_shared(
+        two_node_cluster, synth_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    args = [f"data.path={synth_dataset}", f"run.storage_path={tmp_path / 'runs'}",
+            "run.name=job", f"tracking.uri=sqlite:///{db}", "tracking.experiment=jobs",
+            "train.epochs=1", "data.limit_train=32", "data.batch_size=16",
+            "scaling.num_workers=1", "model.decoder_channels=[32,16,8,8,8]"]
+
+    # 1. local storage on two nodes: refused before training, and no MLflow run is left
+    status, logs = _submit(two_node_cluster, "htl-local-storage", args)
+    assert status == "FAILED", logs[-3000:]
+    assert "run.storage_path: this Ray cluster has 2 nodes" in logs
+    assert not (tmp_path / "runs" / "job").exists()
+
+    # 2. declared shared (it is: both raylets are on this machine): the job trains
+    status, logs = _submit(two_node_cluster, "htl-shared-storage",
+                           [*args, "run.shared_storage=true"])
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "connecting to Ray" in logs and "WARNING: MLflow store" in logs
+    client = MlflowClient(f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] == [0]
+    best = Path(run.data.tags["htl.best_checkpoint"])
+    assert best.parent == tmp_path / "runs" / "job"
+    assert (best / CHECKPOINT_FILE).is_file()
