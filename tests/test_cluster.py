@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
+import secrets
 import shutil
 import signal
 import socket
@@ -106,10 +106,11 @@ def two_node_cluster(tmp_path_factory):
     node with 1 CPU; stopped with `ray stop` at the end."""
     temp_dir = Path(f"/tmp/htlray-jobs-{os.getpid()}")   # short: Ray's socket paths
     gcs, dashboard = _free_port(), _free_port()
-    # token authentication (Ray's default for `ray start --head`), said explicitly so the
-    # second node and the job client use the token in ~/.ray/auth_token too
+    # token authentication (Ray's default for `ray start --head`) with this cluster's own
+    # token, given to both nodes and to every client
+    token = secrets.token_hex(32)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -124,7 +125,7 @@ def two_node_cluster(tmp_path_factory):
         subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}",
                         "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
                         *_node_ports()], env=env, check=True, capture_output=True, timeout=180)
-        yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{gcs}", "env": env}
+        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token}
     finally:
         _stop_cluster(temp_dir)
 
@@ -158,35 +159,30 @@ def _stop_cluster(temp_dir: Path) -> None:
         for pid in family:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.time() + 5
+        deadline = time.time() + 2
         while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in family):
             time.sleep(0.5)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _ray(cluster: dict, *args: str, timeout: float = 120) -> str:
-    proc = subprocess.run([str(BIN / "ray"), *args], env=cluster["env"], capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout + proc.stderr
-
-
 def _submit(cluster: dict, submission_id: str, args: list[str]) -> tuple[str, str]:
-    """`ray job submit --working-dir <repo> -- htl-ray train ...`, then `ray job status` until
-    the job ends; returns its final status and its logs. (The CLI throughout: it reads the
-    cluster's token the way a user's shell does.)"""
-    address = ["--address", cluster["address"]]
-    _ray(cluster, "job", "submit", *address, "--submission-id", submission_id,
-         "--working-dir", str(REPO), "--no-wait", "--", "htl-ray", "train", *args, timeout=300)
+    """`ray job submit --working-dir <repo> -- htl-ray train ...` (the CLI, as a user types
+    it), then the job API until the job ends; returns its final status and its logs."""
+    from ray.job_submission import JobSubmissionClient
+
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", cluster["address"],
+         "--submission-id", submission_id, "--working-dir", str(REPO), "--no-wait", "--",
+         "htl-ray", "train", *args], env=cluster["env"], capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    client = JobSubmissionClient(cluster["address"],
+                                 headers={"Authorization": f"Bearer {cluster['token']}"})
     deadline = time.time() + 600
-    while True:
-        out = _ray(cluster, "job", "status", *address, submission_id)
-        final = re.search(r"Job '[^']+' (succeeded|failed|was stopped)", out)
-        if final:
-            return final.group(1).split()[-1].upper(), _ray(cluster, "job", "logs", *address,
-                                                             submission_id)
-        assert time.time() < deadline, out
-        time.sleep(3)
+    while not (status := client.get_job_status(submission_id)).is_terminal():
+        assert time.time() < deadline, client.get_job_logs(submission_id)[-3000:]
+        time.sleep(1)
+    return str(status.value), client.get_job_logs(submission_id)
 
 
 def test_ray_job_submit_trains_on_a_two_node_cluster_once_storage_is_shared(
@@ -206,10 +202,13 @@ def test_ray_job_submit_trains_on_a_two_node_cluster_once_storage_is_shared(
     assert not (tmp_path / "runs" / "job").exists()
 
     # 2. declared shared (it is: both raylets are on this machine): the job trains
+    # (bf16 autocast and channels-last, the GPU defaults, asked for explicitly: on CPU too)
     status, logs = _submit(two_node_cluster, "htl-shared-storage",
-                           [*args, "run.shared_storage=true"])
+                           [*args, "run.shared_storage=true", "train.precision=bf16",
+                            "train.memory_format=channels_last"])
     assert status == "SUCCEEDED", logs[-4000:]
     assert "connecting to Ray" in logs and "WARNING: MLflow store" in logs
+    assert "workers compute on cpu bfloat16 autocast, channels-last" in logs
     client = MlflowClient(f"sqlite:///{db}")
     (run,) = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])
     assert run.info.status == "FINISHED"
