@@ -25,6 +25,7 @@ from htl_ray.cluster import (
     check_resources,
     check_shared_storage,
     check_storage_uri,
+    cpus_needed,
     gpus_needed,
     tracking_warnings,
 )
@@ -216,3 +217,52 @@ def test_ray_job_submit_trains_on_a_two_node_cluster_once_storage_is_shared(
     best = Path(run.data.tags["htl.best_checkpoint"])
     assert best.parent == tmp_path / "runs" / "job"
     assert (best / CHECKPOINT_FILE).is_file()
+
+
+# --- the cluster files users start from ----------------------------------------------------
+
+def test_cluster_yaml_passes_rays_own_cluster_config_validation():
+    import copy
+
+    import yaml
+    from jsonschema import ValidationError
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config = prepare_config(copy.deepcopy(raw))              # what `ray up` does first
+    validate_config(config)
+    nodes = config["available_node_types"]
+    assert config["head_node_type"] == "head" and set(nodes) == {"head", "gpu_worker"}
+    assert nodes["gpu_worker"]["min_workers"] >= 1 and config["max_workers"] >= 1
+    assert any("pip install -e /home/ray/htl-ray" in c for c in config["setup_commands"])
+    assert config["file_mounts"]["/home/ray/htl-ray"] == "."
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head
+    # and the validation bites: a misspelt key is an error
+    raw["available_node_types"]["gpu_worker"]["min_worker"] = 1
+    with pytest.raises(ValidationError, match="min_worker"):
+        validate_config(prepare_config(raw))
+
+
+def test_kuberay_job_runs_a_valid_htl_ray_command_that_fits_its_worker_pods():
+    import shlex
+
+    import yaml
+
+    job = yaml.safe_load((REPO / "experiments" / "kuberay" / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"] is True
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["htl-ray", "train"]
+    config_path = REPO / Path(argv[2]).relative_to("/home/ray/htl-ray")
+    cfg = load_config(config_path, argv[3:])                 # the job's config validates
+    assert cfg.run.shared_storage and cfg.run.storage_path.startswith("/mnt/shared/")
+    assert cfg.data.path.startswith("/mnt/shared/") and cfg.tracking.uri.startswith("http")
+    spec = job["spec"]["rayClusterSpec"]
+    (group,) = spec["workerGroupSpecs"]
+    pod = group["template"]["spec"]["containers"][0]
+    assert {"name": "shared", "mountPath": "/mnt/shared"} in pod["volumeMounts"]
+    # the run's trainers and scorer actors fit on the worker pods it asks for
+    requests = pod["resources"]["requests"]
+    pods = group["minReplicas"]
+    assert gpus_needed(cfg) <= pods * float(requests["nvidia.com/gpu"])
+    assert cpus_needed(cfg) <= pods * float(requests["cpu"])
