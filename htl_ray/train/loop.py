@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -167,6 +168,13 @@ def validation_metrics(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _say(message: str) -> None:
+    """One line to the driver's console. Ray Train patches `print` in workers to log *and*,
+    when MLflow has wrapped sys.stdout, to print as well — every line twice; writing to the
+    process's own stdout bypasses the patch (Ray still forwards it to the driver)."""
+    print(message, file=sys.__stdout__, flush=True)
+
+
 def _quiet_ray_logs() -> None:
     """Ray Train logs every report at INFO (whole metric dicts); keep worker output readable."""
     import logging
@@ -214,9 +222,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch = int(state["epoch"]) + 1
         htl_version = int(state.get("htl_version", 0))
         if rank == 0:
-            print(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']}", flush=True)
+            _say(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']}")
     if rank == 0:
-        print(f"[htl-ray] workers compute on {place.describe()}", flush=True)
+        _say(f"[htl-ray] workers compute on {place.describe()}")
 
     model = ray.train.torch.prepare_model(model)
     objective.attach(_unwrap(model))
@@ -302,12 +310,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 log_metrics(tracking_uri, mlflow_run_id,
                             {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             except Exception as exc:  # tracking outage must not stop training
-                print(f"[htl-ray] warning: MLflow logging failed at epoch {epoch}: {exc}",
-                      flush=True)
-            print(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} loss {total_loss:.4f} "
-                  f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
-                  f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
-                  f"({metrics['time/epoch_s']:.1f}s)", flush=True)
+                _say(f"[htl-ray] warning: MLflow logging failed at epoch {epoch}: {exc}")
+            _say(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} loss {total_loss:.4f} "
+                 f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
+                 f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
+                 f"({metrics['time/epoch_s']:.1f}s)")
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, objective.eval_model(_unwrap(model)), optimizer, scheduler,
                                 epoch, metrics,
