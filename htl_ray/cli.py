@@ -59,7 +59,9 @@ def _print_outcome(outcome) -> None:
         print("worst-group dice: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(worst.items())))
     print(f"run directory:   {outcome.run_dir}")
     print(f"best checkpoint: {outcome.best_checkpoint}")
-    print(f"MLflow run:      {outcome.mlflow_run_id} in {outcome.tracking_uri}")
+    from htl_ray.tracking import redact
+
+    print(f"MLflow run:      {outcome.mlflow_run_id} in {redact(outcome.tracking_uri)}")
     _print_ui_hint(outcome.tracking_uri)
 
 
@@ -127,7 +129,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print(f"sweep directory: {outcome.directory}")
     print(f"summary:         {outcome.directory / 'summary' / 'study_summary.md'}")
     print(f"best config:     {outcome.directory / 'summary' / 'best_config.yaml'}")
-    print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
+    from htl_ray.tracking import redact
+
+    print(f"MLflow parent run {outcome.parent_run_id} in {redact(outcome.tracking_uri)}")
     if outcome.confirm_run_ids:
         print(f"confirmation runs: {sum(map(len, outcome.confirm_run_ids.values()))}; compare "
               f"them: htl-ray compare {sweep.base.tracking.experiment} --sweep "
@@ -150,7 +154,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from htl_ray.compare import compare, load_runs, write_comparison
     from htl_ray.config import parse_override
-    from htl_ray.tracking import resolve_tracking_uri
+    from htl_ray.tracking import redact, resolve_tracking_uri
 
     filters = [args.filter] if args.filter else []
     if args.sweep:
@@ -162,7 +166,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     baseline = ({k: str(v) for k, v in map(parse_override, args.baseline)}
                 if args.baseline else None)
     result = compare(runs, split=args.split, baseline=baseline)
-    print(f"{len(runs)} finished runs of experiment {args.experiment!r} in {uri}, "
+    print(f"{len(runs)} finished runs of experiment {args.experiment!r} in {redact(uri)}, "
           f"{len(result.table)} configurations; {args.split} metrics (best epoch), mean "
           "[95% CI] over seeds; Δ = paired difference to the baseline (same seed)\n")
     print(result.markdown())

@@ -54,11 +54,13 @@ def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFram
     """FINISHED runs of `experiment` as rows: run_id, name, seed, params (dict), metrics."""
     from mlflow.tracking import MlflowClient
 
+    from htl_ray.tracking import redact
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"MLflow experiment {experiment!r} not found in {uri} "
+        raise ValueError(f"MLflow experiment {experiment!r} not found in {redact(uri)} "
                          f"(experiments there: {', '.join(names) or 'none'})")
     query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
     rows = []

@@ -372,4 +372,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """The config as YAML, credentials in URIs redacted (this copy is logged to MLflow)."""
+    from htl_ray.redact import redact_tree
+
+    Path(path).write_text(yaml.safe_dump(redact_tree(cfg.to_dict()), sort_keys=False))

@@ -17,6 +17,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from htl_ray.redact import USERINFO, redact
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 _SQLITE = "sqlite:///"
 
@@ -28,6 +30,40 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
         if not path.startswith("/"):
             uri = _SQLITE + str((Path.cwd() / path).resolve())
     return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, before anything starts, when the tracking store cannot be reached: an
+    MLflow client would otherwise retry with back-off for minutes and then fail mid-start.
+    HTTP(S) servers must answer `/health`; a SQLite store's folder must exist."""
+    import urllib.error
+    import urllib.request
+
+    from htl_ray.config import ConfigError
+
+    db = sqlite_path(uri)
+    if db is not None:
+        if not db.parent.is_dir():
+            raise ConfigError(f"tracking.uri: the folder of the SQLite store {db} does not exist")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return                               # databricks, file:, ...: MLflow checks those
+    url = USERINFO.sub(lambda m: m["scheme"], uri).rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status >= 400:
+                raise OSError(f"HTTP {response.status}")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return                           # it answers; credentials are MLflow's business
+        raise ConfigError(f"tracking.uri: MLflow server {redact(uri)} answered /health with "
+                          f"HTTP {exc.code}; is it an MLflow tracking server?") from None
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"tracking.uri: MLflow server {redact(uri)} is not reachable ({reason}); start it "
+            "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.uri / "
+            "MLFLOW_TRACKING_URI, or use a local store: tracking.uri=sqlite:///mlflow.db") from None
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -69,8 +105,9 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
     """Create an MLflow run (status RUNNING) with params and tags; return its id."""
     client = MlflowClient(uri)
     exp_id = get_or_create_experiment(client, experiment, uri)
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    run = client.create_run(exp_id, run_name=run_name,
+                            tags={k: redact(str(v)) for k, v in tags.items()})
+    items = [Param(k, redact(str(v))[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i:i + 100])
     return run.info.run_id
@@ -88,7 +125,7 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> 
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
 def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None):

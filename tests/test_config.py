@@ -42,6 +42,24 @@ def test_bad_values_name_the_key(raw, fragment):
     assert fragment in str(exc.value)
 
 
+@pytest.mark.parametrize("overrides, fragment", [
+    (["htl.sparsities=[0.3, 1.0]"], "htl.sparsities[1]: must be in (0, 1), got 1.0"),
+    (["htl.sparsities=[0, 0.5]"], "htl.sparsities[0]: must be in (0, 1), got 0"),
+    (["htl.sparsities=[]"], "htl.sparsities: expected at least one sparsity"),
+    (["htl.q=0"], "htl.q: must be > 0, got 0"),
+    (["htl.q=1.5"], "htl.q: must be <= 1, got 1.5"),
+    (["htl.lam=-0.5"], "htl.lam: must be >= 0, got -0.5"),
+    (["htl.beta=1"], "htl.beta: must be < 1, got 1"),
+    (["htl.method=grad"], "htl.method: expected one of"),
+    (["htl.sparsities=0.5"], "htl.sparsities: expected a list"),
+])
+def test_htl_values_out_of_range_name_the_key(overrides, fragment):
+    """One clear error each, from the config loader alone: before Ray or torch start."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, overrides)
+    assert fragment in str(exc.value)
+
+
 def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         parse_override("train.epochs")

@@ -193,3 +193,73 @@ def test_isic_layout_with_downsampled_names_and_one_hot_diagnosis(tmp_path):
     assert df.loc["ISIC_0000001", "diagnosis"] == "NV" and pd.isna(df.loc["ISIC_0000001", "sex"])
     assert pd.isna(df.loc["ISIC_0000002", "diagnosis"])     # all-zero one-hot → unknown
     assert df.loc["ISIC_0000000", "split"] == df.loc["ISIC_0000001", "split"]   # lesion L1
+
+
+# ------------------------------------------------------- hostile and unusual encodings
+
+
+@pytest.fixture
+def unusual_folder(tmp_path) -> Path:
+    """Encodings real folders contain (16-bit and RGBA masks, grey and RGBA images), a JPEG cut
+    short by an interrupted copy, and an image whose header claims 144 megapixels."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    box = (slice(8, 20), slice(10, 25))
+    _lesion_image(src / "images" / "mask16.png")
+    m16 = np.zeros((30, 40), np.uint16)
+    m16[box] = 65535
+    Image.fromarray(m16).save(src / "masks" / "mask16.png")
+    _lesion_image(src / "images" / "maskrgba.png")
+    rgba = np.zeros((30, 40, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[box] = (255, 255, 255, 255)
+    Image.fromarray(rgba, "RGBA").save(src / "masks" / "maskrgba.png")
+    grey = np.full((30, 40), 180, np.uint8)
+    grey[box] = 60
+    Image.fromarray(grey, "L").save(src / "images" / "greyimg.png")
+    _mask(src / "masks" / "greyimg.png")
+    rgba_img = np.full((30, 40, 4), 255, np.uint8)
+    rgba_img[..., :3] = 170
+    rgba_img[box] = (60, 40, 30, 255)
+    Image.fromarray(rgba_img, "RGBA").save(src / "images" / "rgbaimg.png")
+    _mask(src / "masks" / "rgbaimg.png")
+    full = src / "full.jpg"
+    _lesion_image(full, w=400, h=300)
+    Image.open(full).save(full, quality=95)
+    data = full.read_bytes()
+    (src / "images" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    full.unlink()
+    _mask(src / "masks" / "truncated.png", w=400, h=300)
+    Image.new("1", (12_000, 12_000)).save(src / "images" / "bomb.png")       # ~20 KB file
+    _mask(src / "masks" / "bomb.png")
+    return src
+
+
+def test_unusual_encodings_are_converted_and_hostile_files_quarantined(unusual_folder, tmp_path):
+    out = tmp_path / "out"
+    ingest(FolderLayout("{id}.png"), unusual_folder, out, size=16, **QUIET)
+    report = json.loads((out / "report.json").read_text())
+    issues = {reason: sorted(x["id"] for x in items) for reason, items in report["issues"].items()}
+    assert issues == {"unreadable_image": ["bomb", "truncated"]}
+    details = {x["id"]: x["detail"] for x in report["issues"]["unreadable_image"]}
+    assert "too large to decode safely" in details["bomb"]
+    assert "truncated" in details["truncated"]
+    assert (out / "quarantine" / "unreadable_image" / "bomb.png").is_file()
+    df = read_table(out, columns=["id", "image", "mask", "mask_binarised"]).set_index("id")
+    assert sorted(df.index) == ["greyimg", "mask16", "maskrgba", "rgbaimg"]
+    for rid in df.index:                      # every mask the same 12×15 box, scaled to 16×16
+        mask = decode_mask(df.loc[rid, "mask"], 16, 16).astype(bool).reshape(16, 16)
+        assert 0.12 < mask.mean() < 0.2, rid
+        assert not df.loc[rid, "mask_binarised"], rid       # {0, max} masks are binary
+        image = np.frombuffer(df.loc[rid, "image"], np.uint8).reshape(16, 16, 3)
+        assert image[mask].mean() < image[~mask].mean() - 50, rid   # lesion darker: RGB kept
+
+
+def test_metadata_path_outside_the_data_folder_is_refused(bad_folder, tmp_path):
+    secret = tmp_path / "secret.csv"
+    secret.write_text("name,Age\ngood0,40\n")
+    layout = FolderLayout("{id}.png", "../secret.csv", {"id": "name", "age": "Age"})
+    with pytest.raises(LayoutError, match="metadata file is outside the data folder"):
+        ingest(layout, bad_folder, tmp_path / "out", size=16, **QUIET)
+    assert not (tmp_path / "out").exists()

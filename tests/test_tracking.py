@@ -30,3 +30,40 @@ def test_run_lifecycle_in_a_real_sqlite_store(tmp_path):
     assert "skip" not in run.data.metrics
     # artifacts of a SQLite store live beside the database, whatever the working directory
     assert Path(run.info.artifact_uri.replace("file://", "")).is_relative_to(tmp_path)
+
+
+def test_credentials_in_uris_never_reach_params_tags_or_messages(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    run_id = tracking.start_run(uri, "exp", "r", {"tracking.uri": "https://ann:s3cr3t@h:5000"},
+                                {"note": "http://bob:pw@h/"})
+    tracking.set_tags(uri, run_id, {"later": "https://x:pw2@h/"})
+    data = MlflowClient(uri).get_run(run_id).data
+    stored = " ".join([*data.params.values(), *data.tags.values()])
+    assert "s3cr3t" not in stored and "pw@" not in stored and "pw2" not in stored
+    assert data.params["tracking.uri"] == "https://ann:***@h:5000"
+
+
+def test_unreachable_tracking_server_fails_in_seconds_before_anything_starts(
+        synth_dataset, tmp_path, monkeypatch):
+    import socket
+    import time
+
+    import pytest
+
+    from htl_ray.config import ConfigError, load_config
+    from htl_ray.train.trainer import run_dir_of, run_training
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as s:                       # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://ann:s3cr3t@127.0.0.1:{port}"
+    cfg = load_config(None, [f"data.path={synth_dataset}", f"tracking.uri={uri}",
+                             f"run.storage_path={tmp_path / 'runs'}"])
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=r"tracking.uri: MLflow server http://ann:\*\*\*@127"
+                                          r".*is not reachable.*sqlite:///mlflow.db"):
+        run_training(cfg, log=lambda s: None)
+    assert time.time() - t0 < 10 and not run_dir_of(cfg).exists()
+    with pytest.raises(ConfigError, match="folder of the SQLite store"):
+        tracking.check_reachable(f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}")

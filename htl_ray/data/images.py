@@ -69,17 +69,16 @@ def image_to_rgb(im: Image.Image) -> Image.Image:
 
 
 def mask_to_binary(im: Image.Image) -> tuple[np.ndarray, bool]:
-    """Return (bool mask, was_binarised). Binary masks are {0,255} or {0,1}; anything else is
-    thresholded at >127 of the 8-bit range (16-bit masks are scaled first) and reported."""
+    """Return (bool mask, was_binarised). Binary masks are {0,1}, {0,255} or (16-bit)
+    {0,65535}; anything else is thresholded at >127 of the 8-bit range (16-bit masks are
+    scaled first) and reported."""
     arr = np.asarray(im)
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
     if arr.dtype == np.bool_:
         return arr, False
-    values = np.unique(arr)
-    if set(values.tolist()) <= {0, 255}:
-        return arr > 127, False
-    if set(values.tolist()) <= {0, 1}:
+    values = set(np.unique(arr).tolist())
+    if any(values <= {0, full} for full in (1, 255, 65535)):   # 1-, 8- and 16-bit binary masks
         return arr > 0, False
     if arr.dtype != np.uint8:
         arr = arr.astype(np.float64) / (65535.0 if arr.max() > 255 else 255.0) * 255.0

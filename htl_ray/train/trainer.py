@@ -110,6 +110,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         raise ConfigError(f"run.name: run directory {run_dir} already holds a run; resume it "
                           f"with `htl-ray train --resume {run_dir}` or choose another run.name")
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    tracking.check_reachable(uri)
     # the cluster decides whether this run can start (shared storage on several nodes, room
     # for trainers + scorers): checked before an MLflow run exists, so a refusal leaves none
     init_ray(log)
@@ -144,7 +145,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         val_ds = split_dataset(cfg.data.path, "val", columns=TRAIN_COLUMNS + VAL_META_COLUMNS)
         log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
             f"({time.time() - t0:.1f}s); {setting.describe(cfg)}; "
-            f"{cfg.scaling.num_workers} workers; MLflow {uri} run {run_id}")
+            f"{cfg.scaling.num_workers} workers; MLflow {tracking.redact(uri)} run {run_id}")
         coordinator = None
         if uses_refresh(cfg):
             coordinator = start_coordinator(cfg, run_dir, score_ds, uri, run_id, refresh_delay_s)

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from htl_ray.config import ConfigError, ExperimentConfig
+from htl_ray.config import ConfigError, ExperimentConfig, dump_config
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import (
     TrialRecord,
@@ -176,6 +174,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
     if resume and not state_path.is_file():
         raise ConfigError(f"--resume: no sweep to resume at {directory} ({STATE_FILE} missing)")
     preflight(sweep.base)
+    tracking.check_reachable(tracking.resolve_tracking_uri(sweep.base.tracking.uri))
     init_ray(log)         # the cluster can refuse the sweep before a parent run exists
     check_cluster(sweep.base, tracking.resolve_tracking_uri(sweep.base.tracking.uri), log)
     if resume:
@@ -204,8 +203,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
         s = sweep.settings
         log(f"[htl-ray] sweep {s.name}: {s.num_samples} trials, {len(sweep.space)} parameters "
             f"({', '.join(sweep.space)}), Optuna TPE seed {s.seed}, {concurrency} at a time "
-            f"({cpus_needed(sweep.base)} CPUs each), scheduler {s.scheduler}; MLflow {uri} "
-            f"parent run {parent_run_id}")
+            f"({cpus_needed(sweep.base)} CPUs each), scheduler {s.scheduler}; "
+            f"MLflow {tracking.redact(uri)} parent run {parent_run_id}")
         results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
         records = _records(results, sweep)
         # fewer trials than asked for, or (without a scheduler that stops trials) some that
@@ -259,7 +258,7 @@ def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
                                  "sweep/finished": sum(r.finished for r in records)}
     if best is not None:
         cfg = sweep.config_for(best.params)
-        (out_dir / "best_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        dump_config(cfg, out_dir / "best_config.yaml")
         tracking.log_artifact(uri, parent_run_id, out_dir / "best_config.yaml")
         metrics[f"best/{s.metric}"] = best.value(s.mode)
         tracking.set_tags(uri, parent_run_id, {"htl.best_trial": best.name,
