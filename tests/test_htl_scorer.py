@@ -1,5 +1,11 @@
 """The actor-pool scorer computes exactly what a plain in-process loop computes."""
 
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -13,23 +19,53 @@ MODEL = {"arch": "unet", "encoder": "resnet18", "encoder_weights": None, "in_cha
          "decoder_channels": [32, 16, 8, 8, 4]}
 
 
-def test_actor_pool_scores_equal_in_process_scores(ray_cluster, synth_dataset):
+def _scorer_pids() -> set[int]:
+    """PIDs of live scorer actor processes (Ray titles them after the callable class)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if b"ScorerActor" in cmd and b"pytest" not in cmd:
+            pids.add(int(entry))
+    return pids
+
+
+def test_actor_pool_scores_equal_in_process_scores_even_when_an_actor_is_killed(
+        ray_cluster, synth_dataset):
     torch.manual_seed(1)
     model = create_model(ModelConfig(**MODEL))
     # logits near the decision boundary, so the pruned copies disagree with the dense model
     model.segmentation_head[0].bias.data.fill_(0.0)
     state = model.state_dict()
-    spec = ScoringSpec(model=MODEL, sparsities=(0.3, 0.5, 0.7), batch_size=16, pool_size=2)
-    ds = split_dataset(synth_dataset, "val")
-    pooled = score_dataset(ds, state, spec)
+    spec = ScoringSpec(model=MODEL, sparsities=(0.3, 0.5, 0.7), batch_size=8, pool_size=2)
+    ds = split_dataset(synth_dataset, "train")
+    # a refresh whose scorer actor process is SIGKILLed while it works: Ray Data restarts the
+    # actor and retries its batch; the table must still hold every id exactly once
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(t=score_dataset(ds, state, spec)))
+    worker.start()
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and worker.is_alive() and time.time() < deadline:
+        pids = _scorer_pids()
+        if pids:
+            time.sleep(0.5)                       # let it take its first batch
+            killed = min(pids)
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.1)
+    worker.join(timeout=300)
+    assert killed is not None, "no scorer actor was seen while the refresh ran"
+    pooled = result["t"]
     rows = read_table(synth_dataset, columns=["id", "image", "mask", "height", "width"],
-                      split="val")
+                      split="train")
     plain = score_in_process({c: rows[c].to_numpy() for c in rows.columns}, state, spec)
     assert pooled.id.tolist() == plain.id.tolist() and pooled.id.is_unique
     measured = pooled.attrs["measured_sparsity"]                       # reported per sparsity
     assert set(measured) == {0.3, 0.5, 0.7}
     assert all(abs(measured[s] - s) <= 0.005 for s in measured)
-    assert len(pooled) == len(rows)
+    assert len(pooled) == len(rows) == 140
     cols = ["d_0.30", "d_0.50", "d_0.70", "h", "gt_gap", "h_gt", "loss", "el2n"]
     assert set(cols) <= set(pooled.columns)
     for c in cols:
