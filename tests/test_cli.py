@@ -27,6 +27,8 @@ def test_demo_runs_end_to_end_and_says_where_to_look(tmp_path):
     out = proc.stdout
     assert "=== htl-ray: training finished ===" in out
     assert "val dice" in out and "worst-group dice" in out
-    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
+    assert (f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'} "
+            "--host 127.0.0.1") in out                             # servers: localhost only
+    assert "dashboard on http://127.0.0.1:" in out
     assert (tmp_path / "mlflow.db").is_file()
     assert read_manifest(tmp_path / "data" / "synthetic")["rows"] == 400

@@ -63,8 +63,12 @@ def weights_checksum(ids: np.ndarray, weights: np.ndarray) -> float:
 
 
 class RefreshCoordinator:
-    """Use as `ray.remote(num_cpus=0, max_concurrency=8)(RefreshCoordinator)`: queries are
-    answered while a refresh runs in its own thread."""
+    """Use as `ray.remote(num_cpus=0, max_concurrency=8, max_restarts=-1,
+    max_task_retries=-1)(RefreshCoordinator)` (`trainer.start_coordinator`): queries are
+    answered while a refresh runs in its own thread. If the process dies, Ray restarts it and
+    it comes back with every version persisted so far; a refresh that was still scoring is
+    lost (`wait_for` then returns the latest persisted version) and the next one is computed
+    as usual."""
 
     def __init__(self, run_dir: str, train_dataset: Any, spec: ScoringSpec, htl: dict[str, Any],
                  seed: int, tracking_uri: str | None = None, mlflow_run_id: str | None = None,

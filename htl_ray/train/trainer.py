@@ -84,7 +84,10 @@ def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, 
 
     from htl_ray.htl.coordinator import RefreshCoordinator, spec_from_config
 
-    actor = ray.remote(num_cpus=0, max_concurrency=8)(RefreshCoordinator)
+    # restarted in place if its process dies: the constructor reloads every persisted version
+    # (and the PIE snapshots), and calls made meanwhile are retried, so training goes on
+    actor = ray.remote(num_cpus=0, max_concurrency=8, max_restarts=-1,
+                       max_task_retries=-1)(RefreshCoordinator)
     return actor.remote(str(run_dir), train_ds, spec_from_config(cfg),
                         dataclasses.asdict(cfg.htl), cfg.run.seed, uri, run_id, delay_s)
 
