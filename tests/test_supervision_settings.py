@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -9,11 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from htl_ray.config import load_config
 from htl_ray.data.loading import split_dataset
-from htl_ray.htl.coordinator import load_versions
+from htl_ray.htl.coordinator import load_versions, version_path
 from htl_ray.supervision import SETTINGS
 from htl_ray.supervision.labels import mask_boxes
 from htl_ray.supervision.settings import repeats_for_share
-from htl_ray.train.checkpoints import load_checkpoint
+from htl_ray.train.checkpoints import load_checkpoint, read_meta
 from htl_ray.train.trainer import run_training
 
 
@@ -118,12 +124,60 @@ def _run(synth_dataset, tmp_path, tracking_uri, name, *extra):
     return outcome, run
 
 
-def test_semi_supervised_run_with_htl_on_the_teacher(ray_cluster, synth_dataset, tmp_path,
-                                                      tracking_uri):
+def _pids(title: bytes) -> list[int]:
+    """PIDs of processes whose command line (Ray's process title) contains `title`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if title in cmd and b"pytest" not in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def _kill_a_worker_then_the_coordinator(run_dir: Path, killed: dict) -> None:
+    """SIGKILL one Ray Train worker once epoch 0's checkpoint is registered (the kill lands in
+    epoch 1, while it waits for HTL v1 or trains), then the refresh coordinator once v1 is on
+    disk."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(run_dir.glob("checkpoint_*/meta.json")):
+        time.sleep(0.2)
+    time.sleep(5.0)              # the controller registers it at its next poll (every 2 s)
+    for pid in _pids(b"RayTrainWorker")[:1]:
+        os.kill(pid, signal.SIGKILL)
+        killed.update(worker=pid, worker_at=time.time())
+    while time.time() < deadline and not version_path(run_dir, 1).is_file():
+        time.sleep(0.2)
+    for pid in _pids(b"RefreshCoordinator")[:1]:
+        os.kill(pid, signal.SIGKILL)
+        killed.update(coordinator=pid)
+
+
+def test_semi_htl_run_survives_a_killed_worker_and_a_killed_coordinator(
+        ray_cluster, synth_dataset, tmp_path, tracking_uri):
+    """Mean Teacher + label-free HTL, 2 workers. In epoch 1 one worker process is SIGKILLed
+    (Ray Train, train.max_failures=1, restarts the group from epoch 0's checkpoint) and then
+    the refresh coordinator's process (Ray restarts it; it reloads v1 from disk)."""
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_then_the_coordinator,
+                              args=(tmp_path / "runs" / "semi", killed), daemon=True)
+    killer.start()
     outcome, run = _run(synth_dataset, tmp_path, tracking_uri, "semi",
                         "supervision.setting=semi", "supervision.label_fraction=0.25",
-                        "supervision.consistency_rampup_epochs=1")
+                        "supervision.consistency_rampup_epochs=1", "train.max_failures=1")
+    killer.join()
     assert run.info.status == "FINISHED" and run.data.tags["htl.setting"] == "semi"
+    client = MlflowClient(tracking_uri)
+    dice = client.get_metric_history(run.info.run_id, "val/dice")
+    # killed before epoch 1 ended; then epoch 1 ran (once) on the restarted workers
+    assert {"worker", "coordinator"} <= set(killed) and sorted(m.step for m in dice) == [0, 1]
+    assert killed["worker_at"] * 1000 < max(m.timestamp for m in dice)
+    assert {m.step: m.value for m in client.get_metric_history(
+        run.info.run_id, "htl/version_in_use")} == {0: 0.0, 1: 1.0}    # the same HTL version
+    assert sorted(read_meta(p.parent)["epoch"]
+                  for p in outcome.run_dir.glob("checkpoint_*/meta.json")) == [0, 1]
     m = run.data.metrics
     assert 0.0 < m["val/dice"] <= 1.0 and m["htl/attention_active"] == 1.0
     tables = load_versions(outcome.run_dir)

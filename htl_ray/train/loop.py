@@ -98,8 +98,11 @@ class HtlState:
             if self.resumed_version is not None:
                 chosen = self.resumed_version          # a resumed run keeps its version
             else:
-                if self.pending is not None and not self.cfg.htl.asynchronous:
-                    ray.get(self.coordinator.wait_for.remote(self.pending))
+                if not self.cfg.htl.asynchronous:
+                    # synchronous: the refresh submitted after the last epoch must be in; after
+                    # a worker-group restart this rank does not know it, so wait for them all
+                    ray.get(self.coordinator.wait_for.remote(self.pending)
+                            if self.pending is not None else self.coordinator.drain.remote())
                 error = ray.get(self.coordinator.error.remote())
                 if error:
                     raise RuntimeError(f"HTL refresh failed:\n{error}")

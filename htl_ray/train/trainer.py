@@ -85,7 +85,9 @@ def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, 
     from htl_ray.htl.coordinator import RefreshCoordinator, spec_from_config
 
     # restarted in place if its process dies: the constructor reloads every persisted version
-    # (and the PIE snapshots), and calls made meanwhile are retried, so training goes on
+    # (and the PIE snapshots), and calls made meanwhile are retried, so training goes on. The
+    # caller keeps `train_ds` referenced for the run: the actor only borrows its blocks, and a
+    # restarted actor reads them again
     actor = ray.remote(num_cpus=0, max_concurrency=8, max_restarts=-1,
                        max_task_retries=-1)(RefreshCoordinator)
     return actor.remote(str(run_dir), train_ds, spec_from_config(cfg),
