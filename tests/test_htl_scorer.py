@@ -87,3 +87,25 @@ def test_unlabeled_scoring_returns_only_label_free_columns(synth_dataset):
     table = score_in_process({c: rows[c].to_numpy() for c in rows.columns},
                              model.state_dict(), spec)
     assert set(table.columns) == {"id", "d_0.50", "h"} and len(table) == len(rows)
+
+
+def test_scorer_in_bf16_channels_last_agrees_with_fp32(ray_cluster, synth_dataset):
+    """The GPU defaults (bf16 autocast, channels-last), asked for on CPU: same columns, scores
+    within bf16's precision of the fp32 scorer's, measured sparsity unchanged."""
+    from htl_ray.htl.scorer import ScorerActor
+
+    torch.manual_seed(2)
+    state = create_model(ModelConfig(**MODEL)).state_dict()
+    rows = read_table(synth_dataset, columns=["id", "image", "mask", "height", "width"],
+                      split="val")
+    batch = {c: rows[c].to_numpy() for c in rows.columns}
+    ref = ray_cluster.put(state)
+    fp32 = ScorerActor(ScoringSpec(model=MODEL, sparsities=(0.5,), precision="fp32"), [ref])
+    bf16 = ScorerActor(ScoringSpec(model=MODEL, sparsities=(0.5,), precision="bf16",
+                                   memory_format="channels_last"), [ref])
+    assert bf16.place.describe() == "cpu bfloat16 autocast, channels-last"
+    a, b = fp32(batch), bf16(batch)
+    assert set(a) == set(b) and a["id"].tolist() == b["id"].tolist()
+    assert bf16.sparsity == fp32.sparsity
+    for col in ("h", "loss", "el2n", "dense_iou"):
+        np.testing.assert_allclose(b[col], a[col], atol=0.08, err_msg=col)
