@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from htl_ray.config import ConfigError, load_config
+from htl_ray.interrupts import handle_sigterm_as_interrupt
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -293,11 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     from htl_ray.data.ingest import IngestError
     from htl_ray.data.layouts import LayoutError
 
+    handle_sigterm_as_interrupt()        # `ray job stop`, `kill`: like Ctrl-C (interrupts.py)
     try:
         return args.func(args)
     except (ConfigError, IngestError, LayoutError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("htl-ray: interrupted; results already written are kept (a training run or a "
+              "sweep continues with --resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

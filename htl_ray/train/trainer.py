@@ -70,12 +70,15 @@ def init_ray(log: Callable[[str], None]) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    from htl_ray.interrupts import reinstall_after_ray_init
+
     if address:
         log(f"[htl-ray] connecting to Ray at {address}")
         ray.init(address=address, configure_logging=False)
-        return
-    log("[htl-ray] starting a local Ray cluster (dashboard on http://127.0.0.1:8265)")
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    else:
+        log("[htl-ray] starting a local Ray cluster (dashboard on http://127.0.0.1:8265)")
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    reinstall_after_ray_init()
 
 
 def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, run_id: str,
