@@ -10,10 +10,6 @@ import pytest
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-# Ray Train's controller collects reports and checks worker health every 2 s by default; tiny
-# test runs wait on that poll at each epoch and at the end (the session cluster, started from
-# this process, hands the setting to its workers)
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 # The shared real data sits beside the project checkout; HTL_RAY_ISIC_DIR points elsewhere.
 ISIC_DIR = Path(os.environ.get(
