@@ -85,8 +85,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from htl_ray.cluster import init_ray
     from htl_ray.htl.offline import score_checkpoint
-    from htl_ray.train.trainer import init_ray
 
     init_ray(print)
     table, summary, dest = score_checkpoint(

@@ -13,6 +13,8 @@ logging, and the user may have put the file on the shared filesystem deliberatel
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from htl_ray.config import ConfigError, ExperimentConfig
@@ -142,3 +144,38 @@ def check_cluster(cfg: ExperimentConfig, uri: str, log,
             "for the autoscaler to add GPU nodes (Ctrl-C to stop), or set scaling.use_gpu=false "
             "and htl.scorer_gpus=0 to run on CPUs")
     return view
+
+
+def init_ray(log: Callable[[str], None]) -> None:
+    """Join RAY_ADDRESS (a cluster, or a `ray job submit` job) or start a local cluster.
+
+    A local cluster gets the dashboard on 127.0.0.1: Ray Train's placement-group cleaner polls
+    actor state through it (and warns every few seconds without it)."""
+    import ray
+    from ray.data import DataContext
+
+    # Progress bars of many tiny Ray Data executions drown the per-epoch lines; the dataset
+    # carries the driver's context to the workers.
+    DataContext.get_current().enable_progress_bars = False
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    from htl_ray.interrupts import reinstall_after_ray_init
+
+    if address:
+        log(f"[htl-ray] connecting to Ray at {address}")
+        ray.init(address=address, configure_logging=False)
+    else:
+        log("[htl-ray] starting a local Ray cluster (dashboard on http://127.0.0.1:8265)")
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    reinstall_after_ray_init()
+
+
+def join_cluster(cfg: ExperimentConfig, uri: str, log: Callable[[str], None]) -> ClusterView:
+    """Everything a run or a sweep checks before it creates anything in MLflow: the tracking
+    store answers, Ray is up (joined or started), and the cluster can hold the run."""
+    from htl_ray import tracking
+
+    tracking.check_reachable(uri)
+    init_ray(log)
+    return check_cluster(cfg, uri, log)

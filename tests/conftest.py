@@ -49,3 +49,27 @@ def synth_dataset(tmp_path_factory) -> Path:
 def tracking_uri(tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, command line) of this machine's processes, from /proc. Fault tests
+    find Ray's workers by their process titles (`ray::RayTrainWorker`, ...) and kill them."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except OSError:
+            continue
+        out[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return out
+
+
+def pids_titled(title: str) -> list[int]:
+    """PIDs whose command line contains `title` (never this pytest process), oldest first."""
+    return sorted(pid for pid, (_, cmd) in processes().items()
+                  if title in cmd and "pytest" not in cmd)
+

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import processes
 
 from htl_ray.cluster import (
     ClusterView,
@@ -131,25 +132,10 @@ def two_node_cluster(tmp_path_factory):
         _stop_cluster(temp_dir)
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid → (parent pid, command line), from /proc."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        out[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
-    return out
-
-
 def _stop_cluster(temp_dir: Path) -> None:
     """SIGTERM, then SIGKILL, the processes of the cluster under `temp_dir` and their children.
     (`ray stop` would stop every Ray process of this user, the session cluster's too.)"""
-    procs = _processes()
+    procs = processes()
     family = {pid for pid, (_, cmd) in procs.items() if str(temp_dir) in cmd}
     while True:
         more = {pid for pid, (ppid, _) in procs.items() if ppid in family} - family

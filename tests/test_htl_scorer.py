@@ -4,10 +4,10 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import pids_titled
 
 from htl_ray.config import ModelConfig
 from htl_ray.data.loading import split_dataset
@@ -17,19 +17,6 @@ from htl_ray.models import create_model
 
 MODEL = {"arch": "unet", "encoder": "resnet18", "encoder_weights": None, "in_channels": 3,
          "decoder_channels": [32, 16, 8, 8, 4]}
-
-
-def _scorer_pids() -> set[int]:
-    """PIDs of live scorer actor processes (Ray titles them after the callable class)."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
-        except OSError:
-            continue
-        if b"ScorerActor" in cmd and b"pytest" not in cmd:
-            pids.add(int(entry))
-    return pids
 
 
 def test_actor_pool_scores_equal_in_process_scores_even_when_an_actor_is_killed(
@@ -49,7 +36,7 @@ def test_actor_pool_scores_equal_in_process_scores_even_when_an_actor_is_killed(
     killed = None
     deadline = time.time() + 120
     while killed is None and worker.is_alive() and time.time() < deadline:
-        pids = _scorer_pids()
+        pids = pids_titled("ScorerActor")
         if pids:
             time.sleep(0.5)                       # let it take its first batch
             killed = min(pids)

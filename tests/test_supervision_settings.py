@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from conftest import pids_titled
 from mlflow.tracking import MlflowClient
 
 from htl_ray.config import load_config
@@ -124,19 +125,6 @@ def _run(synth_dataset, tmp_path, tracking_uri, name, *extra):
     return outcome, run
 
 
-def _pids(title: bytes) -> list[int]:
-    """PIDs of processes whose command line (Ray's process title) contains `title`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
-        except OSError:
-            continue
-        if title in cmd and b"pytest" not in cmd:
-            pids.append(int(entry))
-    return pids
-
-
 def _kill_a_worker_then_the_coordinator(run_dir: Path, killed: dict) -> None:
     """SIGKILL one Ray Train worker once epoch 0's checkpoint is registered (the kill lands in
     epoch 1, while it waits for HTL v1 or trains), then the refresh coordinator once v1 is on
@@ -145,12 +133,12 @@ def _kill_a_worker_then_the_coordinator(run_dir: Path, killed: dict) -> None:
     while time.time() < deadline and not list(run_dir.glob("checkpoint_*/meta.json")):
         time.sleep(0.2)
     time.sleep(5.0)              # the controller registers it at its next poll (every 2 s)
-    for pid in _pids(b"RayTrainWorker")[:1]:
+    for pid in pids_titled("RayTrainWorker")[:1]:
         os.kill(pid, signal.SIGKILL)
         killed.update(worker=pid, worker_at=time.time())
     while time.time() < deadline and not version_path(run_dir, 1).is_file():
         time.sleep(0.2)
-    for pid in _pids(b"RefreshCoordinator")[:1]:
+    for pid in pids_titled("RefreshCoordinator")[:1]:
         os.kill(pid, signal.SIGKILL)
         killed.update(coordinator=pid)
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from htl_ray.cluster import check_cluster, uses_refresh
+from htl_ray.cluster import join_cluster, uses_refresh
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.supervision import SETTINGS
@@ -56,31 +55,6 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
     return from_dict(apply_overrides(state["config"], overrides or []))
 
 
-def init_ray(log: Callable[[str], None]) -> None:
-    """Join RAY_ADDRESS (a cluster, or a `ray job submit` job) or start a local cluster.
-
-    A local cluster gets the dashboard on 127.0.0.1: Ray Train's placement-group cleaner polls
-    actor state through it (and warns every few seconds without it)."""
-    import ray
-    from ray.data import DataContext
-
-    # Progress bars of many tiny Ray Data executions drown the per-epoch lines; the dataset
-    # carries the driver's context to the workers.
-    DataContext.get_current().enable_progress_bars = False
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    from htl_ray.interrupts import reinstall_after_ray_init
-
-    if address:
-        log(f"[htl-ray] connecting to Ray at {address}")
-        ray.init(address=address, configure_logging=False)
-    else:
-        log("[htl-ray] starting a local Ray cluster (dashboard on http://127.0.0.1:8265)")
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
-    reinstall_after_ray_init()
-
-
 def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, run_id: str,
                       delay_s: float = 0.0):
     import ray
@@ -118,11 +92,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         raise ConfigError(f"run.name: run directory {run_dir} already holds a run; resume it "
                           f"with `htl-ray train --resume {run_dir}` or choose another run.name")
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
-    tracking.check_reachable(uri)
-    # the cluster decides whether this run can start (shared storage on several nodes, room
-    # for trainers + scorers): checked before an MLflow run exists, so a refusal leaves none
-    init_ray(log)
-    check_cluster(cfg, uri, log)
+    join_cluster(cfg, uri, log)          # may refuse the run: before an MLflow run exists
     flat = cfg.flat()
     fingerprint = manifest.get("fingerprint", "unknown")
     if resume and state.get("mlflow_run_id"):

@@ -162,9 +162,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
     """Run (or with `resume`, continue) the sweep; then summarise it in its parent run and,
     with `confirm` = N, re-run the best config and its ERM baseline with N seeds each."""
     from htl_ray import tracking
-    from htl_ray.cluster import check_cluster, cpus_needed
+    from htl_ray.cluster import cpus_needed, join_cluster
     from htl_ray.train.preflight import preflight
-    from htl_ray.train.trainer import init_ray
 
     directory = sweep.directory
     state_path = directory / STATE_FILE
@@ -174,19 +173,17 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
     if resume and not state_path.is_file():
         raise ConfigError(f"--resume: no sweep to resume at {directory} ({STATE_FILE} missing)")
     preflight(sweep.base)
-    tracking.check_reachable(tracking.resolve_tracking_uri(sweep.base.tracking.uri))
-    init_ray(log)         # the cluster can refuse the sweep before a parent run exists
-    check_cluster(sweep.base, tracking.resolve_tracking_uri(sweep.base.tracking.uri), log)
+    state = json.loads(state_path.read_text()) if resume else {}
+    uri = state.get("tracking_uri") or tracking.resolve_tracking_uri(sweep.base.tracking.uri)
+    join_cluster(sweep.base, uri, log)   # may refuse the sweep: before a parent run exists
     if resume:
-        state = json.loads(state_path.read_text())
-        uri, parent_run_id = state["tracking_uri"], state["parent_run_id"]
+        parent_run_id = state["parent_run_id"]
         tracking.set_tags(uri, parent_run_id, {"htl.resumed_at": time.strftime("%FT%T")})
         from mlflow.tracking import MlflowClient
 
         MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
         log(f"[htl-ray] resuming sweep {directory} (MLflow parent run {parent_run_id})")
     else:
-        uri = tracking.resolve_tracking_uri(sweep.base.tracking.uri)
         parent_run_id = tracking.start_run(
             uri, sweep.base.tracking.experiment, f"sweep {sweep.settings.name}",
             _parent_params(sweep), {ROLE_TAG: "sweep", SWEEP_TAG: sweep.settings.name,
@@ -196,7 +193,6 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
                                           "sweep_file": str(sweep.path.resolve())}, indent=2))
     base_raw = _absolute(sweep.base, uri, directory / "runs")
     try:
-        init_ray(log)
         import ray
 
         concurrency = max_concurrent(sweep, ray.cluster_resources().get("CPU", 1.0))
