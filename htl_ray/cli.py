@@ -1,4 +1,4 @@
-"""`htl-ray` command line: data ingest/synth, train, score, demo.
+"""`htl-ray` command line: data ingest/synth, train, sync, score, tune, compare, report, demo.
 
 Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
 with status 2; nothing else is swallowed.
@@ -63,6 +63,9 @@ def _print_outcome(outcome) -> None:
     from htl_ray.tracking import redact
 
     print(f"MLflow run:      {outcome.mlflow_run_id} in {redact(outcome.tracking_uri)}")
+    if outcome.tracking_pending:
+        print(f"MLflow pending:  {outcome.tracking_pending} write(s) kept in "
+              f"{outcome.run_dir}/mlflow_outbox; send them with: htl-ray sync {outcome.run_dir}")
     _print_ui_hint(outcome.tracking_uri)
 
 
@@ -81,6 +84,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     outcome = run_training(cfg, resume=bool(args.resume))
     _print_outcome(outcome)
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from htl_ray.tracking import redact
+    from htl_ray.tracking_outbox import OUTBOX_DIR, flush_run
+    from htl_ray.train.trainer import RUN_STATE_FILE
+
+    state_path = Path(args.run) / RUN_STATE_FILE
+    if not state_path.is_file():
+        raise ConfigError(f"{args.run}: no {RUN_STATE_FILE} there; not a run directory")
+    state = json.loads(state_path.read_text())
+    uri, run_id = args.tracking_uri or state["tracking_uri"], state["mlflow_run_id"]
+    left = flush_run(args.run, uri, run_id)
+    if left:
+        print(f"MLflow {redact(uri)} did not take everything: still pending "
+              + ", ".join(f"{n} from {w}" for w, n in left.items())
+              + f" in {Path(args.run) / OUTBOX_DIR}; run this again when it answers")
+        return 1
+    from mlflow.tracking import MlflowClient
+
+    status = MlflowClient(uri).get_run(run_id).info.status
+    print(f"MLflow run {run_id} in {redact(uri)} holds every write of {args.run} "
+          f"(status {status})")
     return 0
 
 
@@ -230,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     tr.set_defaults(func=_cmd_train)
+
+    sy = sub.add_parser("sync", help="send a run's MLflow writes kept back during a tracking "
+                        "outage (metrics, artifacts, the end of the run)")
+    sy.add_argument("run", help="run directory (as printed by `htl-ray train`)")
+    sy.add_argument("--tracking-uri", help="send them here instead of the run's own URI "
+                    "(the server moved)")
+    sy.set_defaults(func=_cmd_sync)
 
     sc = sub.add_parser("score", help="HTL scores of a saved model on a dataset split, and "
                         "the AUROC of h as a label-free failure detector")

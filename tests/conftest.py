@@ -10,6 +10,11 @@ import pytest
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray Train's controller collects reports and checks worker health every 2 s by default; tiny
+# test runs wait on that poll at each epoch and at the end (the session cluster, started from
+# this process, hands the setting to its workers). The shorter poll also makes a worker death
+# before its last checkpoint is registered likelier, which resuming must survive.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 # The shared real data sits beside the project checkout; HTL_RAY_ISIC_DIR points elsewhere.
 ISIC_DIR = Path(os.environ.get(
@@ -73,3 +78,56 @@ def pids_titled(title: str) -> list[int]:
     return sorted(pid for pid, (_, cmd) in processes().items()
                   if title in cmd and "pytest" not in cmd)
 
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 that a test can stop (an outage) and start again on
+    the same port and store."""
+
+    def __init__(self, root: Path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.root = root
+        self.store = f"sqlite:///{root / 'server.db'}"    # what the server writes, read directly
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        log = (self.root / "server.log").open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+             "--port", str(self.port), "--backend-store-uri", self.store,
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)      # an outage, not a clean shutdown
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

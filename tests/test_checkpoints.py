@@ -1,6 +1,13 @@
 import torch
 
-from htl_ray.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from htl_ray.train.checkpoints import (
+    CHECKPOINT_FILE,
+    best_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_state,
+    save_checkpoint,
+)
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
@@ -20,3 +27,46 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     opt2 = torch.optim.AdamW(fresh.parameters())
     opt2.load_state_dict(state["optimizer"])
     assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+
+
+def _save(directory, epoch, dice):
+    model = torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(model.weight, float(epoch))
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(directory, model, opt, None, epoch, {"epoch": epoch, "val/dice": dice})
+
+
+def test_resume_takes_the_newest_loadable_checkpoint_on_disk_over_the_registered_one(tmp_path):
+    run_dir = tmp_path / "run"
+    _save(run_dir / "checkpoint_a", 0, 0.5)
+    _save(run_dir / "checkpoint_b", 1, 0.7)     # written, but the worker died before the
+    #                                             controller registered it
+    directory, state = resume_state(run_dir / "checkpoint_a", run_dir)
+    assert directory == run_dir / "checkpoint_b" and state["epoch"] == 1
+    assert torch.all(state["model"]["weight"] == 1.0)
+
+    _save(run_dir / "checkpoint_c", 2, 0.6)
+    (run_dir / "checkpoint_c" / CHECKPOINT_FILE).write_bytes(b"cut short")   # half-copied
+    (run_dir / "checkpoint_d").mkdir()                       # a copy that never got its files
+    (run_dir / "checkpoint_d" / "meta.json").write_text("{")
+    directory, state = resume_state(run_dir / "checkpoint_a", run_dir)
+    assert directory == run_dir / "checkpoint_b" and state["epoch"] == 1
+
+    # the registered one is used when nothing on disk is newer, or the run dir is not visible
+    directory, state = resume_state(run_dir / "checkpoint_b", run_dir)
+    assert directory == run_dir / "checkpoint_b"
+    directory, state = resume_state(run_dir / "checkpoint_a", tmp_path / "elsewhere")
+    assert directory == run_dir / "checkpoint_a" and state["epoch"] == 0
+    assert resume_state(None, tmp_path / "elsewhere") is None
+    # a fresh run (empty run dir, nothing registered) starts from scratch
+    assert resume_state(None, tmp_path) is None
+
+
+def test_best_checkpoint_is_read_from_disk_with_its_metrics(tmp_path):
+    assert best_checkpoint(tmp_path, "val/dice") is None
+    for name, epoch, dice in (("a", 0, 0.5), ("b", 1, 0.8), ("c", 2, 0.8), ("d", 3, 0.6)):
+        _save(tmp_path / f"checkpoint_{name}", epoch, dice)
+    directory, metrics = best_checkpoint(tmp_path, "val/dice")
+    assert directory == tmp_path / "checkpoint_c"           # ties go to the later epoch
+    assert metrics == {"epoch": 2, "val/dice": 0.8}
+    assert best_checkpoint(tmp_path, "val/iou") is None      # no checkpoint has that metric

@@ -132,7 +132,7 @@ def _kill_a_worker_then_the_coordinator(run_dir: Path, killed: dict) -> None:
     deadline = time.time() + 300
     while time.time() < deadline and not list(run_dir.glob("checkpoint_*/meta.json")):
         time.sleep(0.2)
-    time.sleep(5.0)              # the controller registers it at its next poll (every 2 s)
+    time.sleep(3.0)    # the controller registers it at its next poll (conftest: every 0.5 s)
     for pid in pids_titled("RayTrainWorker")[:1]:
         os.kill(pid, signal.SIGKILL)
         killed.update(worker=pid, worker_at=time.time())

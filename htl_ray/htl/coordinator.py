@@ -79,8 +79,6 @@ class RefreshCoordinator:
         self.spec = spec
         self.htl = htl
         self.seed = seed
-        self.uri = tracking_uri
-        self.mlflow_run_id = mlflow_run_id
         self.delay_s = delay_s                      # test aid: makes a refresh take longer
         self.lock = threading.Lock()
         self.tables = load_versions(self.run_dir)   # a restarted coordinator resumes here
@@ -94,6 +92,14 @@ class RefreshCoordinator:
         self.errors: dict[int, str] = {}
         self.timeline: dict[int, dict[str, float]] = {}
         self.next_version = max(self.tables, default=0) + 1
+        self.outbox = None
+        if tracking_uri and mlflow_run_id:
+            from htl_ray.tracking_outbox import TrackingOutbox
+
+            # refreshes log from their own threads: one writer to the outbox file at a time
+            self.outbox = TrackingOutbox(self.run_dir, tracking_uri, mlflow_run_id,
+                                         "coordinator")
+            self.outbox_lock = threading.Lock()
 
     # ------------------------------------------------------------------ queries
     def latest_version(self) -> int:
@@ -228,15 +234,12 @@ class RefreshCoordinator:
         return metrics
 
     def _log(self, metrics: dict[str, float], version: int, path: Path) -> None:
-        if not (self.uri and self.mlflow_run_id):
+        if self.outbox is None:
             return
-        from htl_ray import tracking
-
-        try:
-            tracking.log_metrics(self.uri, self.mlflow_run_id, metrics, step=version)
-            tracking.log_artifact(self.uri, self.mlflow_run_id, path, "htl")
-        except Exception as exc:   # a tracking outage must not lose the table (already on disk)
-            print(f"[htl-ray] warning: could not log HTL v{version} to MLflow: {exc}")
+        # kept on disk until the tracking server takes it (the table itself is already there)
+        with self.outbox_lock:
+            self.outbox.metrics(metrics, step=version)
+            self.outbox.artifact(path, "htl")
 
 
 def spec_from_config(cfg) -> ScoringSpec:

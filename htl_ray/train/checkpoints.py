@@ -53,11 +53,57 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def checkpoints_on_disk(run_dir: str | Path) -> list[tuple[dict[str, Any], Path]]:
+    """(meta, directory) of every checkpoint under a run directory with both files, newest
+    epoch first. A directory whose meta.json is unreadable (a copy cut short) is left out."""
+    found = []
+    for meta_path in Path(run_dir).glob("checkpoint_*/" + META_FILE):
+        try:
+            meta = json.loads(meta_path.read_text())
+            int(meta["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (meta_path.parent / CHECKPOINT_FILE).is_file():
+            found.append((meta, meta_path.parent))
+    return sorted(found, key=lambda mp: (int(mp[0]["epoch"]), mp[1].name), reverse=True)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint directory with the highest epoch under a run directory."""
-    best: tuple[int, Path] | None = None
-    for meta in Path(run_dir).glob("checkpoint_*/" + META_FILE):
-        epoch = int(json.loads(meta.read_text()).get("epoch", -1))
-        if (meta.parent / CHECKPOINT_FILE).is_file() and (best is None or epoch > best[0]):
-            best = (epoch, meta.parent)
-    return best[1] if best else None
+    found = checkpoints_on_disk(run_dir)
+    return found[0][1] if found else None
+
+
+def best_checkpoint(run_dir: str | Path, metric: str) -> tuple[Path, dict[str, float]] | None:
+    """(directory, metrics) of the checkpoint with the highest `metric` under a run directory
+    (ties: the later epoch). Read from disk rather than from Ray Train's result, which misses a
+    checkpoint that was written but not yet registered when a worker died."""
+    found = [(meta.get("metrics", {}), d) for meta, d in checkpoints_on_disk(run_dir)]
+    found = [(m, d) for m, d in found if isinstance(m.get(metric), int | float)]
+    if not found:
+        return None
+    metrics, directory = max(found, key=lambda md: (md[0][metric], md[0].get("epoch", -1)))
+    return directory, metrics
+
+
+def resume_state(registered: str | Path | None,
+                 run_dir: str | Path | None) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a (re)started worker group resumes from, loaded.
+
+    Ray Train hands the workers the newest checkpoint its controller has *registered*. A worker
+    that reported epoch N's checkpoint (written to storage) and died before the controller's
+    next poll leaves a newer checkpoint on disk: resuming from the registered one would train
+    epoch N again and log it twice. So the newest checkpoint on disk that loads wins; the
+    registered one is the fallback (and the only one when the run directory is not visible)."""
+    floor = int(read_meta(registered).get("epoch", -1)) if registered else -1
+    if run_dir is not None and Path(run_dir).is_dir():
+        for meta, directory in checkpoints_on_disk(run_dir):
+            if int(meta["epoch"]) <= floor:
+                break
+            try:
+                return directory, load_checkpoint(directory)
+            except Exception:   # noqa: BLE001 - a half-copied file: try the next older one
+                continue
+    if registered is None:
+        return None
+    return Path(registered), load_checkpoint(registered)

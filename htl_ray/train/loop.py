@@ -8,6 +8,7 @@ checkpoint and logs metrics to MLflow as each epoch ends (a later crash loses no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -32,7 +33,13 @@ from htl_ray.losses import weighted_mean
 from htl_ray.metrics import METRIC_NAMES, per_image_metrics, summarize
 from htl_ray.models import create_model, state_checksum
 from htl_ray.supervision import SETTINGS
-from htl_ray.train.checkpoints import PER_SAMPLE_FILE, load_checkpoint, save_checkpoint
+from htl_ray.tracking_outbox import TrackingOutbox
+from htl_ray.train.checkpoints import (
+    PER_SAMPLE_FILE,
+    read_meta,
+    resume_state,
+    save_checkpoint,
+)
 
 VAL_META_COLUMNS = ["age", "sex", "site", "diagnosis", "area_fraction", "contrast"]
 
@@ -189,6 +196,11 @@ def _quiet_ray_logs() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
+def _tracked(metrics: dict[str, Any]) -> dict[str, float]:
+    """What goes to MLflow of an epoch's metrics (the epoch is the step)."""
+    return {k: v for k, v in metrics.items() if k != "epoch"}
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -215,9 +227,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start_epoch, best, htl_version = 0, -math.inf, 0
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(d)
+    with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as registered:
+        resumed = resume_state(registered, loop_config["run_dir"])
+    if resumed:
+        directory, state = resumed
         objective.restore(state, model)
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
@@ -225,7 +238,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch = int(state["epoch"]) + 1
         htl_version = int(state.get("htl_version", 0))
         if rank == 0:
-            _say(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']}")
+            _say(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']} ({directory})")
     if rank == 0:
         _say(f"[htl-ray] workers compute on {place.describe()}")
 
@@ -235,6 +248,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
     htl = HtlState(cfg, loop_config.get("coordinator"), htl_version)
+    outbox = TrackingOutbox(loop_config["run_dir"], tracking_uri, mlflow_run_id, "rank0", _say)
+    if resumed and rank == 0:
+        # the resumed epoch's metrics again, with their first timestamp: stored once, and sent
+        # if the previous worker group died between its checkpoint upload and its MLflow write
+        meta = read_meta(directory)
+        if "logged_at_ms" in meta:
+            outbox.metrics(_tracked(meta["metrics"]), step=int(meta["epoch"]),
+                           ts=meta["logged_at_ms"])
     attention = ATTENTION[cfg.htl.attention]
 
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -307,13 +328,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
 
         if rank == 0:
-            from htl_ray.tracking import log_metrics
-
-            try:
-                log_metrics(tracking_uri, mlflow_run_id,
-                            {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-            except Exception as exc:  # tracking outage must not stop training
-                _say(f"[htl-ray] warning: MLflow logging failed at epoch {epoch}: {exc}")
+            logged_at = int(time.time() * 1000)
             _say(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} loss {total_loss:.4f} "
                  f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
                  f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
@@ -321,14 +336,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, objective.eval_model(_unwrap(model)), optimizer, scheduler,
                                 epoch, metrics,
-                                extra={"htl_version": htl.version,
+                                extra={"htl_version": htl.version, "logged_at_ms": logged_at,
                                        "model_config": dataclasses.asdict(cfg.model),
                                        "setting": cfg.supervision.setting},
                                 extra_state=objective.checkpoint_state(_unwrap(model)))
                 table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            # only now, with the checkpoint in storage: if this worker group dies during the
+            # upload, the resumed run trains this epoch again and MLflow holds it once. Kept on
+            # disk until the tracking server takes it: an outage never stops training.
+            outbox.metrics(_tracked(metrics), step=epoch, ts=logged_at)
         else:
             ray.train.report(metrics, checkpoint=None)
 
         if fault_after_epoch is not None and epoch == fault_after_epoch:
+            # after the epoch is complete on every rank (rank 0's checkpoint uploaded and its
+            # metrics tracked), as a crash between epochs would find it
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
             raise InjectedFault(f"injected fault after epoch {epoch}")

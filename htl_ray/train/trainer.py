@@ -19,7 +19,12 @@ from htl_ray.cluster import join_cluster, uses_refresh
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.supervision import SETTINGS
-from htl_ray.train.checkpoints import CHECKPOINT_FILE, PER_SAMPLE_FILE, read_meta
+from htl_ray.train.checkpoints import (
+    CHECKPOINT_FILE,
+    PER_SAMPLE_FILE,
+    best_checkpoint,
+    read_meta,
+)
 from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
 from htl_ray.train.preflight import preflight
 
@@ -34,6 +39,7 @@ class TrainingOutcome:
     metrics: dict[str, float]
     best_checkpoint: Path | None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    tracking_pending: int = 0      # MLflow writes still waiting in RUN_DIR/mlflow_outbox
 
 
 def run_dir_of(cfg: ExperimentConfig) -> Path:
@@ -99,6 +105,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         run_id = state["mlflow_run_id"]
         from mlflow.tracking import MlflowClient
 
+        from htl_ray.tracking_outbox import flush_run
+
+        flush_run(run_dir, uri, run_id, log)   # writes an outage kept back, its end included
         MlflowClient(uri).update_run(run_id, status="RUNNING")
         log(f"[htl-ray] resuming run {run_dir} (MLflow run {run_id})")
     else:
@@ -135,6 +144,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
             train_loop_per_worker,
             train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri,
                                "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch,
+                               "run_dir": str(run_dir),
                                "coordinator": coordinator},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -163,34 +173,51 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         if result.error:
             raise result.error
     except BaseException:
-        tracking.end_run(uri, run_id, "FAILED")
+        # the FAILED mark waits in the outbox if the tracking server is down: it must not
+        # replace the error the user needs to see
+        finish_tracking(run_dir, uri, run_id, cfg.train.checkpoint_metric, "FAILED", log)
         raise
 
-    best_ckpt, best_metrics = None, {}
-    if result.best_checkpoints:
-        ckpt, best_metrics = max(result.best_checkpoints,
-                                 key=lambda cm: cm[1].get(cfg.train.checkpoint_metric, -1e9))
-        best_ckpt = Path(ckpt.path)
-    # the best epoch's validation metrics, beside the per-epoch history: what comparisons use
-    tracking.log_metrics(uri, run_id, {f"best/{k}": v for k, v in best_metrics.items()
-                                       if k.startswith("val/")}, step=0)
-    _log_artifacts(uri, run_id, run_dir, best_ckpt)
-    tracking.set_tags(uri, run_id, {"htl.best_checkpoint": str(best_ckpt),
-                                    "htl.best_epoch": str(read_meta(best_ckpt).get("epoch"))
-                                    if best_ckpt else "none"})
-    tracking.end_run(uri, run_id, "FINISHED")
+    pending = finish_tracking(run_dir, uri, run_id, cfg.train.checkpoint_metric, "FINISHED",
+                              log)
+    best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
+    best_ckpt, best_metrics = best if best is not None else (None, {})
     return TrainingOutcome(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=uri,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
-                           best_metrics=dict(best_metrics))
+                           best_metrics=dict(best_metrics), tracking_pending=pending)
 
 
-def _log_artifacts(uri: str, run_id: str, run_dir: Path, best_ckpt: Path | None) -> None:
-    from htl_ray import tracking
+def finish_tracking(run_dir: Path, uri: str, run_id: str, checkpoint_metric: str, status: str,
+                    log: Callable[[str], None] = print) -> int:
+    """End a run in MLflow from what is on disk: the writes rank 0 and the coordinator could
+    not send, the best checkpoint (its metrics as `best/val/*`, its files as artifacts, its
+    epoch as a tag), then the status. Returns the writes still pending (the server is down:
+    they wait in RUN_DIR/mlflow_outbox for `htl-ray sync RUN_DIR`)."""
+    from htl_ray.tracking_outbox import TrackingOutbox, flush_run
 
-    tracking.log_artifact(uri, run_id, run_dir / "config.yaml")
-    if best_ckpt is None:
-        return
-    for name, dest in ((CHECKPOINT_FILE, "best_checkpoint"), ("meta.json", "best_checkpoint"),
-                       (PER_SAMPLE_FILE, "evaluation")):
-        if (best_ckpt / name).is_file():
-            tracking.log_artifact(uri, run_id, best_ckpt / name, dest)
+    box = TrackingOutbox(run_dir, uri, run_id, "driver", log)
+    if not any(e["kind"] == "end" for e in box.pending()):
+        best = best_checkpoint(run_dir, checkpoint_metric)
+        best_ckpt, best_metrics = best if best is not None else (None, {})
+        if status == "FINISHED":
+            # the best epoch's validation metrics beside the per-epoch history: what
+            # comparisons use
+            box.metrics({f"best/{k}": v for k, v in best_metrics.items()
+                         if k.startswith("val/")}, step=0)
+            box.artifact(run_dir / "config.yaml")
+            for name, dest in ((CHECKPOINT_FILE, "best_checkpoint"),
+                               ("meta.json", "best_checkpoint"), (PER_SAMPLE_FILE, "evaluation")):
+                if best_ckpt is not None and (best_ckpt / name).is_file():
+                    box.artifact(best_ckpt / name, dest)
+            box.tags({"htl.best_checkpoint": str(best_ckpt),
+                      "htl.best_epoch": str(read_meta(best_ckpt).get("epoch"))
+                      if best_ckpt else "none"})
+        box.end(status)
+    left = flush_run(run_dir, uri, run_id, log)
+    pending = sum(left.values())
+    if pending:
+        log(f"[htl-ray] warning: the run is over ({status}) but MLflow has not taken {pending} "
+            f"write(s) (metrics, artifacts, the end of the run); they are kept in "
+            f"{run_dir / 'mlflow_outbox'}. Send them when the server is back: "
+            f"htl-ray sync {run_dir}")
+    return pending
