@@ -32,3 +32,59 @@ def init_ray(num_cpus: int | None = None) -> None:
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  configure_logging=False, log_to_driver=False)
+
+
+class PeakRss:
+    """Peak resident memory (VmHWM) of the processes whose command line contains `title`
+    (Ray titles actor processes `ray::ClassName`), sampled from /proc while it runs."""
+
+    def __init__(self, title: str, every_s: float = 0.05):
+        import threading
+
+        self.title, self.every_s = title.encode(), every_s
+        self.peaks: dict[int, int] = {}                 # pid -> bytes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if self.title not in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    continue
+                for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        kb = int(line.split()[1])
+                        self.peaks[int(entry)] = max(self.peaks.get(int(entry), 0), kb * 1024)
+            except (OSError, ValueError):
+                continue
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks.values(), default=0)
+
+
+def linear_fit(x, y) -> tuple[float, float, float]:
+    """(slope, intercept, R²) of a least-squares line."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    total = ((y - y.mean()) ** 2).sum()
+    r2 = float(1 - (residual ** 2).sum() / total) if total else 1.0
+    return float(slope), float(intercept), r2

@@ -266,10 +266,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
         rng = np.random.default_rng([cfg.run.seed, epoch, rank])
         losses, seen, attended = [], 0, 0
+        data_wait = data_prep = 0.0            # is the data path starving training?
+        t_next = time.perf_counter()
         for batch in train_shard.iter_batches(
                 batch_size=cfg.data.batch_size, batch_format="numpy",
                 local_shuffle_buffer_size=max(4 * cfg.data.batch_size, 64),
                 local_shuffle_seed=cfg.run.seed * 7919 + epoch * 31 + rank):
+            t_batch = time.perf_counter()
+            data_wait += t_batch - t_next
             x, y = decode_batch(batch)
             w_loss, idx = None, np.arange(len(batch["id"]))
             if attend:
@@ -284,6 +288,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 w_loss = torch.as_tensor(w_loss_np[idx], dtype=torch.float32, device=device)
             x, y = augment_batch(x, y, cfg.data.augment, gen)
             x, y = place.inputs(x), y.to(device, non_blocking=True)
+            data_prep += time.perf_counter() - t_batch
             with place.autocast():
                 per_sample = objective.per_sample_loss(model, x, y, batch, idx, epoch, gen)
             loss = weighted_mean(per_sample, w_loss)
@@ -293,6 +298,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             objective.after_step(_unwrap(model))
             losses.append(float(loss.detach()) * len(x))
             seen += len(x)
+            t_next = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
@@ -312,6 +318,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "train/loss": total_loss,
                    "train/samples": float(sum(b for _, b in loss_sum)),
                    "time/train_epoch_s": train_time, "time/epoch_s": time.time() - t0,
+                   # rank 0's: blocked on the Ray Data iterator; decoding + augmenting
+                   "time/data_wait_s": data_wait, "time/data_prep_s": data_prep,
                    "lr": lr,
                    "weights_checksum": checksums[0],
                    "weights_checksum_max_abs_diff": float(max(checksums) - min(checksums))}
