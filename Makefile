@@ -19,9 +19,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 tests
 
+# each script prints its ratios as its last lines (docs/benchmarks.md: figures and machine)
+BENCHES := training_overhead data_path scorer scaling htl_detection
 bench: $(STAMP)
-	$(BIN)/python bench/htl_detection.py
-	$(BIN)/python bench/scorer.py
+	@for b in $(BENCHES); do echo "=== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check htl_ray tests bench

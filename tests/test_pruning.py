@@ -55,3 +55,17 @@ def test_shared_ranking_gives_the_masks_of_torch_global_unstructured(model):
             assert torch.equal(a.weight, b.weight)
     with pytest.raises(ValueError, match="sparsity 1.5"):
         pruned_copies(model, (0.5, 1.5))
+
+
+def test_ties_at_the_threshold_still_zero_exactly_k_weights():
+    from htl_ray.pruning import pruned_copies
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(10, 10))
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)                   # 36 weights of one magnitude
+        net[1].weight.copy_(torch.arange(100, dtype=torch.float32).view(10, 10) / 100 + 1)
+    for s, k in ((0.2, 27), (0.5, 68)):            # k = round(s · 136) lands inside the ties
+        pruned = pruned_copies(net, (s,))[s]
+        zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in prunable_parameters(pruned))
+        assert zeros == k
+        assert torch.all(pruned[1].weight[pruned[1].weight != 0] >= 1.0)  # larger ones survive
