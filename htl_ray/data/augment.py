@@ -28,10 +28,11 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig,
     if images.shape[2] == images.shape[3]:
         rot = coin(cfg.rotate90)
         ks = torch.randint(1, 4, (b,), generator=generator)
-        for i in rot.nonzero().flatten().tolist():
-            k = int(ks[i])
-            out_i[i] = torch.rot90(out_i[i], k, (1, 2))
-            out_m[i] = torch.rot90(out_m[i], k, (1, 2))
+        for k in (1, 2, 3):           # one op per angle, not per image (less time in Python)
+            idx = (rot & (ks == k)).nonzero().flatten()
+            if len(idx):
+                out_i[idx] = torch.rot90(out_i[idx], k, (2, 3))
+                out_m[idx] = torch.rot90(out_m[idx], k, (2, 3))
 
     def factor(amount: float) -> torch.Tensor:
         return 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * amount
