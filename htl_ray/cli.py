@@ -88,17 +88,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from htl_ray.tracking import redact
     from htl_ray.tracking_outbox import OUTBOX_DIR, flush_run
-    from htl_ray.train.trainer import RUN_STATE_FILE
+    from htl_ray.train.trainer import run_state
 
-    state_path = Path(args.run) / RUN_STATE_FILE
-    if not state_path.is_file():
-        raise ConfigError(f"{args.run}: no {RUN_STATE_FILE} there; not a run directory")
-    state = json.loads(state_path.read_text())
+    state = run_state(args.run)
     uri, run_id = args.tracking_uri or state["tracking_uri"], state["mlflow_run_id"]
     left = flush_run(args.run, uri, run_id)
     if left:

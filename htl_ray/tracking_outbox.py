@@ -84,11 +84,13 @@ class TrackingOutbox:
     until they are sent. Only one process writes a given file at a time."""
 
     def __init__(self, run_dir: str | Path, uri: str, run_id: str, writer: str,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, send_each: bool = True):
+        """`send_each=False`: writes are only kept; `flush` (or `flush_run`) sends them."""
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
         self.path = Path(run_dir) / OUTBOX_DIR / f"{writer}.jsonl"
         self.uri, self.run_id, self.writer, self.log = uri, run_id, writer, log
+        self.send_each = send_each
         self.down_since: float | None = None
         bound_client_retries()
 
@@ -129,7 +131,7 @@ class TrackingOutbox:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        return self.flush()
+        return self.flush() if self.send_each else False
 
     def _keep(self, entries: list[dict[str, Any]]) -> None:
         if not entries:
@@ -173,10 +175,11 @@ def flush_run(run_dir: str | Path, uri: str, run_id: str,
               log: Callable[[str], None] = print) -> dict[str, int]:
     """Send every writer's pending writes of a run (rank 0, coordinator, then driver, whose
     last write ends the run); returns how many are still pending per writer."""
-    left, down = {}, False
+    left: dict[str, int] = {}
     for writer in WRITERS:
         box = TrackingOutbox(run_dir, uri, run_id, writer, log)
-        down = down or not box.flush()        # after one failure, do not wait on the others
-        if box.pending():
-            left[writer] = len(box.pending())
+        if not left:                     # after one failure, do not wait on the others
+            box.flush()
+        if n := len(box.pending()):
+            left[writer] = n
     return left

@@ -248,8 +248,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
     htl = HtlState(cfg, loop_config.get("coordinator"), htl_version)
-    outbox = TrackingOutbox(loop_config["run_dir"], tracking_uri, mlflow_run_id, "rank0", _say)
-    if resumed and rank == 0:
+    # rank 0 writes to MLflow; kept on disk until the tracking server takes it
+    outbox = TrackingOutbox(loop_config["run_dir"], tracking_uri, mlflow_run_id, "rank0", _say) \
+        if rank == 0 else None
+    if resumed and outbox is not None:
         # the resumed epoch's metrics again, with their first timestamp: stored once, and sent
         # if the previous worker group died between its checkpoint upload and its MLflow write
         meta = read_meta(directory)
@@ -351,8 +353,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             # only now, with the checkpoint in storage: if this worker group dies during the
-            # upload, the resumed run trains this epoch again and MLflow holds it once. Kept on
-            # disk until the tracking server takes it: an outage never stops training.
+            # upload, the resumed run trains this epoch again and MLflow holds it once. An
+            # outage never stops training (the outbox keeps what it cannot send).
             outbox.metrics(_tracked(metrics), step=epoch, ts=logged_at)
         else:
             ray.train.report(metrics, checkpoint=None)

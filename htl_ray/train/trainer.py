@@ -21,9 +21,9 @@ from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.supervision import SETTINGS
 from htl_ray.train.checkpoints import (
     CHECKPOINT_FILE,
+    META_FILE,
     PER_SAMPLE_FILE,
     best_checkpoint,
-    read_meta,
 )
 from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
 from htl_ray.train.preflight import preflight
@@ -51,14 +51,21 @@ def _load_state(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def run_state(run_dir: str | Path, asked_by: str = "") -> dict[str, Any]:
+    """What a run directory records of its run (config, MLflow run id and URI); `asked_by`
+    (e.g. "--resume") starts the error a missing record raises."""
+    state = _load_state(Path(run_dir))
+    if not state:
+        raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{run_dir}: no {RUN_STATE_FILE} "
+                          "there; not a run directory")
+    return state
+
+
 def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """The config a run was started with (from its run directory), with optional overrides."""
     from htl_ray.config import apply_overrides
 
-    state = _load_state(Path(run_dir))
-    if not state:
-        raise ConfigError(f"--resume {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
-    return from_dict(apply_overrides(state["config"], overrides or []))
+    return from_dict(apply_overrides(run_state(run_dir, "--resume")["config"], overrides or []))
 
 
 def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, run_id: str,
@@ -175,44 +182,43 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     except BaseException:
         # the FAILED mark waits in the outbox if the tracking server is down: it must not
         # replace the error the user needs to see
-        finish_tracking(run_dir, uri, run_id, cfg.train.checkpoint_metric, "FAILED", log)
+        finish_tracking(run_dir, uri, run_id, "FAILED", log=log)
         raise
 
-    pending = finish_tracking(run_dir, uri, run_id, cfg.train.checkpoint_metric, "FINISHED",
-                              log)
     best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
     best_ckpt, best_metrics = best if best is not None else (None, {})
+    pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best, log)
     return TrainingOutcome(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=uri,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
                            best_metrics=dict(best_metrics), tracking_pending=pending)
 
 
-def finish_tracking(run_dir: Path, uri: str, run_id: str, checkpoint_metric: str, status: str,
+def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
+                    best: tuple[Path, dict[str, float]] | None = None,
                     log: Callable[[str], None] = print) -> int:
-    """End a run in MLflow from what is on disk: the writes rank 0 and the coordinator could
-    not send, the best checkpoint (its metrics as `best/val/*`, its files as artifacts, its
-    epoch as a tag), then the status. Returns the writes still pending (the server is down:
-    they wait in RUN_DIR/mlflow_outbox for `htl-ray sync RUN_DIR`)."""
+    """End a run in MLflow: the writes rank 0 and the coordinator could not send, then (a
+    finished run) the best checkpoint `best` = (directory, metrics) — its metrics as
+    `best/val/*`, its files as artifacts, its epoch as a tag — then the status. Returns the
+    writes still pending (the server is down: they wait in RUN_DIR/mlflow_outbox for
+    `htl-ray sync RUN_DIR`)."""
     from htl_ray.tracking_outbox import TrackingOutbox, flush_run
 
-    box = TrackingOutbox(run_dir, uri, run_id, "driver", log)
-    if not any(e["kind"] == "end" for e in box.pending()):
-        best = best_checkpoint(run_dir, checkpoint_metric)
+    # kept only: flush_run sends them after the other writers', the end last
+    box = TrackingOutbox(run_dir, uri, run_id, "driver", log, send_each=False)
+    if status == "FINISHED":
         best_ckpt, best_metrics = best if best is not None else (None, {})
-        if status == "FINISHED":
-            # the best epoch's validation metrics beside the per-epoch history: what
-            # comparisons use
-            box.metrics({f"best/{k}": v for k, v in best_metrics.items()
-                         if k.startswith("val/")}, step=0)
-            box.artifact(run_dir / "config.yaml")
-            for name, dest in ((CHECKPOINT_FILE, "best_checkpoint"),
-                               ("meta.json", "best_checkpoint"), (PER_SAMPLE_FILE, "evaluation")):
-                if best_ckpt is not None and (best_ckpt / name).is_file():
-                    box.artifact(best_ckpt / name, dest)
-            box.tags({"htl.best_checkpoint": str(best_ckpt),
-                      "htl.best_epoch": str(read_meta(best_ckpt).get("epoch"))
-                      if best_ckpt else "none"})
-        box.end(status)
+        # the best epoch's validation metrics beside the per-epoch history: what comparisons use
+        box.metrics({f"best/{k}": v for k, v in best_metrics.items() if k.startswith("val/")},
+                    step=0)
+        box.artifact(run_dir / "config.yaml")
+        for name, dest in ((CHECKPOINT_FILE, "best_checkpoint"), (META_FILE, "best_checkpoint"),
+                           (PER_SAMPLE_FILE, "evaluation")):
+            if best_ckpt is not None and (best_ckpt / name).is_file():
+                box.artifact(best_ckpt / name, dest)
+        epoch = best_metrics.get("epoch")
+        box.tags({"htl.best_checkpoint": str(best_ckpt),
+                  "htl.best_epoch": "none" if epoch is None else str(int(epoch))})
+    box.end(status)
     left = flush_run(run_dir, uri, run_id, log)
     pending = sum(left.values())
     if pending:
