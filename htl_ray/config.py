@@ -71,6 +71,11 @@ class ModelConfig:
     in_channels: int = _spec(3, lo=1)
     decoder_channels: list[int] | None = _spec(
         None, help="U-Net decoder widths, e.g. [128, 64, 32, 16, 8] (None = smp default)")
+    init_checkpoint: str | None = _spec(
+        None, help="start from these weights instead of random init: an htl-ray checkpoint "
+                   "directory (or its checkpoint.pt; the model it evaluated) or a file holding "
+                   "a state_dict of the same model. Weights only: a new optimiser and schedule "
+                   "(`--resume` continues a run instead)")
 
 
 @dataclass

@@ -6,10 +6,15 @@ from a hub at run time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import segmentation_models_pytorch as smp
 import torch
 
-from htl_ray.config import ModelConfig
+from htl_ray.config import ConfigError, ModelConfig
+from htl_ray.train.checkpoints import CHECKPOINT_FILE
+
+INIT_KEY = "model.init_checkpoint"
 
 
 def create_model(cfg: ModelConfig) -> torch.nn.Module:
@@ -35,3 +40,44 @@ def state_checksum(model: torch.nn.Module) -> float:
     with torch.no_grad():
         return float(sum(p.detach().double().abs().sum() for p in model.state_dict().values()
                          if torch.is_floating_point(p)))
+
+
+def initial_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict `model.init_checkpoint` names: an htl-ray checkpoint (directory or file;
+    its `model`, the weights validation scored) or a bare state_dict, loaded tensors-only."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / CHECKPOINT_FILE
+    if not file.is_file():
+        raise ConfigError(f"{INIT_KEY}: no checkpoint at {file}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ConfigError(f"{INIT_KEY}: {file} is not a loadable checkpoint "
+                          f"(torch.load weights_only=True: {exc})") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{INIT_KEY}: {file} holds neither an htl-ray checkpoint nor a "
+                          "state_dict (a mapping of parameter names to tensors)")
+    # weights saved from a DistributedDataParallel wrapper carry a `module.` prefix
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Copy the weights at `path` into `model`; every parameter and buffer must match in name
+    and shape, so a checkpoint of another architecture is an error, not a half-loaded model."""
+    state = initial_state(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    misfits = [f"{what} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+               for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                  ("other shape", wrong_shape)) if keys]
+    if misfits:
+        raise ConfigError(
+            f"{INIT_KEY}: {path} does not fit this model: {'; '.join(misfits)}. Was it trained "
+            "with the same model.arch, model.encoder and model.decoder_channels?")
+    model.load_state_dict(state)
+    return model

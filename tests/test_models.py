@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from htl_ray.config import ModelConfig
-from htl_ray.models import create_model, state_checksum
+from htl_ray.config import ConfigError, ModelConfig
+from htl_ray.models import create_model, load_initial_weights, state_checksum
+from htl_ray.train.checkpoints import save_checkpoint
 
 
 @pytest.mark.parametrize("arch", ["unet", "fpn", "deeplabv3plus"])
@@ -26,3 +27,47 @@ def test_decoder_channels_and_checksum():
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="model.arch='nonet'"):
         create_model(ModelConfig(arch="nonet"))
+
+
+def _small(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(ModelConfig(decoder_channels=[32, 16, 8, 8, 4]))
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_initial_weights_from_a_checkpoint_directory_its_file_or_a_bare_state_dict(tmp_path):
+    source = _small(1)
+    optimizer = torch.optim.AdamW(source.parameters())
+    save_checkpoint(tmp_path / "ckpt", source, optimizer, None, epoch=3, metrics={})
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "ddp.pt")
+    for path in (tmp_path / "ckpt", tmp_path / "ckpt" / "checkpoint.pt", tmp_path / "ddp.pt"):
+        model = _small(2)
+        assert not _same_weights(model, source)
+        load_initial_weights(model, path)
+        assert _same_weights(model, source), path
+
+
+def test_initial_weights_that_do_not_fit_name_the_file_and_the_keys(tmp_path):
+    torch.save(create_model(ModelConfig()).state_dict(), tmp_path / "big.pt")
+    model = _small(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"model.init_checkpoint: .*big.pt does not fit this "
+                                          r"model: other shape \d+ \(decoder"):
+        load_initial_weights(model, tmp_path / "big.pt")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    torch.save(create_model(ModelConfig(encoder="resnet34")).state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(ConfigError, match=r"does not fit this model: unexpected \d+ \(encoder."
+                                          r"layer1.2.bn1.bias, .*, \.\.\.\)\. Was it trained"):
+        load_initial_weights(model, tmp_path / "r34.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="notes.pt is not a loadable checkpoint"):
+        load_initial_weights(model, tmp_path / "notes.pt")
+    torch.save({"lr": 0.1}, tmp_path / "plain.pt")
+    with pytest.raises(ConfigError, match="plain.pt holds neither an htl-ray checkpoint nor"):
+        load_initial_weights(model, tmp_path / "plain.pt")
+    with pytest.raises(ConfigError, match="model.init_checkpoint: no checkpoint at .*gone"):
+        load_initial_weights(model, tmp_path / "gone")

@@ -55,3 +55,48 @@ def test_sigterm_marks_the_run_failed_and_keeps_its_checkpoints(ray_cluster, syn
     assert proc.returncode == 130 and "interrupted; results already written are kept" in err
     assert client.get_run(run_id).info.status == "FAILED"
     assert list((tmp_path / "runs" / "t").glob("checkpoint_*/meta.json"))
+
+
+def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, synth_dataset,
+                                                                tmp_path):
+    """1 epoch at a negligible learning rate: the run's weights are the init checkpoint's, not
+    its own seed's random init; the path is logged as a parameter, absolute. A checkpoint of
+    another architecture is refused before any run starts."""
+    import pytest
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from htl_ray.config import ConfigError, ModelConfig, load_config
+    from htl_ray.models import create_model
+    from htl_ray.train.checkpoints import load_checkpoint, save_checkpoint
+    from htl_ray.train.trainer import run_training
+
+    small = [16, 8, 8, 4, 4]
+    torch.manual_seed(123)
+    source = create_model(ModelConfig(decoder_channels=small))
+    save_checkpoint(tmp_path / "pretrained", source, torch.optim.AdamW(source.parameters()),
+                    None, epoch=9, metrics={})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = [f"data.path={synth_dataset}", f"tracking.uri={uri}", "scaling.num_workers=1",
+            f"run.storage_path={tmp_path / 'runs'}", "data.limit_train=32", "train.epochs=1",
+            "train.lr=1e-9", "train.weight_decay=0"]
+    with pytest.raises(ConfigError, match="pretrained does not fit this model"):
+        run_training(load_config(None, [*base, "run.name=misfit",   # default decoder widths
+                                        f"model.init_checkpoint={tmp_path / 'pretrained'}"]),
+                     log=lambda _: None)
+    assert not (tmp_path / "runs" / "misfit").exists() and not (tmp_path / "mlflow.db").exists()
+
+    cfg = load_config(None, [*base, "run.name=warm", f"model.decoder_channels={small}",
+                             f"model.init_checkpoint={tmp_path / 'pretrained'}"])
+    outcome = run_training(cfg, log=lambda _: None)
+    trained = load_checkpoint(outcome.best_checkpoint)["model"]
+    weights = [k for k, v in trained.items() if v.is_floating_point() and "bn" not in k
+               and "running" not in k]
+    assert weights and all(torch.allclose(trained[k], source.state_dict()[k], atol=1e-6)
+                           for k in weights)
+    torch.manual_seed(cfg.run.seed)
+    fresh = create_model(ModelConfig(decoder_channels=small)).state_dict()
+    assert not any(torch.allclose(trained[k], fresh[k], atol=1e-3) for k in weights
+                   if k.endswith("conv1.weight"))
+    params = MlflowClient(uri).get_run(outcome.mlflow_run_id).data.params
+    assert params["model.init_checkpoint"] == str(tmp_path / "pretrained")

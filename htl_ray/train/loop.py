@@ -31,7 +31,7 @@ from htl_ray.htl.attention import ATTENTION, oversample_counts
 from htl_ray.htl.coordinator import weights_checksum
 from htl_ray.losses import weighted_mean
 from htl_ray.metrics import METRIC_NAMES, per_image_metrics, summarize
-from htl_ray.models import create_model, state_checksum
+from htl_ray.models import create_model, load_initial_weights, state_checksum
 from htl_ray.supervision import SETTINGS
 from htl_ray.tracking_outbox import TrackingOutbox
 from htl_ray.train.checkpoints import (
@@ -220,7 +220,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # on its device before the optimizer exists, so restored optimizer state lands there too
     place = placement(ray.train.torch.get_device(), cfg.train.precision, cfg.train.memory_format)
-    model = place.prepare(create_model(cfg.model))
+    model = create_model(cfg.model)
+    if cfg.model.init_checkpoint:           # a resumed run's checkpoint overrides it below
+        load_initial_weights(model, cfg.model.init_checkpoint)
+    model = place.prepare(model)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     objective = SETTINGS[cfg.supervision.setting](cfg)

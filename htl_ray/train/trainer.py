@@ -99,6 +99,14 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     from htl_ray import tracking
 
     manifest = preflight(cfg)
+    if cfg.model.init_checkpoint:
+        from htl_ray.models import create_model, load_initial_weights
+
+        # fails here, naming the file, rather than in every worker after Ray has started;
+        # absolute, since workers need not share the driver's working directory
+        cfg.model.init_checkpoint = str(Path(cfg.model.init_checkpoint).resolve())
+        load_initial_weights(create_model(cfg.model), cfg.model.init_checkpoint)
+        log(f"[htl-ray] model starts from the weights in {cfg.model.init_checkpoint}")
     run_dir = run_dir_of(cfg)
     state = _load_state(run_dir)
     if state and not resume:
