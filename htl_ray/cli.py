@@ -1,4 +1,5 @@
-"""`htl-ray` command line: data ingest/synth, train, sync, score, tune, compare, report, demo.
+"""`htl-ray` command line: data ingest/synth, train, sync, evaluate, score, tune, compare,
+report, demo.
 
 Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
 with status 2; nothing else is swallowed.
@@ -58,6 +59,10 @@ def _print_outcome(outcome) -> None:
     worst = {k.split("/")[2]: v for k, v in m.items() if k.startswith("val/worst_group/")}
     if worst:
         print("worst-group dice: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(worst.items())))
+    t = outcome.test_metrics
+    if t:
+        print(f"test split, best checkpoint: dice {t['test/dice']:.4f}  iou {t['test/iou']:.4f}"
+              f"  thresholded jaccard {t['test/thresholded_jaccard']:.4f}")
     print(f"run directory:   {outcome.run_dir}")
     print(f"best checkpoint: {outcome.best_checkpoint}")
     from htl_ray.tracking import redact
@@ -107,6 +112,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     status = MlflowClient(uri).get_run(run_id).info.status
     print(f"MLflow run {run_id} in {redact(uri)} holds every write of {args.run} "
           f"(status {status})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from htl_ray.train.trainer import evaluate_run
+
+    evaluate_run(args.run, args.split)
     return 0
 
 
@@ -263,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--tracking-uri", help="send them here instead of the run's own URI "
                     "(the server moved)")
     sy.set_defaults(func=_cmd_sync)
+
+    ev = sub.add_parser("evaluate", help="a finished run's best checkpoint on the test split "
+                        "(or another), logged to its MLflow run as best/<split>/* metrics")
+    ev.add_argument("run", help="run directory (as printed by `htl-ray train`)")
+    ev.add_argument("--split", default="test", choices=["test", "val", "train"])
+    ev.set_defaults(func=_cmd_evaluate)
 
     sc = sub.add_parser("score", help="HTL scores of a saved model on a dataset split, and "
                         "the AUROC of h as a label-free failure detector")

@@ -92,6 +92,9 @@ class TrainConfig:
     dice_weight: float = _spec(1.0, lo=0)
     keep_checkpoints: int = _spec(2, lo=1, help="keep the best N checkpoints")
     checkpoint_metric: str = _spec("val/dice")
+    evaluate_test: bool = _spec(True, help="after training, score the best checkpoint on the "
+                                           "test split (best/test/* metrics); sweep trials "
+                                           "turn it off, so tuning never sees the test images")
     max_failures: int = _spec(0, lo=-1, help="worker-group restarts allowed (-1 = unlimited)")
     precision: str = _spec("auto", choices=("auto", "fp32", "bf16"),
                            help="auto: bf16 autocast on GPUs that support it, fp32 on CPU")

@@ -12,7 +12,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from htl_ray.config import ConfigError, ModelConfig
-from htl_ray.train.checkpoints import CHECKPOINT_FILE
+from htl_ray.train.checkpoints import CHECKPOINT_FILE, RUN_STATE_FILE, best_checkpoint
 
 INIT_KEY = "model.init_checkpoint"
 
@@ -43,9 +43,12 @@ def state_checksum(model: torch.nn.Module) -> float:
 
 
 def initial_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state_dict `model.init_checkpoint` names: an htl-ray checkpoint (directory or file;
-    its `model`, the weights validation scored) or a bare state_dict, loaded tensors-only."""
+    """The state_dict `model.init_checkpoint` names: an htl-ray run directory (its best
+    checkpoint), checkpoint directory or checkpoint.pt (its `model`, the weights validation
+    scored), or a bare state_dict file; loaded tensors-only."""
     file = Path(path)
+    if file.is_dir() and not (file / CHECKPOINT_FILE).is_file():
+        file = _best_of_run(file)
     if file.is_dir():
         file = file / CHECKPOINT_FILE
     if not file.is_file():
@@ -62,6 +65,21 @@ def initial_state(path: str | Path) -> dict[str, torch.Tensor]:
                           "state_dict (a mapping of parameter names to tensors)")
     # weights saved from a DistributedDataParallel wrapper carry a `module.` prefix
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _best_of_run(run_dir: Path) -> Path:
+    """A run directory stands for its best checkpoint by the run's own checkpoint metric."""
+    import json
+
+    state = run_dir / RUN_STATE_FILE
+    if not state.is_file():
+        return run_dir                         # not a run either: "no checkpoint at" below
+    metric = json.loads(state.read_text()).get("config", {}).get("train", {}).get(
+        "checkpoint_metric", "val/dice")
+    best = best_checkpoint(run_dir, metric)
+    if best is None:
+        raise ConfigError(f"{INIT_KEY}: run directory {run_dir} holds no checkpoint yet")
+    return best[0]
 
 
 def load_initial_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:

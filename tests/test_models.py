@@ -71,3 +71,25 @@ def test_initial_weights_that_do_not_fit_name_the_file_and_the_keys(tmp_path):
         load_initial_weights(model, tmp_path / "plain.pt")
     with pytest.raises(ConfigError, match="model.init_checkpoint: no checkpoint at .*gone"):
         load_initial_weights(model, tmp_path / "gone")
+
+
+def test_a_run_directory_stands_for_its_best_checkpoint(tmp_path):
+    """By the run's own checkpoint metric, not by recency."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "htl_run.json").write_text(json.dumps(
+        {"config": {"train": {"checkpoint_metric": "val/iou"}}}))
+    models = {}
+    for epoch, iou in ((0, 0.4), (1, 0.7), (2, 0.5)):
+        models[epoch] = _small(epoch)
+        save_checkpoint(run / f"checkpoint_{epoch}", models[epoch],
+                        torch.optim.AdamW(models[epoch].parameters()), None, epoch=epoch,
+                        metrics={"val/iou": iou, "val/dice": 1.0 - iou})
+    model = load_initial_weights(_small(9), run)
+    assert _same_weights(model, models[1])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "htl_run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="run directory .*empty holds no checkpoint yet"):
+        load_initial_weights(model, tmp_path / "empty")

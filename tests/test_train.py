@@ -69,7 +69,7 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     from htl_ray.config import ConfigError, ModelConfig, load_config
     from htl_ray.models import create_model
     from htl_ray.train.checkpoints import load_checkpoint, save_checkpoint
-    from htl_ray.train.trainer import run_training
+    from htl_ray.train.trainer import evaluate_run, run_training
 
     small = [16, 8, 8, 4, 4]
     torch.manual_seed(123)
@@ -98,5 +98,26 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     fresh = create_model(ModelConfig(decoder_channels=small)).state_dict()
     assert not any(torch.allclose(trained[k], fresh[k], atol=1e-3) for k in weights
                    if k.endswith("conv1.weight"))
-    params = MlflowClient(uri).get_run(outcome.mlflow_run_id).data.params
-    assert params["model.init_checkpoint"] == str(tmp_path / "pretrained")
+    run = MlflowClient(uri).get_run(outcome.mlflow_run_id)
+    assert run.data.params["model.init_checkpoint"] == str(tmp_path / "pretrained")
+
+    # held out: the best checkpoint scored once on every test image, none of another split
+    import pandas as pd
+
+    from htl_ray.data.loading import records_path
+
+    records = pd.read_parquet(records_path(synth_dataset), columns=["id", "split"])
+    table = pd.read_parquet(outcome.best_checkpoint / "test_per_sample.parquet")
+    assert sorted(table["id"]) == sorted(records.loc[records.split == "test", "id"])
+    m = run.data.metrics
+    assert m["best/test/dice"] == pytest.approx(table["dice"].mean())
+    assert m["best/test/iou"] == pytest.approx(table["iou"].mean())
+    assert outcome.test_metrics["test/dice"] == pytest.approx(m["best/test/dice"])
+    assert any(k.startswith("best/test/worst_group/") for k in m)
+    assert "evaluation/test_per_sample.parquet" in {
+        a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "evaluation")}
+    # `htl-ray evaluate` scores on the driver what the workers validated: the same numbers
+    val = evaluate_run(outcome.run_dir, "val", log=lambda _: None)
+    assert val["val/dice"] == pytest.approx(outcome.best_metrics["val/dice"], abs=1e-6)
+    assert val["val/thresholded_jaccard"] == pytest.approx(
+        outcome.best_metrics["val/thresholded_jaccard"], abs=1e-6)

@@ -78,6 +78,9 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
         assert sorted(steps) == [0, 1], (run.info.run_name, steps)
         assert run.data.tags["htl.sweep"] == "tiny"
         assert run.info.run_name.startswith(run.data.tags["htl.trial_id"] + " lam=")
+        # tuning never sees the test split: trials are validated only
+        assert "best/val/dice" in run.data.metrics
+        assert not [k for k in run.data.metrics if k.startswith(("test/", "best/test/"))]
     assert len(outcome.records) == 2 and all(r.finished for r in outcome.records)
     # finished trials were not run again: their runs ended before the resume started
     resumed_at = client.get_run(parent).data.tags["htl.resumed_at"]

@@ -16,6 +16,7 @@ import torch
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
 PER_SAMPLE_FILE = "val_per_sample.parquet"
+RUN_STATE_FILE = "htl_run.json"     # in a run directory: its config and MLflow run id
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module,

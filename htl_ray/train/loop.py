@@ -22,15 +22,13 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from htl_ray.analysis.groups import add_group_columns, flat_group_metrics
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import decode_batch
-from htl_ray.device import Placement, placement
+from htl_ray.device import placement
 from htl_ray.htl.attention import ATTENTION, oversample_counts
 from htl_ray.htl.coordinator import weights_checksum
 from htl_ray.losses import weighted_mean
-from htl_ray.metrics import METRIC_NAMES, per_image_metrics, summarize
 from htl_ray.models import create_model, load_initial_weights, state_checksum
 from htl_ray.supervision import SETTINGS
 from htl_ray.tracking_outbox import TrackingOutbox
@@ -40,8 +38,7 @@ from htl_ray.train.checkpoints import (
     resume_state,
     save_checkpoint,
 )
-
-VAL_META_COLUMNS = ["age", "sex", "site", "diagnosis", "area_fraction", "contrast"]
+from htl_ray.train.evaluation import evaluate, split_metrics
 
 
 class InjectedFault(RuntimeError):
@@ -141,41 +138,6 @@ def _gather(obj: Any) -> list[Any]:
         dist.all_gather_object(out, obj)
         return out
     return [obj]
-
-
-def evaluate(model: torch.nn.Module, val_iter, batch_size: int, rank: int,
-             world: int, place: Placement | None = None) -> pd.DataFrame:
-    """Per-image metrics for the validation rows this rank owns (row index mod world)."""
-    place = place or placement("cpu", "fp32", "contiguous")
-    model.eval()
-    rows = []
-    offset = 0
-    with torch.inference_mode():
-        for batch in val_iter.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            n = len(batch["id"])
-            mine = [i for i in range(n) if (offset + i) % world == rank]
-            offset += n
-            if not mine:
-                continue
-            sub = {k: v[mine] for k, v in batch.items()}
-            x, y = decode_batch(sub)
-            with place.autocast():
-                pred = torch.sigmoid(model(place.inputs(x))) > 0.5
-            m = per_image_metrics(pred[:, 0], y[:, 0] > 0.5)
-            for j in range(len(mine)):
-                row = {"id": str(sub["id"][j])}
-                row.update({c: sub[c][j] for c in VAL_META_COLUMNS if c in sub})
-                row.update({k: float(m[k][j]) for k in METRIC_NAMES})
-                rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def validation_metrics(table: pd.DataFrame) -> dict[str, float]:
-    per_image = {k: table[k].to_numpy() for k in METRIC_NAMES}
-    out = {f"val/{k}": v for k, v in summarize(per_image).items()}
-    grouped = add_group_columns(table)
-    out.update(flat_group_metrics(grouped, "dice", "val"))
-    return out
 
 
 def _say(message: str) -> None:
@@ -336,7 +298,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             "htl/weights_checksum_max_abs_diff": float(max(htl_sums)
                                                                        - min(htl_sums)),
                             "htl/attended_samples": float(attended_all)})
-        metrics.update(validation_metrics(table))
+        metrics.update(split_metrics(table, "val"))
         best = max(best, metrics.get(cfg.train.checkpoint_metric, -math.inf))
         metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
 

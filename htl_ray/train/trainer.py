@@ -23,12 +23,17 @@ from htl_ray.train.checkpoints import (
     CHECKPOINT_FILE,
     META_FILE,
     PER_SAMPLE_FILE,
+    RUN_STATE_FILE,
     best_checkpoint,
 )
-from htl_ray.train.loop import VAL_META_COLUMNS, train_loop_per_worker
+from htl_ray.train.evaluation import (
+    TEST_SPLIT,
+    VAL_META_COLUMNS,
+    evaluate_checkpoint,
+    per_sample_file,
+)
+from htl_ray.train.loop import train_loop_per_worker
 from htl_ray.train.preflight import preflight
-
-RUN_STATE_FILE = "htl_run.json"
 
 
 @dataclass
@@ -40,6 +45,7 @@ class TrainingOutcome:
     best_checkpoint: Path | None
     best_metrics: dict[str, float] = field(default_factory=dict)
     tracking_pending: int = 0      # MLflow writes still waiting in RUN_DIR/mlflow_outbox
+    test_metrics: dict[str, float] = field(default_factory=dict)   # test/*, best checkpoint
 
 
 def run_dir_of(cfg: ExperimentConfig) -> Path:
@@ -195,18 +201,72 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
 
     best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
     best_ckpt, best_metrics = best if best is not None else (None, {})
-    pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best, log)
+    test_metrics = {}
+    if cfg.train.evaluate_test and best_ckpt is not None \
+            and manifest.get("split_counts", {}).get(TEST_SPLIT):
+        test_metrics = held_out_metrics(best_ckpt, cfg, log)
+    pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best, log, test_metrics)
     return TrainingOutcome(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=uri,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
-                           best_metrics=dict(best_metrics), tracking_pending=pending)
+                           best_metrics=dict(best_metrics), tracking_pending=pending,
+                           test_metrics=test_metrics)
+
+
+def held_out_metrics(best_ckpt: Path, cfg: ExperimentConfig,
+                     log: Callable[[str], None] = print) -> dict[str, float]:
+    """The best checkpoint on the test split; a failure here is reported, not raised: the
+    trained run and its checkpoints are complete, and `htl-ray evaluate RUN_DIR` can retry."""
+    t0 = time.time()
+    try:
+        metrics, table = evaluate_checkpoint(best_ckpt, cfg, TEST_SPLIT)
+    except Exception as exc:  # noqa: BLE001 - the run's results must still be tracked
+        log(f"[htl-ray] warning: test-split evaluation of {best_ckpt} failed ({exc}); the run "
+            f"is kept; retry with `htl-ray evaluate {best_ckpt.parent}`")
+        return {}
+    log(f"[htl-ray] test split ({len(table)} images), best checkpoint: dice "
+        f"{metrics['test/dice']:.4f} iou {metrics['test/iou']:.4f} thr-jaccard "
+        f"{metrics['test/thresholded_jaccard']:.4f} ({time.time() - t0:.1f}s)")
+    return metrics
+
+
+def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT,
+                 log: Callable[[str], None] = print) -> dict[str, float]:
+    """`htl-ray evaluate RUN_DIR`: a finished run's best checkpoint on `split`, logged to its
+    MLflow run as `best/<split>/*` with the per-image table (for runs trained with
+    train.evaluate_test off, or before it existed). Kept in the outbox if MLflow is down."""
+    from htl_ray.tracking_outbox import TrackingOutbox, flush_run
+
+    run_dir = Path(run_dir).resolve()
+    state = run_state(run_dir, "evaluate:")
+    cfg = from_dict(state["config"])
+    best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
+    if best is None:
+        raise ConfigError(f"evaluate: {run_dir} holds no checkpoint to evaluate")
+    from htl_ray.cluster import init_ray
+
+    init_ray(log)
+    t0 = time.time()
+    metrics, table = evaluate_checkpoint(best[0], cfg, split)
+    uri, run_id = state["tracking_uri"], state["mlflow_run_id"]
+    box = TrackingOutbox(run_dir, uri, run_id, "driver", log, send_each=False)
+    box.metrics({f"best/{k}": v for k, v in metrics.items()}, step=0)
+    box.artifact(best[0] / per_sample_file(split), "evaluation")
+    left = sum(flush_run(run_dir, uri, run_id, log).values())
+    log(f"[htl-ray] {split} split ({len(table)} images), best checkpoint {best[0].name}: dice "
+        f"{metrics[f'{split}/dice']:.4f} iou {metrics[f'{split}/iou']:.4f} thr-jaccard "
+        f"{metrics[f'{split}/thresholded_jaccard']:.4f} ({time.time() - t0:.1f}s)"
+        + (f"; {left} MLflow write(s) pending: htl-ray sync {run_dir}" if left else ""))
+    return metrics
 
 
 def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
                     best: tuple[Path, dict[str, float]] | None = None,
-                    log: Callable[[str], None] = print) -> int:
+                    log: Callable[[str], None] = print,
+                    test_metrics: dict[str, float] | None = None) -> int:
     """End a run in MLflow: the writes rank 0 and the coordinator could not send, then (a
     finished run) the best checkpoint `best` = (directory, metrics) — its metrics as
-    `best/val/*`, its files as artifacts, its epoch as a tag — then the status. Returns the
+    `best/val/*` (and `test_metrics` as `best/test/*`), its files as artifacts, its epoch as a
+    tag — then the status. Returns the
     writes still pending (the server is down: they wait in RUN_DIR/mlflow_outbox for
     `htl-ray sync RUN_DIR`)."""
     from htl_ray.tracking_outbox import TrackingOutbox, flush_run
@@ -216,11 +276,12 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
     if status == "FINISHED":
         best_ckpt, best_metrics = best if best is not None else (None, {})
         # the best epoch's validation metrics beside the per-epoch history: what comparisons use
-        box.metrics({f"best/{k}": v for k, v in best_metrics.items() if k.startswith("val/")},
-                    step=0)
+        box.metrics({f"best/{k}": v for k, v in best_metrics.items() if k.startswith("val/")}
+                    | {f"best/{k}": v for k, v in (test_metrics or {}).items()}, step=0)
         box.artifact(run_dir / "config.yaml")
         for name, dest in ((CHECKPOINT_FILE, "best_checkpoint"), (META_FILE, "best_checkpoint"),
-                           (PER_SAMPLE_FILE, "evaluation")):
+                           (PER_SAMPLE_FILE, "evaluation"),
+                           (per_sample_file(TEST_SPLIT), "evaluation")):
             if best_ckpt is not None and (best_ckpt / name).is_file():
                 box.artifact(best_ckpt / name, dest)
         epoch = best_metrics.get("epoch")

@@ -37,8 +37,10 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep, runs_dir: 
 
     trial_id = ray.tune.get_context().get_trial_id()
     name = trial_name(trial_id, params)
+    # trials never look at the test split: only the confirmation runs report it
     cfg = sweep.config_for(params, [f"run.name=trial-{trial_id}",
-                                    f"run.storage_path={runs_dir}"], base)
+                                    f"run.storage_path={runs_dir}",
+                                    "train.evaluate_test=false"], base)
     resume = (Path(runs_dir) / cfg.run.name / RUN_STATE_FILE).is_file()
     tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name, TRIAL_TAG: trial_id,
             ROLE_TAG: "trial", "mlflow.runName": name}
