@@ -61,6 +61,10 @@ def test_max_sparsity_sets_evenly_spaced_levels(tmp_path):
      "sweep.scheduler"),
     ({"htl.lam": {"type": "float", "low": 0, "high": 1}}, {"num_sample": 3},
      "sweep.num_sample: unknown key"),
+    ({"htl.lam": {"type": "float", "low": 0, "high": 1}}, {"comparators": ["erm", "placebo"]},
+     "sweep.comparators: expected a list of distinct htl.method values"),
+    ({"htl.lam": {"type": "float", "low": 0, "high": 1}}, {"comparators": ["erm", "erm"]},
+     "sweep.comparators"),
 ])
 def test_bad_sweep_files_name_the_key(tmp_path, space, sweep, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
@@ -82,3 +86,23 @@ def test_the_shipped_sweep_file_is_valid():
     assert sweep.base.htl.method == "htl" and sweep.settings.num_samples == 8
     assert set(sweep.space) == {"htl.lam", "htl.q", "htl.max_sparsity", "htl.attention",
                                 "train.lr"}
+
+
+def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(tmp_path):
+    from htl_ray.tune.sweep import confirmation_plan
+
+    sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0.5, "high": 4},
+                                         "htl.q": {"type": "float", "low": 0.05, "high": 0.4}},
+                              {"name": "s", "comparators": ["erm", "random", "el2n"]}))
+    plan = confirmation_plan(sweep, {"htl.lam": 2.5, "htl.q": 0.3}, 2, sweep.base.to_dict())
+    assert [(name, group, seed) for name, group, seed, _ in plan] == [
+        ("confirm-best-s0", "best", 0), ("confirm-best-s1", "best", 1),
+        ("confirm-erm-s0", "erm", 0), ("confirm-erm-s1", "erm", 1),
+        ("confirm-random-s0", "random", 0), ("confirm-random-s1", "random", 1),
+        ("confirm-el2n-s0", "el2n", 0), ("confirm-el2n-s1", "el2n", 1)]
+    for name, group, seed, cfg in plan:
+        assert cfg.run.name == name and cfg.run.seed == seed and cfg.train.epochs == 3
+        assert (cfg.htl.lam, cfg.htl.q) == (2.5, 0.3)               # the sweep's choice
+        assert cfg.htl.method == (sweep.base.htl.method if group == "best" else group)
+    default = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
+    assert default.settings.comparators == ["erm"]

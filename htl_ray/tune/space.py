@@ -54,6 +54,9 @@ class SweepSettings:
     grace_period: int = 2                   # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2
     storage_path: str = "sweeps"
+    # --confirm: besides the best config, the same config with each of these htl.method values
+    # (erm = the baseline; random = the placebo; loss, el2n = other difficulty scores)
+    comparators: list[str] = field(default_factory=lambda: ["erm"])
 
 
 @dataclass
@@ -145,6 +148,13 @@ def _settings(raw: Any, where: str) -> SweepSettings:
     if s.max_concurrent != "auto" and (not isinstance(s.max_concurrent, int)
                                        or s.max_concurrent < 1):
         raise ConfigError(f"{where}.max_concurrent: expected `auto` or a positive integer")
+    from htl_ray.config import HtlConfig
+
+    methods = HtlConfig.__dataclass_fields__["method"].metadata["choices"]
+    if not isinstance(s.comparators, list) or not all(m in methods for m in s.comparators) \
+            or len(set(s.comparators)) < len(s.comparators):
+        raise ConfigError(f"{where}.comparators: expected a list of distinct htl.method values "
+                          f"({', '.join(methods)}), got {s.comparators!r}")
     return s
 
 

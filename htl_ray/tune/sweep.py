@@ -275,32 +275,41 @@ def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
     return best, plots
 
 
+def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
+                      base_raw: dict[str, Any]) -> list[tuple[str, str, int, ExperimentConfig]]:
+    """(run name, group, seed, config) of every confirmation run: the best config and the same
+    config with each comparator's `htl.method` (default: erm only), seeds 0..N−1 — a placebo
+    or another score gets exactly the attention settings the sweep chose for HTL."""
+    groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators}}
+    return [(f"confirm-{group}-s{seed}", group, seed,
+             sweep.config_for(best_params, extra + [f"run.seed={seed}",
+                                                    f"run.name=confirm-{group}-s{seed}"],
+                              base_raw))
+            for group, extra in groups.items() for seed in range(seeds)]
+
+
 def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict[str, Any],
                      parent_run_id: str, runs_dir: Path, log: Callable[[str], None]
                      ) -> dict[str, list[str]]:
-    """The best config and the same config with `htl.method=erm`, each with seeds 0..N−1,
-    as child runs of the sweep. Runs already finished are kept; unfinished ones resume."""
+    """Train the `confirmation_plan` as child runs of the sweep. Runs already finished are
+    kept; unfinished ones resume."""
     from htl_ray.train.trainer import RUN_STATE_FILE, run_training
 
-    groups = {"best": [], "erm": ["htl.method=erm"]}
-    out: dict[str, list[str]] = {g: [] for g in groups}
-    for group, extra in groups.items():
-        for seed in range(seeds):
-            name = f"confirm-{group}-s{seed}"
-            cfg = sweep.config_for(best.params, extra + [f"run.seed={seed}", f"run.name={name}"],
-                                   base_raw)
-            state_file = runs_dir / name / RUN_STATE_FILE
-            finished = _finished_run(state_file)
-            if finished:
-                log(f"[htl-ray] confirm {name}: already finished (MLflow run {finished})")
-                out[group].append(finished)
-                continue
-            log(f"[htl-ray] confirm {name}: {group} config, seed {seed}")
-            outcome = run_training(cfg, resume=state_file.is_file(), log=log, tags={
-                PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name,
-                ROLE_TAG: "confirm", GROUP_TAG: group, TRIAL_TAG: best.trial_id,
-                "mlflow.runName": f"{group} s{seed} ({best.name})"})
-            out[group].append(outcome.mlflow_run_id)
+    plan = confirmation_plan(sweep, best.params, seeds, base_raw)
+    out: dict[str, list[str]] = {}
+    for name, group, seed, cfg in plan:
+        state_file = runs_dir / name / RUN_STATE_FILE
+        finished = _finished_run(state_file)
+        if finished:
+            log(f"[htl-ray] confirm {name}: already finished (MLflow run {finished})")
+            out.setdefault(group, []).append(finished)
+            continue
+        log(f"[htl-ray] confirm {name}: {group} config, seed {seed}")
+        outcome = run_training(cfg, resume=state_file.is_file(), log=log, tags={
+            PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name,
+            ROLE_TAG: "confirm", GROUP_TAG: group, TRIAL_TAG: best.trial_id,
+            "mlflow.runName": f"{group} s{seed} ({best.name})"})
+        out.setdefault(group, []).append(outcome.mlflow_run_id)
     return out
 
 
