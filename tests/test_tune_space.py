@@ -106,3 +106,10 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
         assert cfg.htl.method == (sweep.base.htl.method if group == "best" else group)
     default = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
     assert default.settings.comparators == ["erm"]
+    # loss ranks by the loss against a mask: no comparator for unlabeled images
+    with pytest.raises(ConfigError, match="sweep.comparators: loss does not fit the base "
+                                          "config: htl.method: needs labels"):
+        load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+                          {"name": "s", "comparators": ["erm", "loss"]},
+                          overrides=["supervision.setting=semi",
+                                     "supervision.label_fraction=0.25"]))

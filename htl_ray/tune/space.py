@@ -209,6 +209,12 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             sweep.config_for(params)
         except ConfigError as exc:
             raise ConfigError(f"{path}: space: a sampled config would be invalid: {exc}") from None
+        for method in sweep.settings.comparators:      # the --confirm runs, checked now
+            try:
+                sweep.config_for(params, [f"htl.method={method}"])
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: sweep.comparators: {method} does not fit the base "
+                                  f"config: {exc}") from None
     return sweep
 
 
