@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench reproduce clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -24,8 +24,20 @@ BENCHES := training_overhead data_path scorer scaling htl_detection
 bench: $(STAMP)
 	@for b in $(BENCHES); do echo "=== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
+# The reproduction protocol on the real ISIC 2018 data at 128x128 (hours on CPUs; resumable:
+# run it again to continue, finished runs are skipped). docs/results.md is regenerated.
+ISIC ?= ../shared/data/isic2018-task1-256
+SEEDS ?= 3
+PROTOCOL := experiments/reproduce/supervised.yaml experiments/reproduce/weak.yaml \
+	experiments/reproduce/semi.yaml
+data/isic128/manifest.json: | $(STAMP)
+	@test -d $(ISIC) || { echo "error: ISIC 2018 data not found at $(ISIC); run 'make reproduce ISIC=/path/to/isic2018-task1'"; exit 1; }
+	$(BIN)/htl-ray data ingest --layout isic $(ISIC) --out data/isic128 --size 128
+reproduce: $(STAMP) data/isic128/manifest.json
+	$(BIN)/htl-ray reproduce $(PROTOCOL) --seeds $(SEEDS) --results docs/results.md
+
 lint: $(STAMP)
 	$(BIN)/ruff check htl_ray tests bench
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns htl_runs data/synthetic
+	rm -rf $(VENV) mlflow.db mlruns htl_runs data/synthetic sweeps

@@ -1,5 +1,5 @@
-"""`htl-ray` command line: data ingest/synth, train, sync, evaluate, score, tune, compare,
-report, demo.
+"""`htl-ray` command line: data ingest/synth, train, sync, evaluate, score, tune, reproduce,
+compare, report, demo.
 
 Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
 with status 2; nothing else is swallowed.
@@ -188,6 +188,23 @@ def _print_ui_hint(uri: str) -> None:
           "--port 5000   (then browse http://127.0.0.1:5000)")
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from htl_ray.reproduce import run_protocol
+
+    overrides = list(args.overrides)
+    if args.set_from:
+        from htl_ray.config import read_yaml_list
+
+        overrides = [*read_yaml_list(args.set_from, "--set-from"), *overrides]
+    complete = run_protocol(args.sweeps, args.seeds, args.results,
+                            report_only=args.report_only, overrides=overrides)
+    print(f"\n=== htl-ray: reproduction protocol {'complete' if complete else 'in progress'}"
+          f" ===\nresults: {args.results}"
+          + ("" if complete else "\nrun the same command again to continue (finished runs "
+                                  "are skipped)"))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -305,6 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--confirm", type=int, default=0, metavar="N",
                     help="then re-run the best config and its ERM baseline with N seeds each")
     tu.set_defaults(func=_cmd_tune)
+
+    rp = sub.add_parser("reproduce", help="the reproduction protocol: per setting, an HTL "
+                        "sweep on train/val, then HTL vs ERM, placebo and loss-based attention "
+                        "over seeds on the test split; resumable; regenerates the results page")
+    rp.add_argument("sweeps", nargs="+", help="one sweep file per setting (with "
+                    "sweep.comparators), e.g. experiments/reproduce/*.yaml")
+    rp.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    rp.add_argument("--results", default="docs/results.md", help="page whose generated block "
+                    "is replaced (default docs/results.md)")
+    rp.add_argument("--report-only", action="store_true", help="only regenerate the results "
+                    "from MLflow; train nothing")
+    rp.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="override for every sweep's base config (or "
+                    "sweep.* settings), e.g. --set train.epochs=4; repeatable")
+    rp.add_argument("--set-from", metavar="FILE", help="a YAML list of KEY=VALUE overrides "
+                    "applied before --set ones (e.g. experiments/reproduce/gpu/overrides.yaml)")
+    rp.set_defaults(func=_cmd_reproduce)
 
     cmp = sub.add_parser("compare", help="table of runs grouped by configuration: mean and 95%% "
                          "CI over seeds, paired difference to the ERM baseline")

@@ -358,17 +358,29 @@ def _numbers(tree: Any) -> Any:
     return tree
 
 
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
+def _read_yaml(path: str | Path, what: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
+    raw = _read_yaml(path, what) or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def read_yaml_list(path: str | Path, what: str) -> list[str]:
+    """A YAML file holding a list of `dotted.key=value` overrides, or a ConfigError."""
+    raw = _read_yaml(path, what) or []
+    if not isinstance(raw, list) or not all(isinstance(o, str) and "=" in o for o in raw):
+        raise ConfigError(f"{path}: expected a list of dotted.key=value overrides")
     return raw
 
 

@@ -1,0 +1,296 @@
+"""`htl-ray reproduce`: the paper's comparison on real data, resumable across sittings.
+
+A protocol is a list of sweep files, one per supervision setting. For each setting the HTL
+sweep runs (its trials see only the train and val splits), then its confirmation runs: the best
+HTL configuration and the same configuration with each comparator's `htl.method` (ERM, the
+random placebo, loss, EL2N), N seeds each, every one scored once on the test split. Everything
+already FINISHED in MLflow is skipped, so the protocol can be stopped (Ctrl-C) and continued by
+running the same command again. After every setting, the results section of the results page
+is regenerated from MLflow: what an interrupted protocol has is documented, with what is
+missing said as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from htl_ray.compare import METRICS, compare, load_runs
+from htl_ray.tables import markdown_table
+from htl_ray.tune.space import Sweep, load_sweep
+from htl_ray.tune.sweep import GROUP_TAG, STATE_FILE, run_sweep
+from htl_ray.tune.trial import ROLE_TAG, SWEEP_TAG
+
+BEGIN = "<!-- htl-ray reproduce: begin (generated from MLflow by `htl-ray reproduce`; edits " \
+        "inside these marks are replaced) -->"
+END = "<!-- htl-ray reproduce: end -->"
+GOAL = 0.02          # the paper's claim: ≥ 2 points of thresholded Jaccard (or Dice)
+
+
+@dataclass
+class SettingStatus:
+    """What MLflow holds of one setting's sweep."""
+
+    name: str
+    setting: str
+    parent_run_id: str | None = None
+    trials_finished: int = 0
+    trials_asked: int = 0
+    confirm_finished: dict[str, int] = field(default_factory=dict)
+    compute_hours: float = 0.0
+    best_params: dict[str, str] = field(default_factory=dict)
+
+    def complete(self, groups: list[str], seeds: int) -> bool:
+        return all(self.confirm_finished.get(g, 0) >= seeds for g in groups)
+
+
+def _groups(sweep: Sweep) -> list[str]:
+    return ["best", *sweep.settings.comparators]
+
+
+def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
+    from mlflow.tracking import MlflowClient
+
+    status = SettingStatus(sweep.settings.name, sweep.base.supervision.setting,
+                           trials_asked=sweep.settings.num_samples)
+    state = sweep.directory / STATE_FILE
+    if not state.is_file():
+        return status
+    status.parent_run_id = json.loads(state.read_text())["parent_run_id"]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep.base.tracking.experiment)
+    if exp is None:
+        return status
+    parent = client.get_run(status.parent_run_id)
+    status.best_params = {k.removeprefix("best."): v for k, v in parent.data.params.items()
+                          if k.startswith("best.")}
+    for run in client.search_runs([exp.experiment_id],
+                                  f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}'",
+                                  max_results=50000):
+        if run.info.status != "FINISHED" or run.data.tags.get(ROLE_TAG) == "sweep":
+            continue
+        if run.info.end_time and run.info.start_time:
+            status.compute_hours += (run.info.end_time - run.info.start_time) / 3.6e6
+        role = run.data.tags.get(ROLE_TAG)
+        if role == "trial":
+            status.trials_finished += 1
+        elif role == "confirm":
+            group = run.data.tags.get(GROUP_TAG, "?")
+            status.confirm_finished[group] = status.confirm_finished.get(group, 0) + 1
+    return status
+
+
+def _fmt(m: float, lo: float = math.nan, hi: float = math.nan, signed: bool = False,
+         points: bool = False) -> str:
+    """0.8123 → `0.812`; differences in points of the metric (×100) when `points`."""
+    if m != m:
+        return "–"
+    scale, f = (100.0, "+.1f" if signed else ".1f") if points else (1.0, "+.3f" if signed
+                                                                      else ".3f")
+    s = format(m * scale, f)
+    return s if lo != lo else f"{s} [{format(lo * scale, f)}, {format(hi * scale, f)}]"
+
+
+def method_table(runs: pd.DataFrame, comparators: list[str]) -> tuple[pd.DataFrame, dict]:
+    """One row per method on the test split: mean [95% CI] over seeds of the four metrics, and
+    the paired differences (points) of Dice and thresholded Jaccard to ERM and to the placebo.
+    Also returns the HTL row's raw differences for the verdict."""
+    method_of = {r.run_id: r.params.get("htl.method", "?") for r in runs.itertuples()}
+    baselines = {"ERM": "erm", "random": "random"}
+    by_base = {name: compare(runs, "test", {"htl.method": m})
+               for name, m in baselines.items() if m in comparators}
+    first = next(iter(by_base.values())) if by_base else compare(runs, "test")
+    config_method = {c: method_of[r] for c, r in zip(first.runs["configuration"],
+                                                     first.runs["run_id"], strict=True)}
+    order = ["htl", *comparators]
+    rows, verdict = [], {}
+    for _, r in first.table.iterrows():
+        method = config_method[r["configuration"]]
+        row = {"method": method, "seeds": int(r["n"])}
+        for m in METRICS:
+            row[m] = _fmt(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
+        for name, result in by_base.items():
+            t = result.table.set_index("configuration").loc[r["configuration"]]
+            for m, short in (("dice", "Dice"), ("thresholded_jaccard", "thr-J")):
+                row[f"Δ{short} vs {name}"] = _fmt(t[f"d_{m}"], t[f"d_{m}_lo"],
+                                                  t[f"d_{m}_hi"], signed=True, points=True)
+                if method == "htl":
+                    verdict[(name, m)] = (t[f"d_{m}"], t[f"d_{m}_lo"], t[f"d_{m}_hi"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["_o"] = [order.index(m) if m in order else len(order) for m in table["method"]]
+    return table.sort_values("_o").drop(columns="_o").reset_index(drop=True), verdict
+
+
+def verdict_lines(verdict: dict) -> list[str]:
+    """Plain-language reading of HTL's paired differences, against the ≥ 2-point goal."""
+    lines = []
+    for (name, metric), (d, lo, hi) in verdict.items():
+        label = "thresholded Jaccard" if metric == "thresholded_jaccard" else "Dice"
+        if d != d:
+            continue
+        if lo != lo:
+            lines.append(f"HTL − {name}, {label}: {d * 100:+.1f} points (one seed pair: no CI)")
+            continue
+        if lo > 0:
+            reading = ("**better, meeting the ≥ 2-point goal**" if d >= GOAL
+                       else "better, but by less than the 2-point goal")
+        elif hi < 0:
+            reading = "**significantly worse**"
+        else:
+            reading = "no significant difference (the 95% CI includes 0)"
+        lines.append(f"HTL − {name}, {label}: {d * 100:+.1f} points "
+                     f"[{lo * 100:+.1f}, {hi * 100:+.1f}]: {reading}")
+    return lines
+
+
+def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
+    """The HTL report of the best configuration's seed-0 run (beside ERM seed 0): groups
+    enriched among its HTL samples, Holm-corrected."""
+    from htl_ray.report.build import build_report
+
+    runs_dir = sweep.directory / "runs"
+    run, base = runs_dir / "confirm-best-s0", runs_dir / "confirm-erm-s0"
+    if not (run / "htl_run.json").is_file():
+        return []
+    out = sweep.directory / "report"
+    try:
+        report = build_report(run, base if (base / "htl_run.json").is_file() else None, out,
+                              log=log)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return [f"(no HTL report: {exc})"]
+    enr = report.enrichment
+    sig = enr[(enr["p_adjusted"] < 0.05) & (enr["odds_ratio"] > 1)].head(8)
+    lines = [f"HTL report of `confirm-best-s0` (training images, top-q HTL set at its last "
+             f"refresh; Fisher exact, Holm-corrected over {len(enr)} groups): "
+             f"`{out / 'report.html'}`", ""]
+    if sig.empty:
+        return lines + ["No group is significantly enriched among HTL samples."]
+    show = pd.DataFrame({
+        "group": [f"{r.attribute} = {r.group}" for r in sig.itertuples()],
+        "training images": sig["count"].astype(int), "HTL": sig["htl"].astype(int),
+        "HTL rate": [f"{v:.0%}" for v in sig["htl_rate"]],
+        "odds ratio [95% CI]": [f"{r.odds_ratio:.1f} [{r.or_ci_low:.1f}, {r.or_ci_high:.1f}]"
+                                for r in sig.itertuples()],
+        "corrected p": [f"{v:.1e}" for v in sig["p_adjusted"]]})
+    return lines + [markdown_table(show)]
+
+
+def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], None]
+                    ) -> tuple[str, SettingStatus]:
+    status = setting_status(sweep, uri)
+    groups = _groups(sweep)
+    title = f"### {sweep.base.supervision.setting}: sweep `{sweep.settings.name}`"
+    done = sum(min(status.confirm_finished.get(g, 0), seeds) for g in groups)
+    per_group = ", ".join(f"{g} {status.confirm_finished.get(g, 0)}" for g in groups)
+    lines = [title, "",
+             f"Sweep file `{sweep.path}`; {status.trials_finished} of "
+             f"{status.trials_asked} trials finished; confirmation runs {done} of "
+             f"{len(groups) * seeds} ({per_group}); compute so far "
+             f"{status.compute_hours:.1f} h."]
+    if status.best_params:
+        lines += ["", "HTL configuration chosen on val: " + ", ".join(
+            f"`{k}={v}`" for k, v in sorted(status.best_params.items())) + "."]
+    if status.parent_run_id is None:
+        return "\n".join(lines + ["", "*Not started.*", ""]), status
+    runs = load_runs(uri, sweep.base.tracking.experiment,
+                     f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "
+                     f"tags.`{ROLE_TAG}` = 'confirm'")
+    if runs.empty:
+        return "\n".join(lines + ["", "*No confirmation run finished yet.*", ""]), status
+    table, verdict = method_table(runs, sweep.settings.comparators)
+    lines += ["", "Test split (never seen by tuning), best-on-val checkpoint of each run; mean "
+              "[95% Student-t CI] over seeds; Δ = paired difference per seed, in points "
+              "(×100):", "", markdown_table(table), ""]
+    if not status.complete(groups, seeds):
+        lines += ["*Incomplete: the numbers above cover the runs finished so far.*", ""]
+    lines += [f"- {v}" for v in verdict_lines(verdict)] + [""]
+    lines += enrichment_lines(sweep, log) + [""]
+    return "\n".join(lines), status
+
+
+def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
+                     log: Callable[[str], None] = print) -> tuple[str, bool]:
+    """The generated block of the results page, and whether every setting is complete."""
+    from htl_ray import tracking
+
+    sections, complete, hours = [], True, 0.0
+    for sweep in sweeps:
+        text, status = setting_section(sweep, uri, seeds, log)
+        sections.append(text)
+        hours += status.compute_hours
+        complete &= status.complete(_groups(sweep), seeds)
+    head = ["## Reproduction protocol: HTL attention vs ERM, the placebo and loss-based "
+            "attention", "",
+            f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
+            f"`{tracking.git_commit()[:12]}` from MLflow `{tracking.redact(uri)}` by",
+            "", "```bash", command, "```", "",
+            f"Seeds 0–{seeds - 1} per method; {hours:.1f} compute hours so far. "
+            + ("**Complete.**" if complete else "**In progress** — run the same command to "
+               "continue; finished runs are skipped."), ""]
+    return "\n".join(head + sections), complete
+
+
+def write_results(path: Path, block: str) -> None:
+    """Replace the generated block of `path` (or append it), keeping the rest of the page."""
+    text = path.read_text() if path.is_file() else ""
+    wrapped = f"{BEGIN}\n{block.rstrip()}\n{END}\n"
+    if BEGIN in text and END in text:
+        before, rest = text.split(BEGIN, 1)
+        after = rest.split(END, 1)[1].lstrip("\n")
+        text = before + wrapped + (("\n" + after) if after else "")
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + wrapped
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path, *,
+                 report_only: bool = False, overrides: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> bool:
+    """Run (or continue) every setting's sweep and confirmation runs, regenerating the results
+    page after each; returns whether the protocol is complete."""
+    from htl_ray import tracking
+
+    if seeds < 1:
+        raise ValueError(f"--seeds: expected at least 1, got {seeds}")
+    sweeps = [load_sweep(f, overrides) for f in sweep_files]   # every file checked first
+    names = [s.settings.name for s in sweeps]
+    if len(set(names)) < len(names):
+        raise ValueError(f"sweep names must differ across the protocol, got {names}")
+    uri = tracking.resolve_tracking_uri(sweeps[0].base.tracking.uri)
+    command = " ".join(["htl-ray reproduce", *map(str, sweep_files), f"--seeds {seeds}",
+                        f"--results {results}",
+                        *(f"--set {shlex.quote(o)}" for o in overrides or [])])
+    results = Path(results)
+
+    def refresh() -> bool:
+        block, complete = results_markdown(sweeps, uri, seeds, command, log)
+        write_results(results, block)
+        log(f"[htl-ray] reproduce: results written to {results}")
+        return complete
+
+    if not report_only:
+        for sweep in sweeps:
+            status = setting_status(sweep, uri)
+            if status.complete(_groups(sweep), seeds):
+                log(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
+                continue
+            resume = (sweep.directory / STATE_FILE).is_file()
+            log(f"[htl-ray] reproduce: {sweep.settings.name} "
+                f"({'continuing' if resume else 'starting'}; {sweep.base.supervision.setting} "
+                f"setting, {sweep.settings.num_samples} trials, then "
+                f"{len(_groups(sweep))} × {seeds} confirmation runs)")
+            outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log)
+            refresh()
+            if outcome.interrupted:
+                log("[htl-ray] reproduce: interrupted; run the same command to continue")
+                return False
+    return refresh()

@@ -1,0 +1,156 @@
+"""The reproduction protocol end to end on a tiny synthetic setting (real Ray Tune sweep, real
+training runs, real MLflow store): results regenerated from MLflow, finished runs skipped on a
+second pass, hand-written text around the generated block kept."""
+
+from __future__ import annotations
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from htl_ray.reproduce import BEGIN, END, run_protocol, verdict_lines, write_results
+
+
+def test_write_results_replaces_only_the_generated_block(tmp_path):
+    page = tmp_path / "results.md"
+    write_results(page, "first")
+    assert page.read_text() == f"{BEGIN}\nfirst\n{END}\n"
+    page.write_text("# Notes\n\nby hand\n\n" + page.read_text() + "\n## After\n\nmore\n")
+    write_results(page, "second")
+    text = page.read_text()
+    assert text.startswith("# Notes\n\nby hand\n\n" + BEGIN + "\nsecond\n" + END)
+    assert text.endswith("## After\n\nmore\n") and "first" not in text
+
+
+def test_verdicts_read_the_confidence_interval_against_the_two_point_goal():
+    lines = verdict_lines({
+        ("ERM", "thresholded_jaccard"): (0.031, 0.012, 0.05),
+        ("ERM", "dice"): (0.008, 0.001, 0.015),
+        ("random", "thresholded_jaccard"): (0.01, -0.02, 0.04),
+        ("random", "dice"): (-0.03, -0.05, -0.01),
+    })
+    assert lines == [
+        "HTL − ERM, thresholded Jaccard: +3.1 points [+1.2, +5.0]: **better, meeting the "
+        "≥ 2-point goal**",
+        "HTL − ERM, Dice: +0.8 points [+0.1, +1.5]: better, but by less than the 2-point goal",
+        "HTL − random, thresholded Jaccard: +1.0 points [-2.0, +4.0]: no significant "
+        "difference (the 95% CI includes 0)",
+        "HTL − random, Dice: -3.0 points [-5.0, -1.0]: **significantly worse**"]
+
+
+def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_dataset, tmp_path,
+                                                       tracking_uri):
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
+                      "tracking.experiment=repro", "train.epochs=2", "data.limit_train=16",
+                      "data.batch_size=8", "model.decoder_channels=[16,8,8,4,4]",
+                      "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1}",
+                      "htl.method=htl", "htl.refresh_every=1", "htl.warmup_epochs=1",
+                      "htl.asynchronous=false"],
+        "sweep": {"name": "tiny-repro", "num_samples": 1, "max_concurrent": 1,
+                  "storage_path": str(tmp_path / "sweeps"), "comparators": ["erm", "random"]},
+        "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}},
+    }))
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nwritten by hand\n")
+    lines: list[str] = []
+
+    assert run_protocol([sweep_file], 1, page, report_only=True, log=lines.append) is False
+    assert "*Not started.*" in page.read_text() and "0 of 1 trials" in page.read_text()
+
+    # one seed per method keeps this test short; intervals are tested in test_compare.py
+    assert run_protocol([sweep_file], 1, page, log=lines.append) is True
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("repro")
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    confirm = [r for r in runs if r.data.tags.get("htl.role") == "confirm"]
+    assert len([r for r in runs if r.data.tags.get("htl.role") == "trial"]) == 1
+    assert sorted((r.data.params["htl.method"], r.data.params["run.seed"]) for r in confirm) \
+        == [("erm", "0"), ("htl", "0"), ("random", "0")]
+    # the placebo and ERM runs got the lambda the sweep chose for HTL
+    assert len({r.data.params["htl.lam"] for r in confirm}) == 1
+    assert all("best/test/dice" in r.data.metrics for r in confirm)
+
+    text = page.read_text()
+    assert text.startswith("# Results\n\nwritten by hand\n") and text.count(BEGIN) == 1
+    assert "**Complete.**" in text and "1 of 1 trials finished" in text
+    block = text.split(BEGIN)[1].split(END)[0]
+    table = [row for row in block.splitlines() if row.startswith("| ")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
+            for r in table[1:]}
+    assert list(rows)[:3] == ["htl", "erm", "random"]
+    assert header[:6] == ["method", "seeds", "dice", "iou", "thresholded_jaccard",
+                          "worst_group_dice"]
+    # the table's numbers are the runs' test metrics, Δ = paired difference in points
+    test = {r.data.params["htl.method"]: r.data.metrics for r in confirm}
+    assert rows["htl"][2] == f"{test['htl']['best/test/dice']:.3f}"        # 1 seed: no CI
+    assert rows["random"][4] == f"{test['random']['best/test/thresholded_jaccard']:.3f}"
+    key = "best/test/dice"
+    assert rows["htl"][header.index("ΔDice vs ERM")] == \
+        f"{100 * (test['htl'][key] - test['erm'][key]):+.1f}"
+    assert rows["htl"][header.index("ΔDice vs random")] == \
+        f"{100 * (test['htl'][key] - test['random'][key]):+.1f}"
+    col = header.index("Δthr-J vs ERM")
+    assert rows["erm"][col] == "–" and rows["random"][header.index("Δthr-J vs random")] == "–"
+    assert "HTL − ERM, thresholded Jaccard:" in block and "HTL − random, Dice:" in block
+    assert (tmp_path / "sweeps" / "tiny-repro" / "report" / "report.html").is_file()
+
+    # a second pass trains nothing: every run is finished in MLflow
+    n_runs = len(client.search_runs([exp.experiment_id]))
+    lines.clear()
+    assert run_protocol([sweep_file], 1, page, log=lines.append) is True
+    assert len(client.search_runs([exp.experiment_id])) == n_runs
+    assert any("tiny-repro complete, skipped" in line for line in lines)
+    assert page.read_text().count(BEGIN) == 1
+
+
+def test_protocol_files_shipped_are_valid():
+    from pathlib import Path
+
+    from htl_ray.tune.space import load_sweep
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
+    sweeps = {p.stem: load_sweep(p) for p in sorted(root.glob("*.yaml"))}
+    assert set(sweeps) == {"supervised", "weak", "semi"}
+    for name, sweep in sweeps.items():
+        assert sweep.base.supervision.setting == name
+        assert sweep.base.htl.method == "htl" and "erm" in sweep.settings.comparators
+        assert "random" in sweep.settings.comparators
+        assert sweep.base.data.path == "data/isic128" and sweep.base.train.evaluate_test
+    assert sweeps["semi"].base.supervision.label_fraction == 0.25
+    assert {"loss", "el2n"} <= set(sweeps["supervised"].settings.comparators)
+    assert len({s.settings.name for s in sweeps.values()}) == 3
+
+
+def test_gpu_variant_overrides_every_setting_and_report_only_trains_nothing(tmp_path):
+    """The documented GPU-scale command line, with --report-only: configs valid, nothing run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from htl_ray.config import read_yaml_list
+    from htl_ray.tune.space import load_sweep
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
+    overrides = read_yaml_list(root / "gpu" / "overrides.yaml", "overrides")
+    for name in ("supervised", "weak", "semi"):
+        base = load_sweep(root / f"{name}.yaml", overrides).base
+        assert base.data.path.endswith("isic256") and base.scaling.use_gpu
+        assert base.train.epochs == 40 and base.supervision.setting == name
+    page = tmp_path / "gpu.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "htl_ray.cli", "reproduce", str(root / "supervised.yaml"),
+         str(root / "semi.yaml"), "--report-only", "--results", str(page),
+         "--set-from", str(root / "gpu" / "overrides.yaml"),
+         "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+         "--set", f"sweep.storage_path={tmp_path / 'sweeps'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "reproduction protocol in progress" in proc.stdout
+    text = page.read_text()
+    assert text.count("*Not started.*") == 2
+    # the command that regenerates it, overrides spelled out
+    assert "--set data.path=/mnt/shared/data/isic256" in text
+    assert "--set 'scaling.resources_per_worker={CPU: 4, GPU: 0.75}'" in text
+    assert "### semi: sweep `reproduce-semi`" in text and not (tmp_path / "sweeps").exists()
