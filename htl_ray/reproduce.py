@@ -230,12 +230,16 @@ def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
     head = ["## Reproduction protocol: HTL attention vs ERM, the placebo and loss-based "
             "attention", "",
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
-            f"`{tracking.git_commit()[:12]}` from MLflow `{tracking.redact(uri)}` by",
+            f"`{_short(tracking.git_commit())}` from MLflow `{tracking.redact(uri)}` by",
             "", "```bash", command, "```", "",
             f"Seeds 0–{seeds - 1} per method; {hours:.1f} compute hours so far. "
             + ("**Complete.**" if complete else "**In progress** — run the same command to "
                "continue; finished runs are skipped."), ""]
     return "\n".join(head + sections), complete
+
+
+def _short(commit: str) -> str:
+    return commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
 def write_results(path: Path, block: str) -> None:

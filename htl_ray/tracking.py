@@ -79,14 +79,23 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def git_commit() -> str:
-    """Commit of the checkout the package is imported from (or 'unknown' outside git)."""
+def git_commit(here: Path | None = None) -> str:
+    """Commit of the checkout the package is imported from (or 'unknown' outside git), with
+    `+dirty` when the package's files differ from it: a result must not be credited to a
+    commit whose code did not produce it."""
+    here = here or Path(__file__).parent
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, timeout=5,
-                              check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
     except Exception:
         return "unknown"
+    try:
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here,
+                                 capture_output=True, text=True, timeout=5,
+                                 check=True).stdout.strip()
+    except Exception:
+        return commit
+    return commit + ("+dirty" if changed else "")
 
 
 def package_versions() -> dict[str, str]:

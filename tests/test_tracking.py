@@ -67,3 +67,26 @@ def test_unreachable_tracking_server_fails_in_seconds_before_anything_starts(
     assert time.time() - t0 < 10 and not run_dir_of(cfg).exists()
     with pytest.raises(ConfigError, match="folder of the SQLite store"):
         tracking.check_reachable(f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}")
+
+
+def test_git_commit_says_when_the_code_differs_from_the_commit(tmp_path):
+    import subprocess
+
+    from htl_ray.tracking import git_commit
+
+    assert git_commit(tmp_path) == "unknown"                      # not a checkout
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git_commit(pkg) == head
+    (pkg / "mod.py").write_text("x = 2\n")
+    assert git_commit(pkg) == head + "+dirty"
+    (tmp_path / "elsewhere.txt").write_text("outside the package\n")
+    (pkg / "mod.py").write_text("x = 1\n")
+    assert git_commit(pkg) == head                  # only the package's own files count
