@@ -1,5 +1,5 @@
 """`htl-ray` command line: data ingest/synth, train, sync, evaluate, score, tune, reproduce,
-compare, report, demo.
+compare, paired, report, demo.
 
 Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
 with status 2; nothing else is swallowed.
@@ -205,6 +205,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_paired(args: argparse.Namespace) -> int:
+    from htl_ray.compare import paired_images, run_per_image
+    from htl_ray.tables import markdown_table
+
+    table = paired_images(run_per_image(args.run_a, args.split),
+                          run_per_image(args.run_b, args.split), n_boot=args.boot, seed=args.seed)
+    print(f"{args.split} split, best checkpoint of each run; a = {args.run_a}, b = {args.run_b};"
+          f" diff = a − b per image, bootstrap 95% CI over images ({args.boot} resamples, "
+          f"seed {args.seed})\n")
+    print(markdown_table(table, ".4f"))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -322,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--confirm", type=int, default=0, metavar="N",
                     help="then re-run the best config and its ERM baseline with N seeds each")
     tu.set_defaults(func=_cmd_tune)
+
+    pa = sub.add_parser("paired", help="two runs on the same images: per-image paired "
+                        "differences of their best checkpoints, bootstrap CI over images")
+    pa.add_argument("run_a", help="run directory")
+    pa.add_argument("run_b", help="run directory (the baseline)")
+    pa.add_argument("--split", default="test", choices=["test", "val"])
+    pa.add_argument("--boot", type=int, default=10000, help="bootstrap resamples")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.set_defaults(func=_cmd_paired)
 
     rp = sub.add_parser("reproduce", help="the reproduction protocol: per setting, an HTL "
                         "sweep on train/val, then HTL vs ERM, placebo and loss-based attention "

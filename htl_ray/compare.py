@@ -168,3 +168,47 @@ def write_comparison(result: Comparison, out_dir: Path, log: Callable[[str], Non
     result.runs.to_csv(out_dir / "runs.csv", index=False)
     log(f"[htl-ray] wrote {md}, {csv} and {out_dir / 'runs.csv'}")
     return md, csv
+
+
+def paired_images(a: pd.DataFrame, b: pd.DataFrame,
+                  metrics: tuple[str, ...] = ("dice", "iou", "thresholded_jaccard"),
+                  n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Per-image paired differences a − b of two per-image tables indexed by image id: mean
+    of each, mean difference with a bootstrap CI over images, and how many images got better
+    or worse. For one training seed per arm this is the uncertainty over the images scored."""
+    if set(a.index) != set(b.index):
+        only_a, only_b = len(set(a.index) - set(b.index)), len(set(b.index) - set(a.index))
+        raise ValueError(f"the two tables cover different images ({only_a} only in the first, "
+                         f"{only_b} only in the second): were they scored on the same split?")
+    b = b.loc[a.index]
+    idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
+    rows = []
+    for m in metrics:
+        diff = (a[m] - b[m]).to_numpy(dtype=float)
+        lo, hi = np.percentile(diff[idx].mean(axis=1), [50 - level * 50, 50 + level * 50])
+        rows.append({"metric": m, "a": float(a[m].mean()), "b": float(b[m].mean()),
+                     "diff": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
+                     "better": int((diff > 0).sum()), "worse": int((diff < 0).sum()),
+                     "images": len(diff)})
+    return pd.DataFrame(rows)
+
+
+def run_per_image(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
+    """The per-image table of a run's best checkpoint on `split`, indexed by image id."""
+    import json
+
+    from htl_ray.train.checkpoints import RUN_STATE_FILE, best_checkpoint
+
+    run_dir = Path(run_dir)
+    state = run_dir / RUN_STATE_FILE
+    if not state.is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no {RUN_STATE_FILE})")
+    metric = json.loads(state.read_text())["config"]["train"]["checkpoint_metric"]
+    best = best_checkpoint(run_dir, metric)
+    if best is None:
+        raise ValueError(f"{run_dir}: no checkpoint")
+    path = best[0] / f"{split}_per_sample.parquet"
+    if not path.is_file():
+        raise ValueError(f"{path} missing: score the run on that split first with "
+                         f"`htl-ray evaluate {run_dir} --split {split}`")
+    return pd.read_parquet(path).set_index("id")

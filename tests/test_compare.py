@@ -102,3 +102,40 @@ def test_compare_errors_name_what_is_missing(runs_uri, capsys):
     assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--filter",
                  "params.`htl.method` = 'none'"]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_paired_images_differences_with_a_bootstrap_interval_over_images(tmp_path):
+    import json
+
+    import numpy as np
+
+    from htl_ray.compare import paired_images, run_per_image
+    from htl_ray.train.checkpoints import META_FILE
+
+    rng = np.random.default_rng(1)
+    ids = [f"img{i}" for i in range(200)]
+    b = pd.DataFrame({"dice": rng.uniform(0.5, 0.9, 200)}, index=ids)
+    a = pd.DataFrame({"dice": b["dice"] + 0.02 + rng.normal(0, 0.01, 200)}, index=ids)
+    t = paired_images(a.sample(frac=1, random_state=0), b, metrics=("dice",), n_boot=2000)
+    r = t.iloc[0]
+    assert r["diff"] == pytest.approx((a["dice"] - b["dice"]).mean())     # paired by id
+    assert r["ci_low"] < r["diff"] < r["ci_high"] and 0.0 < r["ci_low"]
+    assert r["ci_high"] - r["ci_low"] < 0.01 and r["images"] == 200
+    assert r["better"] + r["worse"] == 200 and r["better"] > 180
+    with pytest.raises(ValueError, match="different images .1 only in the first, 0 only"):
+        paired_images(a, b.iloc[1:], metrics=("dice",))
+
+    # a run directory: its best checkpoint's per-image table of the split
+    run = tmp_path / "run"
+    for name, dice, table in (("checkpoint_a", 0.7, b), ("checkpoint_b", 0.8, a)):
+        (run / name).mkdir(parents=True)
+        (run / name / META_FILE).write_text(json.dumps(
+            {"epoch": int(name[-1] == "b"), "metrics": {"val/dice": dice}}))
+        (run / name / "checkpoint.pt").write_bytes(b"")
+        table.rename_axis("id").reset_index().to_parquet(run / name / "test_per_sample.parquet")
+    (run / "htl_run.json").write_text(json.dumps(
+        {"config": {"train": {"checkpoint_metric": "val/dice"}}}))
+    assert run_per_image(run)["dice"].equals(a["dice"].rename_axis("id"))
+    with pytest.raises(ValueError, match="val_per_sample.parquet missing: score the run on "
+                                         "that split first with `htl-ray evaluate"):
+        run_per_image(run, "val")
