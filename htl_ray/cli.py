@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("htl-ray: interrupted; results already written are kept (a training run or a "
-              "sweep continues with --resume)", file=sys.stderr)
+              "sweep continues with --resume; `htl-ray reproduce` by running it again)",
+              file=sys.stderr)
         return 130
 
 

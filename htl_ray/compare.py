@@ -21,7 +21,8 @@ import pandas as pd
 from htl_ray.tables import markdown_table, short_value
 
 SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
-                       "tracking.uri", "tracking.experiment"})
+                       "tracking.uri", "tracking.experiment",
+                       "train.evaluate_test"})     # scored on test or not: same training
 METRICS = ("dice", "iou", "thresholded_jaccard", "worst_group_dice")
 
 
@@ -176,6 +177,9 @@ def paired_images(a: pd.DataFrame, b: pd.DataFrame,
     """Per-image paired differences a − b of two per-image tables indexed by image id: mean
     of each, mean difference with a bootstrap CI over images, and how many images got better
     or worse. For one training seed per arm this is the uncertainty over the images scored."""
+    for name, t in (("first", a), ("second", b)):
+        if t.empty or not t.index.is_unique:
+            raise ValueError(f"the {name} per-image table is empty or lists an image twice")
     if set(a.index) != set(b.index):
         only_a, only_b = len(set(a.index) - set(b.index)), len(set(b.index) - set(a.index))
         raise ValueError(f"the two tables cover different images ({only_a} only in the first, "
@@ -195,19 +199,16 @@ def paired_images(a: pd.DataFrame, b: pd.DataFrame,
 
 def run_per_image(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     """The per-image table of a run's best checkpoint on `split`, indexed by image id."""
-    import json
-
-    from htl_ray.train.checkpoints import RUN_STATE_FILE, best_checkpoint
+    from htl_ray.train.checkpoints import RUN_STATE_FILE, best_of_run
+    from htl_ray.train.evaluation import per_sample_file
 
     run_dir = Path(run_dir)
-    state = run_dir / RUN_STATE_FILE
-    if not state.is_file():
+    if not (run_dir / RUN_STATE_FILE).is_file():
         raise ValueError(f"{run_dir}: not a run directory (no {RUN_STATE_FILE})")
-    metric = json.loads(state.read_text())["config"]["train"]["checkpoint_metric"]
-    best = best_checkpoint(run_dir, metric)
+    best = best_of_run(run_dir)
     if best is None:
         raise ValueError(f"{run_dir}: no checkpoint")
-    path = best[0] / f"{split}_per_sample.parquet"
+    path = best[0] / per_sample_file(split)
     if not path.is_file():
         raise ValueError(f"{path} missing: score the run on that split first with "
                          f"`htl-ray evaluate {run_dir} --split {split}`")

@@ -12,7 +12,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from htl_ray.config import ConfigError, ModelConfig
-from htl_ray.train.checkpoints import CHECKPOINT_FILE, RUN_STATE_FILE, best_checkpoint
+from htl_ray.train.checkpoints import CHECKPOINT_FILE, RUN_STATE_FILE, best_of_run
 
 INIT_KEY = "model.init_checkpoint"
 
@@ -42,17 +42,29 @@ def state_checksum(model: torch.nn.Module) -> float:
                          if torch.is_floating_point(p)))
 
 
-def initial_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state_dict `model.init_checkpoint` names: an htl-ray run directory (its best
-    checkpoint), checkpoint directory or checkpoint.pt (its `model`, the weights validation
-    scored), or a bare state_dict file; loaded tensors-only."""
+def initial_checkpoint_file(path: str | Path) -> Path:
+    """The file `model.init_checkpoint` stands for: a run directory → its best checkpoint's
+    file, a checkpoint directory → its checkpoint.pt, a file → itself. A run pins this file
+    when it starts, so its weights do not change if the source run trains on."""
     file = Path(path)
-    if file.is_dir() and not (file / CHECKPOINT_FILE).is_file():
-        file = _best_of_run(file)
+    if file.is_dir() and not (file / CHECKPOINT_FILE).is_file() \
+            and (file / RUN_STATE_FILE).is_file():
+        best = best_of_run(file)
+        if best is None:
+            raise ConfigError(f"{INIT_KEY}: run directory {file} holds no checkpoint yet")
+        file = best[0]
     if file.is_dir():
         file = file / CHECKPOINT_FILE
     if not file.is_file():
         raise ConfigError(f"{INIT_KEY}: no checkpoint at {file}")
+    return file.resolve()
+
+
+def initial_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict `model.init_checkpoint` names: an htl-ray run directory (its best
+    checkpoint), checkpoint directory or checkpoint.pt (its `model`, the weights validation
+    scored), or a bare state_dict file; loaded tensors-only."""
+    file = initial_checkpoint_file(path)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
@@ -65,21 +77,6 @@ def initial_state(path: str | Path) -> dict[str, torch.Tensor]:
                           "state_dict (a mapping of parameter names to tensors)")
     # weights saved from a DistributedDataParallel wrapper carry a `module.` prefix
     return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _best_of_run(run_dir: Path) -> Path:
-    """A run directory stands for its best checkpoint by the run's own checkpoint metric."""
-    import json
-
-    state = run_dir / RUN_STATE_FILE
-    if not state.is_file():
-        return run_dir                         # not a run either: "no checkpoint at" below
-    metric = json.loads(state.read_text()).get("config", {}).get("train", {}).get(
-        "checkpoint_metric", "val/dice")
-    best = best_checkpoint(run_dir, metric)
-    if best is None:
-        raise ConfigError(f"{INIT_KEY}: run directory {run_dir} holds no checkpoint yet")
-    return best[0]
 
 
 def load_initial_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:

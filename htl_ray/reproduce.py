@@ -24,6 +24,7 @@ import pandas as pd
 
 from htl_ray.compare import METRICS, compare, load_runs
 from htl_ray.tables import markdown_table
+from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.space import Sweep, load_sweep
 from htl_ray.tune.sweep import GROUP_TAG, STATE_FILE, run_sweep
 from htl_ray.tune.trial import ROLE_TAG, SWEEP_TAG
@@ -41,11 +42,12 @@ class SettingStatus:
     name: str
     setting: str
     parent_run_id: str | None = None
-    trials_finished: int = 0
+    trials_finished: int = 0                  # finished or stopped early by the scheduler
     trials_asked: int = 0
     confirm_finished: dict[str, int] = field(default_factory=dict)
     compute_hours: float = 0.0
     best_params: dict[str, str] = field(default_factory=dict)
+    commits: set[str] = field(default_factory=set)  # code that trained its runs (and resumes)
 
     def complete(self, groups: list[str], seeds: int) -> bool:
         return all(self.confirm_finished.get(g, 0) >= seeds for g in groups)
@@ -74,14 +76,17 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
     for run in client.search_runs([exp.experiment_id],
                                   f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}'",
                                   max_results=50000):
-        if run.info.status != "FINISHED" or run.data.tags.get(ROLE_TAG) == "sweep":
+        role = run.data.tags.get(ROLE_TAG)
+        stopped = run.info.status == "KILLED" and run.data.tags.get("htl.stopped_early")
+        if role == "sweep" or not (run.info.status == "FINISHED" or stopped):
             continue
         if run.info.end_time and run.info.start_time:
             status.compute_hours += (run.info.end_time - run.info.start_time) / 3.6e6
-        role = run.data.tags.get(ROLE_TAG)
+        status.commits |= {_short(v) for k, v in run.data.tags.items()
+                           if k.startswith("htl.git_commit")}
         if role == "trial":
-            status.trials_finished += 1
-        elif role == "confirm":
+            status.trials_finished += 1           # trials ASHA stopped early have ended too
+        elif role == "confirm" and "best/test/dice" in run.data.metrics:
             group = run.data.tags.get(GROUP_TAG, "?")
             status.confirm_finished[group] = status.confirm_finished.get(group, 0) + 1
     return status
@@ -113,7 +118,8 @@ def method_table(runs: pd.DataFrame, comparators: list[str]) -> tuple[pd.DataFra
     rows, verdict = [], {}
     for _, r in first.table.iterrows():
         method = config_method[r["configuration"]]
-        row = {"method": method, "seeds": int(r["n"])}
+        scored = first.runs[first.runs["configuration"] == r["configuration"]]["dice"]
+        row = {"method": method, "seeds": int(scored.notna().sum())}
         for m in METRICS:
             row[m] = _fmt(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
         for name, result in by_base.items():
@@ -122,6 +128,9 @@ def method_table(runs: pd.DataFrame, comparators: list[str]) -> tuple[pd.DataFra
                 row[f"Δ{short} vs {name}"] = _fmt(t[f"d_{m}"], t[f"d_{m}_lo"],
                                                   t[f"d_{m}_hi"], signed=True, points=True)
                 if method == "htl":
+                    if (name, m) in verdict:
+                        raise ValueError("two HTL configurations among the confirmation runs "
+                                         "of one sweep; see `htl-ray compare --sweep`")
                     verdict[(name, m)] = (t[f"d_{m}"], t[f"d_{m}_lo"], t[f"d_{m}_hi"])
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -158,11 +167,11 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
 
     runs_dir = sweep.directory / "runs"
     run, base = runs_dir / "confirm-best-s0", runs_dir / "confirm-erm-s0"
-    if not (run / "htl_run.json").is_file():
+    if not (run / RUN_STATE_FILE).is_file():
         return []
     out = sweep.directory / "report"
     try:
-        report = build_report(run, base if (base / "htl_run.json").is_file() else None, out,
+        report = build_report(run, base if (base / RUN_STATE_FILE).is_file() else None, out,
                               log=log)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         return [f"(no HTL report: {exc})"]
@@ -194,7 +203,9 @@ def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], Non
              f"Sweep file `{sweep.path}`; {status.trials_finished} of "
              f"{status.trials_asked} trials finished; confirmation runs {done} of "
              f"{len(groups) * seeds} ({per_group}); compute so far "
-             f"{status.compute_hours:.1f} h."]
+             f"{status.compute_hours:.1f} h (wall clock of its runs)"
+             + (f"; code: {', '.join(f'`{c}`' for c in sorted(status.commits))}."
+                if status.commits else ".")]
     if status.best_params:
         lines += ["", "HTL configuration chosen on val: " + ", ".join(
             f"`{k}={v}`" for k, v in sorted(status.best_params.items())) + "."]
@@ -246,8 +257,8 @@ def write_results(path: Path, block: str) -> None:
     """Replace the generated block of `path` (or append it), keeping the rest of the page."""
     text = path.read_text() if path.is_file() else ""
     wrapped = f"{BEGIN}\n{block.rstrip()}\n{END}\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
+    before, begin, rest = text.partition(BEGIN)
+    if begin and END in rest:
         after = rest.split(END, 1)[1].lstrip("\n")
         text = before + wrapped + (("\n" + after) if after else "")
     else:
@@ -281,7 +292,34 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
         log(f"[htl-ray] reproduce: results written to {results}")
         return complete
 
-    if not report_only:
+    if report_only:
+        return refresh()
+    complete = False
+    try:
+        for i, sweep in enumerate(sweeps):
+            status = setting_status(sweep, uri)
+            if status.complete(_groups(sweep), seeds):
+                log(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
+                continue
+            resume = (sweep.directory / STATE_FILE).is_file()
+            log(f"[htl-ray] reproduce: {sweep.settings.name} "
+                f"({'continuing' if resume else 'starting'}; {sweep.base.supervision.setting} "
+                f"setting, {sweep.settings.num_samples} trials, then "
+                f"{len(_groups(sweep))} × {seeds} confirmation runs)")
+            outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log)
+            if outcome.interrupted:
+                log("[htl-ray] reproduce: interrupted; run the same command to continue")
+                return False
+            if i < len(sweeps) - 1:
+                refresh()                   # a later hard kill keeps this setting's results
+    finally:
+        # also when stopped or failed part-way: the page shows everything finished so far
+        try:
+            complete = refresh()
+        except Exception as exc:  # noqa: BLE001 - never hide the error that stopped the run
+            log(f"[htl-ray] reproduce: could not rewrite {results}: {exc}")
+    return complete
+    try:
         for sweep in sweeps:
             status = setting_status(sweep, uri)
             if status.complete(_groups(sweep), seeds):
@@ -293,8 +331,11 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
                 f"setting, {sweep.settings.num_samples} trials, then "
                 f"{len(_groups(sweep))} × {seeds} confirmation runs)")
             outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log)
-            refresh()
             if outcome.interrupted:
                 log("[htl-ray] reproduce: interrupted; run the same command to continue")
                 return False
+            refresh()
+    finally:
+        # stopped or failed part-way: the page still shows everything finished so far
+        refresh()
     return refresh()

@@ -4,6 +4,7 @@ second pass, hand-written text around the generated block kept."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -19,6 +20,43 @@ def test_write_results_replaces_only_the_generated_block(tmp_path):
     text = page.read_text()
     assert text.startswith("# Notes\n\nby hand\n\n" + BEGIN + "\nsecond\n" + END)
     assert text.endswith("## After\n\nmore\n") and "first" not in text
+
+
+def test_misordered_marks_are_left_alone_and_a_fresh_block_appended(tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text(f"intro\n{END}\nmiddle\n{BEGIN}\nstale, no end mark\n")
+    write_results(page, "fresh")
+    text = page.read_text()
+    assert text.startswith(f"intro\n{END}\nmiddle\n{BEGIN}\nstale, no end mark\n")
+    assert text.endswith(f"{BEGIN}\nfresh\n{END}\n")
+
+
+def test_method_table_over_seeds_with_a_missing_arm_and_an_unscored_run():
+    """2 seeds: means with CIs, paired Δ; a comparator with no finished run yet leaves its
+    columns empty; a run without test metrics does not count as a seed."""
+    import pandas as pd
+
+    from htl_ray.reproduce import method_table
+
+    def run(method, seed, dice, thr):
+        metrics = {} if dice is None else {"best/test/dice": dice, "best/test/iou": dice - 0.1,
+                                           "best/test/thresholded_jaccard": thr}
+        return {"run_id": f"{method}{seed}", "name": f"{method} s{seed}", "seed": str(seed),
+                "params": {"htl.method": method, "run.seed": str(seed), "htl.lam": "2"},
+                "metrics": metrics}
+
+    runs = pd.DataFrame([run("htl", 0, 0.80, 0.70), run("htl", 1, 0.84, 0.74),
+                         run("erm", 0, 0.78, 0.66), run("erm", 1, 0.80, 0.68),
+                         run("erm", 2, None, None)])
+    table, verdict = method_table(runs, ["erm", "random"])
+    assert list(table["method"]) == ["htl", "erm"]
+    assert list(table["seeds"]) == [2, 2]
+    htl = table.set_index("method").loc["htl"]
+    assert htl["dice"].startswith("0.820 [")
+    assert htl["Δthr-J vs ERM"].startswith("+5.0 [")          # (4 + 6) / 2 points
+    d, lo, hi = verdict[("ERM", "thresholded_jaccard")]
+    assert d == pytest.approx(0.05) and lo < d < hi
+    assert set(table["Δthr-J vs random"]) == {"–"}           # no placebo run yet: pending
 
 
 def test_verdicts_read_the_confidence_interval_against_the_two_point_goal():

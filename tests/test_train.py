@@ -58,7 +58,7 @@ def test_sigterm_marks_the_run_failed_and_keeps_its_checkpoints(ray_cluster, syn
 
 
 def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, synth_dataset,
-                                                                tmp_path):
+                                                                tmp_path, monkeypatch):
     """1 epoch at a negligible learning rate: the run's weights are the init checkpoint's, not
     its own seed's random init; the path is logged as a parameter, absolute. A checkpoint of
     another architecture is refused before any run starts."""
@@ -69,7 +69,7 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     from htl_ray.config import ConfigError, ModelConfig, load_config
     from htl_ray.models import create_model
     from htl_ray.train.checkpoints import load_checkpoint, save_checkpoint
-    from htl_ray.train.trainer import evaluate_run, run_training
+    from htl_ray.train.trainer import evaluate_run, run_state, run_training
 
     small = [16, 8, 8, 4, 4]
     torch.manual_seed(123)
@@ -80,14 +80,15 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     base = [f"data.path={synth_dataset}", f"tracking.uri={uri}", "scaling.num_workers=1",
             f"run.storage_path={tmp_path / 'runs'}", "data.limit_train=32", "train.epochs=1",
             "train.lr=1e-9", "train.weight_decay=0"]
-    with pytest.raises(ConfigError, match="pretrained does not fit this model"):
+    with pytest.raises(ConfigError, match="pretrained/checkpoint.pt does not fit this model"):
         run_training(load_config(None, [*base, "run.name=misfit",   # default decoder widths
                                         f"model.init_checkpoint={tmp_path / 'pretrained'}"]),
                      log=lambda _: None)
     assert not (tmp_path / "runs" / "misfit").exists() and not (tmp_path / "mlflow.db").exists()
 
+    monkeypatch.chdir(tmp_path)               # a relative path, as users write it
     cfg = load_config(None, [*base, "run.name=warm", f"model.decoder_channels={small}",
-                             f"model.init_checkpoint={tmp_path / 'pretrained'}"])
+                             "model.init_checkpoint=pretrained"])
     outcome = run_training(cfg, log=lambda _: None)
     trained = load_checkpoint(outcome.best_checkpoint)["model"]
     weights = [k for k, v in trained.items() if v.is_floating_point() and "bn" not in k
@@ -100,6 +101,10 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
                    if k.endswith("conv1.weight"))
     run = MlflowClient(uri).get_run(outcome.mlflow_run_id)
     assert run.data.params["model.init_checkpoint"] == str(tmp_path / "pretrained")
+    # pinned to the file it loaded, in MLflow and in the run state that --resume reads
+    pinned = str(tmp_path / "pretrained" / "checkpoint.pt")
+    assert run.data.tags["htl.init_checkpoint_file"] == pinned
+    assert run_state(outcome.run_dir)["init_checkpoint_file"] == pinned
 
     # held out: the best checkpoint scored once on every test image, none of another split
     import pandas as pd

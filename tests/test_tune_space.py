@@ -93,7 +93,8 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
 
     sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0.5, "high": 4},
                                          "htl.q": {"type": "float", "low": 0.05, "high": 0.4}},
-                              {"name": "s", "comparators": ["erm", "random", "el2n"]}))
+                              {"name": "s", "comparators": ["erm", "random", "el2n"]},
+                              overrides=["train.epochs=3", "htl.method=htl"]))
     plan = confirmation_plan(sweep, {"htl.lam": 2.5, "htl.q": 0.3}, 2, sweep.base.to_dict())
     assert [(name, group, seed) for name, group, seed, _ in plan] == [
         ("confirm-best-s0", "best", 0), ("confirm-best-s1", "best", 1),
@@ -103,9 +104,13 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
     for name, group, seed, cfg in plan:
         assert cfg.run.name == name and cfg.run.seed == seed and cfg.train.epochs == 3
         assert (cfg.htl.lam, cfg.htl.q) == (2.5, 0.3)               # the sweep's choice
-        assert cfg.htl.method == (sweep.base.htl.method if group == "best" else group)
+        assert cfg.htl.method == ("htl" if group == "best" else group)
     default = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
     assert default.settings.comparators == ["erm"]
+    # an ERM sweep (the default method): its best config is the ERM group already
+    assert default.base.htl.method == "erm"
+    assert [g for _, g, _, _ in confirmation_plan(default, {"htl.lam": 0.5}, 1,
+                                                  default.base.to_dict())] == ["best"]
     # loss ranks by the loss against a mask: no comparator for unlabeled images
     with pytest.raises(ConfigError, match="sweep.comparators: loss does not fit the base "
                                           "config: htl.method: needs labels"):

@@ -108,3 +108,14 @@ def resume_state(registered: str | Path | None,
     if registered is None:
         return None
     return Path(registered), load_checkpoint(registered)
+
+
+def best_of_run(run_dir: str | Path) -> tuple[Path, dict[str, float]] | None:
+    """`best_checkpoint` by the run's own `train.checkpoint_metric` (from its run state file;
+    val/dice when it has none): what "a run's best checkpoint" means everywhere."""
+    state = Path(run_dir) / RUN_STATE_FILE
+    metric = "val/dice"
+    if state.is_file():
+        metric = json.loads(state.read_text()).get("config", {}).get("train", {}).get(
+            "checkpoint_metric", metric)
+    return best_checkpoint(run_dir, metric)

@@ -182,10 +182,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # on its device before the optimizer exists, so restored optimizer state lands there too
     place = placement(ray.train.torch.get_device(), cfg.train.precision, cfg.train.memory_format)
-    model = create_model(cfg.model)
-    if cfg.model.init_checkpoint:           # a resumed run's checkpoint overrides it below
-        load_initial_weights(model, cfg.model.init_checkpoint)
-    model = place.prepare(model)
+    model = place.prepare(create_model(cfg.model))
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     objective = SETTINGS[cfg.supervision.setting](cfg)
@@ -204,6 +201,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         htl_version = int(state.get("htl_version", 0))
         if rank == 0:
             _say(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']} ({directory})")
+    elif loop_config.get("init_checkpoint_file"):
+        # model.init_checkpoint, pinned by the driver; never over a checkpoint of this run
+        load_initial_weights(model, loop_config["init_checkpoint_file"])
     if rank == 0:
         _say(f"[htl-ray] workers compute on {place.describe()}")
 

@@ -25,6 +25,7 @@ from htl_ray.train.checkpoints import (
     PER_SAMPLE_FILE,
     RUN_STATE_FILE,
     best_checkpoint,
+    best_of_run,
 )
 from htl_ray.train.evaluation import (
     TEST_SPLIT,
@@ -105,19 +106,22 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     from htl_ray import tracking
 
     manifest = preflight(cfg)
-    if cfg.model.init_checkpoint:
-        from htl_ray.models import create_model, load_initial_weights
-
-        # fails here, naming the file, rather than in every worker after Ray has started;
-        # absolute, since workers need not share the driver's working directory
-        cfg.model.init_checkpoint = str(Path(cfg.model.init_checkpoint).resolve())
-        load_initial_weights(create_model(cfg.model), cfg.model.init_checkpoint)
-        log(f"[htl-ray] model starts from the weights in {cfg.model.init_checkpoint}")
     run_dir = run_dir_of(cfg)
     state = _load_state(run_dir)
     if state and not resume:
         raise ConfigError(f"run.name: run directory {run_dir} already holds a run; resume it "
                           f"with `htl-ray train --resume {run_dir}` or choose another run.name")
+    init_file = state.get("init_checkpoint_file") if state else None
+    if cfg.model.init_checkpoint and not state:
+        from htl_ray.models import create_model, initial_checkpoint_file, load_initial_weights
+
+        # pinned to one file now (a run directory's best checkpoint may change later) and
+        # checked here, naming the file, rather than in every worker after Ray has started;
+        # absolute, since workers need not share the driver's working directory
+        cfg.model.init_checkpoint = str(Path(cfg.model.init_checkpoint).resolve())
+        init_file = str(initial_checkpoint_file(cfg.model.init_checkpoint))
+        load_initial_weights(create_model(cfg.model), init_file)
+        log(f"[htl-ray] model starts from the weights in {init_file}")
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     join_cluster(cfg, uri, log)          # may refuse the run: before an MLflow run exists
     flat = cfg.flat()
@@ -130,18 +134,23 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
 
         flush_run(run_dir, uri, run_id, log)   # writes an outage kept back, its end included
         MlflowClient(uri).update_run(run_id, status="RUNNING")
+        # the code that trains from here on: a resumed run may run other code than it began with
+        tracking.set_tags(uri, run_id, {f"htl.git_commit.resumed.{int(time.time())}":
+                                        tracking.git_commit()})
         log(f"[htl-ray] resuming run {run_dir} (MLflow run {run_id})")
     else:
         tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
                 "htl.run_dir": str(run_dir), "htl.setting": cfg.supervision.setting,
                 "htl.method": cfg.htl.method, **(tags or {})}
+        if init_file:
+            tags["htl.init_checkpoint_file"] = init_file
         tags.update({f"htl.version.{k}": v for k, v in tracking.package_versions().items()})
         display_name = tags.pop("mlflow.runName", cfg.run.name)
         run_id = tracking.start_run(uri, cfg.tracking.experiment, display_name, flat, tags)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_STATE_FILE).write_text(json.dumps(
         {"mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict(),
-         "dataset_fingerprint": fingerprint}, indent=2))
+         "dataset_fingerprint": fingerprint, "init_checkpoint_file": init_file}, indent=2))
     dump_config(cfg, run_dir / "config.yaml")
 
     try:
@@ -165,7 +174,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
             train_loop_per_worker,
             train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri,
                                "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch,
-                               "run_dir": str(run_dir),
+                               "run_dir": str(run_dir), "init_checkpoint_file": init_file,
                                "coordinator": coordinator},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -193,18 +202,18 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                     ray.kill(coordinator)
         if result.error:
             raise result.error
+        best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
+        best_ckpt, best_metrics = best if best is not None else (None, {})
+        test_metrics = {}
+        if cfg.train.evaluate_test and best_ckpt is not None \
+                and manifest.get("split_counts", {}).get(TEST_SPLIT):
+            test_metrics = held_out_metrics(best_ckpt, cfg, log)
     except BaseException:
         # the FAILED mark waits in the outbox if the tracking server is down: it must not
         # replace the error the user needs to see
         finish_tracking(run_dir, uri, run_id, "FAILED", log=log)
         raise
 
-    best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
-    best_ckpt, best_metrics = best if best is not None else (None, {})
-    test_metrics = {}
-    if cfg.train.evaluate_test and best_ckpt is not None \
-            and manifest.get("split_counts", {}).get(TEST_SPLIT):
-        test_metrics = held_out_metrics(best_ckpt, cfg, log)
     pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best, log, test_metrics)
     return TrainingOutcome(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=uri,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
@@ -239,7 +248,7 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT,
     run_dir = Path(run_dir).resolve()
     state = run_state(run_dir, "evaluate:")
     cfg = from_dict(state["config"])
-    best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
+    best = best_of_run(run_dir)
     if best is None:
         raise ConfigError(f"evaluate: {run_dir} holds no checkpoint to evaluate")
     from htl_ray.cluster import init_ray

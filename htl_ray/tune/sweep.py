@@ -62,6 +62,8 @@ def _absolute(base: ExperimentConfig, uri: str, runs_dir: Path) -> dict[str, Any
     """The base config with every path absolute: trials run in other working directories."""
     raw = base.to_dict()
     raw["data"]["path"] = str(Path(base.data.path).resolve())
+    if base.model.init_checkpoint:
+        raw["model"]["init_checkpoint"] = str(Path(base.model.init_checkpoint).resolve())
     raw["run"]["storage_path"] = str(runs_dir)
     raw["tracking"]["uri"] = uri
     return raw
@@ -280,7 +282,10 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
     """(run name, group, seed, config) of every confirmation run: the best config and the same
     config with each comparator's `htl.method` (default: erm only), seeds 0..N−1 — a placebo
     or another score gets exactly the attention settings the sweep chose for HTL."""
-    groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators}}
+    # a comparator that is the best config's own method would be the best group again
+    own = sweep.config_for(best_params, None, base_raw).htl.method
+    groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators
+                             if m != own}}
     return [(f"confirm-{group}-s{seed}", group, seed,
              sweep.config_for(best_params, extra + [f"run.seed={seed}",
                                                     f"run.name=confirm-{group}-s{seed}"],
@@ -293,15 +298,18 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
                      ) -> dict[str, list[str]]:
     """Train the `confirmation_plan` as child runs of the sweep. Runs already finished are
     kept; unfinished ones resume."""
-    from htl_ray.train.trainer import RUN_STATE_FILE, run_training
+    from htl_ray.train.trainer import RUN_STATE_FILE, evaluate_run, run_training
 
     plan = confirmation_plan(sweep, best.params, seeds, base_raw)
     out: dict[str, list[str]] = {}
     for name, group, seed, cfg in plan:
         state_file = runs_dir / name / RUN_STATE_FILE
+        _same_config_or_refuse(state_file, cfg)
         finished = _finished_run(state_file)
         if finished:
             log(f"[htl-ray] confirm {name}: already finished (MLflow run {finished})")
+            if cfg.train.evaluate_test and not _has_test_metrics(state_file, finished):
+                evaluate_run(state_file.parent, log=log)      # its test evaluation had failed
             out.setdefault(group, []).append(finished)
             continue
         log(f"[htl-ray] confirm {name}: {group} config, seed {seed}")
@@ -311,6 +319,37 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
             "mlflow.runName": f"{group} s{seed} ({best.name})"})
         out.setdefault(group, []).append(outcome.mlflow_run_id)
     return out
+
+
+IGNORED_ON_RESUME = ("run.", "tracking.")
+
+
+def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
+    """A confirmation run already on disk must be the run planned now: if the sweep's best
+    configuration changed (more trials, other settings), mixing its old seeds with new ones
+    would compare two configurations under one name."""
+    if not state_file.is_file():
+        return
+    from htl_ray.config import from_dict
+
+    old = from_dict(json.loads(state_file.read_text())["config"]).flat()
+    new = cfg.flat()
+    differ = sorted(k for k in set(old) | set(new) if not k.startswith(IGNORED_ON_RESUME)
+                    and old.get(k) != new.get(k))
+    if differ:
+        raise ConfigError(
+            f"{state_file.parent}: this confirmation run was trained with another "
+            f"configuration than the one planned now ({', '.join(differ[:4])}"
+            f"{', ...' if len(differ) > 4 else ''} differ): the sweep's best configuration or "
+            "its settings changed. Move the sweep's runs/confirm-* directories away (or restore "
+            "the settings) to confirm the new configuration")
+
+
+def _has_test_metrics(state_file: Path, run_id: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    uri = json.loads(state_file.read_text())["tracking_uri"]
+    return "best/test/dice" in MlflowClient(uri).get_run(run_id).data.metrics
 
 
 def _finished_run(state_file: Path) -> str | None:
