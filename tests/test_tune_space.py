@@ -118,3 +118,38 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
                           {"name": "s", "comparators": ["erm", "loss"]},
                           overrides=["supervision.setting=semi",
                                      "supervision.label_fraction=0.25"]))
+
+
+def test_asha_stops_weak_trials_at_its_rung_but_never_at_the_last_epoch(tmp_path):
+    """A stop at a trial's last report would kill it before its run ends FINISHED with its
+    best metrics; trials that reach the last epoch must return on their own."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from htl_ray.tune.sweep import make_scheduler
+
+    sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+                              {"name": "s", "scheduler": "asha", "grace_period": 2,
+                               "reduction_factor": 2},
+                              overrides=["train.epochs=6"]))
+    scheduler = make_scheduler(sweep)
+    scheduler.set_search_properties("val/dice", "max")
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    stopped: dict[str, int] = {}
+    for it in range(1, 7):                       # epochs 1..6, trial t0 is the best
+        for i, t in enumerate(trials):
+            if t.trial_id in stopped:
+                continue
+            action = scheduler.on_trial_result(None, t, {"training_iteration": it,
+                                                         "val/dice": 0.8 - 0.1 * i})
+            if action == TrialScheduler.STOP:
+                stopped[t.trial_id] = it
+    assert stopped and max(stopped.values()) < 6 and "t0" not in stopped
+    with pytest.raises(ConfigError, match="sweep.grace_period: ASHA judges trials after this "
+                                          "many epochs; expected 1 to train.epochs − 1 .5."):
+        load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+                          {"name": "s", "scheduler": "asha", "grace_period": 6},
+                          overrides=["train.epochs=6"]))

@@ -209,6 +209,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             sweep.config_for(params)
         except ConfigError as exc:
             raise ConfigError(f"{path}: space: a sampled config would be invalid: {exc}") from None
+        s = sweep.settings
+        if s.scheduler == "asha" and not 0 < s.grace_period < sweep.base.train.epochs:
+            raise ConfigError(f"{path}: sweep.grace_period: ASHA judges trials after this many "
+                              f"epochs; expected 1 to train.epochs − 1 "
+                              f"({sweep.base.train.epochs - 1}), got {s.grace_period}")
         for method in sweep.settings.comparators:      # the --confirm runs, checked now
             try:
                 sweep.config_for(params, [f"htl.method={method}"])

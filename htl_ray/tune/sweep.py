@@ -119,10 +119,24 @@ def _close_stopped_runs(uri: str, parent_run_id: str, tag: str, known: set[str])
     return len(runs)
 
 
+def make_scheduler(sweep: Sweep):
+    """FIFO, or ASHA with its rungs strictly before the last epoch and no stop at the end: a
+    trial that reaches its last epoch returns on its own, so its run ends FINISHED with its
+    best metrics (a scheduler stop at the last report would kill it before that)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = sweep.settings
+    if s.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration",
+                         max_t=max(sweep.base.train.epochs - 1, s.grace_period),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                         stop_last_trials=False)
+
+
 def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_id: str,
            resume: bool, concurrency: int):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -149,9 +163,7 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_i
         OptunaSearch(space=dict(sweep.space), metric=s.metric, mode=s.mode,
                      sampler=optuna.samplers.TPESampler(seed=s.seed)),
         max_concurrent=concurrency)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.base.train.epochs,
-                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-                 if s.scheduler == "asha" else FIFOScheduler())
+    scheduler = make_scheduler(sweep)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher,
