@@ -77,8 +77,8 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
                                   f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}'",
                                   max_results=50000):
         role = run.data.tags.get(ROLE_TAG)
-        stopped = run.info.status == "KILLED" and run.data.tags.get("htl.stopped_early")
-        if role == "sweep" or not (run.info.status == "FINISHED" or stopped):
+        if role == "sweep" or not (run.info.status == "FINISHED"
+                                   or (role == "trial" and _trial_ended(client, run))):
             continue
         if run.info.end_time and run.info.start_time:
             status.compute_hours += (run.info.end_time - run.info.start_time) / 3.6e6
@@ -90,6 +90,17 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
             group = run.data.tags.get(GROUP_TAG, "?")
             status.confirm_finished[group] = status.confirm_finished.get(group, 0) + 1
     return status
+
+
+def _trial_ended(client, run) -> bool:
+    """A KILLED trial still counts when the scheduler stopped it early, or when it had trained
+    its last epoch before its sweep was interrupted (Tune will not run it again)."""
+    if run.info.status != "KILLED":
+        return False
+    if run.data.tags.get("htl.stopped_early"):
+        return True
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
+    return bool(steps) and max(steps) + 1 >= int(run.data.params.get("train.epochs", 0))
 
 
 def _fmt(m: float, lo: float = math.nan, hi: float = math.nan, signed: bool = False,
