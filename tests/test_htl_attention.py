@@ -119,3 +119,40 @@ def test_a_restarted_coordinator_restores_its_pie_population(ray_cluster, tmp_pa
     assert restored == [2.0, 3.0]                          # same members, oldest first
     assert not (tmp_path / "htl" / "snapshots" / "v0001.pt").exists()
     assert len(_coordinator(tmp_path / "other", "htl", population=1).population) == 0
+
+
+def test_refreshes_score_one_at_a_time_and_publish_in_order(tmp_path, monkeypatch):
+    """Two refreshes submitted back to back (async refresh slower than R epochs): the second
+    waits for the first, so they never split the scorer's CPUs, and its EMA sees v1."""
+    import threading
+    import time
+
+    from htl_ray.htl import coordinator as module
+
+    active, peak = [0], [0]
+    counter = threading.Lock()
+
+    def fake_score(dataset, refs, spec):
+        with counter:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        with counter:
+            active[0] -= 1
+        return _table()
+
+    monkeypatch.setattr(module, "score_dataset", fake_score)
+    coord = _coordinator(tmp_path, "htl")
+    threads = []
+    for version in (1, 2):
+        coord.timeline[version] = {"submitted": time.time(), "epoch": float(version)}
+        t = threading.Thread(target=coord._refresh, args=(version, [], version))
+        threads.append(t)
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(10)
+    assert not coord.errors and peak[0] == 1 and coord.versions() == [1, 2]
+    assert coord.timeline[2]["started"] >= coord.timeline[1]["finished"]
+    # v2's h is the EMA of v1's and its own (the same raw scores here: unchanged)
+    assert np.allclose(coord.tables[2]["h"], _table()["h"])

@@ -156,6 +156,8 @@ def test_protocol_files_shipped_are_valid():
         assert sweep.base.htl.method == "htl" and "erm" in sweep.settings.comparators
         assert "random" in sweep.settings.comparators
         assert sweep.base.data.path == "data/isic128" and sweep.base.train.evaluate_test
+        # on 2 cores a background refresh lags several epochs: attention must start on time
+        assert sweep.base.htl.asynchronous is False
     assert sweeps["semi"].base.supervision.label_fraction == 0.25
     assert {"loss", "el2n"} <= set(sweeps["supervised"].settings.comparators)
     assert len({s.settings.name for s in sweeps.values()}) == 3
@@ -176,6 +178,7 @@ def test_gpu_variant_overrides_every_setting_and_report_only_trains_nothing(tmp_
         base = load_sweep(root / f"{name}.yaml", overrides).base
         assert base.data.path.endswith("isic256") and base.scaling.use_gpu
         assert base.train.epochs == 40 and base.supervision.setting == name
+        assert base.htl.asynchronous and base.htl.scorer_gpus > 0
     page = tmp_path / "gpu.md"
     proc = subprocess.run(
         [sys.executable, "-m", "htl_ray.cli", "reproduce", str(root / "supervised.yaml"),

@@ -81,6 +81,10 @@ class RefreshCoordinator:
         self.seed = seed
         self.delay_s = delay_s                      # test aid: makes a refresh take longer
         self.lock = threading.Lock()
+        # one refresh scores at a time: concurrent ones split the scorer's CPUs between two
+        # Ray Data executions (neither may get a whole actor: a refresh could hang), and the
+        # EMA of h must see the versions in order
+        self.scoring = threading.Lock()
         self.tables = load_versions(self.run_dir)   # a restarted coordinator resumes here
         self.population: deque = deque(maxlen=int(htl.get("population", 1)))
         if self.population.maxlen > 1:
@@ -172,23 +176,25 @@ class RefreshCoordinator:
             old.unlink()
 
     def _refresh(self, version: int, refs: list, epoch: int) -> None:
-        t0 = time.time()
         try:
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            raw = score_dataset(self.dataset, refs, self.spec)
-            table = self._finish(raw, version, epoch)
-            path = version_path(self.run_dir, version)
-            tmp = path.with_suffix(".tmp")
-            table.to_parquet(tmp, index=False)
-            tmp.rename(path)                           # persisted before it is published
-            wall = time.time() - t0
+            with self.scoring:               # released once this version is published
+                t0 = time.time()
+                self.timeline[version]["started"] = t0
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                raw = score_dataset(self.dataset, refs, self.spec)
+                table = self._finish(raw, version, epoch)
+                path = version_path(self.run_dir, version)
+                tmp = path.with_suffix(".tmp")
+                table.to_parquet(tmp, index=False)
+                tmp.rename(path)                       # persisted before it is published
+                wall = time.time() - t0
+                with self.lock:
+                    self.tables[version] = table
+                self.timeline[version]["finished"] = time.time()
             metrics = self._metrics(table, version, wall)
             metrics.update({f"htl/measured_sparsity/{target:.2f}": value for target, value
                             in raw.attrs.get("measured_sparsity", {}).items()})
-            with self.lock:
-                self.tables[version] = table
-            self.timeline[version]["finished"] = time.time()
             self._log(metrics, version, path)
         except Exception:
             self.errors[version] = traceback.format_exc()
