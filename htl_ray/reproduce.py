@@ -330,23 +330,3 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
         except Exception as exc:  # noqa: BLE001 - never hide the error that stopped the run
             log(f"[htl-ray] reproduce: could not rewrite {results}: {exc}")
     return complete
-    try:
-        for sweep in sweeps:
-            status = setting_status(sweep, uri)
-            if status.complete(_groups(sweep), seeds):
-                log(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
-                continue
-            resume = (sweep.directory / STATE_FILE).is_file()
-            log(f"[htl-ray] reproduce: {sweep.settings.name} "
-                f"({'continuing' if resume else 'starting'}; {sweep.base.supervision.setting} "
-                f"setting, {sweep.settings.num_samples} trials, then "
-                f"{len(_groups(sweep))} × {seeds} confirmation runs)")
-            outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log)
-            if outcome.interrupted:
-                log("[htl-ray] reproduce: interrupted; run the same command to continue")
-                return False
-            refresh()
-    finally:
-        # stopped or failed part-way: the page still shows everything finished so far
-        refresh()
-    return refresh()
