@@ -26,7 +26,7 @@ from htl_ray.compare import METRICS, compare, load_runs
 from htl_ray.tables import markdown_table
 from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.space import Sweep, load_sweep
-from htl_ray.tune.sweep import GROUP_TAG, STATE_FILE, run_sweep
+from htl_ray.tune.sweep import GROUP_TAG, STATE_FILE, confirm_run_name, run_sweep
 from htl_ray.tune.trial import ROLE_TAG, SWEEP_TAG
 
 BEGIN = "<!-- htl-ray reproduce: begin (generated from MLflow by `htl-ray reproduce`; edits " \
@@ -177,7 +177,7 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
     from htl_ray.report.build import build_report
 
     runs_dir = sweep.directory / "runs"
-    run, base = runs_dir / "confirm-best-s0", runs_dir / "confirm-erm-s0"
+    run, base = runs_dir / confirm_run_name("best", 0), runs_dir / confirm_run_name("erm", 0)
     if not (run / RUN_STATE_FILE).is_file():
         return []
     out = sweep.directory / "report"
@@ -188,7 +188,7 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
         return [f"(no HTL report: {exc})"]
     enr = report.enrichment
     sig = enr[(enr["p_adjusted"] < 0.05) & (enr["odds_ratio"] > 1)].head(8)
-    lines = [f"HTL report of `confirm-best-s0` (training images, top-q HTL set at its last "
+    lines = [f"HTL report of `{run.name}` (training images, top-q HTL set at its last "
              f"refresh; Fisher exact, Holm-corrected over {len(enr)} groups): "
              f"`{out / 'report.html'}`", ""]
     if sig.empty:

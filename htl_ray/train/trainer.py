@@ -232,10 +232,15 @@ def held_out_metrics(best_ckpt: Path, cfg: ExperimentConfig,
         log(f"[htl-ray] warning: test-split evaluation of {best_ckpt} failed ({exc}); the run "
             f"is kept; retry with `htl-ray evaluate {best_ckpt.parent}`")
         return {}
-    log(f"[htl-ray] test split ({len(table)} images), best checkpoint: dice "
-        f"{metrics['test/dice']:.4f} iou {metrics['test/iou']:.4f} thr-jaccard "
-        f"{metrics['test/thresholded_jaccard']:.4f} ({time.time() - t0:.1f}s)")
+    log(_split_line(TEST_SPLIT, metrics, len(table), best_ckpt, time.time() - t0))
     return metrics
+
+
+def _split_line(split: str, metrics: dict[str, float], images: int, checkpoint: Path,
+                seconds: float) -> str:
+    return (f"[htl-ray] {split} split ({images} images), best checkpoint {checkpoint.name}: "
+            f"dice {metrics[f'{split}/dice']:.4f} iou {metrics[f'{split}/iou']:.4f} "
+            f"thr-jaccard {metrics[f'{split}/thresholded_jaccard']:.4f} ({seconds:.1f}s)")
 
 
 def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT,
@@ -261,9 +266,7 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT,
     box.metrics({f"best/{k}": v for k, v in metrics.items()}, step=0)
     box.artifact(best[0] / per_sample_file(split), "evaluation")
     left = sum(flush_run(run_dir, uri, run_id, log).values())
-    log(f"[htl-ray] {split} split ({len(table)} images), best checkpoint {best[0].name}: dice "
-        f"{metrics[f'{split}/dice']:.4f} iou {metrics[f'{split}/iou']:.4f} thr-jaccard "
-        f"{metrics[f'{split}/thresholded_jaccard']:.4f} ({time.time() - t0:.1f}s)"
+    log(_split_line(split, metrics, len(table), best[0], time.time() - t0)
         + (f"; {left} MLflow write(s) pending: htl-ray sync {run_dir}" if left else ""))
     return metrics
 

@@ -289,6 +289,11 @@ def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
     return best, plots
 
 
+def confirm_run_name(group: str, seed: int) -> str:
+    """Run name (and run directory under the sweep's runs/) of one confirmation run."""
+    return f"confirm-{group}-s{seed}"
+
+
 def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
                       base_raw: dict[str, Any]) -> list[tuple[str, str, int, ExperimentConfig]]:
     """(run name, group, seed, config) of every confirmation run: the best config and the same
@@ -298,10 +303,9 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
     own = sweep.config_for(best_params, None, base_raw).htl.method
     groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators
                              if m != own}}
-    return [(f"confirm-{group}-s{seed}", group, seed,
-             sweep.config_for(best_params, extra + [f"run.seed={seed}",
-                                                    f"run.name=confirm-{group}-s{seed}"],
-                              base_raw))
+    return [(confirm_run_name(group, seed), group, seed,
+             sweep.config_for(best_params, extra + [
+                 f"run.seed={seed}", f"run.name={confirm_run_name(group, seed)}"], base_raw))
             for group, extra in groups.items() for seed in range(seeds)]
 
 
