@@ -298,7 +298,8 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
                       base_raw: dict[str, Any]) -> list[tuple[str, str, int, ExperimentConfig]]:
     """(run name, group, seed, config) of every confirmation run: the best config and the same
     config with each comparator's `htl.method` (default: erm only), seeds 0..N−1 — a placebo
-    or another score gets exactly the attention settings the sweep chose for HTL."""
+    or another score gets exactly the attention settings the sweep chose for HTL. Seed-major:
+    a protocol interrupted after k seeds already holds k complete paired comparisons."""
     # a comparator that is the best config's own method would be the best group again
     own = sweep.config_for(best_params, None, base_raw).htl.method
     groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators
@@ -306,7 +307,7 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
     return [(confirm_run_name(group, seed), group, seed,
              sweep.config_for(best_params, extra + [
                  f"run.seed={seed}", f"run.name={confirm_run_name(group, seed)}"], base_raw))
-            for group, extra in groups.items() for seed in range(seeds)]
+            for seed in range(seeds) for group, extra in groups.items()]
 
 
 def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict[str, Any],
