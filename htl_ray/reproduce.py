@@ -171,6 +171,13 @@ def verdict_lines(verdict: dict) -> list[str]:
     return lines
 
 
+def _newest_file(*run_dirs: Path | None) -> float:
+    """Modification time of the newest file in the run directories: a report older than it
+    is stale (the run went on, or its ERM baseline appeared)."""
+    return max((p.stat().st_mtime for d in run_dirs if d is not None
+                for p in d.rglob("*") if p.is_file()), default=math.inf)
+
+
 def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
     """The HTL report of the best configuration's seed-0 run (beside ERM seed 0): groups
     enriched among its HTL samples, Holm-corrected."""
@@ -181,12 +188,15 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
     if not (run / RUN_STATE_FILE).is_file():
         return []
     out = sweep.directory / "report"
-    try:
-        report = build_report(run, base if (base / RUN_STATE_FILE).is_file() else None, out,
-                              log=log)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        return [f"(no HTL report: {exc})"]
-    enr = report.enrichment
+    baseline = base if (base / RUN_STATE_FILE).is_file() else None
+    cached = out / "enrichment.csv"
+    if cached.is_file() and cached.stat().st_mtime >= _newest_file(run, baseline):
+        enr = pd.read_csv(cached)     # the page is rewritten after every run: build it once
+    else:
+        try:
+            enr = build_report(run, baseline, out, log=log).enrichment
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            return [f"(no HTL report: {exc})"]
     sig = enr[(enr["p_adjusted"] < 0.05) & (enr["odds_ratio"] > 1)].head(8)
     lines = [f"HTL report of `{run.name}` (training images, top-q HTL set at its last "
              f"refresh; Fisher exact, Holm-corrected over {len(enr)} groups): "
@@ -303,11 +313,19 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
         log(f"[htl-ray] reproduce: results written to {results}")
         return complete
 
+    def refresh_between_runs() -> None:
+        """After each confirmation run, so the page follows a protocol that takes hours; a page
+        that cannot be written must not stop the runs (the final rewrite reports it)."""
+        try:
+            refresh()
+        except Exception as exc:  # noqa: BLE001
+            log(f"[htl-ray] reproduce: could not rewrite {results} (runs go on): {exc}")
+
     if report_only:
         return refresh()
     complete = False
     try:
-        for i, sweep in enumerate(sweeps):
+        for sweep in sweeps:
             status = setting_status(sweep, uri)
             if status.complete(_groups(sweep), seeds):
                 log(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
@@ -317,12 +335,11 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
                 f"({'continuing' if resume else 'starting'}; {sweep.base.supervision.setting} "
                 f"setting, {sweep.settings.num_samples} trials, then "
                 f"{len(_groups(sweep))} × {seeds} confirmation runs)")
-            outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log)
+            outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log,
+                                on_confirmed=refresh_between_runs)
             if outcome.interrupted:
                 log("[htl-ray] reproduce: interrupted; run the same command to continue")
                 return False
-            if i < len(sweeps) - 1:
-                refresh()                   # a later hard kill keeps this setting's results
     finally:
         # also when stopped or failed part-way: the page shows everything finished so far
         try:

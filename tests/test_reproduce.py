@@ -96,6 +96,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert run_protocol([sweep_file], 1, page, report_only=True, log=lines.append) is False
     assert "*Not started.*" in page.read_text() and "0 of 1 trials" in page.read_text()
 
+    lines.clear()
     # one seed per method keeps this test short; intervals are tested in test_compare.py
     assert run_protocol([sweep_file], 1, page, log=lines.append) is True
     client = MlflowClient(tracking_uri)
@@ -132,7 +133,11 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     col = header.index("Δthr-J vs ERM")
     assert rows["erm"][col] == "–" and rows["random"][header.index("Δthr-J vs random")] == "–"
     assert "HTL − ERM, thresholded Jaccard:" in block and "HTL − random, Dice:" in block
-    assert (tmp_path / "sweeps" / "tiny-repro" / "report" / "report.html").is_file()
+    report_html = tmp_path / "sweeps" / "tiny-repro" / "report" / "report.html"
+    assert report_html.is_file()
+    # the page follows the protocol: rewritten after each of the 3 confirmation runs, and last
+    assert sum("results written to" in line for line in lines) == 4
+    built = report_html.stat().st_mtime_ns
 
     # a second pass trains nothing: every run is finished in MLflow
     n_runs = len(client.search_runs([exp.experiment_id]))
@@ -141,6 +146,9 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert len(client.search_runs([exp.experiment_id])) == n_runs
     assert any("tiny-repro complete, skipped" in line for line in lines)
     assert page.read_text().count(BEGIN) == 1
+    assert page.read_text().split(BEGIN)[1].split("Generated")[1].split("\n", 1)[1] == \
+        text.split(BEGIN)[1].split("Generated")[1].split("\n", 1)[1]   # same page, same table
+    assert report_html.stat().st_mtime_ns == built     # the runs did not change: report reused
 
 
 def test_protocol_files_shipped_are_valid():

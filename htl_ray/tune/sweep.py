@@ -172,9 +172,11 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_i
 
 
 def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
-              log: Callable[[str], None] = print) -> SweepOutcome:
+              log: Callable[[str], None] = print,
+              on_confirmed: Callable[[], None] | None = None) -> SweepOutcome:
     """Run (or with `resume`, continue) the sweep; then summarise it in its parent run and,
-    with `confirm` = N, re-run the best config and its ERM baseline with N seeds each."""
+    with `confirm` = N, re-run the best config and its ERM baseline with N seeds each
+    (`on_confirmed` is called after each confirmation run trained: hours apart on CPUs)."""
     from htl_ray import tracking
     from htl_ray.cluster import cpus_needed, join_cluster
     from htl_ray.train.preflight import preflight
@@ -237,7 +239,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
             return outcome
         if confirm and best is not None:
             outcome.confirm_run_ids = run_confirmation(sweep, best, confirm, base_raw,
-                                                       parent_run_id, directory / "runs", log)
+                                                       parent_run_id, directory / "runs", log,
+                                                       on_confirmed)
     except BaseException:
         tracking.end_run(uri, parent_run_id, "FAILED")
         raise
@@ -311,10 +314,10 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
 
 
 def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict[str, Any],
-                     parent_run_id: str, runs_dir: Path, log: Callable[[str], None]
-                     ) -> dict[str, list[str]]:
+                     parent_run_id: str, runs_dir: Path, log: Callable[[str], None],
+                     on_confirmed: Callable[[], None] | None = None) -> dict[str, list[str]]:
     """Train the `confirmation_plan` as child runs of the sweep. Runs already finished are
-    kept; unfinished ones resume."""
+    kept; unfinished ones resume; `on_confirmed` is called after each run trained."""
     from htl_ray.train.trainer import RUN_STATE_FILE, evaluate_run, run_training
 
     plan = confirmation_plan(sweep, best.params, seeds, base_raw)
@@ -335,6 +338,8 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
             ROLE_TAG: "confirm", GROUP_TAG: group, TRIAL_TAG: best.trial_id,
             "mlflow.runName": f"{group} s{seed} ({best.name})"})
         out.setdefault(group, []).append(outcome.mlflow_run_id)
+        if on_confirmed is not None:
+            on_confirmed()
     return out
 
 
