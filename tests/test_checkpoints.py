@@ -2,6 +2,7 @@ import torch
 
 from htl_ray.train.checkpoints import (
     CHECKPOINT_FILE,
+    PER_SAMPLE_FILE,
     best_checkpoint,
     latest_checkpoint,
     load_checkpoint,
@@ -70,3 +71,9 @@ def test_best_checkpoint_is_read_from_disk_with_its_metrics(tmp_path):
     assert directory == tmp_path / "checkpoint_c"           # ties go to the later epoch
     assert metrics == {"epoch": 2, "val/dice": 0.8}
     assert best_checkpoint(tmp_path, "val/iou") is None      # no checkpoint has that metric
+    # the report needs per-image metrics: only checkpoints holding that file compete
+    (tmp_path / "checkpoint_b" / PER_SAMPLE_FILE).write_bytes(b"")
+    (tmp_path / "checkpoint_d" / PER_SAMPLE_FILE).write_bytes(b"")
+    assert best_checkpoint(tmp_path, "val/dice", require=PER_SAMPLE_FILE)[0] == \
+        tmp_path / "checkpoint_b"
+    assert best_checkpoint(tmp_path, "val/dice", require="missing.file") is None

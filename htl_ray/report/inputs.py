@@ -19,7 +19,12 @@ import pandas as pd
 from htl_ray.analysis.groups import add_group_columns
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.schema import RECORDS_FILE, read_table
-from htl_ray.train.checkpoints import META_FILE, PER_SAMPLE_FILE, load_checkpoint
+from htl_ray.train.checkpoints import (
+    PER_SAMPLE_FILE,
+    best_checkpoint,
+    load_checkpoint,
+    read_meta,
+)
 
 
 @dataclass
@@ -40,21 +45,15 @@ class RunInputs:
         return self.config.run.name
 
 
-def best_checkpoint(run_dir: Path, metric: str) -> tuple[Path, int]:
-    """The checkpoint whose meta.json has the highest `metric` (ties: the later epoch)."""
-    best: tuple[float, int, Path] | None = None
-    for meta in run_dir.glob(f"checkpoint_*/{META_FILE}"):
-        m = json.loads(meta.read_text())
-        if not (meta.parent / PER_SAMPLE_FILE).is_file():
-            continue
-        score = float(m.get("metrics", {}).get(metric, -np.inf))
-        key = (score, int(m.get("epoch", -1)), meta.parent)
-        if best is None or key[:2] > best[:2]:
-            best = key
+def best_evaluated_checkpoint(run_dir: Path, metric: str) -> tuple[Path, int]:
+    """The run's best checkpoint among those with per-image validation metrics (the report's
+    tables need them), and its epoch."""
+    best = best_checkpoint(run_dir, metric, require=PER_SAMPLE_FILE)
     if best is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint with {PER_SAMPLE_FILE}; is this a "
-                                "finished `htl-ray train` run directory?")
-    return best[2], best[1]
+        raise FileNotFoundError(f"{run_dir}: no checkpoint with {metric} and {PER_SAMPLE_FILE}; "
+                                "is this a finished `htl-ray train` run directory?")
+    directory, metrics = best
+    return directory, int(metrics.get("epoch", read_meta(directory)["epoch"]))
 
 
 def _score_offline(cfg: ExperimentConfig, state_dict: dict[str, Any], log) -> pd.DataFrame:
@@ -91,7 +90,7 @@ def load_run(run_dir: str | Path, log=print) -> RunInputs:
     if not (Path(cfg.data.path) / RECORDS_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: the run's dataset {cfg.data.path} is not here "
                                 "(the report reads images and metadata from it)")
-    ckpt, epoch = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
+    ckpt, epoch = best_evaluated_checkpoint(run_dir, cfg.train.checkpoint_metric)
     val = add_group_columns(pd.read_parquet(ckpt / PER_SAMPLE_FILE))
     dataset = read_table(cfg.data.path)
     versions = load_versions(run_dir)

@@ -75,11 +75,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[0][1] if found else None
 
 
-def best_checkpoint(run_dir: str | Path, metric: str) -> tuple[Path, dict[str, float]] | None:
+def best_checkpoint(run_dir: str | Path, metric: str, require: str | None = None
+                    ) -> tuple[Path, dict[str, float]] | None:
     """(directory, metrics) of the checkpoint with the highest `metric` under a run directory
-    (ties: the later epoch). Read from disk rather than from Ray Train's result, which misses a
-    checkpoint that was written but not yet registered when a worker died."""
-    found = [(meta.get("metrics", {}), d) for meta, d in checkpoints_on_disk(run_dir)]
+    (ties: the later epoch), among those holding the file `require` when given. Read from disk
+    rather than from Ray Train's result, which misses a checkpoint that was written but not
+    yet registered when a worker died."""
+    found = [(meta.get("metrics", {}), d) for meta, d in checkpoints_on_disk(run_dir)
+             if require is None or (d / require).is_file()]
     found = [(m, d) for m, d in found if isinstance(m.get(metric), int | float)]
     if not found:
         return None
