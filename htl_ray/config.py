@@ -126,6 +126,10 @@ class HtlConfig:
     scorer_cpus: float = _spec(1.0, lo=0)
     scorer_gpus: float = _spec(0.0, lo=0)
     scorer_batch_size: int = _spec(32, lo=1)
+    scorer_threads: int = _spec(0, lo=0,
+                                help="torch threads per scorer actor (0: one per scorer CPU); "
+                                     "with synchronous refresh the trainers wait while it "
+                                     "scores, so it may use their cores too")
 
 
 @dataclass

@@ -76,6 +76,25 @@ def test_unlabeled_scoring_returns_only_label_free_columns(synth_dataset):
     assert set(table.columns) == {"id", "d_0.50", "h"} and len(table) == len(rows)
 
 
+def test_scorer_threads_default_to_its_cpus_and_follow_htl_scorer_threads(ray_cluster):
+    from htl_ray.config import load_config
+    from htl_ray.htl.coordinator import spec_from_config
+    from htl_ray.htl.scorer import ScorerActor
+
+    ref = ray_cluster.put(create_model(ModelConfig(**MODEL)).state_dict())
+    before = torch.get_num_threads()
+    try:
+        ScorerActor(ScoringSpec(model=MODEL, sparsities=(0.5,), cpus_per_actor=1.0), [ref])
+        assert torch.get_num_threads() == 1
+        # synchronous refresh: the trainers wait, so the scorer may use their cores as well
+        spec = spec_from_config(load_config(None, ["htl.scorer_threads=2"]))
+        assert (spec.threads, spec.cpus_per_actor) == (2, 1.0)
+        ScorerActor(ScoringSpec(model=MODEL, sparsities=(0.5,), threads=spec.threads), [ref])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_scorer_in_bf16_channels_last_agrees_with_fp32(ray_cluster, synth_dataset):
     """The GPU defaults (bf16 autocast, channels-last), asked for on CPU: same columns, scores
     within bf16's precision of the fp32 scorer's, measured sparsity unchanged."""

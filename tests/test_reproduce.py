@@ -166,6 +166,7 @@ def test_protocol_files_shipped_are_valid():
         assert sweep.base.data.path == "data/isic128" and sweep.base.train.evaluate_test
         # on 2 cores a background refresh lags several epochs: attention must start on time
         assert sweep.base.htl.asynchronous is False
+        assert sweep.base.htl.scorer_threads == 2          # the waiting trainers' cores too
     assert sweeps["semi"].base.supervision.label_fraction == 0.25
     assert {"loss", "el2n"} <= set(sweeps["supervised"].settings.comparators)
     assert len({s.settings.name for s in sweeps.values()}) == 3
@@ -187,6 +188,7 @@ def test_gpu_variant_overrides_every_setting_and_report_only_trains_nothing(tmp_
         assert base.data.path.endswith("isic256") and base.scaling.use_gpu
         assert base.train.epochs == 40 and base.supervision.setting == name
         assert base.htl.asynchronous and base.htl.scorer_gpus > 0
+        assert base.htl.scorer_threads == 0                # trainers run beside the scorer
     page = tmp_path / "gpu.md"
     proc = subprocess.run(
         [sys.executable, "-m", "htl_ray.cli", "reproduce", str(root / "supervised.yaml"),

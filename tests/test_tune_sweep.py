@@ -95,3 +95,27 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
     assert set(best.params) >= {"best.train.lr", "best.htl.lam", "sweep.num_samples"}
     summary = Path(directory / "summary" / "study_summary.md").read_text()
     assert "2 (2 finished, 0 stopped early, 0 failed)" in summary
+
+
+def test_a_confirmation_run_on_disk_with_other_settings_is_refused_unless_only_speed_differs(
+        tmp_path):
+    import json
+
+    import pytest
+
+    from htl_ray.config import ConfigError, load_config
+    from htl_ray.tune.sweep import _same_config_or_refuse
+
+    planned = load_config(None, ["htl.method=htl", "htl.lam=2.0", "run.name=confirm-best-s0"])
+    state = tmp_path / "confirm-best-s0" / "htl_run.json"
+    state.parent.mkdir()
+    # trained earlier with a slower scorer, under another run name and tracking server: the same
+    state.write_text(json.dumps({"config": load_config(None, [
+        "htl.method=htl", "htl.lam=2.0", "htl.scorer_threads=1", "htl.scorer_batch_size=8",
+        "run.name=old", "tracking.uri=sqlite:///elsewhere.db"]).to_dict()}))
+    _same_config_or_refuse(state, planned)
+    # trained with another λ: mixing its seeds with new ones would compare two configurations
+    state.write_text(json.dumps({"config": load_config(None, [
+        "htl.method=htl", "htl.lam=1.0"]).to_dict()}))
+    with pytest.raises(ConfigError, match=r"confirm-best-s0: .*\(htl.lam differ\)"):
+        _same_config_or_refuse(state, planned)

@@ -37,6 +37,7 @@ class ScoringSpec:
     pool_size: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    threads: int = 0                  # torch threads per actor; 0: one per reserved CPU
     precision: str = "auto"           # train.precision / train.memory_format (htl_ray.device)
     memory_format: str = "auto"
 
@@ -55,7 +56,7 @@ class ScorerActor:
     def __init__(self, spec: ScoringSpec, snapshots: list):
         import ray
 
-        torch.set_num_threads(max(1, int(spec.cpus_per_actor)))
+        torch.set_num_threads(spec.threads or max(1, int(spec.cpus_per_actor)))
         self.spec = spec
         # a GPU share (htl.scorer_gpus, e.g. 0.25 beside the trainers) puts the models on it
         self.place = placement(best_device(spec.gpus_per_actor), spec.precision,

@@ -343,7 +343,8 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
     return out
 
 
-IGNORED_ON_RESUME = ("run.", "tracking.")
+# run identity, tracking, and settings that change only how fast the HTL scorer runs
+IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size")
 
 
 def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
