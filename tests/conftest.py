@@ -73,10 +73,22 @@ def processes() -> dict[int, tuple[int, str]]:
     return out
 
 
+def descendants(root: int, procs: dict[int, tuple[int, str]]) -> set[int]:
+    """PIDs below `root` in the process tree (not `root` itself)."""
+    family, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier} - family
+        family |= frontier
+    return family
+
+
 def pids_titled(title: str) -> list[int]:
-    """PIDs whose command line contains `title` (never this pytest process), oldest first."""
-    return sorted(pid for pid, (_, cmd) in processes().items()
-                  if title in cmd and "pytest" not in cmd)
+    """PIDs whose command line contains `title`, oldest first — only among this pytest
+    process's descendants (the session cluster's raylet and its workers): a fault test must
+    never kill the workers of another Ray cluster on the machine, such as a long experiment."""
+    procs = processes()
+    return sorted(pid for pid in descendants(os.getpid(), procs)
+                  if title in procs[pid][1] and "pytest" not in procs[pid][1])
 
 
 
