@@ -167,6 +167,7 @@ def test_protocol_files_shipped_are_valid():
         # on 2 cores a background refresh lags several epochs: attention must start on time
         assert sweep.base.htl.asynchronous is False
         assert sweep.base.htl.scorer_threads == 2          # the waiting trainers' cores too
+        assert sweep.base.train.max_failures >= 1          # hours unattended: workers get lost
     assert sweeps["semi"].base.supervision.label_fraction == 0.25
     assert {"loss", "el2n"} <= set(sweeps["supervised"].settings.comparators)
     assert len({s.settings.name for s in sweeps.values()}) == 3

@@ -109,10 +109,12 @@ def test_a_confirmation_run_on_disk_with_other_settings_is_refused_unless_only_s
     planned = load_config(None, ["htl.method=htl", "htl.lam=2.0", "run.name=confirm-best-s0"])
     state = tmp_path / "confirm-best-s0" / "htl_run.json"
     state.parent.mkdir()
-    # trained earlier with a slower scorer, under another run name and tracking server: the same
+    # trained earlier with a slower scorer, more restarts allowed, under another run name and
+    # tracking server: the same run
     state.write_text(json.dumps({"config": load_config(None, [
         "htl.method=htl", "htl.lam=2.0", "htl.scorer_threads=1", "htl.scorer_batch_size=8",
-        "run.name=old", "tracking.uri=sqlite:///elsewhere.db"]).to_dict()}))
+        "train.max_failures=2", "run.name=old",
+        "tracking.uri=sqlite:///elsewhere.db"]).to_dict()}))
     _same_config_or_refuse(state, planned)
     # trained with another λ: mixing its seeds with new ones would compare two configurations
     state.write_text(json.dumps({"config": load_config(None, [

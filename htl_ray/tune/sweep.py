@@ -343,8 +343,10 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
     return out
 
 
-# run identity, tracking, and settings that change only how fast the HTL scorer runs
-IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size")
+# run identity, tracking, how fast the HTL scorer runs, how often a lost worker is restarted:
+# none of them changes what a run trains
+IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size",
+                     "train.max_failures")
 
 
 def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
