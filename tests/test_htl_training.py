@@ -69,6 +69,8 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
     assert abs(_values(client, rid, "htl/measured_sparsity/0.60")[1] - 0.6) <= 0.005
     assert 0 <= _values(client, rid, "htl/jaccard_prev")[2] <= 1
 
+    # the refresh after epoch 1 lost, as when a driver dies while its coordinator scores
+    version_path(run_dir, 2).unlink()
     resumed = run_training(config_for_resume(run_dir), resume=True, log=lambda s: None)
     assert resumed.mlflow_run_id == rid and resumed.metrics["epoch"] == 2
     # epochs 0 and 1 were not trained again: one value per step, and epoch 2 was added
@@ -76,8 +78,13 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
         assert [m.step for m in client.get_metric_history(rid, key)] == [0, 1, 2]
     versions = _values(client, rid, "htl/version_in_use")
     checksums = _values(client, rid, "htl/weights_checksum")
-    assert versions[2] == 1.0                       # the checkpoint's version, not the newer v2
-    assert checksums[2] == checksums[1]             # hence the very same weights
+    # synchronous: epoch 2 trains with a refresh of epoch 1's snapshot, as it would have without
+    # the crash — not with the checkpoint's v1 — and the lost v2 was scored again from the
+    # restored model (the same weights as that snapshot)
+    assert versions[2] == 2.0 and sorted(load_versions(run_dir)) == [1, 2]
+    v2 = pd.read_parquet(version_path(run_dir, 2))
+    assert v2.epoch.unique().tolist() == [1] and v2.selected.sum() == 28
+    assert checksums[2] == pytest.approx(weights_checksum(v2.id.to_numpy(), v2.weight.to_numpy()))
     assert _values(client, rid, "htl/weights_checksum_max_abs_diff")[2] == 0.0
     run = client.get_run(rid)
     assert run.info.status == "FINISHED"

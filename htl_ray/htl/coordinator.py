@@ -125,6 +125,16 @@ class RefreshCoordinator:
         with self.lock:
             return self.tables[version].copy()
 
+    def version_of_epoch(self, epoch: int) -> int | None:
+        """The newest version scored from the snapshot taken after `epoch`, persisted or still
+        scoring (a resumed run asks: was its refresh lost?)."""
+        with self.lock:
+            found = [v for v, t in self.tables.items()
+                     if len(t) and int(t["epoch"].iloc[0]) == epoch]
+        found += [v for v, t in self.timeline.items()
+                  if int(t["epoch"]) == epoch and v not in self.errors]
+        return max(found, default=None)
+
     def timing(self) -> dict[int, dict[str, float]]:
         return dict(self.timeline)
 

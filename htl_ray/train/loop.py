@@ -122,6 +122,29 @@ class HtlState:
         self.version = chosen
         return time.time() - t0
 
+    def refreshes_after(self, epoch: int) -> bool:
+        """Whether rank 0 hands the coordinator a snapshot at the end of `epoch`."""
+        return (epoch + 1) % self.cfg.htl.refresh_every == 0 \
+            and epoch + 1 < self.cfg.train.epochs
+
+    def catch_up(self, model: torch.nn.Module, epoch: int) -> None:
+        """Rank 0, resumed from the checkpoint of `epoch`: the refresh due after it must exist.
+        A restarted worker group finds it pending or done in the surviving coordinator; a
+        restarted driver lost it with the old coordinator, so the restored model — the very
+        snapshot — is submitted again. With synchronous refresh the next epoch then waits for
+        it and trains with it, exactly as without the interruption."""
+        import ray
+
+        if not self.refreshes_after(epoch):
+            return
+        found = ray.get(self.coordinator.version_of_epoch.remote(epoch))
+        if found is None:
+            self.submit(model, epoch)
+        else:
+            self.pending = found
+        if not self.cfg.htl.asynchronous:
+            self.resumed_version = None
+
     def submit(self, model: torch.nn.Module, epoch: int) -> None:
         import ray
 
@@ -213,6 +236,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
     htl = HtlState(cfg, loop_config.get("coordinator"), htl_version)
+    if resumed and htl.enabled and rank == 0:
+        htl.catch_up(objective.snapshot_model(_unwrap(model)), start_epoch - 1)
     # rank 0 writes to MLflow; kept on disk until the tracking server takes it
     outbox = TrackingOutbox(loop_config["run_dir"], tracking_uri, mlflow_run_id, "rank0", _say) \
         if rank == 0 else None
@@ -277,8 +302,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             drop=True)
         loss_sum = _gather((sum(losses), seen))
         total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
-        if htl.enabled and rank == 0 and (epoch + 1) % cfg.htl.refresh_every == 0 \
-                and epoch + 1 < cfg.train.epochs:
+        if htl.enabled and rank == 0 and htl.refreshes_after(epoch):
             htl.submit(objective.snapshot_model(_unwrap(model)), epoch)
         checksums = _gather(state_checksum(_unwrap(model)))
         htl_sums = _gather(htl.checksum)
