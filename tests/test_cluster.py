@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import processes
+from conftest import descendants, processes
 
 from htl_ray.cluster import (
     ClusterView,
@@ -137,11 +137,7 @@ def _stop_cluster(temp_dir: Path) -> None:
     (`ray stop` would stop every Ray process of this user, the session cluster's too.)"""
     procs = processes()
     family = {pid for pid, (_, cmd) in procs.items() if str(temp_dir) in cmd}
-    while True:
-        more = {pid for pid, (ppid, _) in procs.items() if ppid in family} - family
-        if not more:
-            break
-        family |= more
+    family |= set().union(*(descendants(pid, procs) for pid in family))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in family:
             with contextlib.suppress(ProcessLookupError):

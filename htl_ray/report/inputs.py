@@ -53,7 +53,8 @@ def best_evaluated_checkpoint(run_dir: Path, metric: str) -> tuple[Path, int]:
         raise FileNotFoundError(f"{run_dir}: no checkpoint with {metric} and {PER_SAMPLE_FILE}; "
                                 "is this a finished `htl-ray train` run directory?")
     directory, metrics = best
-    return directory, int(metrics.get("epoch", read_meta(directory)["epoch"]))
+    epoch = metrics.get("epoch")                  # the loop logs it; meta.json always has it
+    return directory, int(read_meta(directory)["epoch"] if epoch is None else epoch)
 
 
 def _score_offline(cfg: ExperimentConfig, state_dict: dict[str, Any], log) -> pd.DataFrame:
