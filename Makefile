@@ -33,8 +33,12 @@ PROTOCOL := experiments/reproduce/supervised.yaml experiments/reproduce/weak.yam
 data/isic128/manifest.json: | $(STAMP)
 	@test -d $(ISIC) || { echo "error: ISIC 2018 data not found at $(ISIC); run 'make reproduce ISIC=/path/to/isic2018-task1'"; exit 1; }
 	$(BIN)/htl-ray data ingest --layout isic $(ISIC) --out data/isic128 --size 128
+# finished runs are also written to (and first imported from) ARCHIVE: commit it, and a later
+# sitting on another machine continues where this one stopped
+ARCHIVE ?= experiments/reproduce/archive
 reproduce: $(STAMP) data/isic128/manifest.json
-	$(BIN)/htl-ray reproduce $(PROTOCOL) --seeds $(SEEDS) --results docs/results.md
+	$(BIN)/htl-ray reproduce $(PROTOCOL) --seeds $(SEEDS) --results docs/results.md \
+		--archive $(ARCHIVE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check htl_ray tests bench

@@ -197,7 +197,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
         overrides = [*read_yaml_list(args.set_from, "--set-from"), *overrides]
     complete = run_protocol(args.sweeps, args.seeds, args.results,
-                            report_only=args.report_only, overrides=overrides)
+                            report_only=args.report_only, overrides=overrides,
+                            archive=args.archive)
     print(f"\n=== htl-ray: reproduction protocol {'complete' if complete else 'in progress'}"
           f" ===\nresults: {args.results}"
           + ("" if complete else "\nrun the same command again to continue (finished runs "
@@ -354,7 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", default="docs/results.md", help="page whose generated block "
                     "is replaced (default docs/results.md)")
     rp.add_argument("--report-only", action="store_true", help="only regenerate the results "
-                    "from MLflow; train nothing")
+                    "from MLflow (and bring the --archive up to date both ways); train nothing")
+    rp.add_argument("--archive", metavar="DIR", help="protocol archive: finished runs as small "
+                    "JSON files, imported into MLflow first and written after every run; "
+                    "commit it to continue the protocol on another machine (the make target "
+                    "uses experiments/reproduce/archive)")
     rp.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override for every sweep's base config (or "
                     "sweep.* settings), e.g. --set train.epochs=4; repeatable")

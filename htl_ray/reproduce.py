@@ -185,22 +185,27 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
 
     runs_dir = sweep.directory / "runs"
     run, base = runs_dir / confirm_run_name("best", 0), runs_dir / confirm_run_name("erm", 0)
-    if not (run / RUN_STATE_FILE).is_file():
-        return []
     out = sweep.directory / "report"
-    baseline = base if (base / RUN_STATE_FILE).is_file() else None
     cached = out / "enrichment.csv"
-    if cached.is_file() and cached.stat().st_mtime >= _newest_file(run, baseline):
-        enr = pd.read_csv(cached)     # the page is rewritten after every run: build it once
+    here = (run / RUN_STATE_FILE).is_file()
+    if not here and not cached.is_file():
+        return []
+    baseline = base if (base / RUN_STATE_FILE).is_file() else None
+    if cached.is_file() and (not here or cached.stat().st_mtime >= _newest_file(run, baseline)):
+        # the page is rewritten after every run: build it once; a seed-0 run trained on
+        # another machine left its table in the protocol archive
+        enr = pd.read_csv(cached)
     else:
         try:
             enr = build_report(run, baseline, out, log=log).enrichment
         except (FileNotFoundError, ValueError, KeyError) as exc:
             return [f"(no HTL report: {exc})"]
     sig = enr[(enr["p_adjusted"] < 0.05) & (enr["odds_ratio"] > 1)].head(8)
+    html = out / "report.html"
+    where = (f"`{html}`" if html.is_file() else
+             "built where the run was trained; its enrichment table came with the archive")
     lines = [f"HTL report of `{run.name}` (training images, top-q HTL set at its last "
-             f"refresh; Fisher exact, Holm-corrected over {len(enr)} groups): "
-             f"`{out / 'report.html'}`", ""]
+             f"refresh; Fisher exact, Holm-corrected over {len(enr)} groups): {where}", ""]
     if sig.empty:
         return lines + ["No group is significantly enriched among HTL samples."]
     show = pd.DataFrame({
@@ -290,10 +295,14 @@ def write_results(path: Path, block: str) -> None:
 
 def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path, *,
                  report_only: bool = False, overrides: list[str] | None = None,
+                 archive: str | Path | None = None,
                  log: Callable[[str], None] = print) -> bool:
     """Run (or continue) every setting's sweep and confirmation runs, regenerating the results
-    page after each; returns whether the protocol is complete."""
+    page after each; returns whether the protocol is complete. With `archive`, the finished
+    runs it holds are first imported into MLflow (from an earlier sitting on another machine)
+    and every finished run is written to it (`htl_ray.archive`): commit it to keep them."""
     from htl_ray import tracking
+    from htl_ray.archive import export_sweep, import_sweep
 
     if seeds < 1:
         raise ValueError(f"--seeds: expected at least 1, got {seeds}")
@@ -306,8 +315,16 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
                         f"--results {results}",
                         *(f"--set {shlex.quote(o)}" for o in overrides or [])])
     results = Path(results)
+    archive = Path(archive) if archive is not None else None
+    if archive is not None:
+        command += f" --archive {archive}"
+        for sweep in sweeps:
+            import_sweep(sweep, uri, archive, log)
 
     def refresh() -> bool:
+        if archive is not None:        # first: the runs matter more than the page
+            for sweep in sweeps:
+                export_sweep(sweep, uri, archive, log)
         block, complete = results_markdown(sweeps, uri, seeds, command, log)
         write_results(results, block)
         log(f"[htl-ray] reproduce: results written to {results}")

@@ -4,10 +4,13 @@ second pass, hand-written text around the generated block kept."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from htl_ray.archive import ORIGIN_TAG
 from htl_ray.reproduce import BEGIN, END, run_protocol, verdict_lines, write_results
 
 
@@ -97,8 +100,9 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert "*Not started.*" in page.read_text() and "0 of 1 trials" in page.read_text()
 
     lines.clear()
+    archive = tmp_path / "archive"
     # one seed per method keeps this test short; intervals are tested in test_compare.py
-    assert run_protocol([sweep_file], 1, page, log=lines.append) is True
+    assert run_protocol([sweep_file], 1, page, archive=archive, log=lines.append) is True
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("repro")
     runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
@@ -108,6 +112,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
         == [("erm", "0"), ("htl", "0"), ("random", "0")]
     # the placebo and ERM runs got the lambda the sweep chose for HTL
     assert len({r.data.params["htl.lam"] for r in confirm}) == 1
+    test_lam = confirm[0].data.params["htl.lam"]
     assert all("best/test/dice" in r.data.metrics for r in confirm)
 
     text = page.read_text()
@@ -142,13 +147,43 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     # a second pass trains nothing: every run is finished in MLflow
     n_runs = len(client.search_runs([exp.experiment_id]))
     lines.clear()
-    assert run_protocol([sweep_file], 1, page, log=lines.append) is True
+    assert run_protocol([sweep_file], 1, page, archive=archive, log=lines.append) is True
     assert len(client.search_runs([exp.experiment_id])) == n_runs
     assert any("tiny-repro complete, skipped" in line for line in lines)
     assert page.read_text().count(BEGIN) == 1
     assert page.read_text().split(BEGIN)[1].split("Generated")[1].split("\n", 1)[1] == \
         text.split(BEGIN)[1].split("Generated")[1].split("\n", 1)[1]   # same page, same table
     assert report_html.stat().st_mtime_ns == built     # the runs did not change: report reused
+
+    # another machine, a later sitting: a fresh MLflow store and sweep directory, and the
+    # archive as committed by a sitting that had not yet finished the placebo run
+    records = {f: json.loads(f.read_text()) for f in (archive / "tiny-repro").glob("*.json")}
+    assert sorted(r["tags"]["htl.role"] for r in records.values()) == \
+        ["confirm", "confirm", "confirm", "sweep", "trial"]
+    placebo = next(f for f, r in records.items() if r["tags"].get("htl.group") == "random")
+    placebo.unlink()
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    moved = [f"tracking.uri={elsewhere}", f"sweep.storage_path={tmp_path / 'elsewhere'}"]
+    page2 = tmp_path / "results2.md"
+    lines.clear()
+    assert run_protocol([sweep_file], 1, page2, overrides=moved, archive=archive,
+                        log=lines.append) is True
+    assert any("4 run(s) of tiny-repro imported" in line for line in lines)
+    assert any("sweep tiny-repro was run elsewhere" in line for line in lines)
+    client2 = MlflowClient(elsewhere)
+    runs2 = client2.search_runs([client2.get_experiment_by_name("repro").experiment_id])
+    trained = [r for r in runs2 if ORIGIN_TAG not in r.data.tags]
+    assert [(r.data.tags["htl.role"], r.data.params["htl.method"], r.info.status)
+            for r in trained] == [("confirm", "random", "FINISHED")]     # only what was missing
+    assert len(runs2) == 5 and trained[0].data.params["htl.lam"] == test_lam
+    # ... and archived in turn, under its own run id
+    assert (archive / "tiny-repro" / f"{trained[0].info.run_id}.json").is_file()
+    assert len(list((archive / "tiny-repro").glob("*.json"))) == 5
+    text2 = page2.read_text()
+    assert "**Complete.**" in text2 and "1 of 1 trials finished" in text2
+    rows2 = {r.split("|")[1].strip(): r for r in text2.splitlines() if r.startswith("| ")}
+    assert rows2["htl"] == next(r for r in table if r.split("|")[1].strip() == "htl")
+    assert "its enrichment table came with the archive" in text2
 
 
 def test_protocol_files_shipped_are_valid():

@@ -34,6 +34,7 @@ from htl_ray.tune.study import (
 from htl_ray.tune.trial import FINISHED_KEY, PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, run_trial
 
 STATE_FILE = "sweep_state.json"
+ARCHIVED_STATE_KEY = "from_archive"   # sweep_state.json of a sweep imported from an archive
 GROUP_TAG = "htl.group"
 
 
@@ -217,6 +218,18 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
             f"({', '.join(sweep.space)}), Optuna TPE seed {s.seed}, {concurrency} at a time "
             f"({cpus_needed(sweep.base)} CPUs each), scheduler {s.scheduler}; "
             f"MLflow {tracking.redact(uri)} parent run {parent_run_id}")
+        if resume and state.get(ARCHIVED_STATE_KEY) and not (directory / "tune").is_dir():
+            # swept on another machine (htl_ray.archive): its trials are results, not state
+            best = archived_best(sweep, uri, parent_run_id)
+            log(f"[htl-ray] sweep {s.name} was run elsewhere (archive "
+                f"{state[ARCHIVED_STATE_KEY]}); best trial {best.name}: its confirmation runs")
+            outcome = SweepOutcome(directory, parent_run_id, uri, best, [])
+            if confirm:
+                outcome.confirm_run_ids = run_confirmation(sweep, best, confirm, base_raw,
+                                                           parent_run_id, directory / "runs",
+                                                           log, on_confirmed)
+            tracking.end_run(uri, parent_run_id, "FINISHED")
+            return outcome
         results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
         records = _records(results, sweep)
         # fewer trials than asked for, or (without a scheduler that stops trials) some that
@@ -246,6 +259,33 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
         raise
     tracking.end_run(uri, parent_run_id, "FINISHED")
     return outcome
+
+
+def archived_best(sweep: Sweep, uri: str, parent_run_id: str) -> TrialRecord:
+    """The best trial as its sweep's parent run recorded it: MLflow params are text, read back
+    as the search space's types (the values the trial ran with)."""
+    import optuna.distributions as od
+    from mlflow.tracking import MlflowClient
+
+    def typed(key: str, text: str) -> Any:
+        dist = sweep.space.get(key)
+        if isinstance(dist, od.FloatDistribution):
+            return float(text)
+        if isinstance(dist, od.IntDistribution):
+            return int(text)
+        if isinstance(dist, od.CategoricalDistribution):
+            return next((c for c in dist.choices if str(c) == text), text)
+        return text
+
+    run = MlflowClient(uri).get_run(parent_run_id)
+    params = {k.removeprefix("best."): typed(k.removeprefix("best."), v)
+              for k, v in run.data.params.items() if k.startswith("best.")}
+    if not params:
+        raise ConfigError(f"MLflow run {parent_run_id}: the sweep's parent run records no best "
+                          "configuration (best.* params); was the sweep finished?")
+    tags = run.data.tags
+    return TrialRecord(tags.get("htl.best_trial_id", "?"), tags.get("htl.best_trial", "?"),
+                       params, [], True)
 
 
 def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
@@ -326,6 +366,13 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
         state_file = runs_dir / name / RUN_STATE_FILE
         _same_config_or_refuse(state_file, cfg)
         finished = _finished_run(state_file)
+        if not finished and not state_file.is_file():
+            # trained elsewhere and imported from the archive (scored on test, or not found)
+            finished = _finished_in_mlflow(sweep, group, seed, cfg, name)
+            if finished:
+                log(f"[htl-ray] confirm {name}: finished elsewhere (MLflow run {finished})")
+                out.setdefault(group, []).append(finished)
+                continue
         if finished:
             log(f"[htl-ray] confirm {name}: already finished (MLflow run {finished})")
             if cfg.train.evaluate_test and not _has_test_metrics(state_file, finished):
@@ -349,6 +396,10 @@ IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batc
                      "train.max_failures")
 
 
+# where the data and an initial checkpoint lie on the machine that trained a run
+MACHINE_PATHS = ("data.path", "model.init_checkpoint")
+
+
 def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
     """A confirmation run already on disk must be the run planned now: if the sweep's best
     configuration changed (more trials, other settings), mixing its old seeds with new ones
@@ -368,6 +419,40 @@ def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
             f"{', ...' if len(differ) > 4 else ''} differ): the sweep's best configuration or "
             "its settings changed. Move the sweep's runs/confirm-* directories away (or restore "
             "the settings) to confirm the new configuration")
+
+
+def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConfig,
+                       name: str) -> str | None:
+    """A confirmation run FINISHED and scored on test in MLflow without a run directory here:
+    trained on another machine and imported from the protocol archive. It must have run the
+    configuration planned now (the params it recorded; keys newer than it are not compared)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        return None
+    query = (f"attributes.status = 'FINISHED' and tags.`{SWEEP_TAG}` = '{sweep.settings.name}'"
+             f" and tags.`{ROLE_TAG}` = 'confirm' and tags.`{GROUP_TAG}` = '{group}'"
+             f" and params.`run.seed` = '{seed}'")
+    runs = [r for r in client.search_runs([exp.experiment_id], query, max_results=100)
+            if "best/test/dice" in r.data.metrics]
+    if not runs:
+        return None
+    new = {k: str(v) for k, v in cfg.flat().items()}
+    differ = sorted(k for k, v in runs[0].data.params.items() if k in new
+                    and not k.startswith(IGNORED_ON_RESUME + MACHINE_PATHS) and new[k] != v)
+    manifest = Path(cfg.data.path) / "manifest.json"       # the data, wherever it lies here
+    here = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
+    if here and runs[0].data.tags.get("htl.dataset_fingerprint") not in (None, here):
+        differ.insert(0, "the dataset (htl.dataset_fingerprint)")
+    if differ:
+        raise ConfigError(
+            f"MLflow run {runs[0].info.run_id} ({name}, finished elsewhere) was trained with "
+            f"another configuration than the one planned now ({', '.join(differ[:4])}"
+            f"{', ...' if len(differ) > 4 else ''} differ): the sweep's best configuration or "
+            "its settings changed; move the archive away to confirm the new configuration")
+    return runs[0].info.run_id
 
 
 def _has_test_metrics(state_file: Path, run_id: str) -> bool:

@@ -1,0 +1,199 @@
+"""The protocol archive: a sweep's finished runs as small JSON files that can be committed.
+
+Hours of CPU training end up in one machine's MLflow store and sweep directories; a machine
+replaced between sittings takes them along. The archive keeps what the results page is made of
+— for the sweep's parent run, every trial that ended and every finished confirmation run: the
+params, tags, metric histories, status and times (kilobytes per run) — plus the sweep's HTL
+enrichment table. `import_sweep` re-creates those runs in another MLflow store (tagged with
+their original run id, so importing twice adds nothing) and points the sweep directory at the
+imported parent run; `htl-ray reproduce` then skips them as finished and trains only what is
+missing. Checkpoints stay behind: an archived run is a result, not something to resume.
+
+Layout: `ARCHIVE/<sweep name>/<original run id>.json` and `ARCHIVE/<sweep name>/enrichment.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from htl_ray.config import ConfigError
+from htl_ray.tune.space import Sweep
+from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, STATE_FILE
+from htl_ray.tune.trial import ROLE_TAG, SWEEP_TAG
+
+FORMAT = 1
+ORIGIN_TAG = "htl.archive.origin_run_id"   # on an imported run: the run id it was trained as
+ENRICHMENT_FILE = "enrichment.csv"
+
+
+@dataclass
+class ArchiveCount:
+    runs: int = 0          # runs written (export) or created (import)
+    unchanged: int = 0     # already there and identical
+
+
+def _experiment_runs(client, sweep: Sweep) -> list:
+    exp = client.get_experiment_by_name(sweep.base.tracking.experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], f"tags.`{SWEEP_TAG}` = "
+                              f"'{sweep.settings.name}'", max_results=50000)
+
+
+def _origin(run) -> str:
+    return run.data.tags.get(ORIGIN_TAG, run.info.run_id)
+
+
+def _archivable(run) -> bool:
+    """The sweep's parent, trials that ended (finished, or stopped by the scheduler or by an
+    interruption: their status says which) and confirmation runs that finished."""
+    role, status = run.data.tags.get(ROLE_TAG), run.info.status
+    if role == "confirm":
+        return status == "FINISHED"
+    return role in ("sweep", "trial") and status != "RUNNING"
+
+
+def _record(client, run, to_origin: dict[str, str]) -> dict[str, Any]:
+    metrics = {key: sorted([m.step, m.value] for m in client.get_metric_history(
+        run.info.run_id, key)) for key in sorted(run.data.metrics)}
+    tags = {k: to_origin.get(v, v) for k, v in sorted(run.data.tags.items())
+            if k != ORIGIN_TAG}
+    return {"format": FORMAT, "run_id": _origin(run), "run_name": run.info.run_name,
+            "status": run.info.status, "start_time": run.info.start_time,
+            "end_time": run.info.end_time, "params": dict(sorted(run.data.params.items())),
+            "tags": tags, "metrics": metrics}
+
+
+def export_sweep(sweep: Sweep, uri: str, archive: Path,
+                 log: Callable[[str], None] = print) -> ArchiveCount:
+    """Write the sweep's archivable runs under `archive/<sweep name>/`. Nothing is written
+    before the sweep has chosen its best configuration: an unfinished sweep continues from Ray
+    Tune's state on the machine that runs it, which an archive cannot carry."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = _experiment_runs(client, sweep)
+    state = sweep.directory / STATE_FILE
+    parent_id = json.loads(state.read_text())["parent_run_id"] if state.is_file() else None
+    parent = next((r for r in runs if r.info.run_id == parent_id), None)
+    count = ArchiveCount()
+    if parent is None or not any(k.startswith("best.") for k in parent.data.params):
+        return count
+    runs = [r for r in runs if _archivable(r) and (
+        r.info.run_id == parent_id or r.data.tags.get("mlflow.parentRunId") == parent_id)]
+    to_origin = {r.info.run_id: _origin(r) for r in runs}
+    out = archive / sweep.settings.name
+    out.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        path = out / f"{_origin(run)}.json"
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if (old.get("status"), old.get("end_time")) == (run.info.status, run.info.end_time):
+                count.unchanged += 1           # a terminated run does not change: keep it
+                continue
+        path.write_text(json.dumps(_record(client, run, to_origin), indent=1) + "\n")
+        count.runs += 1
+    enrichment = sweep.directory / "report" / ENRICHMENT_FILE
+    if enrichment.is_file():
+        target = out / ENRICHMENT_FILE
+        if not target.is_file() or target.read_bytes() != enrichment.read_bytes():
+            shutil.copyfile(enrichment, target)
+    if count.runs:
+        log(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} written to {out}")
+    return count
+
+
+def read_records(archive: Path, sweep_name: str) -> list[dict[str, Any]]:
+    """The archived runs of one sweep, checked: a file that is not one names itself."""
+    records = []
+    for path in sorted((archive / sweep_name).glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            missing = {"run_id", "status", "params", "tags", "metrics"} - set(rec)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable archived run ({exc})") from None
+        if missing or rec.get("format") != FORMAT:
+            raise ConfigError(f"{path}: not an archived run of format {FORMAT} (missing "
+                              f"{sorted(missing) or 'nothing'}, format {rec.get('format')!r})")
+        records.append(rec)
+    return records
+
+
+def import_sweep(sweep: Sweep, uri: str, archive: Path,
+                 log: Callable[[str], None] = print) -> ArchiveCount:
+    """Re-create the archived runs of `sweep` that this MLflow store lacks, and make the sweep
+    directory point at the archived parent run (so the protocol goes on to its missing
+    confirmation runs instead of sweeping again)."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from htl_ray import tracking
+
+    records = read_records(archive, sweep.settings.name)
+    count = ArchiveCount()
+    parents = [r for r in records if r["tags"].get(ROLE_TAG) == "sweep"]
+    if not parents:
+        return count
+    if len(parents) > 1:
+        raise ConfigError(f"{archive / sweep.settings.name}: {len(parents)} sweep parent runs "
+                          "archived; expected one")
+    client = MlflowClient(uri)
+    exp_id = tracking.get_or_create_experiment(client, sweep.base.tracking.experiment, uri)
+    local = {}
+    for run in _experiment_runs(client, sweep):
+        local[run.info.run_id] = run.info.run_id
+        local[_origin(run)] = run.info.run_id
+    records.sort(key=lambda r: r["tags"].get(ROLE_TAG) != "sweep")       # the parent first
+    for rec in records:
+        if rec["run_id"] in local:
+            count.unchanged += 1
+            continue
+        tags = {k: local.get(v, v) for k, v in rec["tags"].items()}
+        tags[ORIGIN_TAG] = rec["run_id"]
+        run = client.create_run(exp_id, start_time=rec.get("start_time"), tags=tags,
+                                run_name=rec.get("run_name"))
+        run_id = run.info.run_id
+        params = [Param(k, str(v)) for k, v in rec["params"].items()]
+        stamp = rec.get("end_time") or rec.get("start_time") or 0
+        metrics = [Metric(k, float(v), stamp, int(step))
+                   for k, history in rec["metrics"].items() for step, v in history]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i:i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        client.log_batch(run_id, tags=[RunTag(ORIGIN_TAG, rec["run_id"])])
+        client.set_terminated(run_id, status=rec["status"], end_time=rec.get("end_time"))
+        local[rec["run_id"]] = run_id
+        count.runs += 1
+    _point_sweep_at(sweep, uri, local[parents[0]["run_id"]], archive)
+    enrichment = archive / sweep.settings.name / ENRICHMENT_FILE
+    target = sweep.directory / "report" / ENRICHMENT_FILE
+    if enrichment.is_file() and not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(enrichment, target)
+    if count.runs:
+        log(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} imported from "
+            f"{archive / sweep.settings.name} into MLflow {tracking.redact(uri)}")
+    return count
+
+
+def _point_sweep_at(sweep: Sweep, uri: str, parent_run_id: str, archive: Path) -> None:
+    state_path = sweep.directory / STATE_FILE
+    if state_path.is_file():
+        held = json.loads(state_path.read_text()).get("parent_run_id")
+        if held != parent_run_id:
+            raise ConfigError(
+                f"{sweep.directory} holds another sweep (MLflow parent run {held}) than the "
+                f"archive {archive / sweep.settings.name} (parent run {parent_run_id}): move "
+                "the sweep directory away to continue the archived protocol, or the archive "
+                "away to keep this sweep")
+        return
+    sweep.directory.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": uri,
+                                      "sweep_file": str(sweep.path.resolve()),
+                                      ARCHIVED_STATE_KEY: str(archive)}, indent=2))

@@ -1,0 +1,181 @@
+"""The protocol archive against real MLflow SQLite stores: what is written, that importing it
+elsewhere gives the results page the same runs (statuses, metric histories, compute time, best
+configuration), that importing twice adds nothing, and that bad or conflicting archives are
+refused with the file named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from htl_ray import tracking
+from htl_ray.archive import ORIGIN_TAG, export_sweep, import_sweep
+from htl_ray.config import ConfigError
+from htl_ray.reproduce import setting_status
+from htl_ray.tune.space import load_sweep
+from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, STATE_FILE, _finished_in_mlflow
+
+
+def _sweep(tmp_path, synth_dataset, uri, where):
+    path = tmp_path / f"{where}.yaml"
+    path.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={synth_dataset}", f"tracking.uri={uri}",
+                      "tracking.experiment=arch", "htl.method=htl"],
+        "sweep": {"name": "arch-sweep", "num_samples": 2, "storage_path": str(tmp_path / where),
+                  "comparators": ["erm"]},
+        "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}}}))
+    return load_sweep(path)
+
+
+def _run(uri, name, tags, params, history, status, minutes):
+    client = MlflowClient(uri)
+    run_id = tracking.start_run(uri, "arch", name, params,
+                                {"htl.sweep": "arch-sweep", **tags})
+    start = client.get_run(run_id).info.start_time
+    for step, metrics in enumerate(history):
+        tracking.log_metrics(uri, run_id, metrics, step)
+    client.set_terminated(run_id, status, end_time=start + int(minutes * 60_000))
+    return run_id
+
+
+@pytest.fixture
+def swept(tmp_path, synth_dataset, tracking_uri):
+    """A finished sweep as the protocol leaves it: parent with the best config, a trial run to
+    the end, one stopped early, ERM and HTL confirmation runs scored on test, one unfinished."""
+    sweep = _sweep(tmp_path, synth_dataset, tracking_uri, "here")
+    uri = tracking_uri
+    parent = _run(uri, "sweep arch-sweep", {"htl.role": "sweep", "htl.best_trial": "t1 lam=1.5",
+                                            "htl.best_trial_id": "t1"},
+                  {"best.htl.lam": "1.5", "sweep.num_samples": "2"},
+                  [{"sweep/trials": 2}], "FINISHED", 1)
+    child = {"mlflow.parentRunId": parent}
+    cfg = sweep.config_for({"htl.lam": 1.5}, ["run.seed=0"])
+    flat = cfg.flat()
+    _run(uri, "t1", {**child, "htl.role": "trial"}, {**flat, "htl.lam": 1.5},
+         [{"val/dice": 0.5}, {"val/dice": 0.6}], "FINISHED", 30)
+    _run(uri, "t2", {**child, "htl.role": "trial", "htl.stopped_early": "true"},
+         {**flat, "htl.lam": 0.7}, [{"val/dice": 0.3}], "KILLED", 12)
+    fingerprint = json.loads((synth_dataset / "manifest.json").read_text())["fingerprint"]
+    confirm = {**child, "htl.role": "confirm", "htl.dataset_fingerprint": fingerprint}
+    for group, method, dice in (("best", "htl", 0.81), ("erm", "erm", 0.79)):
+        _run(uri, f"{group} s0", {**confirm, "htl.group": group},
+             {**flat, "htl.method": method},
+             [{"val/dice": dice - 0.05}, {"val/dice": dice, "best/test/dice": dice}],
+             "FINISHED", 45)
+    _run(uri, "best s1", {**confirm, "htl.group": "best"}, {**flat, "run.seed": 1},
+         [{"val/dice": 0.7}], "RUNNING", 5)
+    sweep.directory.mkdir(parents=True)
+    (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    (sweep.directory / "report").mkdir()
+    (sweep.directory / "report" / "enrichment.csv").write_text("attribute,group\nsite,x\n")
+    return sweep, parent
+
+
+def test_export_writes_the_results_of_a_finished_sweep_once(swept, tmp_path, tracking_uri):
+    sweep, parent = swept
+    archive = tmp_path / "archive"
+    count = export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
+    files = sorted((archive / "arch-sweep").glob("*.json"))
+    assert count.runs == 5 and len(files) == 5               # not the run still training
+    records = {json.loads(f.read_text())["run_name"]: json.loads(f.read_text()) for f in files}
+    assert set(records) == {"sweep arch-sweep", "t1", "t2", "best s0", "erm s0"}
+    assert records["t2"]["status"] == "KILLED" and records["t2"]["tags"]["htl.stopped_early"]
+    assert records["best s0"]["metrics"]["val/dice"] == [[0, pytest.approx(0.76)], [1, 0.81]]
+    assert records["best s0"]["end_time"] - records["best s0"]["start_time"] == 45 * 60_000
+    assert records["erm s0"]["tags"]["mlflow.parentRunId"] == parent
+    assert (archive / "arch-sweep" / "enrichment.csv").read_text().startswith("attribute")
+    # terminated runs are not rewritten: the committed files stay as they are
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert export_sweep(sweep, tracking_uri, archive, log=lambda s: None).unchanged == 5
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_an_unfinished_sweep_is_not_archived(tmp_path, synth_dataset, tracking_uri):
+    sweep = _sweep(tmp_path, synth_dataset, tracking_uri, "here")
+    parent = _run(tracking_uri, "sweep arch-sweep", {"htl.role": "sweep"}, {}, [], "KILLED", 1)
+    sweep.directory.mkdir(parents=True)
+    (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    assert export_sweep(sweep, tracking_uri, tmp_path / "a", log=lambda s: None).runs == 0
+    assert not (tmp_path / "a" / "arch-sweep").exists()
+
+
+def test_import_elsewhere_gives_the_same_protocol_status(swept, tmp_path, synth_dataset,
+                                                         tracking_uri):
+    sweep, parent = swept
+    archive = tmp_path / "archive"
+    export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+    logs: list[str] = []
+    assert import_sweep(other, other_uri, archive, log=logs.append).runs == 5
+    assert "5 run(s) of arch-sweep imported" in logs[0]
+    state = json.loads((other.directory / STATE_FILE).read_text())
+    assert state[ARCHIVED_STATE_KEY] == str(archive) and state["parent_run_id"] != parent
+    here, there = setting_status(sweep, tracking_uri), setting_status(other, other_uri)
+    assert there.parent_run_id == state["parent_run_id"]
+    assert there.trials_finished == here.trials_finished == 2   # the early-stopped one counts
+    assert there.confirm_finished == here.confirm_finished == {"best": 1, "erm": 1}
+    assert there.best_params == here.best_params == {"htl.lam": "1.5"}
+    assert there.compute_hours == pytest.approx(here.compute_hours)
+    assert there.compute_hours == pytest.approx((30 + 12 + 45 + 45) / 60)
+    client = MlflowClient(other_uri)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("arch").experiment_id])}
+    best = runs["best s0"]
+    assert best.data.tags["mlflow.parentRunId"] == state["parent_run_id"]   # ids remapped
+    assert best.data.tags[ORIGIN_TAG] != best.info.run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(best.info.run_id, "val/dice")]\
+        == [(0, pytest.approx(0.76)), (1, 0.81)]
+    assert (other.directory / "report" / "enrichment.csv").is_file()
+    # twice adds nothing; exported from there, the archive is the same files, same content
+    assert import_sweep(other, other_uri, archive, log=logs.append).runs == 0
+    again = tmp_path / "again"
+    export_sweep(other, other_uri, again, log=lambda s: None)
+    for f in sorted((archive / "arch-sweep").glob("*")):
+        assert (again / "arch-sweep" / f.name).read_text() == f.read_text()
+
+
+def test_an_imported_confirmation_run_is_finished_unless_its_config_differs(
+        swept, tmp_path, synth_dataset, tracking_uri):
+    sweep, _ = swept
+    archive = tmp_path / "archive"
+    export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+    import_sweep(other, other_uri, archive, log=lambda s: None)
+    runs_dir = str(other.directory / "runs")
+    plan = other.config_for({"htl.lam": 1.5}, ["run.seed=0", f"run.storage_path={runs_dir}"])
+    found = _finished_in_mlflow(other, "best", 0, plan, "confirm-best-s0")
+    erm = other.config_for({"htl.lam": 1.5}, ["run.seed=0", "htl.method=erm"])
+    assert found is not None and found != _finished_in_mlflow(other, "erm", 0, erm, "x")
+    assert _finished_in_mlflow(other, "best", 1, plan, "confirm-best-s1") is None
+    changed = other.config_for({"htl.lam": 2.0}, ["run.seed=0"])
+    with pytest.raises(ConfigError, match=r"confirm-best-s0.*htl.lam"):
+        _finished_in_mlflow(other, "best", 0, changed, "confirm-best-s0")
+    client = MlflowClient(other_uri)
+    client.set_tag(found, "htl.dataset_fingerprint", "another-dataset")
+    with pytest.raises(ConfigError, match=r"the dataset \(htl.dataset_fingerprint\)"):
+        _finished_in_mlflow(other, "best", 0, plan, "confirm-best-s0")
+
+
+def test_bad_and_conflicting_archives_are_refused_by_name(swept, tmp_path, synth_dataset,
+                                                          tracking_uri):
+    sweep, _ = swept
+    archive = tmp_path / "archive"
+    export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+    other.directory.mkdir(parents=True)
+    (other.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": "local-sweep"}))
+    with pytest.raises(ConfigError, match="holds another sweep .*local-sweep"):
+        import_sweep(other, other_uri, archive, log=lambda s: None)
+    broken = archive / "arch-sweep" / "broken.json"
+    broken.write_text('{"run_id": "x"')
+    with pytest.raises(ConfigError, match="broken.json: not a readable archived run"):
+        import_sweep(other, other_uri, archive, log=lambda s: None)
+    broken.write_text(json.dumps({"run_id": "x", "format": 1}))
+    with pytest.raises(ConfigError, match=r"broken.json: .*missing \['metrics'"):
+        import_sweep(other, other_uri, archive, log=lambda s: None)
