@@ -107,7 +107,8 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
-    def start(self, timeout_s: float = 90.0) -> None:
+    def start(self, timeout_s: float = 300.0) -> None:
+        """Waits for `/health`: a loaded 2-core machine takes over 90 s to import the server."""
         import subprocess
         import sys
         import time
