@@ -102,13 +102,19 @@ def test_an_unfinished_sweep_is_not_archived(tmp_path, synth_dataset, tracking_u
     assert not (tmp_path / "a" / "arch-sweep").exists()
 
 
-def test_import_elsewhere_gives_the_same_protocol_status(swept, tmp_path, synth_dataset,
-                                                         tracking_uri):
-    sweep, parent = swept
+@pytest.fixture
+def elsewhere(swept, tmp_path, synth_dataset, tracking_uri):
+    """The swept sweep's archive, and the same sweep file pointed at another MLflow store and
+    sweep directory: the next sitting's machine."""
     archive = tmp_path / "archive"
-    export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
+    export_sweep(swept[0], tracking_uri, archive, log=lambda s: None)
     other_uri = f"sqlite:///{tmp_path / 'other.db'}"
-    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+    return archive, _sweep(tmp_path, synth_dataset, other_uri, "there"), other_uri
+
+
+def test_import_elsewhere_gives_the_same_protocol_status(swept, elsewhere, tmp_path,
+                                                         tracking_uri):
+    (sweep, parent), (archive, other, other_uri) = swept, elsewhere
     logs: list[str] = []
     assert import_sweep(other, other_uri, archive, log=logs.append).runs == 5
     assert "5 run(s) of arch-sweep imported" in logs[0]
@@ -138,13 +144,8 @@ def test_import_elsewhere_gives_the_same_protocol_status(swept, tmp_path, synth_
         assert (again / "arch-sweep" / f.name).read_text() == f.read_text()
 
 
-def test_an_imported_confirmation_run_is_finished_unless_its_config_differs(
-        swept, tmp_path, synth_dataset, tracking_uri):
-    sweep, _ = swept
-    archive = tmp_path / "archive"
-    export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
-    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
-    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+def test_an_imported_confirmation_run_is_finished_unless_its_config_differs(elsewhere):
+    archive, other, other_uri = elsewhere
     import_sweep(other, other_uri, archive, log=lambda s: None)
     runs_dir = str(other.directory / "runs")
     plan = other.config_for({"htl.lam": 1.5}, ["run.seed=0", f"run.storage_path={runs_dir}"])
@@ -161,13 +162,8 @@ def test_an_imported_confirmation_run_is_finished_unless_its_config_differs(
         _finished_in_mlflow(other, "best", 0, plan, "confirm-best-s0")
 
 
-def test_bad_and_conflicting_archives_are_refused_by_name(swept, tmp_path, synth_dataset,
-                                                          tracking_uri):
-    sweep, _ = swept
-    archive = tmp_path / "archive"
-    export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
-    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
-    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+def test_bad_and_conflicting_archives_are_refused_by_name(elsewhere):
+    archive, other, other_uri = elsewhere
     other.directory.mkdir(parents=True)
     (other.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": "local-sweep"}))
     with pytest.raises(ConfigError, match="holds another sweep .*local-sweep"):
