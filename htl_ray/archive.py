@@ -15,6 +15,7 @@ Layout: `ARCHIVE/<sweep name>/<original run id>.json` and `ARCHIVE/<sweep name>/
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,23 +51,51 @@ def _origin(run) -> str:
 
 
 def _archivable(run) -> bool:
-    """The sweep's parent, trials that ended (finished, or stopped by the scheduler or by an
-    interruption: their status says which) and confirmation runs that finished."""
+    """The sweep's parent (it stays RUNNING while its confirmation runs train: the machine may
+    be lost before it ends), trials that ended (finished, or stopped by the scheduler or by an
+    interruption: their status says which) and confirmation runs finished and scored on test."""
     role, status = run.data.tags.get(ROLE_TAG), run.info.status
     if role == "confirm":
-        return status == "FINISHED"
-    return role in ("sweep", "trial") and status != "RUNNING"
+        return status == "FINISHED" and "best/test/dice" in run.data.metrics
+    return role == "sweep" or (role == "trial" and status != "RUNNING")
+
+
+def _status(run) -> str:
+    """A parent archived while its protocol still runs is, elsewhere, an interrupted one."""
+    return "KILLED" if run.info.status == "RUNNING" else run.info.status
+
+
+def _version(run) -> list[Any]:
+    """What tells an archived run from its newer state: a run scored on test after it ended
+    (`htl-ray evaluate`) gains metrics without changing its status or end time."""
+    return [_status(run), run.info.end_time, sorted(run.data.metrics)]
 
 
 def _record(client, run, to_origin: dict[str, str]) -> dict[str, Any]:
-    metrics = {key: sorted([m.step, m.value] for m in client.get_metric_history(
+    # (step, value, timestamp): a resumed run logs an epoch again; MLflow's latest value of a
+    # step is the one logged last, so the timestamps must come along
+    metrics = {key: sorted([m.step, m.value, m.timestamp] for m in client.get_metric_history(
         run.info.run_id, key)) for key in sorted(run.data.metrics)}
     tags = {k: to_origin.get(v, v) for k, v in sorted(run.data.tags.items())
             if k != ORIGIN_TAG}
     return {"format": FORMAT, "run_id": _origin(run), "run_name": run.info.run_name,
-            "status": run.info.status, "start_time": run.info.start_time,
-            "end_time": run.info.end_time, "params": dict(sorted(run.data.params.items())),
-            "tags": tags, "metrics": metrics}
+            "status": _status(run), "start_time": run.info.start_time,
+            "end_time": run.info.end_time, "version": _version(run),
+            "params": dict(sorted(run.data.params.items())), "tags": tags, "metrics": metrics}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A machine lost mid-write must not leave half a file that stops every later export."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _archived_version(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None                     # unreadable: written again
 
 
 def export_sweep(sweep: Sweep, uri: str, archive: Path,
@@ -84,19 +113,18 @@ def export_sweep(sweep: Sweep, uri: str, archive: Path,
     count = ArchiveCount()
     if parent is None or not any(k.startswith("best.") for k in parent.data.params):
         return count
+    # every local id, the imported parent's too, is written as the id it was first trained as
+    to_origin = {r.info.run_id: _origin(r) for r in runs}
     runs = [r for r in runs if _archivable(r) and (
         r.info.run_id == parent_id or r.data.tags.get("mlflow.parentRunId") == parent_id)]
-    to_origin = {r.info.run_id: _origin(r) for r in runs}
     out = archive / sweep.settings.name
     out.mkdir(parents=True, exist_ok=True)
     for run in runs:
         path = out / f"{_origin(run)}.json"
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if (old.get("status"), old.get("end_time")) == (run.info.status, run.info.end_time):
-                count.unchanged += 1           # a terminated run does not change: keep it
-                continue
-        path.write_text(json.dumps(_record(client, run, to_origin), indent=1) + "\n")
+        if _archived_version(path) == json.loads(json.dumps(_version(run))):
+            count.unchanged += 1               # nothing new since: the committed file stays
+            continue
+        _write_atomically(path, json.dumps(_record(client, run, to_origin), indent=1) + "\n")
         count.runs += 1
     enrichment = sweep.directory / "report" / ENRICHMENT_FILE
     if enrichment.is_file():
@@ -114,9 +142,12 @@ def read_records(archive: Path, sweep_name: str) -> list[dict[str, Any]]:
     for path in sorted((archive / sweep_name).glob("*.json")):
         try:
             rec = json.loads(path.read_text())
-            missing = {"run_id", "status", "params", "tags", "metrics"} - set(rec)
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: not a readable archived run ({exc})") from None
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{path}: expected an archived run (a JSON object), got "
+                              f"{type(rec).__name__}")
+        missing = {"run_id", "status", "params", "tags", "metrics"} - set(rec)
         if missing or rec.get("format") != FORMAT:
             raise ConfigError(f"{path}: not an archived run of format {FORMAT} (missing "
                               f"{sorted(missing) or 'nothing'}, format {rec.get('format')!r})")
@@ -138,6 +169,10 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
     count = ArchiveCount()
     parents = [r for r in records if r["tags"].get(ROLE_TAG) == "sweep"]
     if not parents:
+        if records:
+            raise ConfigError(f"{archive / sweep.settings.name}: {len(records)} archived runs "
+                              "but not their sweep's parent run: without its best "
+                              "configuration they cannot be continued")
         return count
     if len(parents) > 1:
         raise ConfigError(f"{archive / sweep.settings.name}: {len(parents)} sweep parent runs "
@@ -154,20 +189,28 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
             count.unchanged += 1
             continue
         tags = {k: local.get(v, v) for k, v in rec["tags"].items()}
-        tags[ORIGIN_TAG] = rec["run_id"]
-        run = client.create_run(exp_id, start_time=rec.get("start_time"), tags=tags,
-                                run_name=rec.get("run_name"))
-        run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in rec["params"].items()]
         stamp = rec.get("end_time") or rec.get("start_time") or 0
-        metrics = [Metric(k, float(v), stamp, int(step))
-                   for k, history in rec["metrics"].items() for step, v in history]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i:i + 100])
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[i:i + 1000])
-        client.log_batch(run_id, tags=[RunTag(ORIGIN_TAG, rec["run_id"])])
-        client.set_terminated(run_id, status=rec["status"], end_time=rec.get("end_time"))
+        try:
+            params = [Param(k, str(v)) for k, v in rec["params"].items()]
+            metrics = [Metric(k, float(point[1]), int(point[2]) if len(point) > 2 else stamp,
+                              int(point[0]))
+                       for k, history in rec["metrics"].items() for point in history]
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ConfigError(f"{archive / sweep.settings.name / (rec['run_id'] + '.json')}: "
+                              f"params or metrics not as archived ({exc})") from None
+        run_id = client.create_run(exp_id, start_time=rec.get("start_time"), tags=tags,
+                                   run_name=rec.get("run_name")).info.run_id
+        try:
+            for i in range(0, len(params), 100):
+                client.log_batch(run_id, params=params[i:i + 100])
+            for i in range(0, len(metrics), 1000):
+                client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            # last: a run carries its origin only once it is whole
+            client.log_batch(run_id, tags=[RunTag(ORIGIN_TAG, rec["run_id"])])
+            client.set_terminated(run_id, status=rec["status"], end_time=rec.get("end_time"))
+        except BaseException:
+            client.delete_run(run_id)         # half a run must not pass for an imported one
+            raise
         local[rec["run_id"]] = run_id
         count.runs += 1
     _point_sweep_at(sweep, uri, local[parents[0]["run_id"]], archive)

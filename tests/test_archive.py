@@ -83,7 +83,8 @@ def test_export_writes_the_results_of_a_finished_sweep_once(swept, tmp_path, tra
     records = {json.loads(f.read_text())["run_name"]: json.loads(f.read_text()) for f in files}
     assert set(records) == {"sweep arch-sweep", "t1", "t2", "best s0", "erm s0"}
     assert records["t2"]["status"] == "KILLED" and records["t2"]["tags"]["htl.stopped_early"]
-    assert records["best s0"]["metrics"]["val/dice"] == [[0, pytest.approx(0.76)], [1, 0.81]]
+    assert [p[:2] for p in records["best s0"]["metrics"]["val/dice"]] == \
+        [[0, pytest.approx(0.76)], [1, 0.81]]
     assert records["best s0"]["end_time"] - records["best s0"]["start_time"] == 45 * 60_000
     assert records["erm s0"]["tags"]["mlflow.parentRunId"] == parent
     assert (archive / "arch-sweep" / "enrichment.csv").read_text().startswith("attribute")
@@ -147,19 +148,26 @@ def test_import_elsewhere_gives_the_same_protocol_status(swept, elsewhere, tmp_p
 def test_an_imported_confirmation_run_is_finished_unless_its_config_differs(elsewhere):
     archive, other, other_uri = elsewhere
     import_sweep(other, other_uri, archive, log=lambda s: None)
+    parent = json.loads((other.directory / STATE_FILE).read_text())["parent_run_id"]
+
+    def finished(group, seed, cfg):
+        return _finished_in_mlflow(other, group, seed, cfg, f"confirm-{group}-s{seed}", parent)
+
     runs_dir = str(other.directory / "runs")
     plan = other.config_for({"htl.lam": 1.5}, ["run.seed=0", f"run.storage_path={runs_dir}"])
-    found = _finished_in_mlflow(other, "best", 0, plan, "confirm-best-s0")
+    found = finished("best", 0, plan)
     erm = other.config_for({"htl.lam": 1.5}, ["run.seed=0", "htl.method=erm"])
-    assert found is not None and found != _finished_in_mlflow(other, "erm", 0, erm, "x")
-    assert _finished_in_mlflow(other, "best", 1, plan, "confirm-best-s1") is None
+    assert found is not None and found != finished("erm", 0, erm)
+    assert finished("best", 1, plan) is None
+    # another sweep's run of the same name (an earlier attempt in the same store) is not it
+    assert _finished_in_mlflow(other, "best", 0, plan, "x", "another-parent") is None
     changed = other.config_for({"htl.lam": 2.0}, ["run.seed=0"])
     with pytest.raises(ConfigError, match=r"confirm-best-s0.*htl.lam"):
-        _finished_in_mlflow(other, "best", 0, changed, "confirm-best-s0")
+        finished("best", 0, changed)
     client = MlflowClient(other_uri)
     client.set_tag(found, "htl.dataset_fingerprint", "another-dataset")
     with pytest.raises(ConfigError, match=r"the dataset \(htl.dataset_fingerprint\)"):
-        _finished_in_mlflow(other, "best", 0, plan, "confirm-best-s0")
+        finished("best", 0, plan)
 
 
 def test_bad_and_conflicting_archives_are_refused_by_name(elsewhere):
@@ -172,6 +180,43 @@ def test_bad_and_conflicting_archives_are_refused_by_name(elsewhere):
     broken.write_text('{"run_id": "x"')
     with pytest.raises(ConfigError, match="broken.json: not a readable archived run"):
         import_sweep(other, other_uri, archive, log=lambda s: None)
+    broken.write_text("[]")
+    with pytest.raises(ConfigError, match="broken.json: expected an archived run"):
+        import_sweep(other, other_uri, archive, log=lambda s: None)
     broken.write_text(json.dumps({"run_id": "x", "format": 1}))
     with pytest.raises(ConfigError, match=r"broken.json: .*missing \['metrics'"):
+        import_sweep(other, other_uri, archive, log=lambda s: None)
+
+
+def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
+        tmp_path, synth_dataset, tracking_uri):
+    """While confirmation runs train, the parent is RUNNING (the machine may be lost before it
+    ends) and a run that finished but has no test score yet is not a result."""
+    sweep = _sweep(tmp_path, synth_dataset, tracking_uri, "here")
+    uri = tracking_uri
+    parent = _run(uri, "sweep arch-sweep", {"htl.role": "sweep"}, {"best.htl.lam": "1.5"},
+                  [], "RUNNING", 1)
+    unscored = _run(uri, "best s0", {"htl.role": "confirm", "htl.group": "best",
+                                     "mlflow.parentRunId": parent}, {"run.seed": 0},
+                    [{"val/dice": 0.7}], "FINISHED", 40)
+    sweep.directory.mkdir(parents=True)
+    (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    archive = tmp_path / "archive"
+    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 1
+    record = json.loads((archive / "arch-sweep" / f"{parent}.json").read_text())
+    assert record["status"] == "KILLED"                 # elsewhere: an interrupted sweep
+    # scored later (`htl-ray evaluate`): same status and end time, but now a result
+    tracking.log_metrics(uri, unscored, {"best/test/dice": 0.8}, step=1)
+    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 1
+    assert (archive / "arch-sweep" / f"{unscored}.json").is_file()
+    # the parent ends: written again, with its final status
+    MlflowClient(uri).set_terminated(parent, "FINISHED")
+    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 1
+    assert json.loads((archive / "arch-sweep" / f"{parent}.json").read_text())["status"] \
+        == "FINISHED"
+    # an archive that lost its parent's file cannot be continued, and says so
+    (archive / "arch-sweep" / f"{parent}.json").unlink()
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+    with pytest.raises(ConfigError, match="arch-sweep: 1 archived runs but not their sweep's"):
         import_sweep(other, other_uri, archive, log=lambda s: None)

@@ -176,8 +176,12 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert [(r.data.tags["htl.role"], r.data.params["htl.method"], r.info.status)
             for r in trained] == [("confirm", "random", "FINISHED")]     # only what was missing
     assert len(runs2) == 5 and trained[0].data.params["htl.lam"] == test_lam
-    # ... and archived in turn, under its own run id
-    assert (archive / "tiny-repro" / f"{trained[0].info.run_id}.json").is_file()
+    # ... and archived in turn, under its own run id, nested under the sweep's original id
+    retrained = json.loads((archive / "tiny-repro" / f"{trained[0].info.run_id}.json")
+                           .read_text())
+    parent_origin = next(r["run_id"] for r in records.values()
+                         if r["tags"]["htl.role"] == "sweep")
+    assert retrained["tags"]["mlflow.parentRunId"] == parent_origin
     assert len(list((archive / "tiny-repro").glob("*.json"))) == 5
     text2 = page2.read_text()
     assert "**Complete.**" in text2 and "1 of 1 trials finished" in text2

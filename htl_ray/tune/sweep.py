@@ -368,7 +368,7 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
         finished = _finished_run(state_file)
         if not finished and not state_file.is_file():
             # trained elsewhere and imported from the archive (scored on test, or not found)
-            finished = _finished_in_mlflow(sweep, group, seed, cfg, name)
+            finished = _finished_in_mlflow(sweep, group, seed, cfg, name, parent_run_id)
             if finished:
                 log(f"[htl-ray] confirm {name}: finished elsewhere (MLflow run {finished})")
                 out.setdefault(group, []).append(finished)
@@ -422,7 +422,7 @@ def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
 
 
 def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConfig,
-                       name: str) -> str | None:
+                       name: str, parent_run_id: str) -> str | None:
     """A confirmation run FINISHED and scored on test in MLflow without a run directory here:
     trained on another machine and imported from the protocol archive. It must have run the
     configuration planned now (the params it recorded; keys newer than it are not compared)."""
@@ -434,7 +434,7 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
         return None
     query = (f"attributes.status = 'FINISHED' and tags.`{SWEEP_TAG}` = '{sweep.settings.name}'"
              f" and tags.`{ROLE_TAG}` = 'confirm' and tags.`{GROUP_TAG}` = '{group}'"
-             f" and params.`run.seed` = '{seed}'")
+             f" and params.`run.seed` = '{seed}' and tags.`{PARENT_TAG}` = '{parent_run_id}'")
     runs = [r for r in client.search_runs([exp.experiment_id], query, max_results=100)
             if "best/test/dice" in r.data.metrics]
     if not runs:
@@ -451,7 +451,9 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
             f"MLflow run {runs[0].info.run_id} ({name}, finished elsewhere) was trained with "
             f"another configuration than the one planned now ({', '.join(differ[:4])}"
             f"{', ...' if len(differ) > 4 else ''} differ): the sweep's best configuration or "
-            "its settings changed; move the archive away to confirm the new configuration")
+            "its settings changed. To confirm the new configuration, continue without the "
+            "archive in a fresh MLflow store and sweep directory (tracking.uri, "
+            "sweep.storage_path), or delete the imported runs (tag htl.archive.origin_run_id)")
     return runs[0].info.run_id
 
 
