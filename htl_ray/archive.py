@@ -84,6 +84,14 @@ def _record(client, run, to_origin: dict[str, str]) -> dict[str, Any]:
             "params": dict(sorted(run.data.params.items())), "tags": tags, "metrics": metrics}
 
 
+def _dumps(record: dict[str, Any]) -> str:
+    """Indented JSON with one line per metric history: diffs read per key, files stay small."""
+    head = json.dumps({k: v for k, v in record.items() if k != "metrics"}, indent=1)
+    metrics = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}"
+                         for k, v in record["metrics"].items())
+    return head[:-2] + ',\n "metrics": {' + (f"\n{metrics}\n " if metrics else "") + "}\n}\n"
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """A machine lost mid-write must not leave half a file that stops every later export."""
     tmp = path.with_name(path.name + ".tmp")
@@ -101,8 +109,9 @@ def _archived_version(path: Path) -> Any:
 def export_sweep(sweep: Sweep, uri: str, archive: Path,
                  log: Callable[[str], None] = print) -> ArchiveCount:
     """Write the sweep's archivable runs under `archive/<sweep name>/`. Nothing is written
-    before the sweep has chosen its best configuration: an unfinished sweep continues from Ray
-    Tune's state on the machine that runs it, which an archive cannot carry."""
+    before every trial of the sweep has ended and it has chosen its best configuration: an
+    unfinished sweep continues from Ray Tune's state on the machine that runs it, which an
+    archive cannot carry."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -113,6 +122,11 @@ def export_sweep(sweep: Sweep, uri: str, archive: Path,
     count = ArchiveCount()
     if parent is None or not any(k.startswith("best.") for k in parent.data.params):
         return count
+    from htl_ray.reproduce import setting_status  # (it imports this module lazily too)
+
+    status = setting_status(sweep, uri)
+    if status.trials_finished < status.trials_asked:
+        return count      # an interrupted sweep records a best-so-far: not its choice yet
     # every local id, the imported parent's too, is written as the id it was first trained as
     to_origin = {r.info.run_id: _origin(r) for r in runs}
     runs = [r for r in runs if _archivable(r) and (
@@ -124,7 +138,7 @@ def export_sweep(sweep: Sweep, uri: str, archive: Path,
         if _archived_version(path) == json.loads(json.dumps(_version(run))):
             count.unchanged += 1               # nothing new since: the committed file stays
             continue
-        _write_atomically(path, json.dumps(_record(client, run, to_origin), indent=1) + "\n")
+        _write_atomically(path, _dumps(_record(client, run, to_origin)))
         count.runs += 1
     enrichment = sweep.directory / "report" / ENRICHMENT_FILE
     if enrichment.is_file():

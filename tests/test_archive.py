@@ -95,10 +95,19 @@ def test_export_writes_the_results_of_a_finished_sweep_once(swept, tmp_path, tra
 
 
 def test_an_unfinished_sweep_is_not_archived(tmp_path, synth_dataset, tracking_uri):
+    """Neither before it has a best configuration nor when Ctrl-C made it record its best so
+    far: elsewhere, that would be confirmed as if the sweep had chosen it."""
     sweep = _sweep(tmp_path, synth_dataset, tracking_uri, "here")
     parent = _run(tracking_uri, "sweep arch-sweep", {"htl.role": "sweep"}, {}, [], "KILLED", 1)
     sweep.directory.mkdir(parents=True)
     (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    assert export_sweep(sweep, tracking_uri, tmp_path / "a", log=lambda s: None).runs == 0
+    MlflowClient(tracking_uri).log_param(parent, "best.htl.lam", "1.5")  # 1 of 2 trials ended
+    _run(tracking_uri, "t1", {"mlflow.parentRunId": parent, "htl.role": "trial"}, {},
+         [{"val/dice": 0.5}], "FINISHED", 30)
+    _run(tracking_uri, "t2", {"mlflow.parentRunId": parent, "htl.role": "trial",
+                              "htl.interrupted": "true"}, {"train.epochs": 2},
+         [{"val/dice": 0.3}], "KILLED", 12)
     assert export_sweep(sweep, tracking_uri, tmp_path / "a", log=lambda s: None).runs == 0
     assert not (tmp_path / "a" / "arch-sweep").exists()
 
@@ -196,13 +205,16 @@ def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
     uri = tracking_uri
     parent = _run(uri, "sweep arch-sweep", {"htl.role": "sweep"}, {"best.htl.lam": "1.5"},
                   [], "RUNNING", 1)
+    for trial in ("t1", "t2"):
+        _run(uri, trial, {"mlflow.parentRunId": parent, "htl.role": "trial"}, {},
+             [{"val/dice": 0.5}], "FINISHED", 30)
     unscored = _run(uri, "best s0", {"htl.role": "confirm", "htl.group": "best",
                                      "mlflow.parentRunId": parent}, {"run.seed": 0},
                     [{"val/dice": 0.7}], "FINISHED", 40)
     sweep.directory.mkdir(parents=True)
     (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
     archive = tmp_path / "archive"
-    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 1
+    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 3
     record = json.loads((archive / "arch-sweep" / f"{parent}.json").read_text())
     assert record["status"] == "KILLED"                 # elsewhere: an interrupted sweep
     # scored later (`htl-ray evaluate`): same status and end time, but now a result
@@ -218,5 +230,5 @@ def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
     (archive / "arch-sweep" / f"{parent}.json").unlink()
     other_uri = f"sqlite:///{tmp_path / 'other.db'}"
     other = _sweep(tmp_path, synth_dataset, other_uri, "there")
-    with pytest.raises(ConfigError, match="arch-sweep: 1 archived runs but not their sweep's"):
+    with pytest.raises(ConfigError, match="arch-sweep: 3 archived runs but not their sweep's"):
         import_sweep(other, other_uri, archive, log=lambda s: None)
