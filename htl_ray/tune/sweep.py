@@ -241,7 +241,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
                                       else "htl.stopped_early", {r.trial_id for r in records})
         if stopped and not interrupted:
             log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
-        best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log)
+        best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log,
+                                final=not interrupted)
         outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
         if interrupted:
             outcome.interrupted = True
@@ -289,9 +290,11 @@ def archived_best(sweep: Sweep, uri: str, parent_run_id: str) -> TrialRecord:
 
 
 def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
-              parent_run_id: str, log: Callable[[str], None]
+              parent_run_id: str, log: Callable[[str], None], final: bool = True
               ) -> tuple[TrialRecord | None, dict[str, Path]]:
-    """Best config, study summary, trials table and Optuna plots → files and the parent run."""
+    """Best config, study summary, trials table and Optuna plots → files and the parent run.
+    The best config becomes the parent's `best.*` params only when `final`: MLflow params
+    cannot change, and an interrupted sweep's best so far may not be its choice."""
     from htl_ray import tracking
 
     s = sweep.settings
@@ -319,8 +322,9 @@ def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(uri).log_batch(parent_run_id, params=[
-            Param(f"best.{k}", str(v)) for k, v in sorted(best.params.items())])
+        if final:
+            MlflowClient(uri).log_batch(parent_run_id, params=[
+                Param(f"best.{k}", str(v)) for k, v in sorted(best.params.items())])
     tracking.log_metrics(uri, parent_run_id, metrics, step=0)
     for name in ("study_summary.md", "trials.csv"):
         tracking.log_artifact(uri, parent_run_id, out_dir / name)
