@@ -122,11 +122,7 @@ def export_sweep(sweep: Sweep, uri: str, archive: Path,
     count = ArchiveCount()
     if parent is None or not any(k.startswith("best.") for k in parent.data.params):
         return count
-    from htl_ray.reproduce import setting_status  # (it imports this module lazily too)
-
-    status = setting_status(sweep, uri)
-    if status.trials_finished < status.trials_asked:
-        return count      # an interrupted sweep records a best-so-far: not its choice yet
+    # best.* params are logged once every trial has ended (`tune.sweep.summarise(final=)`)
     # every local id, the imported parent's too, is written as the id it was first trained as
     to_origin = {r.info.run_id: _origin(r) for r in runs}
     runs = [r for r in runs if _archivable(r) and (
