@@ -122,7 +122,7 @@ def export_sweep(sweep: Sweep, uri: str, archive: Path,
     count = ArchiveCount()
     if parent is None or not any(k.startswith("best.") for k in parent.data.params):
         return count
-    # best.* params are logged once every trial has ended (`tune.sweep.summarise(final=)`)
+    # (best.* params are logged once every trial has ended: `tune.sweep.summarise(final=)`)
     # every local id, the imported parent's too, is written as the id it was first trained as
     to_origin = {r.info.run_id: _origin(r) for r in runs}
     runs = [r for r in runs if _archivable(r) and (

@@ -224,41 +224,47 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
             log(f"[htl-ray] sweep {s.name} was run elsewhere (archive "
                 f"{state[ARCHIVED_STATE_KEY]}); best trial {best.name}: its confirmation runs")
             outcome = SweepOutcome(directory, parent_run_id, uri, best, [])
-            if confirm:
-                outcome.confirm_run_ids = run_confirmation(sweep, best, confirm, base_raw,
-                                                           parent_run_id, directory / "runs",
-                                                           log, on_confirmed)
-            tracking.end_run(uri, parent_run_id, "FINISHED")
-            return outcome
-        results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
-        records = _records(results, sweep)
-        # fewer trials than asked for, or (without a scheduler that stops trials) some that
-        # neither finished nor failed: Ctrl-C, after which Tune saved its state and returned
-        ended = sum(r.finished or bool(r.error) for r in records)
-        interrupted = len(records) < s.num_samples or (s.scheduler == "fifo"
-                                                       and ended < s.num_samples)
-        stopped = _close_stopped_runs(uri, parent_run_id, "htl.interrupted" if interrupted
-                                      else "htl.stopped_early", {r.trial_id for r in records})
-        if stopped and not interrupted:
-            log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
-        best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log,
-                                final=not interrupted)
-        outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
-        if interrupted:
-            outcome.interrupted = True
-            tracking.set_tags(uri, parent_run_id, {"htl.interrupted": "true"})
-            tracking.end_run(uri, parent_run_id, "KILLED")
-            log(f"[htl-ray] sweep interrupted after {ended} of {s.num_samples} trials; "
-                f"continue it with: htl-ray tune {sweep.path} --resume")
-            return outcome
-        if confirm and best is not None:
-            outcome.confirm_run_ids = run_confirmation(sweep, best, confirm, base_raw,
+        else:
+            outcome = _search(sweep, base_raw, uri, parent_run_id, resume, concurrency, log)
+            if outcome.interrupted:
+                return outcome
+        if confirm and outcome.best is not None:
+            outcome.confirm_run_ids = run_confirmation(sweep, outcome.best, confirm, base_raw,
                                                        parent_run_id, directory / "runs", log,
                                                        on_confirmed)
     except BaseException:
         tracking.end_run(uri, parent_run_id, "FAILED")
         raise
     tracking.end_run(uri, parent_run_id, "FINISHED")
+    return outcome
+
+
+def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str,
+            resume: bool, concurrency: int, log: Callable[[str], None]) -> SweepOutcome:
+    """The Tune search and its summary; an interrupted search ends its parent run KILLED."""
+    from htl_ray import tracking
+
+    s, directory = sweep.settings, sweep.directory
+    results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
+    records = _records(results, sweep)
+    # fewer trials than asked for, or (without a scheduler that stops trials) some that
+    # neither finished nor failed: Ctrl-C, after which Tune saved its state and returned
+    ended = sum(r.finished or bool(r.error) for r in records)
+    interrupted = len(records) < s.num_samples or (s.scheduler == "fifo"
+                                                   and ended < s.num_samples)
+    stopped = _close_stopped_runs(uri, parent_run_id, "htl.interrupted" if interrupted
+                                  else "htl.stopped_early", {r.trial_id for r in records})
+    if stopped and not interrupted:
+        log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
+    best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log,
+                            final=not interrupted)
+    outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
+    if interrupted:
+        outcome.interrupted = True
+        tracking.set_tags(uri, parent_run_id, {"htl.interrupted": "true"})
+        tracking.end_run(uri, parent_run_id, "KILLED")
+        log(f"[htl-ray] sweep interrupted after {ended} of {s.num_samples} trials; "
+            f"continue it with: htl-ray tune {sweep.path} --resume")
     return outcome
 
 
@@ -414,15 +420,23 @@ def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
 
     old = from_dict(json.loads(state_file.read_text())["config"]).flat()
     new = cfg.flat()
-    differ = sorted(k for k in set(old) | set(new) if not k.startswith(IGNORED_ON_RESUME)
-                    and old.get(k) != new.get(k))
+    differ = _differing(old, new, set(old) | set(new), IGNORED_ON_RESUME)
     if differ:
         raise ConfigError(
-            f"{state_file.parent}: this confirmation run was trained with another "
-            f"configuration than the one planned now ({', '.join(differ[:4])}"
-            f"{', ...' if len(differ) > 4 else ''} differ): the sweep's best configuration or "
-            "its settings changed. Move the sweep's runs/confirm-* directories away (or restore "
-            "the settings) to confirm the new configuration")
+            f"{state_file.parent}: this confirmation run {_changed(differ)} Move the sweep's "
+            "runs/confirm-* directories away (or restore the settings) to confirm the new "
+            "configuration")
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any], keys: set[str],
+               ignored: tuple[str, ...]) -> list[str]:
+    return sorted(k for k in keys if not k.startswith(ignored) and old.get(k) != new.get(k))
+
+
+def _changed(differ: list[str]) -> str:
+    listed = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
+    return (f"was trained with another configuration than the one planned now ({listed} "
+            "differ): the sweep's best configuration or its settings changed.")
 
 
 def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConfig,
@@ -431,6 +445,8 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
     trained on another machine and imported from the protocol archive. It must have run the
     configuration planned now (the params it recorded; keys newer than it are not compared)."""
     from mlflow.tracking import MlflowClient
+
+    from htl_ray.data.schema import read_manifest
 
     client = MlflowClient(cfg.tracking.uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -443,21 +459,21 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
             if "best/test/dice" in r.data.metrics]
     if not runs:
         return None
+    old = runs[0].data.params
     new = {k: str(v) for k, v in cfg.flat().items()}
-    differ = sorted(k for k, v in runs[0].data.params.items() if k in new
-                    and not k.startswith(IGNORED_ON_RESUME + MACHINE_PATHS) and new[k] != v)
-    manifest = Path(cfg.data.path) / "manifest.json"       # the data, wherever it lies here
-    here = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
+    differ = _differing(old, new, set(old) & set(new), IGNORED_ON_RESUME + MACHINE_PATHS)
+    try:                                                   # the data, wherever it lies here
+        here = read_manifest(cfg.data.path).get("fingerprint")
+    except FileNotFoundError:
+        here = None
     if here and runs[0].data.tags.get("htl.dataset_fingerprint") not in (None, here):
         differ.insert(0, "the dataset (htl.dataset_fingerprint)")
     if differ:
         raise ConfigError(
-            f"MLflow run {runs[0].info.run_id} ({name}, finished elsewhere) was trained with "
-            f"another configuration than the one planned now ({', '.join(differ[:4])}"
-            f"{', ...' if len(differ) > 4 else ''} differ): the sweep's best configuration or "
-            "its settings changed. To confirm the new configuration, continue without the "
-            "archive in a fresh MLflow store and sweep directory (tracking.uri, "
-            "sweep.storage_path), or delete the imported runs (tag htl.archive.origin_run_id)")
+            f"MLflow run {runs[0].info.run_id} ({name}, finished elsewhere) {_changed(differ)} "
+            "To confirm the new configuration, continue without the archive in a fresh MLflow "
+            "store and sweep directory (tracking.uri, sweep.storage_path), or delete the "
+            "imported runs (tag htl.archive.origin_run_id)")
     return runs[0].info.run_id
 
 
