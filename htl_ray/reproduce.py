@@ -77,8 +77,8 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
                                   f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}'",
                                   max_results=50000):
         role = run.data.tags.get(ROLE_TAG)
-        if role == "sweep" or not (run.info.status == "FINISHED"
-                                   or (role == "trial" and _trial_ended(client, run))):
+        if role == "sweep" or not (run.info.status == "FINISHED" or (
+                role == "trial" and _trial_ended(client, run, bool(status.best_params)))):
             continue
         if run.info.end_time and run.info.start_time:
             status.compute_hours += (run.info.end_time - run.info.start_time) / 3.6e6
@@ -92,12 +92,15 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
     return status
 
 
-def _trial_ended(client, run) -> bool:
-    """A KILLED trial still counts when the scheduler stopped it early, or when it had trained
-    its last epoch before its sweep was interrupted (Tune will not run it again)."""
-    if run.info.status != "KILLED":
+def _trial_ended(client, run, sweep_final: bool) -> bool:
+    """A KILLED trial still counts when the scheduler stopped it early, when its sweep has
+    ended (`sweep_final`: the parent records best.* params only then, so Tune runs none of its
+    trials again, whatever tag an interruption left), or when it had trained its last epoch
+    before its sweep was interrupted. A run Tune re-ran as a new trial (`htl.orphaned`) never
+    counts: its suggestion is counted once, in the new trial."""
+    if run.info.status != "KILLED" or run.data.tags.get("htl.orphaned"):
         return False
-    if run.data.tags.get("htl.stopped_early"):
+    if run.data.tags.get("htl.stopped_early") or sweep_final:
         return True
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
     return bool(steps) and max(steps) + 1 >= int(run.data.params.get("train.epochs", 0))

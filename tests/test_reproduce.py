@@ -245,3 +245,41 @@ def test_gpu_variant_overrides_every_setting_and_report_only_trains_nothing(tmp_
     assert "--set data.path=/mnt/shared/data/isic256" in text
     assert "--set 'scaling.resources_per_worker={CPU: 4, GPU: 0.75}'" in text
     assert "### semi: sweep `reproduce-semi`" in text and not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("sweep_ended", [True, False])
+def test_trials_cut_short_count_once_their_sweep_has_ended(tmp_path, synth_dataset,
+                                                           tracking_uri, sweep_ended):
+    """A trial ASHA stopped just before a Ctrl-C was tagged interrupted by older code; once the
+    sweep has ended (its parent records best.* params) Tune runs none of its trials again, so
+    it has ended too. A run Tune re-ran as a new trial (orphaned) never counts."""
+    from htl_ray import tracking
+    from htl_ray.reproduce import setting_status
+    from htl_ray.tune.space import load_sweep
+    from htl_ray.tune.sweep import STATE_FILE
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
+                      "tracking.experiment=count", "train.epochs=8"],
+        "sweep": {"name": "count", "num_samples": 3, "storage_path": str(tmp_path)},
+        "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}}}))
+    sweep = load_sweep(path)
+    client = MlflowClient(tracking_uri)
+    tags = {"htl.sweep": "count"}
+    parent = tracking.start_run(tracking_uri, "count", "sweep", {"sweep.num_samples": 3},
+                                {**tags, "htl.role": "sweep"})
+    if sweep_ended:
+        client.log_param(parent, "best.htl.lam", "1.5")
+    for name, status, flag, epochs in (("done", "FINISHED", None, 8),
+                                       ("cut", "KILLED", "htl.interrupted", 4),
+                                       ("ghost", "KILLED", "htl.orphaned", 8)):
+        run = tracking.start_run(tracking_uri, "count", name, {"train.epochs": 8},
+                                 {**tags, "htl.role": "trial", "mlflow.parentRunId": parent,
+                                  **({flag: "true"} if flag else {})})
+        for step in range(epochs):
+            tracking.log_metrics(tracking_uri, run, {"val/dice": 0.5}, step)
+        client.set_terminated(run, status)
+    sweep.directory.mkdir(parents=True)
+    (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    assert setting_status(sweep, tracking_uri).trials_finished == (2 if sweep_ended else 1)

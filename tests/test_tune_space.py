@@ -97,10 +97,11 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
                               overrides=["train.epochs=3", "htl.method=htl"]))
     plan = confirmation_plan(sweep, {"htl.lam": 2.5, "htl.q": 0.3}, 2, sweep.base.to_dict())
     assert [(name, group, seed) for name, group, seed, _ in plan] == [
+        # the verdict's groups first (best vs ERM and the placebo), seed-major; then the rest
         ("confirm-best-s0", "best", 0), ("confirm-erm-s0", "erm", 0),
-        ("confirm-random-s0", "random", 0), ("confirm-el2n-s0", "el2n", 0),
-        ("confirm-best-s1", "best", 1), ("confirm-erm-s1", "erm", 1),
-        ("confirm-random-s1", "random", 1), ("confirm-el2n-s1", "el2n", 1)]
+        ("confirm-random-s0", "random", 0), ("confirm-best-s1", "best", 1),
+        ("confirm-erm-s1", "erm", 1), ("confirm-random-s1", "random", 1),
+        ("confirm-el2n-s0", "el2n", 0), ("confirm-el2n-s1", "el2n", 1)]
     for name, group, seed, cfg in plan:
         assert cfg.run.name == name and cfg.run.seed == seed and cfg.train.epochs == 3
         assert (cfg.htl.lam, cfg.htl.q) == (2.5, 0.3)               # the sweep's choice

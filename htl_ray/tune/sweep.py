@@ -36,6 +36,7 @@ from htl_ray.tune.trial import FINISHED_KEY, PARENT_TAG, ROLE_TAG, SWEEP_TAG, TR
 STATE_FILE = "sweep_state.json"
 ARCHIVED_STATE_KEY = "from_archive"   # sweep_state.json of a sweep imported from an archive
 GROUP_TAG = "htl.group"
+VERDICT_GROUPS = ("best", "erm", "random")   # the verdict: best vs ERM and the placebo
 
 
 @dataclass
@@ -100,26 +101,6 @@ def _records(results, sweep: Sweep) -> list[TrialRecord]:
     return out
 
 
-def _close_stopped_runs(uri: str, parent_run_id: str, tag: str, known: set[str]) -> int:
-    """Trials stopped early by the scheduler, or by an interrupted sweep, leave their MLflow
-    runs RUNNING: mark them KILLED with `tag` (their per-epoch metrics and checkpoints stay;
-    `--resume` continues an interrupted trial in the same run). A run whose trial Tune never
-    recorded (the driver died between starting the trial and saving its state) is tagged
-    `htl.orphaned`: Tune re-ran that suggestion as a new trial."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id],
-                              f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
-                              "attributes.status = 'RUNNING'")
-    for run in runs:
-        orphan = run.data.tags.get(TRIAL_TAG) not in known
-        client.set_tag(run.info.run_id, "htl.orphaned" if orphan else tag, "true")
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(runs)
-
-
 def make_scheduler(sweep: Sweep):
     """FIFO, or ASHA with its rungs strictly before the last epoch and no stop at the end: a
     trial that reaches its last epoch returns on its own, so its run ends FINISHED with its
@@ -135,11 +116,13 @@ def make_scheduler(sweep: Sweep):
                          stop_last_trials=False)
 
 
-def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_id: str,
-           resume: bool, concurrency: int):
+def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], uri: str,
+           parent_run_id: str, resume: bool, concurrency: int):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
+    from htl_ray.tune.trial_runs import CloseStoppedTrialRuns
 
     s = sweep.settings
     trainable = tune.with_resources(
@@ -169,7 +152,8 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], parent_run_i
         trainable,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher,
                                     scheduler=scheduler, num_samples=s.num_samples),
-        run_config=tune.RunConfig(name="tune", storage_path=str(directory), verbose=1))
+        run_config=tune.RunConfig(name="tune", storage_path=str(directory), verbose=1,
+                                  callbacks=[CloseStoppedTrialRuns(uri, parent_run_id)]))
 
 
 def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
@@ -243,19 +227,23 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
             resume: bool, concurrency: int, log: Callable[[str], None]) -> SweepOutcome:
     """The Tune search and its summary; an interrupted search ends its parent run KILLED."""
     from htl_ray import tracking
+    from htl_ray.tune.trial_runs import close_open_trial_runs
 
     s, directory = sweep.settings, sweep.directory
-    results = _tuner(sweep, directory, base_raw, parent_run_id, resume, concurrency).fit()
+    results = _tuner(sweep, directory, base_raw, uri, parent_run_id, resume, concurrency).fit()
     records = _records(results, sweep)
     # fewer trials than asked for, or (without a scheduler that stops trials) some that
     # neither finished nor failed: Ctrl-C, after which Tune saved its state and returned
     ended = sum(r.finished or bool(r.error) for r in records)
     interrupted = len(records) < s.num_samples or (s.scheduler == "fifo"
                                                    and ended < s.num_samples)
-    stopped = _close_stopped_runs(uri, parent_run_id, "htl.interrupted" if interrupted
-                                  else "htl.stopped_early", {r.trial_id for r in records})
-    if stopped and not interrupted:
+    closed = close_open_trial_runs(uri, parent_run_id, interrupted,
+                                   {r.trial_id for r in records})
+    stopped = sum(not r.finished and not r.error for r in records) if not interrupted else 0
+    if stopped:
         log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
+    if closed and interrupted:
+        log(f"[htl-ray] {closed} trial run(s) cut short (MLflow: KILLED, htl.interrupted)")
     best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log,
                             final=not interrupted)
     outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
@@ -351,16 +339,22 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
                       base_raw: dict[str, Any]) -> list[tuple[str, str, int, ExperimentConfig]]:
     """(run name, group, seed, config) of every confirmation run: the best config and the same
     config with each comparator's `htl.method` (default: erm only), seeds 0..N−1 — a placebo
-    or another score gets exactly the attention settings the sweep chose for HTL. Seed-major:
-    a protocol interrupted after k seeds already holds k complete paired comparisons."""
+    or another score gets exactly the attention settings the sweep chose for HTL.
+
+    Order: the verdict reads the best config against ERM and the placebo, so those groups run
+    first, seed-major (a protocol interrupted after k seeds holds k complete paired
+    comparisons); the other scores (loss, el2n) follow, seed-major too. On CPUs, where one run
+    takes 15-25 minutes, the verdict is reachable hours before the secondary comparisons."""
     # a comparator that is the best config's own method would be the best group again
     own = sweep.config_for(best_params, None, base_raw).htl.method
     groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators
                              if m != own}}
+    tiers = [[g for g in groups if g in VERDICT_GROUPS], [g for g in groups
+                                                           if g not in VERDICT_GROUPS]]
     return [(confirm_run_name(group, seed), group, seed,
-             sweep.config_for(best_params, extra + [
+             sweep.config_for(best_params, groups[group] + [
                  f"run.seed={seed}", f"run.name={confirm_run_name(group, seed)}"], base_raw))
-            for seed in range(seeds) for group, extra in groups.items()]
+            for tier in tiers for seed in range(seeds) for group in tier]
 
 
 def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict[str, Any],

@@ -1,0 +1,64 @@
+"""Closing the MLflow runs of trials that Tune stops: their trial function is killed before its
+run can end, so the driver ends it, and says why (the results page counts trials by it).
+
+- a trial the scheduler (ASHA) stops is closed as it stops: `htl.stopped_early`;
+- at the end of an interrupted sweep, a trial still training is `htl.interrupted` (`--resume`
+  continues it in the same run), one Tune never recorded is `htl.orphaned` (Tune runs its
+  suggestion again as a new trial).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from htl_ray.tune.trial import FINISHED_KEY, PARENT_TAG, TRIAL_TAG
+
+STOPPED_EARLY_TAG = "htl.stopped_early"
+INTERRUPTED_TAG = "htl.interrupted"
+ORPHANED_TAG = "htl.orphaned"
+
+
+def _open_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None):
+    parent = client.get_run(parent_run_id)
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    if trial_id is not None:
+        query += f" and tags.`{TRIAL_TAG}` = '{trial_id}'"
+    return client.search_runs([parent.info.experiment_id], query)
+
+
+def _close(client: MlflowClient, run_id: str, tag: str) -> None:
+    client.set_tag(run_id, tag, "true")
+    client.set_terminated(run_id, "KILLED")
+
+
+class CloseStoppedTrialRuns(Callback):
+    """Tune calls `on_trial_complete` for a trial that returned on its own (its last result
+    carries FINISHED_KEY: its run already ended FINISHED) and for one the scheduler stopped,
+    never for one an interruption cut short; so a stop is told apart from a Ctrl-C even when
+    both happen in the same sitting. Holds only strings: Tune pickles it with its state."""
+
+    def __init__(self, uri: str, parent_run_id: str) -> None:
+        self.uri, self.parent_run_id = uri, parent_run_id
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info) -> None:
+        if (trial.last_result or {}).get(FINISHED_KEY):
+            return
+        client = MlflowClient(self.uri)
+        for run in _open_runs(client, self.parent_run_id, trial.trial_id):
+            _close(client, run.info.run_id, STOPPED_EARLY_TAG)
+
+
+def close_open_trial_runs(uri: str, parent_run_id: str, interrupted: bool,
+                          known: set[str]) -> int:
+    """After the search: close every trial run still RUNNING, as stopped early (a callback that
+    could not reach MLflow), interrupted, or orphaned (its trial id not in `known`)."""
+    client = MlflowClient(uri)
+    runs = _open_runs(client, parent_run_id)
+    for run in runs:
+        tag = (ORPHANED_TAG if run.data.tags.get(TRIAL_TAG) not in known
+               else INTERRUPTED_TAG if interrupted else STOPPED_EARLY_TAG)
+        _close(client, run.info.run_id, tag)
+    return len(runs)
