@@ -31,16 +31,21 @@ def test_actor_pool_scores_equal_in_process_scores_even_when_an_actor_is_killed(
     # a refresh whose scorer actor process is SIGKILLed while it works: Ray Data restarts the
     # actor and retries its batch; the table must still hold every id exactly once
     result: dict = {}
+    # scorer actors of an earlier test may still be exiting: never theirs
+    earlier = set(pids_titled("ScorerActor"))
     worker = threading.Thread(target=lambda: result.update(t=score_dataset(ds, state, spec)))
     worker.start()
     killed = None
     deadline = time.time() + 120
     while killed is None and worker.is_alive() and time.time() < deadline:
-        pids = pids_titled("ScorerActor")
+        pids = sorted(set(pids_titled("ScorerActor")) - earlier)
         if pids:
             time.sleep(0.5)                       # let it take its first batch
-            killed = min(pids)
-            os.kill(killed, signal.SIGKILL)
+            try:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            except ProcessLookupError:            # it ended meanwhile: take the next one
+                earlier.add(pids[0])
         time.sleep(0.1)
     worker.join(timeout=300)
     assert killed is not None, "no scorer actor was seen while the refresh ran"
