@@ -73,8 +73,10 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
     parent = client.get_run(status.parent_run_id)
     status.best_params = {k.removeprefix("best."): v for k, v in parent.data.params.items()
                           if k.startswith("best.")}
+    # this sweep's runs only: not those of an abandoned sweep of the same name in this store
     for run in client.search_runs([exp.experiment_id],
-                                  f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}'",
+                                  f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "
+                                  f"tags.`mlflow.parentRunId` = '{status.parent_run_id}'",
                                   max_results=50000):
         role = run.data.tags.get(ROLE_TAG)
         if role == "sweep" or not (run.info.status == "FINISHED" or (

@@ -12,7 +12,11 @@ from mlflow.tracking import MlflowClient
 
 from htl_ray import tracking
 from htl_ray.tune.trial import FINISHED_KEY
-from htl_ray.tune.trial_runs import CloseStoppedTrialRuns, close_open_trial_runs
+from htl_ray.tune.trial_runs import (
+    CloseStoppedTrialRuns,
+    close_open_trial_runs,
+    open_trial_ids,
+)
 
 
 def _trials(uri: str, ids: list[str]) -> tuple[str, dict[str, str]]:
@@ -44,9 +48,10 @@ def test_a_stop_then_an_interruption_are_told_apart(tracking_uri):
     assert _state(client, runs["done"]) == ("FINISHED", set())
     assert _state(client, runs["busy"]) == ("RUNNING", set())
     # then Ctrl-C: "ghost" was started but Tune never recorded it
+    assert open_trial_ids(uri, parent) == {"busy", "ghost"}
     closed = close_open_trial_runs(uri, parent, interrupted=True,
                                    known={"asha", "done", "busy"})
-    assert closed == 2
+    assert closed == {"htl.interrupted": 1, "htl.orphaned": 1}
     assert _state(client, runs["asha"]) == ("KILLED", {"htl.stopped_early"})
     assert _state(client, runs["busy"]) == ("KILLED", {"htl.interrupted"})
     assert _state(client, runs["ghost"]) == ("KILLED", {"htl.orphaned"})
@@ -57,7 +62,19 @@ def test_runs_left_open_by_an_uninterrupted_sweep_were_stopped_early(tracking_ur
     uri, client = tracking_uri, MlflowClient(tracking_uri)
     parent, runs = _trials(uri, ["a", "b"])
     client.set_terminated(runs["a"], "FINISHED")
-    assert close_open_trial_runs(uri, parent, interrupted=False, known={"a", "b"}) == 1
+    assert close_open_trial_runs(uri, parent, interrupted=False, known={"a", "b"}) == {
+        "htl.stopped_early": 1}
     assert _state(client, runs["a"]) == ("FINISHED", set())
     assert _state(client, runs["b"]) == ("KILLED", {"htl.stopped_early"})
-    assert close_open_trial_runs(uri, parent, interrupted=False, known={"a", "b"}) == 0
+    assert close_open_trial_runs(uri, parent, interrupted=False, known={"a", "b"}) == {}
+
+
+def test_a_stop_mlflow_cannot_record_is_a_warning_not_a_trial_error(tmp_path):
+    """Tune turns an exception in a callback into a trial ERROR (and re-runs the trial on
+    --resume): the stop is left for close_open_trial_runs instead."""
+    import pytest
+
+    callback = CloseStoppedTrialRuns(f"sqlite:///{tmp_path / 'missing' / 'no.db'}", "nope")
+    with pytest.warns(UserWarning, match="could not close the MLflow run of trial t1"):
+        callback.on_trial_complete(iteration=1, trials=[], trial=SimpleNamespace(
+            trial_id="t1", last_result={"training_iteration": 2}))

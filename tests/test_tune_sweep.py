@@ -121,3 +121,29 @@ def test_a_confirmation_run_on_disk_with_other_settings_is_refused_unless_only_s
         "htl.method=htl", "htl.lam=1.0"]).to_dict()}))
     with pytest.raises(ConfigError, match=r"confirm-best-s0: .*\(htl.lam differ\)"):
         _same_config_or_refuse(state, planned)
+
+
+def test_a_ctrl_c_during_the_last_asha_trial_is_an_interruption_not_the_end():
+    """Under ASHA an unfinished trial is either stopped (its run closed as it stopped) or cut
+    short by a Ctrl-C (its run still open): only the second leaves the sweep unfinished, so
+    its best-so-far is not recorded as final and --resume trains the trial on."""
+    from htl_ray.tune.study import TrialRecord
+    from htl_ray.tune.sweep import was_interrupted
+
+    def rec(tid: str, finished: bool, error: str | None = None) -> TrialRecord:
+        return TrialRecord(tid, tid, {}, [0.5], finished, error)
+
+    done, stopped, last = rec("a", True), rec("b", False), rec("c", False)
+    failed = rec("d", False, "boom")
+    assert was_interrupted([done, stopped, last], 4, "asha", True, set())   # one never began
+    assert was_interrupted([done, stopped, last], 3, "asha", True, {"c"})
+    assert not was_interrupted([done, stopped, last], 3, "asha", True, set())
+    assert not was_interrupted([done, failed, stopped], 3, "asha", True, {"d"})
+    # Tune state saved before the callback existed: stops leave their runs open too
+    assert not was_interrupted([done, stopped, last], 3, "asha", False, {"b", "c"})
+    # a trial cut short before its first epoch: no scheduler could have stopped it
+    fresh = TrialRecord("e", "e", {}, [], False)
+    assert was_interrupted([done, stopped, fresh], 3, "asha", False, set())
+    # FIFO stops nothing: any trial that neither finished nor failed was cut short
+    assert was_interrupted([done, last], 2, "fifo", False, set())
+    assert not was_interrupted([done, failed], 2, "fifo", True, set())

@@ -35,6 +35,8 @@ from htl_ray.tune.trial import FINISHED_KEY, PARENT_TAG, ROLE_TAG, SWEEP_TAG, TR
 
 STATE_FILE = "sweep_state.json"
 ARCHIVED_STATE_KEY = "from_archive"   # sweep_state.json of a sweep imported from an archive
+# sweep_state.json of a sweep whose Tune state holds tune.trial_runs.CloseStoppedTrialRuns
+STOPS_CLOSED_STATE_KEY = "stops_closed_as_they_happen"
 GROUP_TAG = "htl.group"
 VERDICT_GROUPS = ("best", "erm", "random")   # the verdict: best vs ERM and the placebo
 
@@ -191,7 +193,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
                                     "htl.git_commit": tracking.git_commit()})
         directory.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": uri,
-                                          "sweep_file": str(sweep.path.resolve())}, indent=2))
+                                          "sweep_file": str(sweep.path.resolve()),
+                                          STOPS_CLOSED_STATE_KEY: True}, indent=2))
     base_raw = _absolute(sweep.base, uri, directory / "runs")
     try:
         import ray
@@ -209,7 +212,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
                 f"{state[ARCHIVED_STATE_KEY]}); best trial {best.name}: its confirmation runs")
             outcome = SweepOutcome(directory, parent_run_id, uri, best, [])
         else:
-            outcome = _search(sweep, base_raw, uri, parent_run_id, resume, concurrency, log)
+            outcome = _search(sweep, base_raw, uri, parent_run_id, resume, concurrency,
+                              bool(state.get(STOPS_CLOSED_STATE_KEY)), log)
             if outcome.interrupted:
                 return outcome
         if confirm and outcome.best is not None:
@@ -223,27 +227,45 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
     return outcome
 
 
+def was_interrupted(records: list[TrialRecord], num_samples: int, scheduler: str,
+                    stops_closed: bool, open_ids: set[str]) -> bool:
+    """Whether the search returned because of a Ctrl-C (Tune saves its state and returns):
+    fewer trials than asked for; or a trial that neither finished nor failed — under FIFO, or
+    under ASHA once its stops close their runs as they happen (`stops_closed`), so that a
+    trial whose run is still open (`open_ids`) was cut short, not stopped. A trial that never
+    reported an epoch cannot have been stopped by a scheduler: it was cut short."""
+    if len(records) < num_samples:
+        return True
+    unended = [r for r in records if not r.finished and not r.error]
+    if scheduler == "fifo" or any(not r.history for r in unended):
+        return bool(unended)
+    return stops_closed and bool({r.trial_id for r in unended} & open_ids)
+
+
 def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str,
-            resume: bool, concurrency: int, log: Callable[[str], None]) -> SweepOutcome:
+            resume: bool, concurrency: int, stops_closed: bool,
+            log: Callable[[str], None]) -> SweepOutcome:
     """The Tune search and its summary; an interrupted search ends its parent run KILLED."""
     from htl_ray import tracking
-    from htl_ray.tune.trial_runs import close_open_trial_runs
+    from htl_ray.tune.trial_runs import INTERRUPTED_TAG, close_open_trial_runs, open_trial_ids
 
     s, directory = sweep.settings, sweep.directory
+    # a sweep whose Tune state predates the callback restores without it (Tune keeps the
+    # RunConfig it saved): there, a stopped trial's run is still open after the search
+    stops_closed = stops_closed or not (resume and (directory / "tune").is_dir())
     results = _tuner(sweep, directory, base_raw, uri, parent_run_id, resume, concurrency).fit()
     records = _records(results, sweep)
-    # fewer trials than asked for, or (without a scheduler that stops trials) some that
-    # neither finished nor failed: Ctrl-C, after which Tune saved its state and returned
     ended = sum(r.finished or bool(r.error) for r in records)
-    interrupted = len(records) < s.num_samples or (s.scheduler == "fifo"
-                                                   and ended < s.num_samples)
+    interrupted = was_interrupted(records, s.num_samples, s.scheduler, stops_closed,
+                                  open_trial_ids(uri, parent_run_id))
     closed = close_open_trial_runs(uri, parent_run_id, interrupted,
                                    {r.trial_id for r in records})
     stopped = sum(not r.finished and not r.error for r in records) if not interrupted else 0
     if stopped:
         log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
-    if closed and interrupted:
-        log(f"[htl-ray] {closed} trial run(s) cut short (MLflow: KILLED, htl.interrupted)")
+    if closed.get(INTERRUPTED_TAG):
+        log(f"[htl-ray] {closed[INTERRUPTED_TAG]} trial run(s) cut short (MLflow: KILLED, "
+            f"{INTERRUPTED_TAG})")
     best, plots = summarise(sweep, records, directory / "summary", uri, parent_run_id, log,
                             final=not interrupted)
     outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
@@ -397,7 +419,7 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
 # run identity, tracking, how fast the HTL scorer runs, how often a lost worker is restarted:
 # none of them changes what a run trains
 IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size",
-                     "train.max_failures")
+                     "htl.scorer_start_timeout_s", "train.max_failures")
 
 
 # where the data and an initial checkpoint lie on the machine that trained a run
