@@ -27,7 +27,7 @@ from htl_ray.tables import markdown_table
 from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.space import Sweep, load_sweep
 from htl_ray.tune.sweep import GROUP_TAG, STATE_FILE, confirm_run_name, run_sweep
-from htl_ray.tune.trial import ROLE_TAG, SWEEP_TAG
+from htl_ray.tune.trial import ORPHANED_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
 
 BEGIN = "<!-- htl-ray reproduce: begin (generated from MLflow by `htl-ray reproduce`; edits " \
         "inside these marks are replaced) -->"
@@ -100,9 +100,9 @@ def _trial_ended(client, run, sweep_final: bool) -> bool:
     trials again, whatever tag an interruption left), or when it had trained its last epoch
     before its sweep was interrupted. A run Tune re-ran as a new trial (`htl.orphaned`) never
     counts: its suggestion is counted once, in the new trial."""
-    if run.info.status != "KILLED" or run.data.tags.get("htl.orphaned"):
+    if run.info.status != "KILLED" or run.data.tags.get(ORPHANED_TAG):
         return False
-    if run.data.tags.get("htl.stopped_early") or sweep_final:
+    if run.data.tags.get(STOPPED_EARLY_TAG) or sweep_final:
         return True
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
     return bool(steps) and max(steps) + 1 >= int(run.data.params.get("train.epochs", 0))

@@ -31,7 +31,15 @@ from htl_ray.tune.study import (
     trials_table,
     write_plots,
 )
-from htl_ray.tune.trial import FINISHED_KEY, PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, run_trial
+from htl_ray.tune.trial import (
+    FINISHED_KEY,
+    INTERRUPTED_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    run_trial,
+)
 
 STATE_FILE = "sweep_state.json"
 ARCHIVED_STATE_KEY = "from_archive"   # sweep_state.json of a sweep imported from an archive
@@ -247,7 +255,7 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
             log: Callable[[str], None]) -> SweepOutcome:
     """The Tune search and its summary; an interrupted search ends its parent run KILLED."""
     from htl_ray import tracking
-    from htl_ray.tune.trial_runs import INTERRUPTED_TAG, close_open_trial_runs, open_trial_ids
+    from htl_ray.tune.trial_runs import close_open_trial_runs, open_trial_ids
 
     s, directory = sweep.settings, sweep.directory
     # a sweep whose Tune state predates the callback restores without it (Tune keeps the
@@ -271,7 +279,7 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
     outcome = SweepOutcome(directory, parent_run_id, uri, best, records, plots)
     if interrupted:
         outcome.interrupted = True
-        tracking.set_tags(uri, parent_run_id, {"htl.interrupted": "true"})
+        tracking.set_tags(uri, parent_run_id, {INTERRUPTED_TAG: "true"})
         tracking.end_run(uri, parent_run_id, "KILLED")
         log(f"[htl-ray] sweep interrupted after {ended} of {s.num_samples} trials; "
             f"continue it with: htl-ray tune {sweep.path} --resume")
@@ -365,8 +373,8 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
 
     Order: the verdict reads the best config against ERM and the placebo, so those groups run
     first, seed-major (a protocol interrupted after k seeds holds k complete paired
-    comparisons); the other scores (loss, el2n) follow, seed-major too. On CPUs, where one run
-    takes 15-25 minutes, the verdict is reachable hours before the secondary comparisons."""
+    comparisons); the other scores (loss, el2n) follow, seed-major too: with 5 groups and 3
+    seeds the verdict's 9 runs come before the 6 others, not among them."""
     # a comparator that is the best config's own method would be the best group again
     own = sweep.config_for(best_params, None, base_raw).htl.method
     groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators
@@ -419,7 +427,7 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
 # run identity, tracking, how fast the HTL scorer runs, how often a lost worker is restarted:
 # none of them changes what a run trains
 IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size",
-                     "htl.scorer_start_timeout_s", "train.max_failures")
+                     "train.max_failures")
 
 
 # where the data and an initial checkpoint lie on the machine that trained a run

@@ -18,6 +18,10 @@ TRIAL_TAG = "htl.trial_id"
 SWEEP_TAG = "htl.sweep"
 ROLE_TAG = "htl.role"
 PARENT_TAG = "mlflow.parentRunId"
+# why a trial run ended KILLED (htl_ray.tune.trial_runs sets them; the results page reads them)
+STOPPED_EARLY_TAG = "htl.stopped_early"
+INTERRUPTED_TAG = "htl.interrupted"
+ORPHANED_TAG = "htl.orphaned"
 FINISHED_KEY = "htl_finished"     # in the trial's final result only (Tune's own `done` differs)
 
 

@@ -16,11 +16,14 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from htl_ray.tune.trial import FINISHED_KEY, PARENT_TAG, TRIAL_TAG
-
-STOPPED_EARLY_TAG = "htl.stopped_early"
-INTERRUPTED_TAG = "htl.interrupted"
-ORPHANED_TAG = "htl.orphaned"
+from htl_ray.tune.trial import (
+    FINISHED_KEY,
+    INTERRUPTED_TAG,
+    ORPHANED_TAG,
+    PARENT_TAG,
+    STOPPED_EARLY_TAG,
+    TRIAL_TAG,
+)
 
 
 def _open_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None):
