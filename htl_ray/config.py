@@ -130,6 +130,10 @@ class HtlConfig:
                                 help="torch threads per scorer actor (0: one per scorer CPU); "
                                      "with synchronous refresh the trainers wait while it "
                                      "scores, so it may use their cores too")
+    scorer_start_timeout_s: float = _spec(
+        600.0, lo=0, help="a refresh fails with a clear error when its scorer actors cannot "
+                          "start within this many seconds (CPUs held elsewhere); 0: wait as "
+                          "long as Ray Data does")
 
 
 @dataclass

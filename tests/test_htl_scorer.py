@@ -1,5 +1,6 @@
 """The actor-pool scorer computes exactly what a plain in-process loop computes."""
 
+import dataclasses
 import os
 import signal
 import threading
@@ -120,3 +121,42 @@ def test_scorer_in_bf16_channels_last_agrees_with_fp32(ray_cluster, synth_datase
     assert bf16.sparsity == fp32.sparsity
     for col in ("h", "loss", "el2n", "dense_iou"):
         np.testing.assert_allclose(b[col], a[col], atol=0.08, err_msg=col)
+
+
+def test_a_refresh_whose_actors_cannot_start_fails_clearly_instead_of_stalling(ray_cluster,
+                                                                              synth_dataset):
+    """Every CPU held elsewhere (as by a trial whose placement group was never released): the
+    refresh fails after htl.scorer_start_timeout_s, saying what it asked and what is free,
+    instead of waiting 30 minutes for Ray Data's no-progress timeout."""
+    import pytest
+
+    from htl_ray.htl.scorer import ScorerUnschedulable
+
+    @ray_cluster.remote(num_cpus=2)
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    # materialised first, as the trainer's dataset is: a read inside the pipeline would wait
+    # for the same CPUs
+    val = split_dataset(synth_dataset, "val").materialize()
+    hog = Hog.remote()
+    ray_cluster.get(hog.ready.remote(), timeout=120)     # the CPUs an earlier test held: back
+    spec = ScoringSpec(model=MODEL, sparsities=(0.5,), batch_size=8, start_timeout_s=3)
+    state = create_model(ModelConfig(**MODEL)).state_dict()
+    started = time.time()
+    try:
+        with pytest.raises(ScorerUnschedulable, match=r"1 scorer actor\(s\) of 1 CPU each could "
+                                                      r"not start within 3 s .*0 of 2 CPUs free"):
+            score_dataset(val, state, spec)
+    finally:
+        ray_cluster.kill(hog)
+    assert time.time() - started < 120
+    # the failed attempt leaves no pending actor behind to take the CPUs once they are free
+    deadline = time.time() + 60
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) == 2
+    # with the CPUs back, the same refresh runs
+    table = score_dataset(val, state, dataclasses.replace(spec, start_timeout_s=60))
+    assert len(table) == len(read_table(synth_dataset, columns=["id"], split="val"))

@@ -269,5 +269,5 @@ def spec_from_config(cfg) -> ScoringSpec:
         with_labels=objective.scores_with_labels, label_kind=objective.label_kind,
         batch_size=cfg.htl.scorer_batch_size, pool_size=cfg.htl.scorer_actors,
         cpus_per_actor=cfg.htl.scorer_cpus, gpus_per_actor=cfg.htl.scorer_gpus,
-        threads=cfg.htl.scorer_threads,
+        threads=cfg.htl.scorer_threads, start_timeout_s=cfg.htl.scorer_start_timeout_s,
         precision=cfg.train.precision, memory_format=cfg.train.memory_format)

@@ -40,6 +40,11 @@ class ScoringSpec:
     threads: int = 0                  # torch threads per actor; 0: one per reserved CPU
     precision: str = "auto"           # train.precision / train.memory_format (htl_ray.device)
     memory_format: str = "auto"
+    start_timeout_s: float = 600.0    # the actors must start within this; 0: Ray Data's wait
+
+
+class ScorerUnschedulable(RuntimeError):
+    """The scorer actors could not start: the cluster's free resources do not hold them."""
 
 
 def build_scoring_models(spec: ScoringSpec, state: dict[str, torch.Tensor]):
@@ -119,9 +124,51 @@ def score_dataset(dataset, snapshot, spec: ScoringSpec) -> pd.DataFrame:
         num_cpus=spec.cpus_per_actor,
         num_gpus=spec.gpus_per_actor or None,
     )
+    _wait_for_room(spec)
     table = scored.to_pandas().sort_values("id").reset_index(drop=True)
     table.attrs["measured_sparsity"] = pop_measured_sparsity(table)
     return table
+
+
+def _wait_for_room(spec: ScoringSpec) -> None:
+    """Raise ScorerUnschedulable unless the pool's actors can start within spec.start_timeout_s.
+
+    Without it, actors that never get their CPUs (held by a trial whose placement group was
+    never released, say) stall the refresh until Ray Data's 30-minute no-progress timeout, with
+    a message about slow UDFs. A placement group of the pool's bundles is the probe: unlike
+    Ray Data's own start-up wait, it is removed whether or not it was placed, so a failed
+    refresh leaves no pending actor behind to take the CPUs once they are freed."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {k: v for k, v in (("CPU", spec.cpus_per_actor), ("GPU", spec.gpus_per_actor)) if v}
+    if spec.start_timeout_s <= 0 or not bundle:
+        return
+    probe = placement_group([bundle] * spec.pool_size)
+    try:
+        placed = probe.wait(timeout_seconds=spec.start_timeout_s)
+    finally:
+        remove_placement_group(probe)
+    if not placed:
+        raise ScorerUnschedulable(_unschedulable(spec))
+
+
+def _unschedulable(spec: ScoringSpec) -> str:
+    import ray
+
+    free, total = ray.available_resources(), ray.cluster_resources()
+    ask = f"{spec.cpus_per_actor:g} CPU" + (f" + {spec.gpus_per_actor:g} GPU"
+                                            if spec.gpus_per_actor else "")
+    have = f"{free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs free" + (
+        f", {free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPUs" if spec.gpus_per_actor
+        else "")
+    return (f"HTL refresh: {spec.pool_size} scorer actor(s) of {ask} each could not start "
+            f"within {spec.start_timeout_s:g} s (htl.scorer_start_timeout_s); the cluster has "
+            f"{have}. Either htl.scorer_actors × htl.scorer_cpus asks for more than the trainers "
+            "leave free (scaling.num_workers × resources_per_worker), or CPUs are held "
+            "elsewhere: another Ray instance on this machine (a test suite, another job) can "
+            "keep a stopped trial's CPUs from being released. Stop and run the same command "
+            "again (a fresh cluster; runs resume from their checkpoints); on an autoscaling "
+            "cluster that adds nodes slowly, raise htl.scorer_start_timeout_s")
 
 
 def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],

@@ -424,9 +424,11 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
     return out
 
 
-# run identity, tracking, how fast the HTL scorer runs, how often a lost worker is restarted:
+# run identity, tracking, how fast the HTL scorer runs (and how long it may take to start), how
+# often a lost worker is restarted:
 # none of them changes what a run trains
 IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size",
+                     "htl.scorer_start_timeout_s",
                      "train.max_failures")
 
 
