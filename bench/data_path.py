@@ -1,12 +1,15 @@
-"""Data path throughput, measured as a ratio within one run (this machine is noisy).
+"""Data path throughput, measured as ratios within one run (this machine is noisy).
 
 Samples/s of the training ingest path — the materialised Ray Dataset of raw uint8 buffers at
 training resolution (as the trainer hands it to the workers) iterated in batches with the
 training loop's local shuffle, turned into float tensors and augmented — ÷ a
 `torch.utils.data.DataLoader` doing the same work over the same rows held in memory (shuffled,
-same batch size, same decode and augmentation, same torch threads, no worker processes on
-either side). Target ≥ 0.9. Passes alternate between the two; the ratio is the median of the
-ratios of adjacent passes.
+same batch size, same decode and augmentation, same torch threads). Target ≥ 0.9.
+
+Four sides, one pass of each per round: Ray Data decoding in its formatting thread
+(`iter_decoded`, the trainer's path), Ray Data decoding in the consumer (the path before),
+a DataLoader without worker processes, and a DataLoader whose one worker process decodes.
+Each ratio is the median over rounds of the ratio of the two sides' passes in that round.
 
 Whether this path starves training is measured where training happens:
 `bench/training_overhead.py` prints the fraction of a Ray Train epoch spent waiting for data.
@@ -27,7 +30,7 @@ from _common import init_ray, quiet, workdir
 
 from htl_ray.config import AugmentConfig
 from htl_ray.data.augment import augment_batch
-from htl_ray.data.loading import TRAIN_COLUMNS, decode_batch, split_dataset
+from htl_ray.data.loading import TRAIN_COLUMNS, decode_batch, iter_decoded, split_dataset
 from htl_ray.data.schema import read_table
 from htl_ray.data.synth import synthesize
 
@@ -48,6 +51,23 @@ def ray_pass(ds, batch_size: int, seed: int,
     return n, time.perf_counter() - t0, waited
 
 
+def ray_decoding_pass(ds, batch_size: int, seed: int,
+                      augment: AugmentConfig) -> tuple[int, float, float]:
+    """As `ray_pass`, decoding in Ray Data's formatting thread (`iter_decoded`, as the trainer
+    does): the decode of the next batch overlaps the augmentation of this one."""
+    gen = torch.Generator().manual_seed(seed)
+    n, waited, t0 = 0, 0.0, time.perf_counter()
+    t_next = t0
+    for x, y, _ in iter_decoded(ds, batch_size=batch_size,
+                                local_shuffle_buffer_size=max(4 * batch_size, 64),
+                                local_shuffle_seed=seed):
+        waited += time.perf_counter() - t_next
+        x, y = augment_batch(x, y, augment, gen)
+        n += len(x)
+        t_next = time.perf_counter()
+    return n, time.perf_counter() - t0, waited
+
+
 class Rows(torch.utils.data.Dataset):
     def __init__(self, table):
         self.columns = {c: table[c].to_numpy() for c in TRAIN_COLUMNS}
@@ -59,8 +79,9 @@ class Rows(torch.utils.data.Dataset):
         return i
 
 
-def loader_pass(rows: Rows, batch_size: int, seed: int,
-                augment: AugmentConfig) -> tuple[int, float]:
+def loader_pass(rows: Rows, batch_size: int, seed: int, augment: AugmentConfig,
+                workers: int = 0) -> tuple[int, float]:
+    """`workers` = 1: decoding in one DataLoader worker process, augmentation here."""
     gen = torch.Generator().manual_seed(seed)
 
     def collate(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +89,7 @@ def loader_pass(rows: Rows, batch_size: int, seed: int,
         return decode_batch({k: v[idx] for k, v in rows.columns.items()})
 
     loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True,
-                                         num_workers=0, collate_fn=collate,
+                                         num_workers=workers, collate_fn=collate,
                                          generator=torch.Generator().manual_seed(seed))
     n, t0 = 0, time.perf_counter()
     for x, y in loader:
@@ -94,28 +115,41 @@ def main() -> None:
     ds = split_dataset(data, "train")                    # as the trainer hands it over
     rows = Rows(read_table(data, columns=TRAIN_COLUMNS, split="train"))
     augment = AugmentConfig()
-    ray_pass(ds, args.batch_size, 0, augment)                   # warm-up both sides
-    loader_pass(rows, args.batch_size, 0, augment)
-    ray_rates, loader_rates, in_iterator = [], [], []
-    for i in range(1, args.passes + 1):
-        n, t, waited = ray_pass(ds, args.batch_size, i, augment)
-        ray_rates.append(n / t)
-        in_iterator.append(waited / t)
-        n, t = loader_pass(rows, args.batch_size, i, augment)
-        loader_rates.append(n / t)
+    sides = {                                   # name: one pass -> (samples, seconds, ...)
+        "Ray Data, decoding in its formatting thread (the trainer's path)":
+            lambda seed: ray_decoding_pass(ds, args.batch_size, seed, augment),
+        "Ray Data, decoding in the consumer":
+            lambda seed: ray_pass(ds, args.batch_size, seed, augment),
+        "DataLoader, no workers":
+            lambda seed: loader_pass(rows, args.batch_size, seed, augment),
+        "DataLoader, 1 worker process decoding":
+            lambda seed: loader_pass(rows, args.batch_size, seed, augment, workers=1),
+    }
+    for run in sides.values():                                  # warm-up every side
+        run(0)
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for i in range(1, args.passes + 1):                          # one pass of each, in turn
+        for name, run in sides.items():
+            n, t, *_ = run(i)
+            rates[name].append(n / t)
     print(f"{len(rows)} training images {args.size}x{args.size}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s), decode + flips/rot90/colour jitter")
-    print("Ray Data samples/s:  " + ", ".join(f"{r:.0f}" for r in ray_rates))
-    print("DataLoader samples/s: " + ", ".join(f"{r:.0f}" for r in loader_rates))
-    print("share of a Ray pass inside the iterator (the rest: decode + augment): "
-          + ", ".join(f"{w:.2f}" for w in in_iterator))
-    # each Ray pass is paired with the DataLoader pass right after it: the median of the
-    # paired ratios is robust to the machine's slow and fast spells (the best passes are not)
-    paired = statistics.median(r / d for r, d in zip(ray_rates, loader_rates, strict=True))
-    print(f"best pass each side: Ray Data / DataLoader = {max(ray_rates) / max(loader_rates):.3f}")
-    print(f"Ray Data / DataLoader throughput = {paired:.3f}  (median of {args.passes} paired "
-          "passes; target >= 0.9)")
+    for name, r in rates.items():
+        print(f"{name}: samples/s " + ", ".join(f"{v:.0f}" for v in r))
 
+    def paired(a: str, b: str) -> float:
+        # passes of one round are adjacent: the median of the per-round ratios is robust to
+        # the machine's slow and fast spells (the best passes are not)
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    trainer, consumer, loader0, loader1 = rates
+    print(f"decoding in Ray's thread / decoding in the consumer = {paired(trainer, consumer):.3f}")
+    print(f"Ray Data (trainer's path) / DataLoader with 1 worker process = "
+          f"{paired(trainer, loader1):.3f}")
+    print(f"Ray Data (consumer decoding) / DataLoader, no workers = "
+          f"{paired(consumer, loader0):.3f}")
+    print(f"Ray Data / DataLoader throughput = {paired(trainer, loader0):.3f}  (the trainer's "
+          f"path vs a DataLoader without workers; median of {args.passes} rounds; target >= 0.9)")
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,8 @@ One training epoch under Ray Train (`TorchTrainer`, 1 worker, Ray Data shard) ÷
 in a plain PyTorch loop over the same rows in memory: same model, decoding, augmentation,
 loss, optimiser, batch size and torch threads. Target ≤ 1.10. Also printed: the fraction of the
 Ray epoch its worker spent waiting for the next batch (`time/data_wait_s`, the data path must
-never starve training) and preparing it (decode + augment, `time/data_prep_s`).
+never starve training; the batch arrives decoded, from Ray Data's formatting thread) and
+preparing it (augment + placement, `time/data_prep_s`). The plain loop decodes in the loop.
 
 Epoch times are the training part of each epoch (`time/train_epoch_s`: no validation), the
 median over epochs 2..E (epoch 1 warms up allocators and Ray Data).
@@ -115,8 +116,9 @@ def main() -> None:
           f"{args.threads} torch thread(s) each side, U-Net/ResNet-18")
     print("plain epochs (s): " + ", ".join(f"{t:.2f}" for t in plain_before + plain_after))
     print("ray epochs   (s): " + ", ".join(f"{t:.2f}" for t in ray_t["train_epoch_s"]))
-    print(f"data wait / Ray epoch = {wait:.3f}  (time blocked on the Ray Data iterator)")
-    print(f"data prep / Ray epoch = {prep:.3f}  (decode + augment in the worker, as in plain)")
+    print(f"data wait / Ray epoch = {wait:.3f}  (time blocked on the Ray Data iterator, which "
+          "decodes in its own thread)")
+    print(f"data prep / Ray epoch = {prep:.3f}  (augment + placement in the worker's loop)")
     print(f"Ray Train epoch / plain PyTorch epoch = {ray_epoch / plain:.3f}  (target <= 1.10)")
 
 

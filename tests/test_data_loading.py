@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from htl_ray.data.loading import decode_batch, split_dataset
+from htl_ray.data.loading import decode_batch, iter_decoded, split_dataset
 from htl_ray.data.schema import read_table
 
 
@@ -22,3 +22,20 @@ def test_split_dataset_reads_exactly_one_split(ray_cluster, synth_dataset):
     expected = read_table(synth_dataset, columns=["id", "split"], split="val")
     assert sorted(ds.to_pandas()["id"]) == sorted(expected["id"])
     assert split_dataset(synth_dataset, "train", limit=10).count() == 10
+
+
+def test_decoding_in_ray_datas_thread_yields_the_same_batches_in_the_same_order(
+        ray_cluster, synth_dataset):
+    """The trainer's path (iter_decoded) must not change what a seeded run trains on."""
+    ds = split_dataset(synth_dataset, "train")
+    kwargs = {"batch_size": 8, "local_shuffle_buffer_size": 32, "local_shuffle_seed": 3}
+    plain = [(batch["id"], *decode_batch(batch))
+             for batch in ds.iter_batches(batch_format="numpy", **kwargs)]
+    decoded = list(iter_decoded(ds, **kwargs))
+    assert len(decoded) == len(plain) > 2
+    ids = np.concatenate([b["id"] for _, _, b in decoded])
+    assert sorted(ids) == sorted(read_table(synth_dataset, columns=["id"], split="train")["id"])
+    assert list(ids) != sorted(ids)                               # shuffled, not read order
+    for (x, y, batch), (ids_p, x_p, y_p) in zip(decoded, plain, strict=True):
+        assert list(batch["id"]) == list(ids_p)
+        assert x.dtype == torch.float32 and torch.equal(x, x_p) and torch.equal(y, y_p)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,31 @@ def decode_batch(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     img_t = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     return img_t.contiguous(), torch.from_numpy(masks.copy()).float()
 
+
+
+@cache
+def _decoding_collate() -> Any:
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class DecodeBatch(NumpyBatchCollateFn):
+        """Ray Data calls this in its formatting thread, not in the consumer's."""
+
+        def __call__(self, batch: dict[str, np.ndarray]):
+            images, masks = decode_batch(batch)
+            return images, masks, batch
+
+    return DecodeBatch()
+
+
+def iter_decoded(source, *, batch_size: int, local_shuffle_buffer_size: int | None = None,
+                 local_shuffle_seed: int | None = None,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]]:
+    """(images, masks, the raw numpy batch) from a Ray Dataset or DataIterator.
+
+    The same batches, in the same order, as `iter_batches` + `decode_batch`; but the decoding
+    runs in the thread where Ray Data formats the next batch, so it overlaps the consumer's
+    work on the current one (a training step, augmentation) instead of adding to it."""
+    return source.iter_torch_batches(
+        batch_size=batch_size, collate_fn=_decoding_collate(), device="cpu",
+        local_shuffle_buffer_size=local_shuffle_buffer_size,
+        local_shuffle_seed=local_shuffle_seed)

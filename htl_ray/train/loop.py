@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.augment import augment_batch
-from htl_ray.data.loading import decode_batch
+from htl_ray.data.loading import iter_decoded
 from htl_ray.device import placement
 from htl_ray.htl.attention import ATTENTION, oversample_counts
 from htl_ray.htl.coordinator import weights_checksum
@@ -258,15 +258,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
         rng = np.random.default_rng([cfg.run.seed, epoch, rank])
         losses, seen, attended = [], 0, 0
-        data_wait = data_prep = 0.0            # is the data path starving training?
+        # is the data path starving training? wait: blocked on the iterator (which decodes in
+        # Ray Data's thread); prep: attention sampling, augmentation, placement in this loop
+        data_wait = data_prep = 0.0
         t_next = time.perf_counter()
-        for batch in train_shard.iter_batches(
-                batch_size=cfg.data.batch_size, batch_format="numpy",
+        for x, y, batch in iter_decoded(       # decoded while the previous step trains
+                train_shard, batch_size=cfg.data.batch_size,
                 local_shuffle_buffer_size=max(4 * cfg.data.batch_size, 64),
                 local_shuffle_seed=cfg.run.seed * 7919 + epoch * 31 + rank):
             t_batch = time.perf_counter()
             data_wait += t_batch - t_next
-            x, y = decode_batch(batch)
             w_loss, idx = None, np.arange(len(batch["id"]))
             if attend:
                 w = htl.batch_weights(batch["id"])
