@@ -149,8 +149,9 @@ def check_cluster(cfg: ExperimentConfig, uri: str, log,
 def init_ray(log: Callable[[str], None]) -> None:
     """Join RAY_ADDRESS (a cluster, or a `ray job submit` job) or start a local cluster.
 
-    A local cluster gets the dashboard on 127.0.0.1: Ray Train's placement-group cleaner polls
-    actor state through it (and warns every few seconds without it)."""
+    A local cluster gets the dashboard on 127.0.0.1 (8265, or a free port when another Ray
+    instance holds it): Ray Train's placement-group cleaner polls actor state through it, and
+    warns every few seconds without it."""
     import ray
     from ray.data import DataContext
 
@@ -166,9 +167,37 @@ def init_ray(log: Callable[[str], None]) -> None:
         log(f"[htl-ray] connecting to Ray at {address}")
         ray.init(address=address, configure_logging=False)
     else:
-        log("[htl-ray] starting a local Ray cluster (dashboard on http://127.0.0.1:8265)")
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+        port = free_local_port(DASHBOARD_PORT)
+        url = f"http://127.0.0.1:{port}"
+        log(f"[htl-ray] starting a local Ray cluster (dashboard on {url})")
+        # Set before the raylet starts, so that every worker inherits it (and this process
+        # keeps it while it drives this cluster). Without it, the State API in a worker (Ray
+        # Train's placement-group cleaner) looks for "the" Ray instance on the machine and,
+        # when another one runs (a second job, a test suite), fails with "Found multiple
+        # active Ray instances": the placement groups of a stopped trial are then never
+        # removed, and the CPUs they hold are lost to the rest of the run.
+        os.environ[API_SERVER_ADDRESS_VAR] = url
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 configure_logging=False)
     reinstall_after_ray_init()
+
+
+DASHBOARD_PORT = 8265
+API_SERVER_ADDRESS_VAR = "RAY_API_SERVER_ADDRESS"
+
+
+def free_local_port(preferred: int) -> int:
+    """`preferred` if nothing listens on it on 127.0.0.1, else a port the OS says is free."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free TCP port on 127.0.0.1")
 
 
 def join_cluster(cfg: ExperimentConfig, uri: str, log: Callable[[str], None]) -> ClusterView:

@@ -248,3 +248,51 @@ def test_kuberay_job_runs_a_valid_htl_ray_command_that_fits_its_worker_pods():
     pods = group["minReplicas"]
     assert gpus_needed(cfg) <= pods * float(requests["nvidia.com/gpu"])
     assert cpus_needed(cfg) <= pods * float(requests["cpu"])
+
+
+WORKER_STATE_QUERY = """
+import ray
+from htl_ray.cluster import init_ray
+
+init_ray(print)
+
+
+@ray.remote(num_cpus=0)
+class Controller:                  # stands for the Ray Train controller the cleaner watches
+    def ready(self):
+        return True
+
+
+controller = Controller.remote()
+ray.get(controller.ready.remote(), timeout=120)
+
+
+@ray.remote(num_cpus=0)
+def actor_states_seen_from_a_worker():
+    # what Ray Train's placement-group cleaner does in its actor, every second of a run
+    from ray.util.state import list_actors
+    return sorted({a.state for a in list_actors() if a.class_name == "Controller"})
+
+
+print("WORKER SEES", ray.get(actor_states_seen_from_a_worker.remote(), timeout=120))
+"""
+
+
+def test_a_local_cluster_beside_another_ray_instance_keeps_the_state_api_in_its_workers(
+        ray_cluster):
+    """The test session's cluster is the other instance. Without the API server address
+    handed to the workers, the State API in a worker fails with "Found multiple active Ray
+    instances" and Ray Train never removes a stopped trial's placement groups."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    with socket.socket() as held:                 # another instance holds the default port
+        with contextlib.suppress(OSError):        # (or something already does)
+            held.bind(("127.0.0.1", 8265))
+            held.listen()
+        out = subprocess.run([sys.executable, "-c", WORKER_STATE_QUERY], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "WORKER SEES ['ALIVE']" in out.stdout
+    (url,) = [line.split("dashboard on ")[1].rstrip(")") for line in out.stdout.splitlines()
+              if "starting a local Ray cluster" in line]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":8265")
