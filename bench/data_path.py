@@ -35,37 +35,34 @@ from htl_ray.data.schema import read_table
 from htl_ray.data.synth import synthesize
 
 
-def ray_pass(ds, batch_size: int, seed: int,
-             augment: AugmentConfig) -> tuple[int, float, float]:
-    """(samples, seconds, seconds spent inside the Ray Data iterator)."""
+def _augmented(batches, augment: AugmentConfig, seed: int) -> tuple[int, float]:
+    """(samples, seconds) to draw every decoded batch of a pass and augment it: the one timing
+    loop every side shares, so the sides differ only in where they decode."""
     gen = torch.Generator().manual_seed(seed)
-    n, waited, t0 = 0, 0.0, time.perf_counter()
-    t_next = t0
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                 local_shuffle_buffer_size=max(4 * batch_size, 64),
-                                 local_shuffle_seed=seed):
-        waited += time.perf_counter() - t_next
-        x, y = augment_batch(*decode_batch(batch), augment, gen)
+    n, t0 = 0, time.perf_counter()
+    for x, y, *_ in batches:
+        x, y = augment_batch(x, y, augment, gen)
         n += len(x)
-        t_next = time.perf_counter()
-    return n, time.perf_counter() - t0, waited
+    return n, time.perf_counter() - t0
+
+
+def _shuffled(batch_size: int, seed: int) -> dict:
+    return {"batch_size": batch_size, "local_shuffle_buffer_size": max(4 * batch_size, 64),
+            "local_shuffle_seed": seed}
+
+
+def ray_pass(ds, batch_size: int, seed: int, augment: AugmentConfig) -> tuple[int, float]:
+    """Ray Data, decoding in the consumer (the trainer's path before `iter_decoded`)."""
+    batches = (decode_batch(b) for b in ds.iter_batches(batch_format="numpy",
+                                                         **_shuffled(batch_size, seed)))
+    return _augmented(batches, augment, seed)
 
 
 def ray_decoding_pass(ds, batch_size: int, seed: int,
-                      augment: AugmentConfig) -> tuple[int, float, float]:
-    """As `ray_pass`, decoding in Ray Data's formatting thread (`iter_decoded`, as the trainer
-    does): the decode of the next batch overlaps the augmentation of this one."""
-    gen = torch.Generator().manual_seed(seed)
-    n, waited, t0 = 0, 0.0, time.perf_counter()
-    t_next = t0
-    for x, y, _ in iter_decoded(ds, batch_size=batch_size,
-                                local_shuffle_buffer_size=max(4 * batch_size, 64),
-                                local_shuffle_seed=seed):
-        waited += time.perf_counter() - t_next
-        x, y = augment_batch(x, y, augment, gen)
-        n += len(x)
-        t_next = time.perf_counter()
-    return n, time.perf_counter() - t0, waited
+                      augment: AugmentConfig) -> tuple[int, float]:
+    """Ray Data decoding in its formatting thread (`iter_decoded`, as the trainer does): the
+    decode of the next batch overlaps the augmentation of this one."""
+    return _augmented(iter_decoded(ds, **_shuffled(batch_size, seed)), augment, seed)
 
 
 class Rows(torch.utils.data.Dataset):
@@ -82,7 +79,6 @@ class Rows(torch.utils.data.Dataset):
 def loader_pass(rows: Rows, batch_size: int, seed: int, augment: AugmentConfig,
                 workers: int = 0) -> tuple[int, float]:
     """`workers` = 1: decoding in one DataLoader worker process, augmentation here."""
-    gen = torch.Generator().manual_seed(seed)
 
     def collate(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices)
@@ -91,11 +87,7 @@ def loader_pass(rows: Rows, batch_size: int, seed: int, augment: AugmentConfig,
     loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True,
                                          num_workers=workers, collate_fn=collate,
                                          generator=torch.Generator().manual_seed(seed))
-    n, t0 = 0, time.perf_counter()
-    for x, y in loader:
-        x, y = augment_batch(x, y, augment, gen)
-        n += len(x)
-    return n, time.perf_counter() - t0
+    return _augmented(loader, augment, seed)
 
 
 def main() -> None:
@@ -115,7 +107,7 @@ def main() -> None:
     ds = split_dataset(data, "train")                    # as the trainer hands it over
     rows = Rows(read_table(data, columns=TRAIN_COLUMNS, split="train"))
     augment = AugmentConfig()
-    sides = {                                   # name: one pass -> (samples, seconds, ...)
+    sides = {                                   # name: one pass -> (samples, seconds)
         "Ray Data, decoding in its formatting thread (the trainer's path)":
             lambda seed: ray_decoding_pass(ds, args.batch_size, seed, augment),
         "Ray Data, decoding in the consumer":
@@ -130,7 +122,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(1, args.passes + 1):                          # one pass of each, in turn
         for name, run in sides.items():
-            n, t, *_ = run(i)
+            n, t = run(i)
             rates[name].append(n / t)
     print(f"{len(rows)} training images {args.size}x{args.size}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s), decode + flips/rot90/colour jitter")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from htl_ray.config import ConfigError, ExperimentConfig
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
+DASHBOARD_PORT = 8265                               # a local cluster's, unless it is taken
+API_SERVER_ADDRESS_VAR = "RAY_API_SERVER_ADDRESS"   # read by the State API in every process
 
 
 @dataclass(frozen=True)
@@ -180,10 +182,6 @@ def init_ray(log: Callable[[str], None]) -> None:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                  configure_logging=False)
     reinstall_after_ray_init()
-
-
-DASHBOARD_PORT = 8265
-API_SERVER_ADDRESS_VAR = "RAY_API_SERVER_ADDRESS"
 
 
 def free_local_port(preferred: int) -> int:

@@ -21,12 +21,15 @@ import pytest
 from conftest import descendants, processes
 
 from htl_ray.cluster import (
+    API_SERVER_ADDRESS_VAR,
+    DASHBOARD_PORT,
     ClusterView,
     check_cluster,
     check_resources,
     check_shared_storage,
     check_storage_uri,
     cpus_needed,
+    free_local_port,
     gpus_needed,
     tracking_warnings,
 )
@@ -87,9 +90,7 @@ def test_trainers_and_scorers_must_fit_together():
 # --- a real two-node cluster and real job submissions ------------------------------------
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_local_port(0)
 
 
 def _node_ports() -> list[str]:
@@ -284,10 +285,10 @@ def test_a_local_cluster_beside_another_ray_instance_keeps_the_state_api_in_its_
     handed to the workers, the State API in a worker fails with "Found multiple active Ray
     instances" and Ray Train never removes a stopped trial's placement groups."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+           if k not in ("RAY_ADDRESS", API_SERVER_ADDRESS_VAR)}
     with socket.socket() as held:                 # another instance holds the default port
         with contextlib.suppress(OSError):        # (or something already does)
-            held.bind(("127.0.0.1", 8265))
+            held.bind(("127.0.0.1", DASHBOARD_PORT))
             held.listen()
         out = subprocess.run([sys.executable, "-c", WORKER_STATE_QUERY], env=env, cwd=REPO,
                              capture_output=True, text=True, timeout=300)
@@ -295,4 +296,4 @@ def test_a_local_cluster_beside_another_ray_instance_keeps_the_state_api_in_its_
     assert "WORKER SEES ['ALIVE']" in out.stdout
     (url,) = [line.split("dashboard on ")[1].rstrip(")") for line in out.stdout.splitlines()
               if "starting a local Ray cluster" in line]
-    assert url.startswith("http://127.0.0.1:") and not url.endswith(":8265")
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(f":{DASHBOARD_PORT}")

@@ -7,13 +7,14 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 from conftest import pids_titled
 
 from htl_ray.config import ModelConfig
 from htl_ray.data.loading import split_dataset
 from htl_ray.data.schema import read_table
-from htl_ray.htl.scorer import ScoringSpec, score_dataset, score_in_process
+from htl_ray.htl.scorer import ScorerUnschedulable, ScoringSpec, score_dataset, score_in_process
 from htl_ray.models import create_model
 
 MODEL = {"arch": "unet", "encoder": "resnet18", "encoder_weights": None, "in_channels": 3,
@@ -128,18 +129,15 @@ def test_a_refresh_whose_actors_cannot_start_fails_clearly_instead_of_stalling(r
     """Every CPU held elsewhere (as by a trial whose placement group was never released): the
     refresh fails after htl.scorer_start_timeout_s, saying what it asked and what is free,
     instead of waiting 30 minutes for Ray Data's no-progress timeout."""
-    import pytest
-
-    from htl_ray.htl.scorer import ScorerUnschedulable
 
     @ray_cluster.remote(num_cpus=2)
     class Hog:
         def ready(self) -> bool:
             return True
 
-    # materialised first, as the trainer's dataset is: a read inside the pipeline would wait
-    # for the same CPUs
-    val = split_dataset(synth_dataset, "val").materialize()
+    # split_dataset materialises, as for the trainer: a read inside the scoring pipeline would
+    # wait for the same CPUs
+    val = split_dataset(synth_dataset, "val")
     hog = Hog.remote()
     ray_cluster.get(hog.ready.remote(), timeout=120)     # the CPUs an earlier test held: back
     spec = ScoringSpec(model=MODEL, sparsities=(0.5,), batch_size=8, start_timeout_s=3)

@@ -50,7 +50,6 @@ def decode_batch(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return img_t.contiguous(), torch.from_numpy(masks.copy()).float()
 
 
-
 @cache
 def _decoding_collate() -> Any:
     from ray.data.collate_fn import NumpyBatchCollateFn

@@ -428,8 +428,7 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
 # often a lost worker is restarted:
 # none of them changes what a run trains
 IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size",
-                     "htl.scorer_start_timeout_s",
-                     "train.max_failures")
+                     "htl.scorer_start_timeout_s", "train.max_failures")
 
 
 # where the data and an initial checkpoint lie on the machine that trained a run
