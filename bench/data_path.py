@@ -11,6 +11,10 @@ Four sides, one pass of each per round: Ray Data decoding in its formatting thre
 a DataLoader without worker processes, and a DataLoader whose one worker process decodes.
 Each ratio is the median over rounds of the ratio of the two sides' passes in that round.
 
+Before any of that, the trainer reads its split: the seconds of `split_dataset` reading the
+training split with Ray Data's read tasks ÷ the driver reading it with pyarrow (what it does
+for record files up to `DRIVER_READ_MAX_BYTES`), alternated over rounds.
+
 Whether this path starves training is measured where training happens:
 `bench/training_overhead.py` prints the fraction of a Ray Train epoch spent waiting for data.
 
@@ -30,7 +34,13 @@ from _common import init_ray, quiet, workdir
 
 from htl_ray.config import AugmentConfig
 from htl_ray.data.augment import augment_batch
-from htl_ray.data.loading import TRAIN_COLUMNS, decode_batch, iter_decoded, split_dataset
+from htl_ray.data.loading import (
+    DRIVER_READ_MAX_BYTES,
+    TRAIN_COLUMNS,
+    decode_batch,
+    iter_decoded,
+    split_dataset,
+)
 from htl_ray.data.schema import read_table
 from htl_ray.data.synth import synthesize
 
@@ -63,6 +73,13 @@ def ray_decoding_pass(ds, batch_size: int, seed: int,
     """Ray Data decoding in its formatting thread (`iter_decoded`, as the trainer does): the
     decode of the next batch overlaps the augmentation of this one."""
     return _augmented(iter_decoded(ds, **_shuffled(batch_size, seed)), augment, seed)
+
+
+def read_seconds(data, driver_read_max_bytes: int) -> float:
+    """Seconds until the training split is a materialised Ray Dataset."""
+    t0 = time.perf_counter()
+    split_dataset(data, "train", driver_read_max_bytes=driver_read_max_bytes)
+    return time.perf_counter() - t0
 
 
 class Rows(torch.utils.data.Dataset):
@@ -104,6 +121,12 @@ def main() -> None:
     synthesize(data, n=args.n, size=args.size, seed=0, log=quiet)
     torch.set_num_threads(args.threads)
     init_ray()
+    reads = {"Ray Data read tasks": [], "driver read": []}
+    for i in range(args.passes + 1):                     # the first round warms both up
+        for name, limit in (("Ray Data read tasks", 0), ("driver read", DRIVER_READ_MAX_BYTES)):
+            seconds = read_seconds(data, limit)
+            if i:
+                reads[name].append(seconds)
     ds = split_dataset(data, "train")                    # as the trainer hands it over
     rows = Rows(read_table(data, columns=TRAIN_COLUMNS, split="train"))
     augment = AugmentConfig()
@@ -129,12 +152,19 @@ def main() -> None:
     for name, r in rates.items():
         print(f"{name}: samples/s " + ", ".join(f"{v:.0f}" for v in r))
 
+    for name, r in reads.items():
+        print(f"reading the training split, {name}: seconds " + ", ".join(f"{v:.2f}" for v in r))
+
     def paired(a: str, b: str) -> float:
         # passes of one round are adjacent: the median of the per-round ratios is robust to
         # the machine's slow and fast spells (the best passes are not)
         return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
 
     trainer, consumer, loader0, loader1 = rates
+    read_ratio = statistics.median(a / b for a, b in zip(*reads.values(), strict=True))
+    print(f"split read: Ray Data read tasks / driver read = {read_ratio:.1f}x the time "
+          f"(median of {args.passes} rounds; the trainer reads in the driver up to "
+          f"{DRIVER_READ_MAX_BYTES >> 20} MiB of records)")
     print(f"decoding in Ray's thread / decoding in the consumer = {paired(trainer, consumer):.3f}")
     print(f"Ray Data (trainer's path) / DataLoader with 1 worker process = "
           f"{paired(trainer, loader1):.3f}")

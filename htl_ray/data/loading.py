@@ -23,18 +23,34 @@ def records_path(dataset_dir: str | Path) -> str:
     return str(path.resolve())
 
 
+# Record files up to this size are read by the driver with pyarrow and handed to Ray as one
+# in-memory dataset: Ray Data's read tasks cost 6-20 s of start-up per split on a small machine,
+# which is most of a short run's data time (bench/data_path.py). Larger files keep the
+# distributed read, so a cluster's dataset never has to fit the driver's memory.
+DRIVER_READ_MAX_BYTES = 1 << 30
+
+
 def split_dataset(dataset_dir: str | Path, split: str, limit: int = 0,
-                  columns: list[str] | None = None):
-    """A materialised Ray Dataset of one split.
+                  columns: list[str] | None = None,
+                  driver_read_max_bytes: int = DRIVER_READ_MAX_BYTES):
+    """A materialised Ray Dataset of one split, rows in file order.
 
     Materialised in the driver before training starts: the trainers then reserve every CPU of a
     small machine without starving Ray Data of the CPUs it would need to read Parquet.
     """
     import ray.data
-    from ray.data.expressions import col
 
     cols = columns or TRAIN_COLUMNS
-    ds = ray.data.read_parquet(records_path(dataset_dir), columns=[*cols, "split"])
+    path = records_path(dataset_dir)
+    if Path(path).stat().st_size <= driver_read_max_bytes:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=[*cols, "split"], filters=[("split", "==", split)])
+        table = table.select(cols)
+        return ray.data.from_arrow(table.slice(0, limit) if limit else table).materialize()
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet(path, columns=[*cols, "split"])
     ds = ds.filter(expr=col("split") == split).select_columns(cols)
     if limit:
         ds = ds.limit(limit)
