@@ -30,7 +30,12 @@ def ray_cluster():
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
                  log_to_driver=True)
     yield ray
+    workers = set(pids_titled("ray::"))
     ray.shutdown()
+    left = reap(workers)
+    if left:
+        print(f"\n[conftest] killed {len(left)} Ray worker process(es) left running after "
+              f"the session cluster shut down: {left}")
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +95,37 @@ def pids_titled(title: str) -> list[int]:
     return sorted(pid for pid in descendants(os.getpid(), procs)
                   if title in procs[pid][1] and "pytest" not in procs[pid][1])
 
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, only waiting for its parent to collect the status."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def reap(pids: set[int], grace_s: float = 10.0) -> dict[int, str]:
+    """Waits `grace_s` for `pids` to exit, then SIGKILLs the ones still there; returns those
+    (pid → command line). A Ray worker can outlive its cluster: once seen, a TrainController
+    whose core worker had shut down hung in interpreter exit, re-parented to init with 1 GB,
+    and every later CI run on the machine would have added another."""
+    import signal
+    import time
+
+    deadline = time.time() + grace_s
+    while True:
+        alive = {pid: cmd for pid, (_, cmd) in processes().items()
+                 if pid in pids and not _zombie(pid)}
+        if not alive or time.time() >= deadline:
+            break
+        time.sleep(0.2)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return alive
 
 
 class MlflowServer:

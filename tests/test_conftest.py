@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from conftest import pids_titled, processes
+from conftest import pids_titled, processes, reap
 
 
 def test_pids_titled_finds_descendants_and_never_another_process_tree():
@@ -26,3 +26,19 @@ def test_pids_titled_finds_descendants_and_never_another_process_tree():
         for pid, (_, cmd) in processes().items():
             if "sleep 62.25" in cmd:
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_reap_kills_what_outlives_its_grace_and_leaves_what_exits():
+    """A process that ignores SIGTERM (as a worker hung in interpreter exit does) is killed;
+    one that exits by itself within the grace period is not reported."""
+    stuck = subprocess.Popen([sys.executable, "-c",
+                              "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                              " print('ready', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    quick = subprocess.Popen(["sleep", "0.5"])
+    assert stuck.stdout.readline().strip() == "ready"
+    stuck.terminate()                                  # ignored
+    left = reap({stuck.pid, quick.pid}, grace_s=2.0)
+    assert list(left) == [stuck.pid] and "signal.SIG_IGN" in left[stuck.pid]
+    assert stuck.wait(timeout=10) == -signal.SIGKILL
+    assert quick.wait(timeout=10) == 0
