@@ -2,7 +2,8 @@
 difference to the ERM baseline.
 
 A configuration is a run's logged parameters minus the ones that only name or seed it
-(`SEED_LIKE`); runs that share the rest are seeds of one configuration. The baseline of a
+(`SEED_LIKE`) and the ones that never change what a run trains (`RESULT_NEUTRAL_KEYS`: scorer
+speed, restarts); runs that share the rest are seeds of one configuration. The baseline of a
 group is the baseline-matching group (default `htl.method=erm`) that differs from it in the
 fewest parameters; differences are paired by `run.seed` so that seed-to-seed variation common
 to both arms cancels. Intervals are Student-t 95% intervals over seeds (or over seed pairs).
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from htl_ray.config import RESULT_NEUTRAL_KEYS
 from htl_ray.tables import markdown_table, short_value
 
 SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
@@ -112,7 +114,8 @@ def compare(runs: pd.DataFrame, split: str = "val",
     baseline = {"htl.method": "erm"} if baseline is None else baseline
     if runs.empty:
         raise ValueError("no finished runs to compare (check the experiment name and filters)")
-    keys = [tuple(sorted((k, v) for k, v in p.items() if k not in SEED_LIKE))
+    ignored = SEED_LIKE | set(RESULT_NEUTRAL_KEYS)
+    keys = [tuple(sorted((k, v) for k, v in p.items() if k not in ignored))
             for p in runs["params"]]
     group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     config_params = [dict(k) for k in group_of]

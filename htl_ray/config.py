@@ -23,6 +23,13 @@ class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or out of range; the message names the key."""
 
 
+# Keys that change how fast or how robustly a run goes, never what it trains: resuming a run
+# with other values is allowed, and runs that differ only in them (or that predate one of them,
+# and so never logged it) are seeds of one configuration in comparisons.
+RESULT_NEUTRAL_KEYS = ("htl.scorer_threads", "htl.scorer_batch_size",
+                       "htl.scorer_start_timeout_s", "train.max_failures")
+
+
 def _spec(default: Any = dataclasses.MISSING, *, lo: float | None = None,
           hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
           choices: tuple | None = None, help: str = "", factory: Any = None) -> Any:

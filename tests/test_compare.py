@@ -81,6 +81,28 @@ def test_compare_means_cis_and_paired_differences(runs_uri):
     assert "0.8500 [0.8" in result.markdown() and "+0.0300 [+0.0" in result.markdown()
 
 
+def test_runs_differing_only_in_result_neutral_keys_are_seeds_of_one_configuration(
+        tracking_uri):
+    """A seed trained before `htl.scorer_start_timeout_s` existed never logged it, and a
+    resumed sweep may raise `train.max_failures`: neither changes what was trained."""
+    from htl_ray.config import RESULT_NEUTRAL_KEYS
+
+    assert {"htl.scorer_start_timeout_s", "train.max_failures"} <= set(RESULT_NEUTRAL_KEYS)
+    old = _log_run(tracking_uri, "loss", "1.0", 0, 0.80, [0.5])
+    new = _log_run(tracking_uri, "loss", "1.0", 1, 0.84, [0.5])
+    other = _log_run(tracking_uri, "loss", "3.0", 2, 0.70, [0.5])
+    client = MlflowClient(tracking_uri)
+    for run_id in (new, other):
+        client.log_param(run_id, "htl.scorer_start_timeout_s", "600.0")
+    client.log_param(old, "train.max_failures", "0")
+    client.log_param(new, "train.max_failures", "3")
+    client.log_param(other, "train.max_failures", "3")
+    table = compare(load_runs(tracking_uri, "cmp")).table.set_index("configuration")
+    assert sorted(table.index) == ["htl.lam=1", "htl.lam=3"]        # lam is all that differs
+    assert table.loc["htl.lam=1", "n"] == 2
+    assert table.loc["htl.lam=1", "dice"] == pytest.approx(0.82)
+
+
 def test_compare_cli_prints_and_writes_markdown_and_csv(runs_uri, tmp_path, capsys):
     assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--out",
                  str(tmp_path / "out")]) == 0

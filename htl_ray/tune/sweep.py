@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from htl_ray.config import ConfigError, ExperimentConfig, dump_config
+from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig, dump_config
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import (
     TrialRecord,
@@ -427,8 +427,7 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
 # run identity, tracking, how fast the HTL scorer runs (and how long it may take to start), how
 # often a lost worker is restarted:
 # none of them changes what a run trains
-IGNORED_ON_RESUME = ("run.", "tracking.", "htl.scorer_threads", "htl.scorer_batch_size",
-                     "htl.scorer_start_timeout_s", "train.max_failures")
+IGNORED_ON_RESUME = ("run.", "tracking.", *RESULT_NEUTRAL_KEYS)
 
 
 # where the data and an initial checkpoint lie on the machine that trained a run
