@@ -33,9 +33,11 @@ def ray_cluster():
     workers = set(pids_titled("ray::"))
     ray.shutdown()
     left = reap(workers)
-    if left:
-        print(f"\n[conftest] killed {len(left)} Ray worker process(es) left running after "
-              f"the session cluster shut down: {left}")
+    if left:                                        # in the warnings summary, not captured
+        import warnings
+
+        warnings.warn(f"killed {len(left)} Ray worker process(es) left running after the "
+                      f"session cluster shut down: {left}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
