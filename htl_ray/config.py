@@ -25,7 +25,8 @@ class ConfigError(ValueError):
 
 # Keys that change how fast or how robustly a run goes, never what it trains: resuming a run
 # with other values is allowed, and runs that differ only in them (or that predate one of them,
-# and so never logged it) are seeds of one configuration in comparisons.
+# and so never logged it) are seeds of one configuration in comparisons. Exact flat keys, not
+# prefixes (`compare` matches them exactly).
 RESULT_NEUTRAL_KEYS = ("htl.scorer_threads", "htl.scorer_batch_size",
                        "htl.scorer_start_timeout_s", "train.max_failures")
 

@@ -30,7 +30,7 @@ def ray_cluster():
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
                  log_to_driver=True)
     yield ray
-    workers = set(pids_titled("ray::"))
+    workers = started(pids_titled("ray::"))
     ray.shutdown()
     left = reap(workers)
     if left:                                        # in the warnings summary, not captured
@@ -99,26 +99,38 @@ def pids_titled(title: str) -> list[int]:
 
 
 
-def _zombie(pid: int) -> bool:
-    """Exited, only waiting for its parent to collect the status."""
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, None once it is gone. The
+    start time tells a process from a later one that reused its pid."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return True
+        return None
+    return fields[0], fields[19]
 
 
-def reap(pids: set[int], grace_s: float = 10.0) -> dict[int, str]:
-    """Waits `grace_s` for `pids` to exit, then SIGKILLs the ones still there; returns those
-    (pid → command line). A Ray worker can outlive its cluster: once seen, a TrainController
-    whose core worker had shut down hung in interpreter exit, re-parented to init with 1 GB,
-    and every later CI run on the machine would have added another."""
+def started(pids) -> dict[int, str]:
+    """pid → start time of the processes in `pids` that exist now."""
+    return {pid: st[1] for pid in pids if (st := _stat(pid)) is not None}
+
+
+def reap(pids: dict[int, str], grace_s: float = 10.0) -> dict[int, str]:
+    """Waits `grace_s` for the processes of `pids` (pid → start time, from `started`) to exit,
+    then SIGKILLs the ones still there — the same processes, not later ones that reused a
+    pid; returns those (pid → command line). A Ray worker can outlive its cluster: once seen, a
+    TrainController whose core worker had shut down hung in interpreter exit, re-parented to
+    init with 1 GB, and every later CI run on the machine would have added another."""
     import signal
     import time
+
+    def same_and_running(pid: int) -> bool:
+        st = _stat(pid)
+        return st is not None and st[0] != "Z" and st[1] == pids[pid]
 
     deadline = time.time() + grace_s
     while True:
         alive = {pid: cmd for pid, (_, cmd) in processes().items()
-                 if pid in pids and not _zombie(pid)}
+                 if pid in pids and same_and_running(pid)}
         if not alive or time.time() >= deadline:
             break
         time.sleep(0.2)

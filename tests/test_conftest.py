@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from conftest import pids_titled, processes, reap
+from conftest import pids_titled, processes, reap, started
 
 
 def test_pids_titled_finds_descendants_and_never_another_process_tree():
@@ -30,15 +30,24 @@ def test_pids_titled_finds_descendants_and_never_another_process_tree():
 
 def test_reap_kills_what_outlives_its_grace_and_leaves_what_exits():
     """A process that ignores SIGTERM (as a worker hung in interpreter exit does) is killed;
-    one that exits by itself within the grace period is not reported."""
+    one that exits by itself within the grace period is not reported; a pid whose recorded
+    start time is not its process's (the pid was reused) is left alone."""
     stuck = subprocess.Popen([sys.executable, "-c",
                               "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
                               " print('ready', flush=True); time.sleep(60)"],
                              stdout=subprocess.PIPE, text=True)
     quick = subprocess.Popen(["sleep", "0.5"])
-    assert stuck.stdout.readline().strip() == "ready"
-    stuck.terminate()                                  # ignored
-    left = reap({stuck.pid, quick.pid}, grace_s=2.0)
-    assert list(left) == [stuck.pid] and "signal.SIG_IGN" in left[stuck.pid]
-    assert stuck.wait(timeout=10) == -signal.SIGKILL
-    assert quick.wait(timeout=10) == 0
+    stranger = subprocess.Popen(["sleep", "60.25"])
+    try:
+        assert stuck.stdout.readline().strip() == "ready"
+        recorded = started([stuck.pid, quick.pid, stranger.pid])
+        recorded[stranger.pid] = "0"                       # as if recorded for an older process
+        left = reap(recorded, grace_s=2.0)
+        assert list(left) == [stuck.pid] and "signal.SIG_IGN" in left[stuck.pid]
+        assert stuck.wait(timeout=10) == -signal.SIGKILL
+        assert quick.wait(timeout=10) == 0
+        assert stranger.poll() is None                     # not ours: still running
+    finally:
+        stranger.kill()
+        stuck.kill()
+        stuck.stdout.close()

@@ -1,14 +1,7 @@
 import numpy as np
-import pytest
 import torch
 
-from htl_ray.data.loading import (
-    DRIVER_READ_MAX_BYTES,
-    TRAIN_COLUMNS,
-    decode_batch,
-    iter_decoded,
-    split_dataset,
-)
+from htl_ray.data.loading import TRAIN_COLUMNS, decode_batch, iter_decoded, split_dataset
 from htl_ray.data.schema import read_table
 
 
@@ -24,21 +17,43 @@ def test_decode_batch_restores_pixels():
     assert torch.equal(y[:, 0].byte(), torch.from_numpy(mask))
 
 
-@pytest.mark.parametrize("driver_read_max_bytes", [DRIVER_READ_MAX_BYTES, 0],
-                         ids=["driver-read", "ray-data-read"])
-def test_split_dataset_reads_exactly_one_split_in_file_order(ray_cluster, synth_dataset,
-                                                             driver_read_max_bytes):
-    """Both read paths hand the trainer the same rows in the same (file) order and blocks, so a
-    seeded run does not depend on the size of its records file."""
-    kw = {"driver_read_max_bytes": driver_read_max_bytes}
-    ds = split_dataset(synth_dataset, "val", **kw)
-    expected = read_table(synth_dataset, columns=["id", "split"], split="val")
-    assert list(ds.to_pandas()["id"]) == list(expected["id"])
-    assert ds.num_blocks() == 1 and ds.columns() == TRAIN_COLUMNS
-    first = split_dataset(synth_dataset, "train", limit=10, **kw).to_pandas()
-    train = read_table(synth_dataset, columns=["id", "image"], split="train")
-    assert list(first["id"]) == list(train["id"][:10])
-    assert list(first["image"]) == list(train["image"][:10])
+def test_both_read_paths_give_the_same_split_rows_order_schema_and_single_block(
+        ray_cluster, synth_dataset, monkeypatch):
+    """A seeded run must not depend on which reader a records file gets. The driver path is
+    proved to be the one taken (Ray Data's reader is made to fail), the other is forced with a
+    zero threshold; the expected rows come from the whole file, masked in pandas."""
+    import pandas as pd
+    import ray.data
+
+    from htl_ray.data.loading import uncompressed_bytes
+    from htl_ray.train.evaluation import VAL_META_COLUMNS
+
+    cols = TRAIN_COLUMNS + VAL_META_COLUMNS
+    whole = pd.read_parquet(synth_dataset / "records.parquet")
+    assert 0 < uncompressed_bytes(synth_dataset / "records.parquet") \
+        <= ray.data.DataContext.get_current().target_max_block_size
+    by_ray = {split: split_dataset(synth_dataset, split, columns=cols, driver_read_max_bytes=0)
+              for split in ("train", "val")}
+    by_ray["first10"] = split_dataset(synth_dataset, "train", limit=10, driver_read_max_bytes=0)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver path must not start Ray Data's reader")
+
+    monkeypatch.setattr(ray.data, "read_parquet", refuse)
+    by_driver = {split: split_dataset(synth_dataset, split, columns=cols)
+                 for split in ("train", "val")}
+    by_driver["first10"] = split_dataset(synth_dataset, "train", limit=10)
+    for name, ds in by_driver.items():
+        other = by_ray[name]
+        assert ds.num_blocks() == other.num_blocks() == 1, name
+        assert ds.schema() == other.schema(), name
+        got = ds.to_pandas()
+        pd.testing.assert_frame_equal(got, other.to_pandas())
+        split = "train" if name == "first10" else name
+        expected = whole[whole["split"] == split].reset_index(drop=True)
+        expected = expected[list(got.columns)].head(10 if name == "first10" else None)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)   # pandas vs Arrow strings
+    assert len(by_driver["val"].to_pandas()) == (whole["split"] == "val").sum() > 0
 
 
 def test_decoding_in_ray_datas_thread_yields_the_same_batches_in_the_same_order(

@@ -81,11 +81,9 @@ def test_verdicts_read_the_confidence_interval_against_the_two_point_goal():
 def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_dataset, tmp_path,
                                                        tracking_uri):
     sweep_file = tmp_path / "tiny.yaml"
-    # 1 epoch, warm-up 1: no run refreshes (each refresh starts a scorer pool, ~8 s); this test
-    # is about the protocol's bookkeeping, refreshes are tested in test_htl_training.py
     sweep_file.write_text(yaml.safe_dump({
         "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
-                      "tracking.experiment=repro", "train.epochs=1", "data.limit_train=16",
+                      "tracking.experiment=repro", "train.epochs=2", "data.limit_train=16",
                       "data.batch_size=8", "model.decoder_channels=[16,8,8,4,4]",
                       "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1}",
                       "htl.method=htl", "htl.refresh_every=1", "htl.warmup_epochs=1",

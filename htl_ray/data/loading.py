@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from htl_ray.data.schema import RECORDS_FILE
+from htl_ray.data.schema import RECORDS_FILE, read_split_table
+
+if TYPE_CHECKING:
+    import ray.data
 
 TRAIN_COLUMNS = ["id", "image", "mask", "height", "width"]
 
@@ -23,30 +26,38 @@ def records_path(dataset_dir: str | Path) -> str:
     return str(path.resolve())
 
 
-# Record files up to this size are read by the driver with pyarrow and handed to Ray as one
-# in-memory dataset: Ray Data's read tasks cost 6-20 s of start-up per split on a small machine,
-# which is most of a short run's data time (bench/data_path.py). Larger files keep the
-# distributed read, so a cluster's dataset never has to fit the driver's memory.
-DRIVER_READ_MAX_BYTES = 1 << 30
+def uncompressed_bytes(path: str | Path) -> int:
+    """The records file's size in memory, from its Parquet footer (without reading it)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
 
 
 def split_dataset(dataset_dir: str | Path, split: str, limit: int = 0,
                   columns: list[str] | None = None,
-                  driver_read_max_bytes: int = DRIVER_READ_MAX_BYTES):
+                  driver_read_max_bytes: int | None = None) -> ray.data.Dataset:
     """A materialised Ray Dataset of one split, rows in file order.
 
     Materialised in the driver before training starts: the trainers then reserve every CPU of a
     small machine without starving Ray Data of the CPUs it would need to read Parquet.
+
+    A records file that fits in one Ray Data block uncompressed (`driver_read_max_bytes`,
+    default the block size Ray Data cuts its reads at, 128 MiB; ISIC at 128 px is 125 MiB) is
+    read here with pyarrow and handed to Ray as that one block: Ray Data's read tasks cost 4-20 s
+    of start-up per split (bench/data_path.py). Ray Data would also have read it as one block,
+    so both give the same rows, order and block, and a seeded run the same batches. Larger
+    files keep the distributed read, so a big dataset never has to fit in the driver.
     """
     import ray.data
 
     cols = columns or TRAIN_COLUMNS
     path = records_path(dataset_dir)
-    if Path(path).stat().st_size <= driver_read_max_bytes:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path, columns=[*cols, "split"], filters=[("split", "==", split)])
-        table = table.select(cols)
+    if driver_read_max_bytes is None:
+        driver_read_max_bytes = (ray.data.DataContext.get_current().target_max_block_size
+                                 or 128 << 20)
+    if uncompressed_bytes(path) <= driver_read_max_bytes:
+        table = read_split_table(path, cols, split)
         return ray.data.from_arrow(table.slice(0, limit) if limit else table).materialize()
     from ray.data.expressions import col
 

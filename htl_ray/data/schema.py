@@ -69,8 +69,14 @@ def read_table(dataset_dir: str | Path, columns: list[str] | None = None,
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no dataset here; create one with `htl-ray data ingest` "
                                 "or `htl-ray data synth`")
+    return read_split_table(path, columns or TABLE_COLUMNS, split).to_pandas()
+
+
+def read_split_table(path: str | Path, columns: list[str], split: str | None = None):
+    """`columns` of a records file as a pyarrow Table, in file order; the split filter is
+    pushed into the read."""
     filters = [("split", "==", split)] if split else None
-    return pq.read_table(path, columns=columns or TABLE_COLUMNS, filters=filters).to_pandas()
+    return pq.read_table(path, columns=columns, filters=filters)
 
 
 def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
