@@ -141,6 +141,10 @@ def compare(runs: pd.DataFrame, split: str = "val",
                "seeds": ",".join(sorted(map(str, sub["seed"])))}
         for m in METRICS:
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = mean_ci(sub[m])
+        repeated = sorted(str(v) for v, k in sub["seed"].value_counts().items() if k > 1)
+        if repeated:
+            notes.append(f"{row['configuration']}: seed(s) {', '.join(repeated)} ran more than "
+                         "once (e.g. re-run with another scorer setting); each run counts in n")
         b = None
         if g not in base_groups and base_groups:
             b = min(base_groups, key=lambda bg: (sum(

@@ -97,10 +97,18 @@ def test_runs_differing_only_in_result_neutral_keys_are_seeds_of_one_configurati
     client.log_param(old, "train.max_failures", "0")
     client.log_param(new, "train.max_failures", "3")
     client.log_param(other, "train.max_failures", "3")
-    table = compare(load_runs(tracking_uri, "cmp")).table.set_index("configuration")
+    result = compare(load_runs(tracking_uri, "cmp"))
+    table = result.table.set_index("configuration")
     assert sorted(table.index) == ["htl.lam=1", "htl.lam=3"]        # lam is all that differs
     assert table.loc["htl.lam=1", "n"] == 2
     assert table.loc["htl.lam=1", "dice"] == pytest.approx(0.82)
+    assert not any("more than once" in note for note in result.notes)
+    # the same seed again with another scorer timeout: one configuration, and said so
+    again = _log_run(tracking_uri, "loss", "1.0", 1, 0.86, [0.5])
+    client.log_param(again, "htl.scorer_start_timeout_s", "1200.0")
+    result = compare(load_runs(tracking_uri, "cmp"))
+    assert result.table.set_index("configuration").loc["htl.lam=1", "n"] == 3
+    assert "htl.lam=1: seed(s) 1 ran more than once" in " ".join(result.notes)
 
 
 def test_compare_cli_prints_and_writes_markdown_and_csv(runs_uri, tmp_path, capsys):
