@@ -25,6 +25,8 @@ from htl_ray.tables import markdown_table, short_value
 SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
                        "tracking.uri", "tracking.experiment",
                        "train.evaluate_test"})     # scored on test or not: same training
+# what is not part of a configuration's identity
+NOT_CONFIGURATION = SEED_LIKE | frozenset(RESULT_NEUTRAL_KEYS)
 METRICS = ("dice", "iou", "thresholded_jaccard", "worst_group_dice")
 
 
@@ -114,8 +116,7 @@ def compare(runs: pd.DataFrame, split: str = "val",
     baseline = {"htl.method": "erm"} if baseline is None else baseline
     if runs.empty:
         raise ValueError("no finished runs to compare (check the experiment name and filters)")
-    ignored = SEED_LIKE | set(RESULT_NEUTRAL_KEYS)
-    keys = [tuple(sorted((k, v) for k, v in p.items() if k not in ignored))
+    keys = [tuple(sorted((k, v) for k, v in p.items() if k not in NOT_CONFIGURATION))
             for p in runs["params"]]
     group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     config_params = [dict(k) for k in group_of]

@@ -72,12 +72,16 @@ def processes() -> dict[int, tuple[int, str]]:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
+            cmdline = _cmdline(int(entry))
         except OSError:
             continue
         out[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
     return out
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+        errors="replace")
 
 
 def descendants(root: int, procs: dict[int, tuple[int, str]]) -> set[int]:
@@ -96,7 +100,6 @@ def pids_titled(title: str) -> list[int]:
     procs = processes()
     return sorted(pid for pid in descendants(os.getpid(), procs)
                   if title in procs[pid][1] and "pytest" not in procs[pid][1])
-
 
 
 def _stat(pid: int) -> tuple[str, str] | None:
@@ -128,18 +131,17 @@ def reap(pids: dict[int, str], grace_s: float = 10.0) -> dict[int, str]:
         return st is not None and st[0] != "Z" and st[1] == pids[pid]
 
     deadline = time.time() + grace_s
-    while True:
-        alive = {pid: cmd for pid, (_, cmd) in processes().items()
-                 if pid in pids and same_and_running(pid)}
-        if not alive or time.time() >= deadline:
-            break
+    while (alive := [pid for pid in pids if same_and_running(pid)]) \
+            and time.time() < deadline:
         time.sleep(0.2)
+    killed = {}
     for pid in alive:
         try:
+            killed[pid] = _cmdline(pid)
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except (OSError, ProcessLookupError):
             pass
-    return alive
+    return killed
 
 
 class MlflowServer:
