@@ -7,7 +7,9 @@ params, tags, metric histories, status and times (kilobytes per run) — plus th
 enrichment table. `import_sweep` re-creates those runs in another MLflow store (tagged with
 their original run id, so importing twice adds nothing) and points the sweep directory at the
 imported parent run; `htl-ray reproduce` then skips them as finished and trains only what is
-missing. Checkpoints stay behind: an archived run is a result, not something to resume.
+missing: the trials a sweep still lacks (its search is told the archived ones:
+`htl_ray.tune.prior_trials`) and the confirmation runs. Checkpoints stay behind: an archived
+run is a result, not something to resume; a run cut short is trained again.
 
 Layout: `ARCHIVE/<sweep name>/<original run id>.json` and `ARCHIVE/<sweep name>/enrichment.csv`.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +28,11 @@ from typing import Any
 from htl_ray.config import ConfigError
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, STATE_FILE
-from htl_ray.tune.trial import ROLE_TAG, SWEEP_TAG
+from htl_ray.tune.trial import ORIGIN_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
 
 FORMAT = 1
-ORIGIN_TAG = "htl.archive.origin_run_id"   # on an imported run: the run id it was trained as
 ENRICHMENT_FILE = "enrichment.csv"
+_EXPORTING = threading.Lock()
 
 
 @dataclass
@@ -50,14 +53,20 @@ def _origin(run) -> str:
     return run.data.tags.get(ORIGIN_TAG, run.info.run_id)
 
 
-def _archivable(run) -> bool:
-    """The sweep's parent (it stays RUNNING while its confirmation runs train: the machine may
-    be lost before it ends), trials that ended (finished, or stopped by the scheduler or by an
-    interruption: their status says which) and confirmation runs finished and scored on test."""
-    role, status = run.data.tags.get(ROLE_TAG), run.info.status
+def _archivable(run, sweep_final: bool) -> bool:
+    """The sweep's parent (it stays RUNNING while its trials and confirmation runs train: the
+    machine may be lost before it ends), trials that ended (finished, failed, or stopped by the
+    scheduler; once the sweep has chosen its best configuration, also those an interruption
+    cut short: then they are results, before that they are trained again) and confirmation
+    runs finished and scored on test."""
+    role, status, tags = run.data.tags.get(ROLE_TAG), run.info.status, run.data.tags
     if role == "confirm":
         return status == "FINISHED" and "best/test/dice" in run.data.metrics
-    return role == "sweep" or (role == "trial" and status != "RUNNING")
+    if role != "trial":
+        return role == "sweep"
+    if status == "KILLED" and not sweep_final:
+        return bool(tags.get(STOPPED_EARLY_TAG))
+    return status != "RUNNING"
 
 
 def _status(run) -> str:
@@ -67,8 +76,11 @@ def _status(run) -> str:
 
 def _version(run) -> list[Any]:
     """What tells an archived run from its newer state: a run scored on test after it ended
-    (`htl-ray evaluate`) gains metrics without changing its status or end time."""
-    return [_status(run), run.info.end_time, sorted(run.data.metrics)]
+    (`htl-ray evaluate`) gains metrics without changing its status or end time; a sweep's
+    parent gains its best configuration (best.* params) once its last trial ends."""
+    version = [_status(run), run.info.end_time, sorted(run.data.metrics)]
+    best = sorted(k for k in run.data.params if k.startswith("best."))
+    return version + [best] if best else version
 
 
 def _record(client, run, to_origin: dict[str, str]) -> dict[str, Any]:
@@ -108,10 +120,15 @@ def _archived_version(path: Path) -> Any:
 
 def export_sweep(sweep: Sweep, uri: str, archive: Path,
                  log: Callable[[str], None] = print) -> ArchiveCount:
-    """Write the sweep's archivable runs under `archive/<sweep name>/`. Nothing is written
-    before every trial of the sweep has ended and it has chosen its best configuration: an
-    unfinished sweep continues from Ray Tune's state on the machine that runs it, which an
-    archive cannot carry."""
+    """Write the sweep's archivable runs under `archive/<sweep name>/`: also while its trials
+    train, so that a sweep longer than one machine lasts continues elsewhere from the trials
+    that ended (`htl_ray.tune.prior_trials`)."""
+    with _EXPORTING:               # the protocol's background export and its own, one at a time
+        return _export_sweep(sweep, uri, archive, log)
+
+
+def _export_sweep(sweep: Sweep, uri: str, archive: Path,
+                  log: Callable[[str], None]) -> ArchiveCount:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -120,12 +137,13 @@ def export_sweep(sweep: Sweep, uri: str, archive: Path,
     parent_id = json.loads(state.read_text())["parent_run_id"] if state.is_file() else None
     parent = next((r for r in runs if r.info.run_id == parent_id), None)
     count = ArchiveCount()
-    if parent is None or not any(k.startswith("best.") for k in parent.data.params):
+    if parent is None:
         return count
-    # (best.* params are logged once every trial has ended: `tune.sweep.summarise(final=)`)
+    # best.* params are logged once every trial has ended (`tune.sweep.summarise(final=)`)
+    final = any(k.startswith("best.") for k in parent.data.params)
     # every local id, the imported parent's too, is written as the id it was first trained as
     to_origin = {r.info.run_id: _origin(r) for r in runs}
-    runs = [r for r in runs if _archivable(r) and (
+    runs = [r for r in runs if _archivable(r, final) and (
         r.info.run_id == parent_id or r.data.tags.get("mlflow.parentRunId") == parent_id)]
     out = archive / sweep.settings.name
     out.mkdir(parents=True, exist_ok=True)
@@ -168,8 +186,8 @@ def read_records(archive: Path, sweep_name: str) -> list[dict[str, Any]]:
 def import_sweep(sweep: Sweep, uri: str, archive: Path,
                  log: Callable[[str], None] = print) -> ArchiveCount:
     """Re-create the archived runs of `sweep` that this MLflow store lacks, and make the sweep
-    directory point at the archived parent run (so the protocol goes on to its missing
-    confirmation runs instead of sweeping again)."""
+    directory point at the archived parent run (so the protocol goes on to its missing trials
+    and confirmation runs instead of sweeping again)."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
@@ -250,3 +268,44 @@ def _point_sweep_at(sweep: Sweep, uri: str, parent_run_id: str, archive: Path) -
     state_path.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": uri,
                                       "sweep_file": str(sweep.path.resolve()),
                                       ARCHIVED_STATE_KEY: str(archive)}, indent=2))
+
+
+class PeriodicExport:
+    """Exports the sweeps every `interval_s` seconds in a background thread while the protocol
+    trains (`with PeriodicExport(...):`): a trial that ended reaches the archive minutes later,
+    not after its whole sweep. A failed export is logged and tried again; it never stops the
+    training."""
+
+    def __init__(self, sweeps: list[Sweep], uri: str, archive: Path, interval_s: float = 120.0,
+                 log: Callable[[str], None] = print) -> None:
+        self.sweeps, self.uri, self.archive, self.log = sweeps, uri, archive, log
+        self.interval_s = interval_s
+        self.exports = 0                   # completed passes over all sweeps
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="htl-archive", daemon=True)
+        self._last_error = ""
+
+    def export_once(self) -> None:
+        try:
+            for sweep in self.sweeps:
+                export_sweep(sweep, self.uri, self.archive, self.log)
+            self.exports += 1
+            self._last_error = ""
+        except Exception as exc:  # noqa: BLE001 - the runs matter more than their copy
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:     # once, not every interval
+                self.log(f"[htl-ray] archive: export failed (tried again in "
+                         f"{self.interval_s:.0f} s): {message}")
+            self._last_error = message
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.export_once()
+
+    def __enter__(self) -> PeriodicExport:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -12,6 +12,7 @@ missing said as such.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -300,14 +301,16 @@ def write_results(path: Path, block: str) -> None:
 
 def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path, *,
                  report_only: bool = False, overrides: list[str] | None = None,
-                 archive: str | Path | None = None,
+                 archive: str | Path | None = None, archive_every_s: float = 120.0,
                  log: Callable[[str], None] = print) -> bool:
     """Run (or continue) every setting's sweep and confirmation runs, regenerating the results
     page after each; returns whether the protocol is complete. With `archive`, the finished
     runs it holds are first imported into MLflow (from an earlier sitting on another machine)
-    and every finished run is written to it (`htl_ray.archive`): commit it to keep them."""
+    and every run that ended is written to it (`htl_ray.archive`), every `archive_every_s`
+    seconds while the protocol trains and after each confirmation run: commit it to keep
+    them."""
     from htl_ray import tracking
-    from htl_ray.archive import export_sweep, import_sweep
+    from htl_ray.archive import PeriodicExport, export_sweep, import_sweep
 
     if seeds < 1:
         raise ValueError(f"--seeds: expected at least 1, got {seeds}")
@@ -346,22 +349,25 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
     if report_only:
         return refresh()
     complete = False
+    exporting = (PeriodicExport(sweeps, uri, archive, archive_every_s, log)
+                 if archive is not None else contextlib.nullcontext())
     try:
-        for sweep in sweeps:
-            status = setting_status(sweep, uri)
-            if status.complete(_groups(sweep), seeds):
-                log(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
-                continue
-            resume = (sweep.directory / STATE_FILE).is_file()
-            log(f"[htl-ray] reproduce: {sweep.settings.name} "
-                f"({'continuing' if resume else 'starting'}; {sweep.base.supervision.setting} "
-                f"setting, {sweep.settings.num_samples} trials, then "
-                f"{len(_groups(sweep))} × {seeds} confirmation runs)")
-            outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log,
-                                on_confirmed=refresh_between_runs)
-            if outcome.interrupted:
-                log("[htl-ray] reproduce: interrupted; run the same command to continue")
-                return False
+        with exporting:
+            for sweep in sweeps:
+                status = setting_status(sweep, uri)
+                if status.complete(_groups(sweep), seeds):
+                    log(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
+                    continue
+                resume = (sweep.directory / STATE_FILE).is_file()
+                log(f"[htl-ray] reproduce: {sweep.settings.name} "
+                    f"({'continuing' if resume else 'starting'}; {sweep.base.supervision.setting} "
+                    f"setting, {sweep.settings.num_samples} trials, then "
+                    f"{len(_groups(sweep))} × {seeds} confirmation runs)")
+                outcome = run_sweep(sweep, resume=resume, confirm=seeds, log=log,
+                                    on_confirmed=refresh_between_runs)
+                if outcome.interrupted:
+                    log("[htl-ray] reproduce: interrupted; run the same command to continue")
+                    return False
     finally:
         # also when stopped or failed part-way: the page shows everything finished so far
         try:

@@ -94,15 +94,60 @@ def test_export_writes_the_results_of_a_finished_sweep_once(swept, tmp_path, tra
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 
-def test_an_unfinished_sweep_is_not_archived(tmp_path, synth_dataset, tracking_uri):
-    """Not before its parent records the best configuration (only once every trial ended)."""
+def test_an_unfinished_sweep_archives_the_trials_that_ended(tmp_path, synth_dataset,
+                                                          tracking_uri):
+    """While its trials train: the parent and every trial that ended (so the sweep continues
+    elsewhere if this machine is lost), not a trial cut short (trained again there); once the
+    sweep has chosen its best configuration the parent is written again, with it."""
     sweep = _sweep(tmp_path, synth_dataset, tracking_uri, "here")
-    parent = _run(tracking_uri, "sweep arch-sweep", {"htl.role": "sweep"}, {}, [], "KILLED", 1)
+    uri = tracking_uri
+    parent = _run(uri, "sweep arch-sweep", {"htl.role": "sweep"}, {}, [], "RUNNING", 1)
+    child = {"mlflow.parentRunId": parent, "htl.role": "trial"}
+    done = _run(uri, "t1", child, {"htl.lam": 1.5}, [{"val/dice": 0.5}], "FINISHED", 30)
+    stopped = _run(uri, "t2", {**child, "htl.stopped_early": "true"}, {"htl.lam": 0.7},
+                   [{"val/dice": 0.3}], "KILLED", 12)
+    failed = _run(uri, "t3", child, {"htl.lam": 1.9}, [], "FAILED", 1)
+    cut = _run(uri, "t4", {**child, "htl.interrupted": "true"}, {"htl.lam": 1.1},
+               [{"val/dice": 0.4}], "KILLED", 8)
+    _run(uri, "t5", child, {"htl.lam": 0.9}, [{"val/dice": 0.4}], "RUNNING", 8)
     sweep.directory.mkdir(parents=True)
     (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
-    assert export_sweep(sweep, tracking_uri, tmp_path / "a", log=lambda s: None).runs == 0
-    assert export_sweep(sweep, tracking_uri, tmp_path / "a", log=lambda s: None).runs == 0
-    assert not (tmp_path / "a" / "arch-sweep").exists()
+    archive = tmp_path / "a"
+    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 4
+    assert {f.stem for f in (archive / "arch-sweep").glob("*.json")} == \
+        {parent, done, stopped, failed}
+    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 0
+    # the sweep ends (t5 finished on resume): the parent gains its best configuration
+    MlflowClient(uri).log_param(parent, "best.htl.lam", "1.5")
+    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 2   # parent, t4
+    record = json.loads((archive / "arch-sweep" / f"{parent}.json").read_text())
+    assert record["params"]["best.htl.lam"] == "1.5" and record["status"] == "KILLED"
+    assert (archive / "arch-sweep" / f"{cut}.json").is_file()
+
+
+def test_periodic_export_archives_while_training_and_survives_a_failure(
+        swept, tmp_path, tracking_uri):
+    import time
+
+    from htl_ray.archive import PeriodicExport
+
+    sweep, _ = swept
+    archive = tmp_path / "periodic"
+    lines: list[str] = []
+    with PeriodicExport([sweep], tracking_uri, archive, interval_s=0.2,
+                        log=lines.append) as exporter:
+        deadline = time.time() + 30
+        while exporter.exports == 0 and time.time() < deadline:
+            time.sleep(0.05)
+    assert exporter.exports >= 1 and len(list((archive / "arch-sweep").glob("*.json"))) == 5
+    # an export that fails is logged once, not every interval, and stops nothing
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the archive directory should be")
+    failing = PeriodicExport([sweep], tracking_uri, blocked, interval_s=0.1, log=lines.append)
+    failing.export_once()
+    failing.export_once()
+    assert failing.exports == 0
+    assert sum("archive: export failed" in line for line in lines) == 1
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ done exactly once, under one MLflow parent run with 2 child runs and the study's
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -60,6 +62,7 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
         driver.wait()
     done_before = {r.data.tags["htl.trial_id"] for r in _children(client, parent, "FINISHED")}
     assert len(done_before) == 1
+    _continue_elsewhere(sweep_file, tmp_path, tracking_uri, parent)
 
     lines: list[str] = []
     outcome = run_sweep(load_sweep(sweep_file), resume=True, log=lines.append)
@@ -95,6 +98,50 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
     assert set(best.params) >= {"best.train.lr", "best.htl.lam", "sweep.num_samples"}
     summary = Path(directory / "summary" / "study_summary.md").read_text()
     assert "2 (2 finished, 0 stopped early, 0 failed)" in summary
+
+
+def _continue_elsewhere(sweep_file: Path, tmp_path: Path, uri: str, parent: str) -> None:
+    """The machine is lost after one trial ended: its archive continues the sweep on another
+    machine (MLflow store, sweep directory), which trains only the missing trial — the one the
+    uninterrupted search would have drawn next — and chooses the best of both."""
+    import optuna
+
+    from htl_ray.archive import ORIGIN_TAG, export_sweep, import_sweep
+
+    archive = tmp_path / "archive"
+    export_sweep(load_sweep(sweep_file), uri, archive, log=lambda s: None)
+    there = f"sqlite:///{tmp_path / 'there.db'}"
+    other = load_sweep(sweep_file, [f"tracking.uri={there}",
+                                    f"sweep.storage_path={tmp_path / 'there'}"])
+    import_sweep(other, there, archive, log=lambda s: None)
+    lines: list[str] = []
+    outcome = run_sweep(other, resume=True, log=lines.append)
+    assert any("1 trial(s) ended elsewhere (archive), 1 still to run" in x for x in lines)
+    client = MlflowClient(there)
+    trials = _children(client, outcome.parent_run_id, "FINISHED")
+    assert len(trials) == 2 and len(outcome.records) == 2
+    (archived,) = [r for r in trials if ORIGIN_TAG in r.data.tags]
+    (new,) = [r for r in trials if ORIGIN_TAG not in r.data.tags]
+    # the seeded search's first two draws: the archived trial, then the new one
+    sampler = optuna.samplers.TPESampler(seed=3)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    draws = []
+    for _ in range(2):
+        trial = study.ask(fixed_distributions=dict(other.space))
+        draws.append(trial.params)
+        study.tell(trial, 0.5)
+    for run, drawn in ((archived, draws[0]), (new, draws[1])):
+        assert {k: float(run.data.params[k]) for k in drawn} == pytest.approx(drawn)
+    best = client.get_run(outcome.parent_run_id).data
+    values = {r.info.run_id: r.data.metrics["best/val/dice"] for r in trials}
+    assert best.metrics["best/val/dice"] == pytest.approx(max(values.values()))
+    assert "2 (2 finished" in (tmp_path / "there" / "tiny" / "summary" /
+                               "study_summary.md").read_text()
+    # ... and the new trial and the parent's choice reach the archive under the original ids
+    export_sweep(other, there, archive, log=lambda s: None)
+    files = {f.stem: json.loads(f.read_text()) for f in (archive / "tiny").glob("*.json")}
+    assert len(files) == 3 and new.info.run_id in files
+    assert files[parent]["params"]["best.htl.lam"] == best.params["best.htl.lam"]
 
 
 def test_a_confirmation_run_on_disk_with_other_settings_is_refused_unless_only_speed_differs(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig, dump_config
+from htl_ray.tune.prior_trials import archived_trials, fill_rungs, tell_searcher, typed_params
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import (
     TrialRecord,
@@ -127,7 +128,10 @@ def make_scheduler(sweep: Sweep):
 
 
 def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], uri: str,
-           parent_run_id: str, resume: bool, concurrency: int):
+           parent_run_id: str, resume: bool, concurrency: int,
+           prior: list[TrialRecord] = ()):
+    """A new Tuner (which knows the `prior` trials, run elsewhere, and asks only for the rest),
+    or with `resume` the one saved in the sweep directory."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -153,15 +157,18 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], uri: str,
                              resume_errored=True)
     import optuna
 
-    searcher = ConcurrencyLimiter(
-        OptunaSearch(space=dict(sweep.space), metric=s.metric, mode=s.mode,
-                     sampler=optuna.samplers.TPESampler(seed=s.seed)),
-        max_concurrent=concurrency)
+    sampler = optuna.samplers.TPESampler(seed=s.seed)
+    optuna_search = OptunaSearch(space=dict(sweep.space), metric=s.metric, mode=s.mode,
+                                 sampler=sampler)
+    tell_searcher(optuna_search, sampler, dict(sweep.space), list(prior), s.mode)
+    searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrency)
     scheduler = make_scheduler(sweep)
+    fill_rungs(scheduler, list(prior), s.mode)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher,
-                                    scheduler=scheduler, num_samples=s.num_samples),
+                                    scheduler=scheduler,
+                                    num_samples=s.num_samples - len(prior)),
         run_config=tune.RunConfig(name="tune", storage_path=str(directory), verbose=1,
                                   callbacks=[CloseStoppedTrialRuns(uri, parent_run_id)]))
 
@@ -213,7 +220,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
             f"({', '.join(sweep.space)}), Optuna TPE seed {s.seed}, {concurrency} at a time "
             f"({cpus_needed(sweep.base)} CPUs each), scheduler {s.scheduler}; "
             f"MLflow {tracking.redact(uri)} parent run {parent_run_id}")
-        if resume and state.get(ARCHIVED_STATE_KEY) and not (directory / "tune").is_dir():
+        if resume and state.get(ARCHIVED_STATE_KEY) and not (directory / "tune").is_dir() \
+                and _has_best(uri, parent_run_id):
             # swept on another machine (htl_ray.archive): its trials are results, not state
             best = archived_best(sweep, uri, parent_run_id)
             log(f"[htl-ray] sweep {s.name} was run elsewhere (archive "
@@ -258,16 +266,30 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
     from htl_ray.tune.trial_runs import close_open_trial_runs, open_trial_ids
 
     s, directory = sweep.settings, sweep.directory
+    restore = resume and (directory / "tune").is_dir()
     # a sweep whose Tune state predates the callback restores without it (Tune keeps the
     # RunConfig it saved): there, a stopped trial's run is still open after the search
-    stops_closed = stops_closed or not (resume and (directory / "tune").is_dir())
-    results = _tuner(sweep, directory, base_raw, uri, parent_run_id, resume, concurrency).fit()
-    records = _records(results, sweep)
+    stops_closed = stops_closed or not restore
+    # trials that ended on another machine (imported from the protocol archive): a new search
+    # is told them and asks only for the rest; a restored one was told when it was created
+    prior = archived_trials(sweep, uri, parent_run_id) if resume else []
+    remaining = s.num_samples - len(prior)
+    if prior and not restore:
+        log(f"[htl-ray] sweep {s.name}: {len(prior)} trial(s) ended elsewhere (archive), "
+            f"{max(remaining, 0)} still to run; the search continues from all of them")
+        _remember(directory / STATE_FILE, {STOPS_CLOSED_STATE_KEY: True})
+    if remaining > 0 or restore:
+        results = _tuner(sweep, directory, base_raw, uri, parent_run_id, resume, concurrency,
+                         prior).fit()
+        records = _records(results, sweep)
+    else:
+        records = []
     ended = sum(r.finished or bool(r.error) for r in records)
-    interrupted = was_interrupted(records, s.num_samples, s.scheduler, stops_closed,
+    interrupted = was_interrupted(records, remaining, s.scheduler, stops_closed,
                                   open_trial_ids(uri, parent_run_id))
     closed = close_open_trial_runs(uri, parent_run_id, interrupted,
                                    {r.trial_id for r in records})
+    records = prior + records
     stopped = sum(not r.finished and not r.error for r in records) if not interrupted else 0
     if stopped:
         log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
@@ -281,36 +303,37 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
         outcome.interrupted = True
         tracking.set_tags(uri, parent_run_id, {INTERRUPTED_TAG: "true"})
         tracking.end_run(uri, parent_run_id, "KILLED")
-        log(f"[htl-ray] sweep interrupted after {ended} of {s.num_samples} trials; "
+        log(f"[htl-ray] sweep interrupted after {ended + len(prior)} of {s.num_samples} trials; "
             f"continue it with: htl-ray tune {sweep.path} --resume")
     return outcome
 
 
 def archived_best(sweep: Sweep, uri: str, parent_run_id: str) -> TrialRecord:
-    """The best trial as its sweep's parent run recorded it: MLflow params are text, read back
-    as the search space's types (the values the trial ran with)."""
-    import optuna.distributions as od
+    """The best trial as its sweep's parent run recorded it (as the search space's types)."""
     from mlflow.tracking import MlflowClient
 
-    def typed(key: str, text: str) -> Any:
-        dist = sweep.space.get(key)
-        if isinstance(dist, od.FloatDistribution):
-            return float(text)
-        if isinstance(dist, od.IntDistribution):
-            return int(text)
-        if isinstance(dist, od.CategoricalDistribution):
-            return next((c for c in dist.choices if str(c) == text), text)
-        return text
-
     run = MlflowClient(uri).get_run(parent_run_id)
-    params = {k.removeprefix("best."): typed(k.removeprefix("best."), v)
-              for k, v in run.data.params.items() if k.startswith("best.")}
+    params = typed_params(sweep, {k.removeprefix("best."): v
+                                  for k, v in run.data.params.items() if k.startswith("best.")})
     if not params:
         raise ConfigError(f"MLflow run {parent_run_id}: the sweep's parent run records no best "
                           "configuration (best.* params); was the sweep finished?")
     tags = run.data.tags
     return TrialRecord(tags.get("htl.best_trial_id", "?"), tags.get("htl.best_trial", "?"),
                        params, [], True)
+
+
+def _has_best(uri: str, parent_run_id: str) -> bool:
+    """Whether the sweep chose its best configuration (every trial ended; `summarise`)."""
+    from mlflow.tracking import MlflowClient
+
+    params = MlflowClient(uri).get_run(parent_run_id).data.params
+    return any(k.startswith("best.") for k in params)
+
+
+def _remember(state_path: Path, entries: dict[str, Any]) -> None:
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, **entries}, indent=2))
 
 
 def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,

@@ -22,6 +22,8 @@ PARENT_TAG = "mlflow.parentRunId"
 STOPPED_EARLY_TAG = "htl.stopped_early"
 INTERRUPTED_TAG = "htl.interrupted"
 ORPHANED_TAG = "htl.orphaned"
+# on a run imported from the protocol archive (htl_ray.archive): the run id it was trained as
+ORIGIN_TAG = "htl.archive.origin_run_id"
 FINISHED_KEY = "htl_finished"     # in the trial's final result only (Tune's own `done` differs)
 
 

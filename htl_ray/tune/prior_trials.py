@@ -1,0 +1,143 @@
+"""Trials that ended on another machine, fed to the search that continues their sweep.
+
+A sweep takes hours on CPUs, longer than one machine may last. Its ended trials travel in the
+protocol archive (`htl_ray.archive`) as MLflow runs; Ray Tune's own state does not. On the next
+machine the sweep continues with a new search that knows them as if it had run them itself:
+
+- the Optuna sampler gets each one as a told trial, with the value Tune would have told it
+  (a finished trial: its best epoch, as the trial reports; a trial the scheduler stopped: its
+  last epoch; a failed one: FAIL), so TPE's next suggestions follow from all of them, and its
+  seeded random state is advanced past them (it would otherwise draw their values again);
+- ASHA's rungs get their per-epoch values, so a new trial is stopped against the same cutoffs;
+- the search asks only for the trials still missing, and the sweep's summary and best
+  configuration are chosen over all of them.
+
+A trial cut short by the interruption is not among them: its checkpoints stayed behind, and
+a new trial takes its place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from htl_ray.tune.space import Sweep
+from htl_ray.tune.study import TrialRecord
+from htl_ray.tune.trial import (
+    ORIGIN_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY_TAG,
+    TRIAL_TAG,
+)
+
+RUNG_KEY_PREFIX = "elsewhere:"     # an archived trial's entry in an ASHA rung
+
+
+def typed_params(sweep: Sweep, params: dict[str, str]) -> dict[str, Any]:
+    """MLflow params are text: read back as the search space's types (the values the trial
+    ran with), for the space's keys only."""
+    import optuna.distributions as od
+
+    out: dict[str, Any] = {}
+    for key, dist in sweep.space.items():
+        if key not in params:
+            continue
+        text = params[key]
+        if isinstance(dist, od.FloatDistribution):
+            out[key] = float(text)
+        elif isinstance(dist, od.IntDistribution):
+            out[key] = int(text)
+        elif isinstance(dist, od.CategoricalDistribution):
+            out[key] = next((c for c in dist.choices if str(c) == text), text)
+        else:
+            out[key] = text
+    return out
+
+
+def ended_elsewhere(run) -> bool:
+    """An imported trial run that ended: finished, failed, or stopped by the scheduler."""
+    tags = run.data.tags
+    if tags.get(ROLE_TAG) != "trial" or ORIGIN_TAG not in tags:
+        return False
+    status = run.info.status
+    return status in ("FINISHED", "FAILED") or (status == "KILLED"
+                                                 and bool(tags.get(STOPPED_EARLY_TAG)))
+
+
+def archived_trials(sweep: Sweep, uri: str, parent_run_id: str,
+                    known: set[str] = frozenset()) -> list[TrialRecord]:
+    """The sweep's trials that ended elsewhere (imported runs under `parent_run_id`), except
+    those whose Tune trial id is in `known` (Tune's own results of this machine)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                              f"tags.`{ROLE_TAG}` = 'trial'", max_results=50000)
+    metric = sweep.settings.metric
+    out = []
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):   # the order they began
+        trial_id = run.data.tags.get(TRIAL_TAG, run.info.run_id)
+        if not ended_elsewhere(run) or trial_id in known:
+            continue
+        latest: dict[int, tuple[int, float]] = {}    # step → (timestamp, value): last logged
+        for m in client.get_metric_history(run.info.run_id, metric):
+            if m.step not in latest or m.timestamp >= latest[m.step][0]:
+                latest[m.step] = (m.timestamp, m.value)
+        history = [latest[s][1] for s in sorted(latest)]
+        status = run.info.status
+        out.append(TrialRecord(
+            trial_id=trial_id, name=run.info.run_name or trial_id,
+            params=typed_params(sweep, run.data.params), history=history,
+            finished=status == "FINISHED",
+            error="FAILED (elsewhere)" if status == "FAILED" else None,
+            mlflow_run_id=run.info.run_id))
+    return out
+
+
+def told_value(record: TrialRecord, mode: str) -> float | None:
+    """What Tune told the searcher when the trial ended: its final result's metric."""
+    if record.error or not record.history:
+        return None
+    return record.value(mode) if record.finished else record.history[-1]
+
+
+def tell_searcher(searcher, sampler, space: dict[str, Any], records: list[TrialRecord],
+                  mode: str) -> int:
+    """Add the records (in the order they started) to a new `OptunaSearch` as evaluated points,
+    and advance its seeded `sampler` past them: replaying one ask per record draws what the
+    original search drew for them, so the next suggestion is the one the uninterrupted sweep
+    would have made (with the same seed the sampler would otherwise draw the archived trials'
+    values again). Returns how many were told."""
+    import optuna
+
+    replay = optuna.create_study(sampler=sampler,
+                                 direction="maximize" if mode == "max" else "minimize")
+    for r in records:
+        value = told_value(r, mode)
+        state = (optuna.trial.TrialState.COMPLETE if value is not None
+                 else optuna.trial.TrialState.FAIL)
+        replay.tell(replay.ask(fixed_distributions=space), value, state=state)
+        searcher.add_evaluated_point(r.params, value if value is not None else 0.0,
+                                     error=value is None)
+    return len(records)
+
+
+def fill_rungs(scheduler, records: list[TrialRecord], mode: str) -> int:
+    """Record the trials' per-epoch values in a new ASHA scheduler's rungs (Tune's
+    `training_iteration` t is the value after epoch t); returns how many entries. FIFO has no
+    rungs: nothing to fill."""
+    brackets = getattr(scheduler, "_brackets", None)
+    if brackets is None:
+        return 0
+    sign = 1.0 if mode == "max" else -1.0
+    filled = 0
+    for bracket in brackets:
+        for milestone, recorded in bracket._rungs:
+            for r in records:
+                if len(r.history) >= milestone and r.history[milestone - 1] == \
+                        r.history[milestone - 1]:
+                    recorded[RUNG_KEY_PREFIX + r.trial_id] = sign * r.history[milestone - 1]
+                    filled += 1
+    return filled

@@ -1,0 +1,138 @@
+"""Trials that ended on another machine, told to the search that continues their sweep: the
+next suggestion is the one the uninterrupted search would have made, ASHA stops a new trial
+against the archived trials' values, and only imported trials that ended count."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from htl_ray import tracking
+from htl_ray.tune.prior_trials import (
+    archived_trials,
+    fill_rungs,
+    tell_searcher,
+    told_value,
+    typed_params,
+)
+from htl_ray.tune.space import load_sweep
+from htl_ray.tune.study import TrialRecord
+from htl_ray.tune.sweep import make_scheduler
+
+SPACE = {"htl.lam": optuna.distributions.FloatDistribution(0.5, 4.0),
+         "htl.attention": optuna.distributions.CategoricalDistribution(["reweight",
+                                                                        "oversample"])}
+
+
+def _search(seed: int = 0) -> tuple[OptunaSearch, optuna.samplers.BaseSampler]:
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    return OptunaSearch(space=dict(SPACE), metric="val/dice", mode="max",
+                        sampler=sampler), sampler
+
+
+def test_a_continued_search_suggests_what_the_uninterrupted_one_would_have():
+    whole, _ = _search()
+    drawn = [whole.suggest(f"t{i}") for i in range(3)]
+    for i, value in enumerate((0.6, 0.4)):
+        whole.on_trial_complete(f"t{i}", {"val/dice": value})
+    # elsewhere: the first two trials ended (one finished, one stopped by ASHA at 0.4)
+    records = [TrialRecord("t0", "t0", drawn[0], [0.5, 0.6, 0.55], True),
+               TrialRecord("t1", "t1", drawn[1], [0.3, 0.4], False)]
+    assert [told_value(r, "max") for r in records] == [0.6, 0.4]
+    continued, sampler = _search()
+    assert tell_searcher(continued, sampler, dict(SPACE), records, "max") == 2
+    assert continued.suggest("n0") == drawn[2]
+    assert continued.suggest("n0") not in drawn[:2]
+    told = continued._ot_study.get_trials()
+    assert [t.state.name for t in told[:2]] == ["COMPLETE", "COMPLETE"]
+    assert [t.value for t in told[:2]] == [0.6, 0.4]
+    # without the replay the seeded sampler draws the archived trials' values again
+    plain, _ = _search()
+    for r in records:
+        plain.add_evaluated_point(r.params, told_value(r, "max"))
+    assert plain.suggest("n0") == drawn[0]
+
+
+def test_a_failed_trial_is_told_as_failed():
+    search, sampler = _search()
+    failed = TrialRecord("t0", "t0", {"htl.lam": 1.0, "htl.attention": "reweight"}, [], False,
+                         error="FAILED (elsewhere)")
+    assert told_value(failed, "max") is None
+    tell_searcher(search, sampler, dict(SPACE), [failed], "max")
+    assert [t.state.name for t in search._ot_study.get_trials()] == ["FAIL"]
+
+
+def _sweep(tmp_path, mode: str = "max"):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "overrides": ["train.epochs=8"],
+        "sweep": {"name": "p", "metric": "val/dice", "mode": mode, "scheduler": "asha",
+                  "grace_period": 4, "reduction_factor": 2,
+                  "storage_path": str(tmp_path / "sweeps")},
+        "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 4.0},
+                  "htl.attention": {"type": "categorical",
+                                    "choices": ["reweight", "oversample"]},
+                  "htl.warmup_epochs": {"type": "int", "low": 1, "high": 3}}}))
+    return load_sweep(path)
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_asha_stops_a_new_trial_against_the_archived_trials(tmp_path, mode):
+    sweep = _sweep(tmp_path, mode)
+    scheduler = make_scheduler(sweep)
+    sign = 1.0 if mode == "max" else -1.0
+    # at epoch 4 (the only rung) the archived trials had 0.8 and 0.6; a third stopped at 2
+    records = [TrialRecord("a", "a", {}, [0.1, 0.2, 0.3, 0.8, 0.9], True),
+               TrialRecord("b", "b", {}, [0.1, 0.2, 0.3, 0.6], False),
+               TrialRecord("c", "c", {}, [0.1, 0.2], False)]
+    assert fill_rungs(scheduler, records, mode) == 2
+    bracket = scheduler._brackets[0]
+    # cutoff: the rung's median, 0.7; below it is worse when maximizing, better when minimizing
+    worse, better = (0.65, 0.75) if mode == "max" else (0.75, 0.65)
+    assert bracket.on_result(SimpleNamespace(trial_id="w"), 4, sign * worse) \
+        == TrialScheduler.STOP
+    assert bracket.on_result(SimpleNamespace(trial_id="b"), 4, sign * better) \
+        == TrialScheduler.CONTINUE
+    # without the archived values the first trial to reach the rung always continues
+    empty = make_scheduler(sweep)._brackets[0]
+    assert empty.on_result(SimpleNamespace(trial_id="w"), 4, sign * worse) \
+        == TrialScheduler.CONTINUE
+
+
+def test_only_imported_trials_that_ended_are_read_back_typed_and_in_order(tmp_path,
+                                                                          tracking_uri):
+    sweep = _sweep(tmp_path)
+    client = MlflowClient(tracking_uri)
+    parent = tracking.start_run(tracking_uri, "e", "sweep p", {}, {"htl.role": "sweep"})
+
+    def trial(name, status, tags, history, params):
+        run_id = tracking.start_run(tracking_uri, "e", name, params, {
+            "htl.role": "trial", "mlflow.parentRunId": parent, "htl.trial_id": name, **tags})
+        for step, value in enumerate(history):
+            tracking.log_metrics(tracking_uri, run_id, {"val/dice": value}, step)
+        client.set_terminated(run_id, status)
+        return run_id
+
+    imported = {"htl.archive.origin_run_id": "elsewhere"}
+    params = {"htl.lam": "2.5", "htl.attention": "oversample", "htl.warmup_epochs": "2",
+              "train.lr": "0.001"}
+    trial("t-done", "FINISHED", imported, [0.5, 0.7], params)
+    trial("t-stopped", "KILLED", {**imported, "htl.stopped_early": "true"}, [0.2], params)
+    trial("t-failed", "FAILED", imported, [], params)
+    trial("t-cut", "KILLED", {**imported, "htl.interrupted": "true"}, [0.4], params)
+    trial("t-local", "FINISHED", {}, [0.9], params)          # trained here: Tune knows it
+    records = archived_trials(sweep, tracking_uri, parent)
+    assert [r.trial_id for r in records] == ["t-done", "t-stopped", "t-failed"]
+    done, stopped, failed = records
+    assert done.params == {"htl.lam": 2.5, "htl.attention": "oversample",
+                           "htl.warmup_epochs": 2}
+    assert done.history == [0.5, 0.7] and done.finished and not done.error
+    assert stopped.history == [0.2] and not stopped.finished and not stopped.error
+    assert failed.error and told_value(failed, "max") is None
+    assert typed_params(sweep, {"htl.attention": "sideways"}) == {"htl.attention": "sideways"}
