@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
 import torch
 
 from htl_ray.config import ConfigError, ModelConfig
@@ -19,6 +18,11 @@ INIT_KEY = "model.init_checkpoint"
 
 def create_model(cfg: ModelConfig) -> torch.nn.Module:
     """smp.create_model(arch, encoder, weights, in_channels, classes=1) with a clear error."""
+    # imported here, not at the top: smp pulls in timm and torchvision (~3 s on 2 busy cores),
+    # and every Ray process that unpickles a reference into a module importing this one (the
+    # Train controller, the refresh coordinator, a Tune trial) would pay it without a model
+    import segmentation_models_pytorch as smp
+
     extra = {}
     if cfg.decoder_channels:
         extra["decoder_channels"] = tuple(cfg.decoder_channels)

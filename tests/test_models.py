@@ -93,3 +93,21 @@ def test_a_run_directory_stands_for_its_best_checkpoint(tmp_path):
     (tmp_path / "empty" / "htl_run.json").write_text("{}")
     with pytest.raises(ConfigError, match="run directory .*empty holds no checkpoint yet"):
         load_initial_weights(model, tmp_path / "empty")
+
+
+def test_modules_ray_processes_unpickle_do_not_import_smp_until_a_model_is_built():
+    """The Train controller, the refresh coordinator and a Tune trial import these modules
+    without building a model: smp (timm, torchvision) would cost each of them seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, htl_ray.train.trainer, htl_ray.htl.coordinator, htl_ray.tune.trial\n"
+            "heavy = [m for m in ('segmentation_models_pytorch', 'timm', 'torchvision') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from htl_ray.config import ModelConfig\n"
+            "from htl_ray.models import create_model\n"
+            "create_model(ModelConfig(decoder_channels=[16, 8, 8, 4, 4]))\n"
+            "assert 'segmentation_models_pytorch' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
