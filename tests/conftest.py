@@ -181,6 +181,9 @@ class MlflowServer:
                 time.sleep(0.3)
         raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()}")
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         import signal
 
@@ -189,10 +192,20 @@ class MlflowServer:
             self.proc.wait(timeout=30)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    server = MlflowServer(tmp_path)
+@pytest.fixture(scope="module")
+def _module_mlflow_server(tmp_path_factory):
+    """One server per test module: importing `mlflow server` takes seconds on 2 cores."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def mlflow_server(_module_mlflow_server, monkeypatch):
+    """The module's server, answering (a test that failed mid-outage may have left it down);
+    tests of one module keep apart by experiment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if not _module_mlflow_server.running():
+        _module_mlflow_server.start()
+    return _module_mlflow_server
