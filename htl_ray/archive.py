@@ -235,7 +235,10 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
                 client.log_batch(run_id, metrics=metrics[i:i + 1000])
             # last: a run carries its origin only once it is whole
             client.log_batch(run_id, tags=[RunTag(ORIGIN_TAG, rec["run_id"])])
-            client.set_terminated(run_id, status=rec["status"], end_time=rec.get("end_time"))
+            if rec.get("end_time") is None:       # a parent archived while it ran: no end
+                client.update_run(run_id, status=rec["status"])   # (set_terminated: now)
+            else:
+                client.set_terminated(run_id, status=rec["status"], end_time=rec["end_time"])
         except BaseException:
             client.delete_run(run_id)         # half a run must not pass for an imported one
             raise

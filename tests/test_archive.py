@@ -101,7 +101,8 @@ def test_an_unfinished_sweep_archives_the_trials_that_ended(tmp_path, synth_data
     sweep has chosen its best configuration the parent is written again, with it."""
     sweep = _sweep(tmp_path, synth_dataset, tracking_uri, "here")
     uri = tracking_uri
-    parent = _run(uri, "sweep arch-sweep", {"htl.role": "sweep"}, {}, [], "RUNNING", 1)
+    parent = tracking.start_run(uri, "arch", "sweep arch-sweep", {},      # running: no end
+                                {"htl.sweep": "arch-sweep", "htl.role": "sweep"})
     child = {"mlflow.parentRunId": parent, "htl.role": "trial"}
     done = _run(uri, "t1", child, {"htl.lam": 1.5}, [{"val/dice": 0.5}], "FINISHED", 30)
     stopped = _run(uri, "t2", {**child, "htl.stopped_early": "true"}, {"htl.lam": 0.7},
@@ -117,6 +118,13 @@ def test_an_unfinished_sweep_archives_the_trials_that_ended(tmp_path, synth_data
     assert {f.stem for f in (archive / "arch-sweep").glob("*.json")} == \
         {parent, done, stopped, failed}
     assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 0
+    # imported elsewhere and exported from there: the same files (the parent has no end yet)
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other = _sweep(tmp_path, synth_dataset, other_uri, "there")
+    assert import_sweep(other, other_uri, archive, log=lambda s: None).runs == 4
+    before = {f.name: f.read_text() for f in (archive / "arch-sweep").glob("*.json")}
+    assert export_sweep(other, other_uri, archive, log=lambda s: None).runs == 0
+    assert {f.name: f.read_text() for f in (archive / "arch-sweep").glob("*.json")} == before
     # the sweep ends (t5 finished on resume): the parent gains its best configuration
     MlflowClient(uri).log_param(parent, "best.htl.lam", "1.5")
     assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 2   # parent, t4
