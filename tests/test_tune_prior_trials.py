@@ -136,3 +136,40 @@ def test_only_imported_trials_that_ended_are_read_back_typed_and_in_order(tmp_pa
     assert stopped.history == [0.2] and not stopped.finished and not stopped.error
     assert failed.error and told_value(failed, "max") is None
     assert typed_params(sweep, {"htl.attention": "sideways"}) == {"htl.attention": "sideways"}
+
+
+def test_sampled_values_come_from_their_tags_or_are_rebuilt_from_the_config(tmp_path,
+                                                                             tracking_uri):
+    """htl.max_sparsity is no config key (it becomes htl.sparsities) and a list choice is
+    logged as a Python list: both are recovered, or the run is named."""
+    from htl_ray.config import ConfigError
+    from htl_ray.tune.prior_trials import sampled_params
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "sweep": {"name": "p", "storage_path": str(tmp_path / "sweeps")},
+        "space": {"htl.max_sparsity": {"type": "float", "low": 0.5, "high": 0.9},
+                  "model.decoder_channels": {"type": "categorical",
+                                             "choices": [[16, 8, 8, 4, 4], [8, 8, 8, 4, 4]]},
+                  "htl.lam": {"type": "float", "low": 0.5, "high": 4.0}}}))
+    sweep = load_sweep(path)
+    list_key = "model.decoder_channels"
+    client = MlflowClient(tracking_uri)
+
+    def run(params, tags):
+        run_id = tracking.start_run(tracking_uri, "s", "t", params, tags)
+        return client.get_run(run_id)
+
+    exact = run({"htl.lam": "1.0"}, {"htl.sampled.htl.max_sparsity": "0.74110535",
+                                     f"htl.sampled.{list_key}": '"[8, 8, 8, 4, 4]"',
+                                     "htl.sampled.htl.lam": "2.4208472637456366"})
+    assert sampled_params(sweep, exact) == {"htl.max_sparsity": 0.74110535,
+                                            list_key: "[8, 8, 8, 4, 4]",
+                                            "htl.lam": 2.4208472637456366}
+    # logged by MLflow as Python lists: [0.247, ...] and [16, 8, 8, 4, 4]
+    old = run({"htl.sparsities": [0.247, 0.4941, 0.7411], list_key: [16, 8, 8, 4, 4],
+               "htl.lam": "2.42"}, {})
+    assert sampled_params(sweep, old) == {"htl.max_sparsity": 0.7411,
+                                          list_key: "[16, 8, 8, 4, 4]", "htl.lam": 2.42}
+    with pytest.raises(ConfigError, match=r"no value of htl.lam"):
+        sampled_params(sweep, run({"htl.sparsities": [0.5], list_key: [16, 8, 8, 4, 4]}, {}))

@@ -18,14 +18,17 @@ a new trial takes its place.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from htl_ray.tune.space import Sweep
+from htl_ray.config import ConfigError
+from htl_ray.tune.space import MAX_SPARSITY, Sweep
 from htl_ray.tune.study import TrialRecord
 from htl_ray.tune.trial import (
     ORIGIN_TAG,
     PARENT_TAG,
     ROLE_TAG,
+    SAMPLED_TAG_PREFIX,
     STOPPED_EARLY_TAG,
     TRIAL_TAG,
 )
@@ -48,9 +51,45 @@ def typed_params(sweep: Sweep, params: dict[str, str]) -> dict[str, Any]:
         elif isinstance(dist, od.IntDistribution):
             out[key] = int(text)
         elif isinstance(dist, od.CategoricalDistribution):
-            out[key] = next((c for c in dist.choices if str(c) == text), text)
+            out[key] = _choice(dist.choices, text)
         else:
             out[key] = text
+    return out
+
+
+def _choice(choices: tuple, text: str) -> Any:
+    """The choice whose text `text` is; a list choice (JSON in the space) logged as a Python
+    list by MLflow is matched through its value."""
+    import ast
+
+    found = next((c for c in choices if str(c) == text), None)
+    if found is None:
+        try:
+            as_json = json.dumps(ast.literal_eval(text))
+            found = next((c for c in choices if c == as_json), None)
+        except (ValueError, SyntaxError, TypeError):
+            pass
+    return text if found is None else found
+
+
+def sampled_params(sweep: Sweep, run) -> dict[str, Any]:
+    """The values a trial run was sampled with: its `htl.sampled.*` tags (exact), else (runs
+    trained before they existed) rebuilt from its config params — htl.max_sparsity is the top
+    level of htl.sparsities (as rounded there, to 4 decimals). A key that cannot be recovered
+    is a clear error: the continued search needs every value of every trial."""
+    tags, params = run.data.tags, run.data.params
+    out: dict[str, Any] = {}
+    for key in sweep.space:
+        if SAMPLED_TAG_PREFIX + key in tags:
+            out[key] = json.loads(tags[SAMPLED_TAG_PREFIX + key])
+        elif key == MAX_SPARSITY and "htl.sparsities" in params:
+            out[key] = max(float(v) for v in json.loads(params["htl.sparsities"]))
+        elif key in params:
+            out.update(typed_params(sweep, {key: params[key]}))
+        else:
+            raise ConfigError(f"MLflow run {run.info.run_id} ({run.info.run_name}): no value "
+                              f"of {key} (neither a {SAMPLED_TAG_PREFIX}{key} tag nor a param): "
+                              "this trial cannot be told to the continued search")
     return out
 
 
@@ -89,7 +128,7 @@ def archived_trials(sweep: Sweep, uri: str, parent_run_id: str,
         status = run.info.status
         out.append(TrialRecord(
             trial_id=trial_id, name=run.info.run_name or trial_id,
-            params=typed_params(sweep, run.data.params), history=history,
+            params=sampled_params(sweep, run), history=history,
             finished=status == "FINISHED",
             error="FAILED (elsewhere)" if status == "FAILED" else None,
             mlflow_run_id=run.info.run_id))
@@ -97,7 +136,9 @@ def archived_trials(sweep: Sweep, uri: str, parent_run_id: str,
 
 
 def told_value(record: TrialRecord, mode: str) -> float | None:
-    """What Tune told the searcher when the trial ended: its final result's metric."""
+    """What Tune told the searcher when the trial ended: its final result's metric — for a
+    finished trial the metric at its best checkpoint, which is its best epoch when the sweep's
+    metric and mode are the checkpoint's (val/dice, max: every shipped sweep)."""
     if record.error or not record.history:
         return None
     return record.value(mode) if record.finished else record.history[-1]

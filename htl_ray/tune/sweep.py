@@ -46,6 +46,8 @@ STATE_FILE = "sweep_state.json"
 ARCHIVED_STATE_KEY = "from_archive"   # sweep_state.json of a sweep imported from an archive
 # sweep_state.json of a sweep whose Tune state holds tune.trial_runs.CloseStoppedTrialRuns
 STOPS_CLOSED_STATE_KEY = "stops_closed_as_they_happen"
+# sweep_state.json of a search created to continue a sweep: the archived trials it was told
+TOLD_STATE_KEY = "told_archived_trials"
 GROUP_TAG = "htl.group"
 VERDICT_GROUPS = ("best", "erm", "random")   # the verdict: best vs ERM and the placebo
 
@@ -271,13 +273,25 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
     # RunConfig it saved): there, a stopped trial's run is still open after the search
     stops_closed = stops_closed or not restore
     # trials that ended on another machine (imported from the protocol archive): a new search
-    # is told them and asks only for the rest; a restored one was told when it was created
+    # is told them and asks only for the rest; a restored one counts those it was told when it
+    # was created (ones imported since are not part of its search)
     prior = archived_trials(sweep, uri, parent_run_id) if resume else []
+    state_path = directory / STATE_FILE
+    if restore:
+        told = set(json.loads(state_path.read_text()).get(TOLD_STATE_KEY, []))
+        ignored = [r for r in prior if r.trial_id not in told]
+        prior = [r for r in prior if r.trial_id in told]
+        if ignored:
+            log(f"[htl-ray] sweep {s.name}: {len(ignored)} archived trial(s) imported after "
+                "this machine's search began are not part of it (not counted)")
     remaining = s.num_samples - len(prior)
-    if prior and not restore:
-        log(f"[htl-ray] sweep {s.name}: {len(prior)} trial(s) ended elsewhere (archive), "
-            f"{max(remaining, 0)} still to run; the search continues from all of them")
-        _remember(directory / STATE_FILE, {STOPS_CLOSED_STATE_KEY: True})
+    if resume and not restore:
+        # a new search (its stopped trials' runs closed as they stop), told these trials
+        _remember(state_path, {STOPS_CLOSED_STATE_KEY: True,
+                               TOLD_STATE_KEY: [r.trial_id for r in prior]})
+        if prior:
+            log(f"[htl-ray] sweep {s.name}: {len(prior)} trial(s) ended elsewhere (archive), "
+                f"{max(remaining, 0)} still to run; the search continues from all of them")
     if remaining > 0 or restore:
         results = _tuner(sweep, directory, base_raw, uri, parent_run_id, resume, concurrency,
                          prior).fit()
@@ -332,8 +346,11 @@ def _has_best(uri: str, parent_run_id: str) -> bool:
 
 
 def _remember(state_path: Path, entries: dict[str, Any]) -> None:
+    """Add entries to sweep_state.json, atomically (the archive thread reads it meanwhile)."""
     state = json.loads(state_path.read_text())
-    state_path.write_text(json.dumps({**state, **entries}, indent=2))
+    tmp = state_path.with_name(state_path.name + ".tmp")
+    tmp.write_text(json.dumps({**state, **entries}, indent=2))
+    os.replace(tmp, state_path)
 
 
 def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,

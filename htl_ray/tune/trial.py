@@ -9,6 +9,7 @@ continues them instead of starting over.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ INTERRUPTED_TAG = "htl.interrupted"
 ORPHANED_TAG = "htl.orphaned"
 # on a run imported from the protocol archive (htl_ray.archive): the run id it was trained as
 ORIGIN_TAG = "htl.archive.origin_run_id"
+SAMPLED_TAG_PREFIX = "htl.sampled."   # + space key: the trial's sampled value, as JSON
 FINISHED_KEY = "htl_finished"     # in the trial's final result only (Tune's own `done` differs)
 
 
@@ -49,7 +51,9 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep, runs_dir: 
                                     "train.evaluate_test=false"], base)
     resume = (Path(runs_dir) / cfg.run.name / RUN_STATE_FILE).is_file()
     tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name, TRIAL_TAG: trial_id,
-            ROLE_TAG: "trial", "mlflow.runName": name}
+            ROLE_TAG: "trial", "mlflow.runName": name,
+            # the values as sampled (JSON): a derived one (htl.max_sparsity) is no config key
+            **{SAMPLED_TAG_PREFIX + k: json.dumps(v) for k, v in params.items()}}
     outcome = run_training(cfg, resume=resume, tags=tags, callbacks=[TuneReportCallback()],
                            log=lambda s: print(f"[{name}] {s}"))
     best = outcome.best_metrics or outcome.metrics
