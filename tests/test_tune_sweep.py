@@ -194,3 +194,14 @@ def test_a_ctrl_c_during_the_last_asha_trial_is_an_interruption_not_the_end():
     # FIFO stops nothing: any trial that neither finished nor failed was cut short
     assert was_interrupted([done, last], 2, "fifo", False, set())
     assert not was_interrupted([done, failed], 2, "fifo", True, set())
+
+
+def test_a_restored_search_counts_only_the_archived_trials_it_was_told():
+    from htl_ray.tune.study import TrialRecord
+    from htl_ray.tune.sweep import TOLD_STATE_KEY, told_and_not
+
+    a, b, c = (TrialRecord(t, t, {}, [0.5], True) for t in "abc")
+    counted, ignored = told_and_not([a, b, c], {TOLD_STATE_KEY: ["a", "c"]})
+    assert [r.trial_id for r in counted] == ["a", "c"] and ignored == [b]
+    # the machine that ran the sweep from the start was told none: imports are not its trials
+    assert told_and_not([a], {}) == ([], [a])

@@ -278,9 +278,7 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
     prior = archived_trials(sweep, uri, parent_run_id) if resume else []
     state_path = directory / STATE_FILE
     if restore:
-        told = set(json.loads(state_path.read_text()).get(TOLD_STATE_KEY, []))
-        ignored = [r for r in prior if r.trial_id not in told]
-        prior = [r for r in prior if r.trial_id in told]
+        prior, ignored = told_and_not(prior, json.loads(state_path.read_text()))
         if ignored:
             log(f"[htl-ray] sweep {s.name}: {len(ignored)} archived trial(s) imported after "
                 "this machine's search began are not part of it (not counted)")
@@ -335,6 +333,15 @@ def archived_best(sweep: Sweep, uri: str, parent_run_id: str) -> TrialRecord:
     tags = run.data.tags
     return TrialRecord(tags.get("htl.best_trial_id", "?"), tags.get("htl.best_trial", "?"),
                        params, [], True)
+
+
+def told_and_not(prior: list[TrialRecord], state: dict[str, Any]
+                 ) -> tuple[list[TrialRecord], list[TrialRecord]]:
+    """For a restored search: the archived trials it was told when it was created (they count
+    among its trials) and those imported since (they do not: it would draw their budget again)."""
+    told = set(state.get(TOLD_STATE_KEY, []))
+    return ([r for r in prior if r.trial_id in told],
+            [r for r in prior if r.trial_id not in told])
 
 
 def _has_best(uri: str, parent_run_id: str) -> bool:
