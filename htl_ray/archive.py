@@ -27,7 +27,7 @@ from typing import Any
 
 from htl_ray.config import ConfigError
 from htl_ray.tune.space import Sweep
-from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, STATE_FILE
+from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, BEST_PREFIX, STATE_FILE, best_params
 from htl_ray.tune.trial import ORIGIN_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
 
 FORMAT = 1
@@ -79,7 +79,7 @@ def _version(run) -> list[Any]:
     (`htl-ray evaluate`) gains metrics without changing its status or end time; a sweep's
     parent gains its best configuration (best.* params) once its last trial ends."""
     version = [_status(run), run.info.end_time, sorted(run.data.metrics)]
-    best = sorted(k for k in run.data.params if k.startswith("best."))
+    best = sorted(BEST_PREFIX + k for k in best_params(run.data.params))
     return version + [best] if best else version
 
 
@@ -140,7 +140,7 @@ def _export_sweep(sweep: Sweep, uri: str, archive: Path,
     if parent is None:
         return count
     # best.* params are logged once every trial has ended (`tune.sweep.summarise(final=)`)
-    final = any(k.startswith("best.") for k in parent.data.params)
+    final = bool(best_params(parent.data.params))
     # every local id, the imported parent's too, is written as the id it was first trained as
     to_origin = {r.info.run_id: _origin(r) for r in runs}
     runs = [r for r in runs if _archivable(r, final) and (

@@ -27,7 +27,13 @@ from htl_ray.compare import METRICS, compare, load_runs
 from htl_ray.tables import markdown_table
 from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.space import Sweep, load_sweep
-from htl_ray.tune.sweep import GROUP_TAG, STATE_FILE, confirm_run_name, run_sweep
+from htl_ray.tune.sweep import (
+    GROUP_TAG,
+    STATE_FILE,
+    best_params,
+    confirm_run_name,
+    run_sweep,
+)
 from htl_ray.tune.trial import ORPHANED_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
 
 BEGIN = "<!-- htl-ray reproduce: begin (generated from MLflow by `htl-ray reproduce`; edits " \
@@ -72,8 +78,7 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
     if exp is None:
         return status
     parent = client.get_run(status.parent_run_id)
-    status.best_params = {k.removeprefix("best."): v for k, v in parent.data.params.items()
-                          if k.startswith("best.")}
+    status.best_params = best_params(parent.data.params)
     # this sweep's runs only: not those of an abandoned sweep of the same name in this store
     for run in client.search_runs([exp.experiment_id],
                                   f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "

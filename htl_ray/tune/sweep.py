@@ -49,6 +49,7 @@ STOPS_CLOSED_STATE_KEY = "stops_closed_as_they_happen"
 # sweep_state.json of a search created to continue a sweep: the archived trials it was told
 TOLD_STATE_KEY = "told_archived_trials"
 GROUP_TAG = "htl.group"
+BEST_PREFIX = "best."   # the parent run's params of its chosen configuration (`summarise`)
 VERDICT_GROUPS = ("best", "erm", "random")   # the verdict: best vs ERM and the placebo
 
 
@@ -325,8 +326,7 @@ def archived_best(sweep: Sweep, uri: str, parent_run_id: str) -> TrialRecord:
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(uri).get_run(parent_run_id)
-    params = typed_params(sweep, {k.removeprefix("best."): v
-                                  for k, v in run.data.params.items() if k.startswith("best.")})
+    params = typed_params(sweep, best_params(run.data.params))
     if not params:
         raise ConfigError(f"MLflow run {parent_run_id}: the sweep's parent run records no best "
                           "configuration (best.* params); was the sweep finished?")
@@ -344,12 +344,17 @@ def told_and_not(prior: list[TrialRecord], state: dict[str, Any]
             [r for r in prior if r.trial_id not in told])
 
 
+def best_params(params: dict[str, str]) -> dict[str, str]:
+    """The configuration a sweep's parent run records as chosen (`summarise`, once every trial
+    has ended), keyed without the prefix; empty while the sweep is unfinished."""
+    return {k.removeprefix(BEST_PREFIX): v for k, v in params.items()
+            if k.startswith(BEST_PREFIX)}
+
+
 def _has_best(uri: str, parent_run_id: str) -> bool:
-    """Whether the sweep chose its best configuration (every trial ended; `summarise`)."""
     from mlflow.tracking import MlflowClient
 
-    params = MlflowClient(uri).get_run(parent_run_id).data.params
-    return any(k.startswith("best.") for k in params)
+    return bool(best_params(MlflowClient(uri).get_run(parent_run_id).data.params))
 
 
 def _remember(state_path: Path, entries: dict[str, Any]) -> None:
@@ -395,7 +400,7 @@ def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
 
         if final:
             MlflowClient(uri).log_batch(parent_run_id, params=[
-                Param(f"best.{k}", str(v)) for k, v in sorted(best.params.items())])
+                Param(BEST_PREFIX + k, str(v)) for k, v in sorted(best.params.items())])
     tracking.log_metrics(uri, parent_run_id, metrics, step=0)
     for name in ("study_summary.md", "trials.csv"):
         tracking.log_artifact(uri, parent_run_id, out_dir / name)
