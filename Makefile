@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 tests
 
 # each script prints its ratios as its last lines (docs/benchmarks.md: figures and machine)
-BENCHES := training_overhead data_path scorer scaling htl_detection
+BENCHES := training_overhead data_path scorer scaling htl_detection gpu_throughput
 bench: $(STAMP)
 	@for b in $(BENCHES); do echo "=== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 

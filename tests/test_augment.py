@@ -37,3 +37,18 @@ def test_colour_jitter_stays_in_range_and_leaves_masks():
     cfg = AugmentConfig(0, 0, 0, brightness=0.5, contrast=0.5, saturation=0.5)
     i, m = augment_batch(images, masks, cfg, torch.Generator().manual_seed(0))
     assert i.min() >= 0 and i.max() <= 1 and torch.equal(m, masks)
+
+
+def test_augments_a_batch_on_another_device_with_the_cpu_generator():
+    """The training loop augments on the batch's device (a GPU); the draws stay on the CPU
+    generator, so nothing may mix a CPU tensor into the batch's arithmetic. The meta device
+    stands in for a GPU here: it refuses CPU operands exactly as CUDA does."""
+    images, masks = _batch()
+    cfg = AugmentConfig(hflip=0.5, vflip=0.5, rotate90=0.5, brightness=0.3, contrast=0.3,
+                        saturation=0.3)
+    gen_meta, gen_cpu = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    i, m = augment_batch(images.to("meta"), masks.to("meta"), cfg, gen_meta)
+    assert i.device.type == "meta" and i.shape == images.shape and m.shape == masks.shape
+    augment_batch(images, masks, cfg, gen_cpu)
+    # the same draws were taken from the generator wherever the batch was
+    assert torch.equal(gen_meta.get_state(), gen_cpu.get_state())

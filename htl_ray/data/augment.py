@@ -13,7 +13,10 @@ from htl_ray.config import AugmentConfig
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig,
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """images: [B,3,H,W] float in [0,1]; masks: [B,1,H,W]. Geometry is applied to both."""
+    """images: [B,3,H,W] float in [0,1]; masks: [B,1,H,W]. Geometry is applied to both.
+
+    The batch may be on any device; `generator` is a CPU generator, so a seed gives the same
+    flips, rotations and factors wherever the batch is augmented."""
     b = images.shape[0]
     out_i, out_m = images.clone(), masks.clone()
 
@@ -35,7 +38,9 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig,
                 out_m[idx] = torch.rot90(out_m[idx], k, (2, 3))
 
     def factor(amount: float) -> torch.Tensor:
-        return 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * amount
+        # drawn on the CPU generator (the same draws on any device), applied where the batch is
+        return (1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * amount).to(
+            images.device)
 
     if cfg.brightness:
         out_i = out_i * factor(cfg.brightness)

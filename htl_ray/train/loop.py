@@ -279,8 +279,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     idx, w_loss_np = np.array([0]), np.zeros(len(w))
                 x, y = x[idx], y[idx]
                 w_loss = torch.as_tensor(w_loss_np[idx], dtype=torch.float32, device=device)
+            # augmented where it trains: on a GPU, augmenting on the host bounded the step
+            # (bench/gpu_throughput.py); on the CPU this order changes nothing
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x, y = augment_batch(x, y, cfg.data.augment, gen)
-            x, y = place.inputs(x), y.to(device, non_blocking=True)
+            x = place.inputs(x)
             data_prep += time.perf_counter() - t_batch
             with place.autocast():
                 per_sample = objective.per_sample_loss(model, x, y, batch, idx, epoch, gen)
