@@ -15,6 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from htl_ray import tracking
 from htl_ray.tune.prior_trials import (
+    RUNG_KEY_PREFIX,
     archived_trials,
     fill_rungs,
     tell_searcher,
@@ -68,12 +69,12 @@ def test_a_failed_trial_is_told_as_failed():
     assert [t.state.name for t in search._ot_study.get_trials()] == ["FAIL"]
 
 
-def _sweep(tmp_path, mode: str = "max"):
+def _sweep(tmp_path, mode: str = "max", grace_period: int = 4, reduction_factor: float = 2):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
         "overrides": ["train.epochs=8"],
         "sweep": {"name": "p", "metric": "val/dice", "mode": mode, "scheduler": "asha",
-                  "grace_period": 4, "reduction_factor": 2,
+                  "grace_period": grace_period, "reduction_factor": reduction_factor,
                   "storage_path": str(tmp_path / "sweeps")},
         "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 4.0},
                   "htl.attention": {"type": "categorical",
@@ -103,6 +104,24 @@ def test_asha_stops_a_new_trial_against_the_archived_trials(tmp_path, mode):
     empty = make_scheduler(sweep)._brackets[0]
     assert empty.on_result(SimpleNamespace(trial_id="w"), 4, sign * worse) \
         == TrialScheduler.CONTINUE
+
+
+def test_archived_values_fill_the_rungs_a_live_trial_would_have_reached(tmp_path):
+    """A float reduction_factor gives fractional milestones (3, 4.5, 6.75): ASHA records a
+    trial at its first epoch past each, and the archived history must land in the same
+    places with the same values."""
+    sweep = _sweep(tmp_path, grace_period=3, reduction_factor=1.5)
+    history = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    filled = make_scheduler(sweep)
+    assert fill_rungs(filled, [TrialRecord("a", "a", {}, history, True)], "max") == 3
+    live = make_scheduler(sweep)
+    for t, value in enumerate(history, start=1):
+        live._brackets[0].on_result(SimpleNamespace(trial_id="a"), t, value)
+    assert [(m, {k.removeprefix(RUNG_KEY_PREFIX): v for k, v in rec.items()})
+            for m, rec in filled._brackets[0]._rungs] \
+        == [(m, rec) for m, rec in live._brackets[0]._rungs]
+    assert [next(iter(rec.values())) for _, rec in filled._brackets[0]._rungs] == \
+        [0.7, 0.5, 0.3]
 
 
 def test_only_imported_trials_that_ended_are_read_back_typed_and_in_order(tmp_path,

@@ -19,6 +19,7 @@ a new trial takes its place.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from htl_ray.config import ConfigError
@@ -176,9 +177,11 @@ def fill_rungs(scheduler, records: list[TrialRecord], mode: str) -> int:
     filled = 0
     for bracket in brackets:
         for milestone, recorded in bracket._rungs:
+            # ASHA records a trial at its first result with t >= milestone; a float
+            # reduction_factor makes fractional milestones
+            t = math.ceil(milestone)
             for r in records:
-                if len(r.history) >= milestone and r.history[milestone - 1] == \
-                        r.history[milestone - 1]:
-                    recorded[RUNG_KEY_PREFIX + r.trial_id] = sign * r.history[milestone - 1]
+                if len(r.history) >= t and r.history[t - 1] == r.history[t - 1]:   # not NaN
+                    recorded[RUNG_KEY_PREFIX + r.trial_id] = sign * r.history[t - 1]
                     filled += 1
     return filled
