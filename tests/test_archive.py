@@ -95,7 +95,7 @@ def test_export_writes_the_results_of_a_finished_sweep_once(swept, tmp_path, tra
 
 
 def test_an_unfinished_sweep_archives_the_trials_that_ended(tmp_path, synth_dataset,
-                                                          tracking_uri):
+                                                          tracking_uri, fresh_store):
     """While its trials train: the parent and every trial that ended (so the sweep continues
     elsewhere if this machine is lost), not a trial cut short (trained again there); once the
     sweep has chosen its best configuration the parent is written again, with it."""
@@ -119,7 +119,7 @@ def test_an_unfinished_sweep_archives_the_trials_that_ended(tmp_path, synth_data
         {parent, done, stopped, failed}
     assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 0
     # imported elsewhere and exported from there: the same files (the parent has no end yet)
-    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other_uri = fresh_store(tmp_path / 'other.db')
     other = _sweep(tmp_path, synth_dataset, other_uri, "there")
     assert import_sweep(other, other_uri, archive, log=lambda s: None).runs == 4
     before = {f.name: f.read_text() for f in (archive / "arch-sweep").glob("*.json")}
@@ -159,12 +159,12 @@ def test_periodic_export_archives_while_training_and_survives_a_failure(
 
 
 @pytest.fixture
-def elsewhere(swept, tmp_path, synth_dataset, tracking_uri):
+def elsewhere(swept, tmp_path, synth_dataset, tracking_uri, fresh_store):
     """The swept sweep's archive, and the same sweep file pointed at another MLflow store and
     sweep directory: the next sitting's machine."""
     archive = tmp_path / "archive"
     export_sweep(swept[0], tracking_uri, archive, log=lambda s: None)
-    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other_uri = fresh_store(tmp_path / 'other.db')
     return archive, _sweep(tmp_path, synth_dataset, other_uri, "there"), other_uri
 
 
@@ -244,7 +244,7 @@ def test_bad_and_conflicting_archives_are_refused_by_name(elsewhere):
 
 
 def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
-        tmp_path, synth_dataset, tracking_uri):
+        tmp_path, synth_dataset, tracking_uri, fresh_store):
     """While confirmation runs train, the parent is RUNNING (the machine may be lost before it
     ends) and a run that finished but has no test score yet is not a result."""
     sweep = _sweep(tmp_path, synth_dataset, tracking_uri, "here")
@@ -274,7 +274,7 @@ def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
         == "FINISHED"
     # an archive that lost its parent's file cannot be continued, and says so
     (archive / "arch-sweep" / f"{parent}.json").unlink()
-    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other_uri = fresh_store(tmp_path / 'other.db')
     other = _sweep(tmp_path, synth_dataset, other_uri, "there")
     with pytest.raises(ConfigError, match="arch-sweep: 3 archived runs but not their sweep's"):
         import_sweep(other, other_uri, archive, log=lambda s: None)

@@ -1,4 +1,5 @@
-"""The fault tests' process finder only ever sees this test session's own processes."""
+"""The fault tests' process finder only ever sees this test session's own processes; the
+MLflow stores tests get are real, empty and independent."""
 
 import os
 import signal
@@ -51,3 +52,19 @@ def test_reap_kills_what_outlives_its_grace_and_leaves_what_exits():
         stranger.kill()
         stuck.kill()
         stuck.stdout.close()
+
+
+def test_fresh_stores_are_empty_independent_real_mlflow_stores(fresh_store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    a, b = fresh_store(tmp_path / "a" / "mlflow.db"), fresh_store(tmp_path / "b.db")
+    client_a = MlflowClient(a)
+    exp = client_a.create_experiment("only-in-a")
+    run = client_a.create_run(exp)
+    client_a.log_metric(run.info.run_id, "m", 1.5)
+    assert client_a.get_run(run.info.run_id).data.metrics == {"m": 1.5}
+    names = {e.name for e in MlflowClient(b).search_experiments()}
+    assert names == {"Default"}                    # what a store made from nothing holds
+    # and the next copy is empty again: the template itself was never written to
+    again = MlflowClient(fresh_store(tmp_path / "c.db"))
+    assert {e.name for e in again.search_experiments()} == {"Default"}

@@ -79,7 +79,7 @@ def test_verdicts_read_the_confidence_interval_against_the_two_point_goal():
 
 
 def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_dataset, tmp_path,
-                                                       tracking_uri):
+                                                       tracking_uri, fresh_store):
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump({
         "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
@@ -162,7 +162,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
         ["confirm", "confirm", "confirm", "sweep", "trial"]
     placebo = next(f for f, r in records.items() if r["tags"].get("htl.group") == "random")
     placebo.unlink()
-    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    elsewhere = fresh_store(tmp_path / "elsewhere.db")
     moved = [f"tracking.uri={elsewhere}", f"sweep.storage_path={tmp_path / 'elsewhere'}"]
     page2 = tmp_path / "results2.md"
     lines.clear()

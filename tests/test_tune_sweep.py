@@ -28,7 +28,8 @@ def _children(client: MlflowClient, parent_run_id: str, status: str | None = Non
 
 
 def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, synth_dataset,
-                                                               tmp_path, tracking_uri):
+                                                               tmp_path, tracking_uri,
+                                                               fresh_store):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({
         "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
@@ -62,7 +63,8 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
         driver.wait()
     done_before = {r.data.tags["htl.trial_id"] for r in _children(client, parent, "FINISHED")}
     assert len(done_before) == 1
-    _continue_elsewhere(sweep_file, tmp_path, tracking_uri, parent)
+    _continue_elsewhere(sweep_file, tmp_path, tracking_uri, parent,
+                        fresh_store(tmp_path / "there.db"))
 
     lines: list[str] = []
     outcome = run_sweep(load_sweep(sweep_file), resume=True, log=lines.append)
@@ -100,7 +102,8 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
     assert "2 (2 finished, 0 stopped early, 0 failed)" in summary
 
 
-def _continue_elsewhere(sweep_file: Path, tmp_path: Path, uri: str, parent: str) -> None:
+def _continue_elsewhere(sweep_file: Path, tmp_path: Path, uri: str, parent: str,
+                        there: str) -> None:
     """The machine is lost after one trial ended: its archive continues the sweep on another
     machine (MLflow store, sweep directory), which trains only the missing trial — the one the
     uninterrupted search would have drawn next — and chooses the best of both."""
@@ -110,7 +113,6 @@ def _continue_elsewhere(sweep_file: Path, tmp_path: Path, uri: str, parent: str)
 
     archive = tmp_path / "archive"
     export_sweep(load_sweep(sweep_file), uri, archive, log=lambda s: None)
-    there = f"sqlite:///{tmp_path / 'there.db'}"
     other = load_sweep(sweep_file, [f"tracking.uri={there}",
                                     f"sweep.storage_path={tmp_path / 'there'}"])
     import_sweep(other, there, archive, log=lambda s: None)
