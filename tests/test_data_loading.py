@@ -17,6 +17,23 @@ def test_decode_batch_restores_pixels():
     assert torch.equal(y[:, 0].byte(), torch.from_numpy(mask))
 
 
+def test_decode_batch_on_a_device_gives_the_same_values_there():
+    """The scorer decodes on its device (uint8 across the bus, converted there)."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 6, 7, 3), dtype=np.uint8)
+    mask = rng.integers(0, 2, (3, 6, 7), dtype=np.uint8)
+    batch = {"image": np.array([i.tobytes() for i in img], dtype=object),
+             "mask": np.array([m.tobytes() for m in mask], dtype=object),
+             "height": np.array([6] * 3), "width": np.array([7] * 3)}
+    x, y = decode_batch(batch)
+    x_dev, y_dev = decode_batch(batch, torch.device("cpu"))
+    assert torch.equal(x, x_dev) and torch.equal(y, y_dev) and x_dev.dtype == torch.float32
+    # a device that refuses host operands (as CUDA does): the result lives there, same shape
+    x_meta, y_meta = decode_batch(batch, "meta")
+    assert x_meta.device.type == "meta" and x_meta.shape == x.shape and x_meta.dtype == x.dtype
+    assert y_meta.device.type == "meta" and y_meta.shape == y.shape
+
+
 def test_both_read_paths_give_the_same_split_rows_order_schema_and_single_block(
         ray_cluster, synth_dataset, monkeypatch):
     """A seeded run must not depend on which reader a records file gets. The driver path is

@@ -68,13 +68,22 @@ def split_dataset(dataset_dir: str | Path, split: str, limit: int = 0,
     return ds.materialize()
 
 
-def decode_batch(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Numpy batch of raw uint8 buffers → images [B,3,H,W] float in [0,1], masks [B,1,H,W]."""
+def decode_batch(batch: dict[str, Any], device: torch.device | str | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numpy batch of raw uint8 buffers → images [B,3,H,W] float in [0,1], masks [B,1,H,W].
+
+    With `device` (a GPU), the uint8 pixels are moved first and converted there: a quarter of
+    the bytes cross the bus, and the host does no float work. The values are the same."""
     h, w = int(batch["height"][0]), int(batch["width"][0])
-    images = np.stack([np.frombuffer(b, np.uint8) for b in batch["image"]]).reshape(-1, h, w, 3)
-    masks = np.stack([np.frombuffer(b, np.uint8) for b in batch["mask"]]).reshape(-1, 1, h, w)
-    img_t = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    return img_t.contiguous(), torch.from_numpy(masks.copy()).float()
+    images = torch.from_numpy(
+        np.stack([np.frombuffer(b, np.uint8) for b in batch["image"]]).reshape(-1, h, w, 3))
+    masks = torch.from_numpy(
+        np.stack([np.frombuffer(b, np.uint8) for b in batch["mask"]]).reshape(-1, 1, h, w))
+    if device is not None:
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+    img_t = images.permute(0, 3, 1, 2).float().div_(255.0)
+    return img_t.contiguous(), masks.float()
 
 
 @cache

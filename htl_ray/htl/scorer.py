@@ -75,11 +75,13 @@ class ScorerActor:
                            for dense, pruned in population]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, masks = decode_batch(batch)
+        # decoded on the scoring device: on a GPU the host's float conversion and transfer
+        # bound the scorer (bench/gpu_throughput.py)
+        images, masks = decode_batch(batch, self.place.device)
         with self.place.autocast():
             scores = score_population_batch(
                 self.population, self.place.inputs(images),
-                masks.to(self.place.device) if self.spec.with_labels else None,
+                masks if self.spec.with_labels else None,
                 self.spec.label_kind)
         n = len(batch["id"])
         # measured once per actor; carried as columns so the caller can report it
