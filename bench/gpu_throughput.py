@@ -5,7 +5,7 @@ Per configuration (image size, encoder, batch sizes of `htl_ray.train.loop` and 
 
 - train step: one step of the training loop (augment → place on the device → autocast
   forward → per-sample loss → backward → optimiser step), as `htl_ray.train.loop` runs it,
-  with the batch augmented on the host (the loop as it is) and on the device;
+  with the batch augmented on the device (the loop since 2026-12-04) and on the host (before);
 - train compute: the same step on a batch already on the device, not augmented (the ceiling);
 - host data path: decode + augment on one CPU thread (what feeds the step), images/s per core;
 - scoring: `score_population_batch` with the dense model and K pruned copies (the scorer
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from htl_ray.config import load_config
+from htl_ray.config import ExperimentConfig, load_config
 from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import decode_batch
 from htl_ray.device import Placement, placement
@@ -92,7 +92,7 @@ def rate(step: Callable[[], int], device: torch.device, seconds: float,
     return images / (time.perf_counter() - t0)
 
 
-def experiment(bc: BenchConfig) -> object:
+def experiment(bc: BenchConfig) -> ExperimentConfig:
     return load_config(None, [f"model.encoder={bc.encoder}", "model.decoder_channels=null",
                               f"data.batch_size={bc.train_batch}"])
 
@@ -108,7 +108,7 @@ def train_rates(bc: BenchConfig, place: Placement, seconds: float) -> dict[str, 
     raw = raw_batch(bc.train_batch, bc.size, seed=1)
     gen = torch.Generator().manual_seed(0)
     idx = np.arange(bc.train_batch)
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
 
     def step_on(x: torch.Tensor, y: torch.Tensor) -> int:
         with place.autocast():
@@ -121,12 +121,12 @@ def train_rates(bc: BenchConfig, place: Placement, seconds: float) -> dict[str, 
         losses.append(loss.detach())
         return len(x)
 
-    def host_augment() -> int:               # the loop as it is: augment, then place
+    def host_augment() -> int:               # the loop before 2026-12-04: augment, then place
         x, y = decode_batch(raw)
         x, y = augment_batch(x, y, cfg.data.augment, gen)
         return step_on(place.inputs(x), y.to(place.device, non_blocking=True))
 
-    def device_augment() -> int:             # place the uint8-derived batch, augment there
+    def device_augment() -> int:             # the loop now: place the batch, augment there
         x, y = decode_batch(raw)
         x, y = augment_batch(x.to(place.device, non_blocking=True),
                              y.to(place.device, non_blocking=True), cfg.data.augment, gen)
@@ -235,7 +235,7 @@ def main() -> None:
     for row in results:
         for mode in ("auto", "fp32"):
             f = row[mode]
-            print(f"{row['config']:22} {mode:8} {f['train_step_host_augment']:>11,.0f} "
+            print(f"{row['config']:22} {mode:8} {f['train_step_device_augment']:>11,.0f} "
                   f"{f['train_compute']:>9,.0f} {f['score']:>9,.0f} {f['forward_compute']:>9,.0f}")
     print()
     for row in results:
@@ -259,7 +259,7 @@ def main() -> None:
               f"{decode:,.0f}; CPU cores to feed one device: {a[host] / per_core:.1f} "
               f"(host augment), {a[dev] / decode:.1f} (device augment)")
     print(f"train step img/s median over configs (auto): "
-          f"{statistics.median(r['auto']['train_step_host_augment'] for r in results):,.0f}")
+          f"{statistics.median(r['auto']['train_step_device_augment'] for r in results):,.0f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "torch": torch.__version__, "results": results}, fh,
