@@ -28,7 +28,7 @@ from typing import Any
 from htl_ray.config import ConfigError
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, BEST_PREFIX, STATE_FILE, best_params
-from htl_ray.tune.trial import ORIGIN_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
+from htl_ray.tune.trial import ORIGIN_TAG, RETRIED_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
 
 FORMAT = 1
 ENRICHMENT_FILE = "enrichment.csv"
@@ -77,9 +77,12 @@ def _status(run) -> str:
 def _version(run) -> list[Any]:
     """What tells an archived run from its newer state: a run scored on test after it ended
     (`htl-ray evaluate`) gains metrics without changing its status or end time; a sweep's
-    parent gains its best configuration (best.* params) once its last trial ends."""
+    parent gains its best configuration (best.* params) once its last trial ends; a trial that
+    failed gains `htl.retried` when a continued search runs it again."""
     version = [_status(run), run.info.end_time, sorted(run.data.metrics)]
     best = sorted(BEST_PREFIX + k for k in best_params(run.data.params))
+    if run.data.tags.get(RETRIED_TAG):
+        version.append(RETRIED_TAG)
     return version + [best] if best else version
 
 
@@ -214,6 +217,8 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
     records.sort(key=lambda r: r["tags"].get(ROLE_TAG) != "sweep")       # the parent first
     for rec in records:
         if rec["run_id"] in local:
+            if rec["tags"].get(RETRIED_TAG):     # run again elsewhere since this store had it
+                client.set_tag(local[rec["run_id"]], RETRIED_TAG, rec["tags"][RETRIED_TAG])
             count.unchanged += 1
             continue
         tags = {k: local.get(v, v) for k, v in rec["tags"].items()}

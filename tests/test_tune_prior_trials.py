@@ -18,6 +18,8 @@ from htl_ray.tune.prior_trials import (
     RUNG_KEY_PREFIX,
     archived_trials,
     fill_rungs,
+    mark_retried,
+    retry_points,
     tell_searcher,
     told_value,
     typed_params,
@@ -31,10 +33,11 @@ SPACE = {"htl.lam": optuna.distributions.FloatDistribution(0.5, 4.0),
                                                                         "oversample"])}
 
 
-def _search(seed: int = 0) -> tuple[OptunaSearch, optuna.samplers.BaseSampler]:
+def _search(seed: int = 0, points: list[dict] | None = None
+            ) -> tuple[OptunaSearch, optuna.samplers.BaseSampler]:
     sampler = optuna.samplers.TPESampler(seed=seed)
     return OptunaSearch(space=dict(SPACE), metric="val/dice", mode="max",
-                        sampler=sampler), sampler
+                        sampler=sampler, points_to_evaluate=points), sampler
 
 
 def test_a_continued_search_suggests_what_the_uninterrupted_one_would_have():
@@ -60,13 +63,26 @@ def test_a_continued_search_suggests_what_the_uninterrupted_one_would_have():
     assert plain.suggest("n0") == drawn[0]
 
 
-def test_a_failed_trial_is_told_as_failed():
-    search, sampler = _search()
-    failed = TrialRecord("t0", "t0", {"htl.lam": 1.0, "htl.attention": "reweight"}, [], False,
-                         error="FAILED (elsewhere)")
-    assert told_value(failed, "max") is None
-    tell_searcher(search, sampler, dict(SPACE), [failed], "max")
-    assert [t.state.name for t in search._ot_study.get_trials()] == ["FAIL"]
+def test_a_failed_trial_runs_again_first_and_the_search_then_goes_on_as_before():
+    """As `--resume` retries a failed trial on its own machine, a continued search elsewhere
+    suggests the failed trial's values first — without drawing from its seeded sampler, which
+    is advanced past the failed trial so that the next new draw is the uninterrupted one's."""
+    whole, _ = _search()
+    drawn = [whole.suggest(f"t{i}") for i in range(3)]
+    records = [TrialRecord("t0", "t0", drawn[0], [0.5, 0.6], True),
+               TrialRecord("t1", "t1", drawn[1], [0.3], False, error="FAILED (elsewhere)")]
+    assert told_value(records[1], "max") is None
+    assert retry_points(records) == [drawn[1]]
+    continued, sampler = _search(points=retry_points(records))
+    assert tell_searcher(continued, sampler, dict(SPACE), records, "max") == 1
+    assert continued.suggest("r0") == drawn[1]          # the failed trial, again
+    assert continued.suggest("n0") == drawn[2]          # then what would have come next
+    states = [t.state.name for t in continued._ot_study.get_trials()]
+    assert states.count("COMPLETE") == 1 and "FAIL" not in states
+    # without its retry point the failed trial's values would never run again
+    no_retry, sampler = _search()
+    tell_searcher(no_retry, sampler, dict(SPACE), records, "max")
+    assert no_retry.suggest("n0") == drawn[2]
 
 
 def _sweep(tmp_path, mode: str = "max", grace_period: int = 4, reduction_factor: float = 2):
@@ -91,7 +107,9 @@ def test_asha_stops_a_new_trial_against_the_archived_trials(tmp_path, mode):
     # at epoch 4 (the only rung) the archived trials had 0.8 and 0.6; a third stopped at 2
     records = [TrialRecord("a", "a", {}, [0.1, 0.2, 0.3, 0.8, 0.9], True),
                TrialRecord("b", "b", {}, [0.1, 0.2, 0.3, 0.6], False),
-               TrialRecord("c", "c", {}, [0.1, 0.2], False)]
+               TrialRecord("c", "c", {}, [0.1, 0.2], False),
+               # failed after epoch 4: it runs again and reaches the rung itself
+               TrialRecord("d", "d", {}, [0.1, 0.2, 0.3, 0.1, 0.1], False, error="FAILED")]
     assert fill_rungs(scheduler, records, mode) == 2
     bracket = scheduler._brackets[0]
     # cutoff: the rung's median, 0.7; below it is worse when maximizing, better when minimizing
@@ -146,6 +164,7 @@ def test_only_imported_trials_that_ended_are_read_back_typed_and_in_order(tmp_pa
     trial("t-failed", "FAILED", imported, [], params)
     trial("t-cut", "KILLED", {**imported, "htl.interrupted": "true"}, [0.4], params)
     trial("t-local", "FINISHED", {}, [0.9], params)          # trained here: Tune knows it
+    trial("t-rerun", "FAILED", {**imported, "htl.retried": "true"}, [], params)  # ran again
     records = archived_trials(sweep, tracking_uri, parent)
     assert [r.trial_id for r in records] == ["t-done", "t-stopped", "t-failed"]
     done, stopped, failed = records
@@ -154,6 +173,12 @@ def test_only_imported_trials_that_ended_are_read_back_typed_and_in_order(tmp_pa
     assert done.history == [0.5, 0.7] and done.finished and not done.error
     assert stopped.history == [0.2] and not stopped.finished and not stopped.error
     assert failed.error and told_value(failed, "max") is None
+    # once a continued search runs it again, the failed run no longer counts
+    mark_retried(tracking_uri, records)
+    assert client.get_run(failed.mlflow_run_id).data.tags["htl.retried"] == "true"
+    assert not client.get_run(done.mlflow_run_id).data.tags.get("htl.retried")
+    assert [r.trial_id for r in archived_trials(sweep, tracking_uri, parent)] == \
+        ["t-done", "t-stopped"]
     assert typed_params(sweep, {"htl.attention": "sideways"}) == {"htl.attention": "sideways"}
 
 

@@ -207,3 +207,70 @@ def test_a_restored_search_counts_only_the_archived_trials_it_was_told():
     assert [r.trial_id for r in counted] == ["a", "c"] and ignored == [b]
     # the machine that ran the sweep from the start was told none: imports are not its trials
     assert told_and_not([a], {}) == ([], [a])
+
+
+def test_a_trial_that_failed_elsewhere_runs_again_with_its_values(ray_cluster, synth_dataset,
+                                                                  tmp_path, tracking_uri,
+                                                                  fresh_store):
+    """`--resume` retries a trial that failed on its own machine; continued elsewhere from the
+    archive, the failed trial runs again too — same values, first epoch — and its archived run
+    stops counting, here and on any machine that imports the archive afterwards."""
+    from htl_ray import tracking
+    from htl_ray.archive import export_sweep, import_sweep
+    from htl_ray.reproduce import setting_status
+    from htl_ray.tune.prior_trials import archived_trials
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
+                      "tracking.experiment=sweeps", "train.epochs=1", "data.limit_train=16",
+                      "data.batch_size=8", "model.decoder_channels=[16,8,8,4,4]",
+                      "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1}"],
+        "sweep": {"name": "tiny", "num_samples": 1, "seed": 3, "max_concurrent": 1,
+                  "storage_path": str(tmp_path / "sweeps")},
+        "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                  "htl.lam": {"type": "float", "low": 0.5, "high": 2.0}},
+    }))
+    # the lost machine: the sweep's parent and its one trial, which failed
+    lost = load_sweep(sweep_file)
+    parent = tracking.start_run(tracking_uri, "sweeps", "sweep tiny", {},
+                                {"htl.role": "sweep", "htl.sweep": "tiny"})
+    values = {"train.lr": 0.00371, "htl.lam": 1.234}
+    failed = tracking.start_run(tracking_uri, "sweeps", "t-failed", {}, {
+        "htl.role": "trial", "htl.sweep": "tiny", "mlflow.parentRunId": parent,
+        "htl.trial_id": "t-failed",
+        **{f"htl.sampled.{k}": json.dumps(v) for k, v in values.items()}})
+    MlflowClient(tracking_uri).set_terminated(failed, "FAILED")
+    lost.directory.mkdir(parents=True)
+    (lost.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    archive = tmp_path / "archive"
+    export_sweep(lost, tracking_uri, archive, log=lambda s: None)
+
+    there = fresh_store(tmp_path / "there.db")
+    other = load_sweep(sweep_file, [f"tracking.uri={there}",
+                                    f"sweep.storage_path={tmp_path / 'there'}"])
+    import_sweep(other, there, archive, log=lambda s: None)
+    lines: list[str] = []
+    outcome = run_sweep(other, resume=True, log=lines.append)
+    assert any("1 of them failed there and run again" in x for x in lines), lines
+    client = MlflowClient(there)
+    runs = _children(client, outcome.parent_run_id)
+    (old,) = [r for r in runs if r.info.status == "FAILED"]
+    (new,) = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(runs) == 2 and old.data.tags["htl.retried"] == "true"
+    assert {k: float(new.data.params[k]) for k in values} == pytest.approx(values)
+    assert [m.step for m in client.get_metric_history(new.info.run_id, "val/dice")] == [0]
+    assert len(outcome.records) == 1 and outcome.records[0].finished
+    assert "1 (1 finished, 0 stopped early, 0 failed)" in (
+        tmp_path / "there" / "tiny" / "summary" / "study_summary.md").read_text()
+    assert setting_status(other, there).trials_finished == 1
+    # the archive learns it: a third machine counts the new trial and does not retry the old
+    export_sweep(other, there, archive, log=lambda s: None)
+    third = fresh_store(tmp_path / "third.db")
+    again = load_sweep(sweep_file, [f"tracking.uri={third}",
+                                    f"sweep.storage_path={tmp_path / 'third'}"])
+    import_sweep(again, third, archive, log=lambda s: None)
+    parent3 = json.loads((again.directory / STATE_FILE).read_text())["parent_run_id"]
+    assert [r.trial_id for r in archived_trials(again, third, parent3)] == \
+        [new.data.tags["htl.trial_id"]]
+    assert setting_status(again, third).trials_finished == 1

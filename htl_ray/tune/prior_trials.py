@@ -6,11 +6,16 @@ machine the sweep continues with a new search that knows them as if it had run t
 
 - the Optuna sampler gets each one as a told trial, with the value Tune would have told it
   (a finished trial: its best epoch, as the trial reports; a trial the scheduler stopped: its
-  last epoch; a failed one: FAIL), so TPE's next suggestions follow from all of them, and its
-  seeded random state is advanced past them (it would otherwise draw their values again);
+  last epoch), so TPE's next suggestions follow from all of them, and its seeded random state
+  is advanced past them (it would otherwise draw their values again);
 - ASHA's rungs get their per-epoch values, so a new trial is stopped against the same cutoffs;
 - the search asks only for the trials still missing, and the sweep's summary and best
   configuration are chosen over all of them.
+
+A trial that failed elsewhere runs again with the same values, first, as `--resume` retries a
+failed trial on the machine it failed on (there from its checkpoint; here, without one, from
+its first epoch). Its archived run is tagged `htl.retried` and no longer counts: the sweep's
+trial is the new one.
 
 A trial cut short by the interruption is not among them: its checkpoints stayed behind, and
 a new trial takes its place.
@@ -28,6 +33,7 @@ from htl_ray.tune.study import TrialRecord
 from htl_ray.tune.trial import (
     ORIGIN_TAG,
     PARENT_TAG,
+    RETRIED_TAG,
     ROLE_TAG,
     SAMPLED_TAG_PREFIX,
     STOPPED_EARLY_TAG,
@@ -95,9 +101,10 @@ def sampled_params(sweep: Sweep, run) -> dict[str, Any]:
 
 
 def ended_elsewhere(run) -> bool:
-    """An imported trial run that ended: finished, failed, or stopped by the scheduler."""
+    """An imported trial run that ended: finished, failed (and not yet run again), or stopped
+    by the scheduler."""
     tags = run.data.tags
-    if tags.get(ROLE_TAG) != "trial" or ORIGIN_TAG not in tags:
+    if tags.get(ROLE_TAG) != "trial" or ORIGIN_TAG not in tags or tags.get(RETRIED_TAG):
         return False
     status = run.info.status
     return status in ("FINISHED", "FAILED") or (status == "KILLED"
@@ -151,25 +158,47 @@ def tell_searcher(searcher, sampler, space: dict[str, Any], records: list[TrialR
     and advance its seeded `sampler` past them: replaying one ask per record draws what the
     original search drew for them, so the next suggestion is the one the uninterrupted sweep
     would have made (with the same seed the sampler would otherwise draw the archived trials'
-    values again). Returns how many were told."""
+    values again). A failed record advances the sampler too (the original search drew it) but
+    is not told: it runs again (`retry_points`). Returns how many were told."""
     import optuna
 
     replay = optuna.create_study(sampler=sampler,
                                  direction="maximize" if mode == "max" else "minimize")
+    told = 0
     for r in records:
         value = told_value(r, mode)
         state = (optuna.trial.TrialState.COMPLETE if value is not None
                  else optuna.trial.TrialState.FAIL)
         replay.tell(replay.ask(fixed_distributions=space), value, state=state)
+        if r.error:
+            continue
         searcher.add_evaluated_point(r.params, value if value is not None else 0.0,
                                      error=value is None)
-    return len(records)
+        told += 1
+    return told
+
+
+def retry_points(records: list[TrialRecord]) -> list[dict[str, Any]]:
+    """The values of the records that failed, for a new `OptunaSearch`'s `points_to_evaluate`:
+    it suggests them first, without drawing from its sampler, so the draws after them are the
+    ones the uninterrupted search would have made."""
+    return [dict(r.params) for r in records if r.error]
+
+
+def mark_retried(uri: str, records: list[TrialRecord]) -> None:
+    """Tag the failed records' runs `htl.retried`: the search runs them again as new trials,
+    so they no longer count, here or on a machine that imports them from the archive."""
+    from htl_ray import tracking
+
+    for r in records:
+        if r.error and r.mlflow_run_id:
+            tracking.set_tags(uri, r.mlflow_run_id, {RETRIED_TAG: "true"})
 
 
 def fill_rungs(scheduler, records: list[TrialRecord], mode: str) -> int:
     """Record the trials' per-epoch values in a new ASHA scheduler's rungs (Tune's
     `training_iteration` t is the value after epoch t); returns how many entries. FIFO has no
-    rungs: nothing to fill."""
+    rungs: nothing to fill. A failed record fills none: it runs again and reaches them itself."""
     brackets = getattr(scheduler, "_brackets", None)
     if brackets is None:
         return 0
@@ -181,7 +210,9 @@ def fill_rungs(scheduler, records: list[TrialRecord], mode: str) -> int:
             # reduction_factor makes fractional milestones
             t = math.ceil(milestone)
             for r in records:
-                if len(r.history) >= t and r.history[t - 1] == r.history[t - 1]:   # not NaN
+                if r.error or len(r.history) < t:
+                    continue
+                if r.history[t - 1] == r.history[t - 1]:                   # not NaN
                     recorded[RUNG_KEY_PREFIX + r.trial_id] = sign * r.history[t - 1]
                     filled += 1
     return filled

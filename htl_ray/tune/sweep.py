@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig, dump_config
-from htl_ray.tune.prior_trials import archived_trials, fill_rungs, tell_searcher, typed_params
+from htl_ray.tune.prior_trials import (
+    archived_trials,
+    fill_rungs,
+    mark_retried,
+    retry_points,
+    tell_searcher,
+    typed_params,
+)
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import (
     TrialRecord,
@@ -133,7 +140,8 @@ def make_scheduler(sweep: Sweep):
 def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], uri: str,
            parent_run_id: str, resume: bool, concurrency: int,
            prior: list[TrialRecord] = ()):
-    """A new Tuner (which knows the `prior` trials, run elsewhere, and asks only for the rest),
+    """A new Tuner (which knows the `prior` trials, run elsewhere, runs those that failed there
+    again and asks only for the rest),
     or with `resume` the one saved in the sweep directory."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -162,8 +170,9 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], uri: str,
 
     sampler = optuna.samplers.TPESampler(seed=s.seed)
     optuna_search = OptunaSearch(space=dict(sweep.space), metric=s.metric, mode=s.mode,
-                                 sampler=sampler)
-    tell_searcher(optuna_search, sampler, dict(sweep.space), list(prior), s.mode)
+                                 sampler=sampler,
+                                 points_to_evaluate=retry_points(list(prior)) or None)
+    told = tell_searcher(optuna_search, sampler, dict(sweep.space), list(prior), s.mode)
     searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrency)
     scheduler = make_scheduler(sweep)
     fill_rungs(scheduler, list(prior), s.mode)
@@ -171,7 +180,7 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], uri: str,
         trainable,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher,
                                     scheduler=scheduler,
-                                    num_samples=s.num_samples - len(prior)),
+                                    num_samples=s.num_samples - told),
         run_config=tune.RunConfig(name="tune", storage_path=str(directory), verbose=1,
                                   callbacks=[CloseStoppedTrialRuns(uri, parent_run_id)]))
 
@@ -278,19 +287,28 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
     # was created (ones imported since are not part of its search)
     prior = archived_trials(sweep, uri, parent_run_id) if resume else []
     state_path = directory / STATE_FILE
+    retried: list[TrialRecord] = []
     if restore:
         prior, ignored = told_and_not(prior, json.loads(state_path.read_text()))
         if ignored:
             log(f"[htl-ray] sweep {s.name}: {len(ignored)} archived trial(s) imported after "
                 "this machine's search began are not part of it (not counted)")
-    remaining = s.num_samples - len(prior)
+    else:
+        # a new search runs the trials that failed elsewhere again (as --resume does here)
+        retried = [r for r in prior if r.error]
+    told = [r for r in prior if r not in retried]
+    remaining = s.num_samples - len(told)
     if resume and not restore:
         # a new search (its stopped trials' runs closed as they stop), told these trials
         _remember(state_path, {STOPS_CLOSED_STATE_KEY: True,
-                               TOLD_STATE_KEY: [r.trial_id for r in prior]})
+                               TOLD_STATE_KEY: [r.trial_id for r in told]})
+        mark_retried(uri, retried)
         if prior:
             log(f"[htl-ray] sweep {s.name}: {len(prior)} trial(s) ended elsewhere (archive), "
                 f"{max(remaining, 0)} still to run; the search continues from all of them")
+        if retried:
+            log(f"[htl-ray] sweep {s.name}: {len(retried)} of them failed there and run again "
+                "first, with the same values (their archived runs: htl.retried)")
     if remaining > 0 or restore:
         results = _tuner(sweep, directory, base_raw, uri, parent_run_id, resume, concurrency,
                          prior).fit()
@@ -302,6 +320,7 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
                                   open_trial_ids(uri, parent_run_id))
     closed = close_open_trial_runs(uri, parent_run_id, interrupted,
                                    {r.trial_id for r in records})
+    prior = told
     records = prior + records
     stopped = sum(not r.finished and not r.error for r in records) if not interrupted else 0
     if stopped:

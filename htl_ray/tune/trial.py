@@ -23,6 +23,8 @@ PARENT_TAG = "mlflow.parentRunId"
 STOPPED_EARLY_TAG = "htl.stopped_early"
 INTERRUPTED_TAG = "htl.interrupted"
 ORPHANED_TAG = "htl.orphaned"
+# on a trial run that failed elsewhere and that a continued search runs again (prior_trials)
+RETRIED_TAG = "htl.retried"
 # on a run imported from the protocol archive (htl_ray.archive): the run id it was trained as
 ORIGIN_TAG = "htl.archive.origin_run_id"
 SAMPLED_TAG_PREFIX = "htl.sampled."   # + space key: the trial's sampled value, as JSON
