@@ -350,10 +350,9 @@ def _check_cross_fields(cfg: ExperimentConfig) -> None:
         if cfg.supervision.label_fraction >= 1.0:
             raise ConfigError("supervision.label_fraction: semi-supervised training needs "
                               "unlabeled images, expected a value < 1, got 1.0")
-        if cfg.htl.method in ("loss", "el2n") or cfg.htl.gt_aware:
-            key = "htl.gt_aware" if cfg.htl.gt_aware else "htl.method"
-            raise ConfigError(f"{key}: needs labels, which unlabeled images do not have; in the "
-                              "semi setting use htl (label-free), random, erm or focal")
+        if cfg.htl.gt_aware:
+            raise ConfigError("htl.gt_aware: needs labels, which unlabeled images do not have; "
+                              "in the semi setting HTL is label-free (htl.gt_aware=false)")
     if cfg.supervision.setting == "weak" and cfg.supervision.label_fraction < 1.0:
         raise ConfigError("supervision.label_fraction: the weak setting boxes every image; "
                           "expected 1.0")

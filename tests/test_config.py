@@ -69,8 +69,6 @@ def test_override_syntax_errors():
 
 @pytest.mark.parametrize("overrides, fragment", [
     (["supervision.setting=semi"], "supervision.label_fraction: semi-supervised training needs"),
-    (["supervision.setting=semi", "supervision.label_fraction=0.25", "htl.method=loss"],
-     "htl.method: needs labels"),
     (["supervision.setting=semi", "supervision.label_fraction=0.25", "htl.gt_aware=true"],
      "htl.gt_aware: needs labels"),
     (["supervision.setting=weak", "supervision.label_fraction=0.5"],
@@ -83,6 +81,10 @@ def test_supervision_settings_are_checked_before_ray_starts(overrides, fragment)
         load_config(None, overrides)
     ok = load_config(None, ["supervision.setting=semi", "supervision.label_fraction=0.25",
                             "htl.method=htl"])
+    # loss and EL2N fit the semi setting: pseudo-labels where an image has no mask
+    for method in ("loss", "el2n"):
+        assert load_config(None, ["supervision.setting=semi", "supervision.label_fraction=0.25",
+                                  f"htl.method={method}"]).htl.method == method
     assert ok.supervision.setting == "semi" and ok.flat()["supervision.label_fraction"] == 0.25
 
 

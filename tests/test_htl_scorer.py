@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import pids_titled
@@ -158,3 +159,37 @@ def test_a_refresh_whose_actors_cannot_start_fails_clearly_instead_of_stalling(r
     # with the CPUs back, the same refresh runs
     table = score_dataset(val, state, dataclasses.replace(spec, start_timeout_s=60))
     assert len(table) == len(read_table(synth_dataset, columns=["id"], split="val"))
+
+
+def test_semi_scoring_reads_the_labeled_column_in_the_actor_and_in_process(ray_cluster,
+                                                                           synth_dataset):
+    """The semi-supervised training set carries `labeled` and zeroed masks on the other rows:
+    the actor scores loss/EL2N against the label or, without one, the model's own mask, like
+    the in-process reference; a set without the column is refused by name."""
+    from htl_ray.htl.scorer import ScorerActor
+    from htl_ray.supervision.settings import LABELED, hide_masks
+
+    torch.manual_seed(2)
+    model = create_model(ModelConfig(**MODEL))
+    rows = read_table(synth_dataset, columns=["id", "image", "mask", "height", "width"],
+                      split="val")
+    batch = {c: rows[c].to_numpy() for c in rows.columns}
+    keep = set(batch["id"][::4].astype(str))                # a quarter keep their masks
+    semi = hide_masks(batch, keep)
+    spec = ScoringSpec(model=MODEL, sparsities=(0.5,), with_labels=False, pseudo_labels=True,
+                       batch_size=64)
+    reference = score_in_process(semi, model.state_dict(), spec)
+    assert {"id", "d_0.50", "h", "loss", "el2n"} == set(reference.columns)
+    actor = ScorerActor(spec, [ray_cluster.put(model.state_dict())])
+    out = actor(semi)
+    scored = pd.DataFrame({k: v for k, v in out.items() if not k.startswith("measured_")})
+    scored = scored.sort_values("id").reset_index(drop=True)
+    np.testing.assert_allclose(scored["loss"], reference["loss"], rtol=1e-5)
+    np.testing.assert_allclose(scored["el2n"], reference["el2n"], rtol=1e-5)
+    # the hidden masks were not used as labels: unlabeled rows score differently against them
+    as_labels = score_in_process(semi, model.state_dict(), dataclasses.replace(
+        spec, with_labels=True, pseudo_labels=False))
+    unlabeled = ~reference["id"].astype(str).isin(keep).to_numpy()
+    assert (np.abs(as_labels["el2n"] - reference["el2n"]).to_numpy()[unlabeled] > 1e-4).all()
+    with pytest.raises(KeyError, match=LABELED):
+        score_in_process(batch, model.state_dict(), spec)

@@ -106,3 +106,32 @@ def test_gt_aware_term_uses_box_iou_for_box_labels():
     assert as_box["gt_gap"][0] == pytest.approx(1 - 4 / 16)
     # masks: IoU(cross, label) = 7/16, IoU(corner, label) = 4/16
     assert as_mask["gt_gap"][0] == pytest.approx(7 / 16 - 4 / 16)
+
+
+def test_semi_loss_and_el2n_use_the_label_where_there_is_one_else_the_models_own_mask():
+    """Semi-supervised: an unlabeled row's mask is all zeros (hidden), so scoring it against
+    that mask would call every lesion an error; it is scored against the dense model's own
+    mask instead (a pseudo-label: loss and EL2N measure the model's uncertainty there)."""
+    from htl_ray.htl.scoring import binarize, el2n
+    from htl_ray.losses import BceDiceLoss
+
+    torch.manual_seed(0)
+    dense = torch.nn.Conv2d(3, 1, 3, padding=1)
+    images = torch.rand(4, 3, 8, 8)
+    masks = (torch.rand(4, 1, 8, 8) > 0.5).float()
+    masks[2:] = 0.0                                        # rows 2, 3: unlabeled (hidden)
+    labeled = torch.tensor([True, True, False, False])
+    out = score_population_batch([(dense, {0.5: dense})], images, masks, labeled=labeled)
+    logits = dense(images).detach()
+    pseudo = torch.cat([masks[:2], binarize(logits[2:]).float()])
+    np.testing.assert_allclose(out["loss"], BceDiceLoss()(logits, pseudo).double().numpy(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out["el2n"], el2n(logits, pseudo).double().numpy(), rtol=1e-5)
+    # labeled rows: exactly the supervised scores; unlabeled: not those against the zero mask
+    sup = score_population_batch([(dense, {0.5: dense})], images, masks)
+    np.testing.assert_allclose(out["loss"][:2], sup["loss"][:2], rtol=1e-6)
+    assert (np.abs(out["el2n"][2:] - sup["el2n"][2:]) > 1e-3).all()
+    # EL2N against its own mask is min(p, 1 − p): below 0.5, high where the model is unsure
+    assert (out["el2n"][2:] < 0.5).all()
+    # no GT-aware term: most rows have no ground truth
+    assert not {"gt_gap", "h_gt", "dense_iou"} & set(out)

@@ -112,13 +112,16 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
     assert default.base.htl.method == "erm"
     assert [g for _, g, _, _ in confirmation_plan(default, {"htl.lam": 0.5}, 1,
                                                   default.base.to_dict())] == ["best"]
-    # loss ranks by the loss against a mask: no comparator for unlabeled images
-    with pytest.raises(ConfigError, match="sweep.comparators: loss does not fit the base "
-                                          "config: htl.method: needs labels"):
+    # a comparator that is not a method is refused by name; loss and EL2N fit the semi
+    # setting (pseudo-labels where an image has no mask)
+    with pytest.raises(ConfigError, match="comparators: expected a list of distinct htl.method"):
         load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
-                          {"name": "s", "comparators": ["erm", "loss"]},
-                          overrides=["supervision.setting=semi",
-                                     "supervision.label_fraction=0.25"]))
+                          {"name": "s", "comparators": ["erm", "jtt"]}))
+    semi = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+                             {"name": "s", "comparators": ["erm", "loss", "el2n"]},
+                             overrides=["supervision.setting=semi",
+                                        "supervision.label_fraction=0.25"]))
+    assert semi.settings.comparators == ["erm", "loss", "el2n"]
 
 
 def test_asha_stops_weak_trials_at_its_rung_but_never_at_the_last_epoch(tmp_path):

@@ -11,6 +11,9 @@ A *method* says which score ranks the samples (registry `METHODS`):
 | loss   | the dense model's per-sample loss (JTT / OHEM style) |
 | el2n   | the dense model's per-sample EL2N        |
 
+(loss and EL2N in the semi setting: against the label where an image has one, else against the
+model's own mask — a pseudo-label, so the score is the model's uncertainty on that image)
+
 Weights: the top-q fraction (or score ≥ τ) is the attended set; hard weights are
 `1 + λ·1[selected]`, soft weights `1 + λ·score/mean(score)`; both are renormalised to mean 1,
 so the loss scale is that of ERM. An *attention* strategy (registry `ATTENTION`) turns the

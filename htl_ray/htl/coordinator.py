@@ -267,6 +267,7 @@ def spec_from_config(cfg) -> ScoringSpec:
     return ScoringSpec(
         model=asdict(cfg.model), sparsities=tuple(cfg.htl.sparsities), method=cfg.htl.pruning,
         with_labels=objective.scores_with_labels, label_kind=objective.label_kind,
+        pseudo_labels=objective.scores_pseudo_labels,
         batch_size=cfg.htl.scorer_batch_size, pool_size=cfg.htl.scorer_actors,
         cpus_per_actor=cfg.htl.scorer_cpus, gpus_per_actor=cfg.htl.scorer_gpus,
         threads=cfg.htl.scorer_threads, start_timeout_s=cfg.htl.scorer_start_timeout_s,

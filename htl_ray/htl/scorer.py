@@ -3,7 +3,8 @@
 `map_batches` with an `ActorPoolStrategy`: each actor builds the model once, fetches the
 snapshot's state dict from the object store, makes one pruned copy per sparsity, and then, per
 batch, runs the dense model once and each pruned copy once, returning per-sample scalars only
-(id, d_s for every s, h, and the GT-aware / loss / EL2N terms where labels exist).
+(id, d_s for every s, h, and the GT-aware / loss / EL2N terms where labels exist; in the
+semi-supervised setting loss and EL2N against pseudo-labels where they do not).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from htl_ray.device import best_device, placement
 from htl_ray.htl.scoring import score_population_batch
 from htl_ray.models import create_model
 from htl_ray.pruning import measured_sparsity, pruned_copies
+from htl_ray.supervision.settings import LABELED
 
 
 @dataclass
@@ -33,6 +35,9 @@ class ScoringSpec:
     method: str = "l1_unstructured"
     with_labels: bool = True
     label_kind: str = "mask"          # "box" in the weak setting: GT-aware term uses box IoU
+    # semi: masks only on rows flagged `labeled`; loss/EL2N score the rest against the model's
+    # own mask (htl_ray.htl.scoring)
+    pseudo_labels: bool = False
     batch_size: int = 32
     pool_size: int = 1
     cpus_per_actor: float = 1.0
@@ -80,9 +85,7 @@ class ScorerActor:
         images, masks = decode_batch(batch, self.place.device)
         with self.place.autocast():
             scores = score_population_batch(
-                self.population, self.place.inputs(images),
-                masks if self.spec.with_labels else None,
-                self.spec.label_kind)
+                self.population, self.place.inputs(images), *_labels(self.spec, batch, masks))
         n = len(batch["id"])
         # measured once per actor; carried as columns so the caller can report it
         sparsity = {f"{SPARSITY_PREFIX}{s:.2f}": np.full(n, v) for s, v in self.sparsity.items()}
@@ -90,6 +93,17 @@ class ScorerActor:
 
 
 SPARSITY_PREFIX = "measured_sparsity_"
+
+
+def _labels(spec: ScoringSpec, batch: dict[str, np.ndarray], masks: torch.Tensor
+            ) -> tuple[torch.Tensor | None, str, torch.Tensor | None]:
+    """`score_population_batch`'s masks, label kind and labeled-row flags for this spec."""
+    if spec.pseudo_labels:
+        if LABELED not in batch:
+            raise KeyError(f"scoring with pseudo-labels needs the {LABELED!r} column (the "
+                           f"semi-supervised training set), got columns {sorted(batch)}")
+        return masks, spec.label_kind, torch.as_tensor(np.asarray(batch[LABELED], dtype=bool))
+    return (masks if spec.with_labels else None), spec.label_kind, None
 
 
 def pop_measured_sparsity(table: pd.DataFrame) -> dict[float, float]:
@@ -184,7 +198,6 @@ def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
     for start in range(0, n, spec.batch_size):
         sub = {k: v[start:start + spec.batch_size] for k, v in batch.items()}
         images, masks = decode_batch(sub)
-        scores = score_population_batch(population, images, masks if spec.with_labels else None,
-                                        spec.label_kind)
+        scores = score_population_batch(population, images, *_labels(spec, sub, masks))
         parts.append(pd.DataFrame({"id": sub["id"], **scores}))
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)

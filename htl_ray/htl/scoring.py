@@ -9,7 +9,9 @@ For a sample x with dense prediction ŷ_d and pruned predictions ŷ_s (masks at 
   (how much accuracy pruning costs on x); the GT-aware score is h + g, clipped to [0, 1].
 
 The same forward passes also give the comparators' scores at no extra cost: the dense model's
-per-sample loss and EL2N (mean ‖p − y‖₂ over pixels).
+per-sample loss and EL2N (mean ‖p − y‖₂ over pixels). In the semi-supervised setting most
+images have no y: there the target is the dense model's own mask (a pseudo-label), so loss and
+EL2N measure how unsure the model is of the image; labeled images keep their label.
 """
 
 from __future__ import annotations
@@ -68,17 +70,20 @@ def score_batch(dense: torch.nn.Module, pruned: dict[float, torch.nn.Module],
 def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, torch.nn.Module]]],
                            images: torch.Tensor,
                            masks: torch.Tensor | None = None,
-                           label_kind: str = "mask") -> dict[str, np.ndarray]:
+                           label_kind: str = "mask",
+                           labeled: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """PIE over a population of the last M snapshots (Hooker et al.): per sparsity, compare the
     per-pixel majority mask of the M dense models with that of the M pruned models. The
     majority of one mask is that mask, so M = 1 is the plain dense-vs-pruned score. Loss and
     EL2N come from the newest dense model. With `label_kind="box"` (weak supervision) the labels
     are boxes and the GT-aware term compares the predictions' bounding boxes with them (box
-    IoU)."""
+    IoU). With `labeled` ([B] bool, semi-supervised) only those rows of `masks` are labels:
+    loss and EL2N score the others against the newest dense model's own mask, and there is no
+    GT-aware term."""
     as_label = box_of if label_kind == "box" else (lambda m: m)
     dense_logits = [dense(images) for dense, _ in population]
     dense_major = majority_mask([binarize(lg) for lg in dense_logits])
-    target = masks > 0.5 if masks is not None else None
+    target = masks > 0.5 if masks is not None and labeled is None else None
     out: dict[str, torch.Tensor] = {}
     d_cols, g_cols = [], []
     for s in sorted(population[-1][1]):
@@ -97,6 +102,12 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
         out["loss"] = BceDiceLoss()(dense_logits[-1], masks)
         out["el2n"] = el2n(dense_logits[-1], masks)
         out["dense_iou"] = mask_iou(binarize(dense_logits[-1]), target)
+    elif masks is not None and labeled is not None:
+        newest = dense_logits[-1]
+        rows = labeled.to(device=newest.device, dtype=torch.bool).view(-1, 1, 1, 1)
+        pseudo = torch.where(rows, masks > 0.5, binarize(newest)).to(masks.dtype)
+        out["loss"] = BceDiceLoss()(newest, pseudo)
+        out["el2n"] = el2n(newest, pseudo)
     return {k: v.double().cpu().numpy() for k, v in out.items()}
 
 

@@ -100,6 +100,8 @@ class Objective:
     name: ClassVar[str] = ""
     label_kind: ClassVar[str] = "mask"        # what the scorer's GT-aware term compares
     scores_with_labels: ClassVar[bool] = True
+    # labels on some rows only (`labeled`): loss/EL2N use pseudo-labels elsewhere (scoring.py)
+    scores_pseudo_labels: ClassVar[bool] = False
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -170,10 +172,13 @@ class Supervised(Objective):
 
 
 class SemiSupervised(Objective):
-    """Mean Teacher; HTL disagreement is measured on the teacher (no labels needed)."""
+    """Mean Teacher; HTL disagreement is measured on the teacher (no labels needed); the loss
+    and EL2N comparators score it against the label where there is one, else against its own
+    mask."""
 
     name = "semi"
     scores_with_labels = False
+    scores_pseudo_labels = True
 
     @classmethod
     def title(cls, cfg: ExperimentConfig) -> str:
