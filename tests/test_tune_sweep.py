@@ -27,21 +27,29 @@ def _children(client: MlflowClient, parent_run_id: str, status: str | None = Non
     return client.search_runs([exp], query)
 
 
-def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, synth_dataset,
-                                                               tmp_path, tracking_uri,
-                                                               fresh_store):
+def _tiny_sweep_file(tmp_path: Path, synth_dataset, tracking_uri: str, epochs: int,
+                     trials: int) -> Path:
+    """A sweep of tiny trials over lr and λ, one at a time (on 2 cores two concurrent trials
+    each take 3× longer)."""
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({
         "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
-                      "tracking.experiment=sweeps", "train.epochs=2", "data.limit_train=16",
-                      "data.batch_size=8", "model.decoder_channels=[16,8,8,4,4]",
-                      "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1}"],
-        # one trial at a time: on 2 cores two concurrent trials each take 3× longer
-        "sweep": {"name": "tiny", "num_samples": 2, "seed": 3, "max_concurrent": 1,
+                      "tracking.experiment=sweeps", f"train.epochs={epochs}",
+                      "data.limit_train=16", "data.batch_size=8",
+                      "model.decoder_channels=[16,8,8,4,4]", "scaling.num_workers=1",
+                      "scaling.resources_per_worker={CPU: 1}"],
+        "sweep": {"name": "tiny", "num_samples": trials, "seed": 3, "max_concurrent": 1,
                   "storage_path": str(tmp_path / "sweeps")},
         "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
                   "htl.lam": {"type": "float", "low": 0.5, "high": 2.0}},
     }))
+    return sweep_file
+
+
+def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, synth_dataset,
+                                                               tmp_path, tracking_uri,
+                                                               fresh_store):
+    sweep_file = _tiny_sweep_file(tmp_path, synth_dataset, tracking_uri, epochs=2, trials=2)
     directory = tmp_path / "sweeps" / "tiny"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, "-m", "htl_ray.cli", "tune", str(sweep_file)],
@@ -220,17 +228,7 @@ def test_a_trial_that_failed_elsewhere_runs_again_with_its_values(ray_cluster, s
     from htl_ray.reproduce import setting_status
     from htl_ray.tune.prior_trials import archived_trials
 
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "overrides": [f"data.path={synth_dataset}", f"tracking.uri={tracking_uri}",
-                      "tracking.experiment=sweeps", "train.epochs=1", "data.limit_train=16",
-                      "data.batch_size=8", "model.decoder_channels=[16,8,8,4,4]",
-                      "scaling.num_workers=1", "scaling.resources_per_worker={CPU: 1}"],
-        "sweep": {"name": "tiny", "num_samples": 1, "seed": 3, "max_concurrent": 1,
-                  "storage_path": str(tmp_path / "sweeps")},
-        "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-                  "htl.lam": {"type": "float", "low": 0.5, "high": 2.0}},
-    }))
+    sweep_file = _tiny_sweep_file(tmp_path, synth_dataset, tracking_uri, epochs=1, trials=1)
     # the lost machine: the sweep's parent and its one trial, which failed
     lost = load_sweep(sweep_file)
     parent = tracking.start_run(tracking_uri, "sweeps", "sweep tiny", {},
