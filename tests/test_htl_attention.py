@@ -156,3 +156,28 @@ def test_refreshes_score_one_at_a_time_and_publish_in_order(tmp_path, monkeypatc
     assert coord.timeline[2]["started"] >= coord.timeline[1]["finished"]
     # v2's h is the EMA of v1's and its own (the same raw scores here: unchanged)
     assert np.allclose(coord.tables[2]["h"], _table()["h"])
+
+
+@pytest.mark.parametrize("method", ["loss", "el2n"])
+def test_semi_loss_and_el2n_attend_the_top_q_of_labeled_and_unlabeled_images_alike(tmp_path,
+                                                                                   method):
+    """Semi setting: 5 labeled images scored against their masks (large losses), 15 against
+    pseudo-labels (small ones). Ranked on one scale the top quarter would be the 5 labeled
+    images; ranked within each group it is the hardest of each, in proportion."""
+    rng = np.random.default_rng(3)
+    labeled = np.arange(N) < 5
+    table = _table().assign(**{method: np.where(labeled, 1.0 + rng.random(N), rng.random(N)),
+                               "labeled": labeled.astype(float)})
+    assert set(table.nlargest(5, method).id) == set(table.id[labeled])    # one scale: all
+    out = _coordinator(tmp_path, method)._finish(table, version=1, epoch=0)
+    chosen = set(out.loc[out.selected, "id"])
+    hardest = (set(table[labeled].nlargest(1, method).id)
+               | set(table[~labeled].nlargest(4, method).id))
+    assert len(chosen) == 5 and chosen <= hardest | set(table[labeled].nlargest(2, method).id)
+    assert len(chosen & set(table.id[~labeled])) >= 3                      # ~q of each group
+    assert set(table[~labeled].nlargest(3, method).id) <= chosen
+    # the ranks live in (0, 1] within each group; HTL (one scale for all) is left as it is
+    ranks = out.set_index("id")["attention_score"]
+    assert ranks[table.id[labeled]].max() == 1.0 == ranks[table.id[~labeled]].max()
+    htl = _coordinator(tmp_path, "htl")._finish(table, version=1, epoch=0)
+    assert np.allclose(htl["attention_score"], htl["h"])

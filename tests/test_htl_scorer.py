@@ -179,7 +179,8 @@ def test_semi_scoring_reads_the_labeled_column_in_the_actor_and_in_process(ray_c
     spec = ScoringSpec(model=MODEL, sparsities=(0.5,), with_labels=False, pseudo_labels=True,
                        batch_size=64)
     reference = score_in_process(semi, model.state_dict(), spec)
-    assert {"id", "d_0.50", "h", "loss", "el2n"} == set(reference.columns)
+    assert {"id", "d_0.50", "h", "loss", "el2n", "labeled"} == set(reference.columns)
+    assert reference["labeled"].sum() == len(keep)
     actor = ScorerActor(spec, [ray_cluster.put(model.state_dict())])
     out = actor(semi)
     scored = pd.DataFrame({k: v for k, v in out.items() if not k.startswith("measured_")})

@@ -133,5 +133,6 @@ def test_semi_loss_and_el2n_use_the_label_where_there_is_one_else_the_models_own
     assert (np.abs(out["el2n"][2:] - sup["el2n"][2:]) > 1e-3).all()
     # EL2N against its own mask is min(p, 1 − p): below 0.5, high where the model is unsure
     assert (out["el2n"][2:] < 0.5).all()
-    # no GT-aware term: most rows have no ground truth
+    # no GT-aware term: most rows have no ground truth; which target each row had is kept
     assert not {"gt_gap", "h_gt", "dense_iou"} & set(out)
+    assert out["labeled"].tolist() == [1.0, 1.0, 0.0, 0.0]

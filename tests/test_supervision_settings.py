@@ -173,7 +173,8 @@ def test_semi_htl_run_survives_a_killed_worker_and_a_killed_coordinator(
     # HTL is label-free: no GT-aware term, as unlabeled images have no mask to compare with;
     # the loss/EL2N comparators' scores use the teacher's own mask there, so EL2N is at most
     # 0.5 on every unlabeled image (72 of the 96)
-    assert {"h", "weight", "loss", "el2n"} <= set(tables[1].columns)
+    assert {"h", "weight", "loss", "el2n", "labeled"} <= set(tables[1].columns)
+    assert tables[1]["labeled"].sum() == 24
     assert not {"h_gt", "gt_gap"} & set(tables[1].columns)
     assert (tables[1]["el2n"] <= 0.5).sum() >= 72 and tables[1]["el2n"].between(0, 1).all()
     # the epoch repeats labeled rows; what is scored holds every image exactly once
