@@ -73,10 +73,10 @@ SCORED_BY_LABEL = "labeled"
 def within_group_rank(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Each score's percentile rank in (0, 1] among the scores of its group. Semi-supervised
     loss and EL2N measure labeled images against their labels and the others against
-    pseudo-labels: two scales (ISIC at 128 px, a weak-setting model standing in, a random 25%
-    labeled: median loss 0.33 against 0.05, and the top 10% all labeled), so ranked together
-    the top-q set would be labeled images and little else. Ranked within each group, it takes
-    about the fraction q of each."""
+    pseudo-labels: two scales (a Mean Teacher on ISIC at 128 px: median loss 0.23 on its
+    labeled images, 0.14 on the others; 58% of the top 10% labeled, 25% overall), so ranked
+    together the top-q set would favour the labeled images for being labeled. Ranked within
+    each group, it takes about the fraction q of each."""
     return (pd.Series(np.asarray(scores, dtype=np.float64))
             .groupby(np.asarray(groups)).rank(pct=True).to_numpy())
 
