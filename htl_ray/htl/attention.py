@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from htl_ray.htl.scoring import select_htl
+from htl_ray.supervision.settings import LABELED
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,10 @@ def method_scores(table: pd.DataFrame, method: str, seed: int, version: int,
     if column not in table:
         raise KeyError(f"score table has no column {column!r} (method {method})")
     scores = table[column].to_numpy(dtype=np.float64)
-    if m.needs_labels and SCORED_BY_LABEL in table:
-        return within_group_rank(scores, table[SCORED_BY_LABEL].to_numpy())
+    # semi setting: the score table says which rows loss/EL2N scored against a label
+    if m.needs_labels and LABELED in table:
+        return within_group_rank(scores, table[LABELED].to_numpy())
     return scores
-
-
-# a score table column (semi setting): 1 where loss/EL2N used the label, 0 a pseudo-label
-SCORED_BY_LABEL = "labeled"
 
 
 def within_group_rank(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:

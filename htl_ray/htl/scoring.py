@@ -23,6 +23,7 @@ import torch
 
 from htl_ray.losses import BceDiceLoss
 from htl_ray.metrics import mask_iou
+from htl_ray.supervision.settings import LABELED
 
 
 def binarize(logits: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,7 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
         pseudo = torch.where(rows, masks > 0.5, binarize(newest)).to(masks.dtype)
         out["loss"] = BceDiceLoss()(newest, pseudo)
         out["el2n"] = el2n(newest, pseudo)
-        out["labeled"] = rows.view(-1)         # two scales: the attention ranks within each
+        out[LABELED] = rows.view(-1)           # two scales: the attention ranks within each
     return {k: v.double().cpu().numpy() for k, v in out.items()}
 
 

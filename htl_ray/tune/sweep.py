@@ -287,16 +287,16 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
     # was created (ones imported since are not part of its search)
     prior = archived_trials(sweep, uri, parent_run_id) if resume else []
     state_path = directory / STATE_FILE
-    retried: list[TrialRecord] = []
     if restore:
-        prior, ignored = told_and_not(prior, json.loads(state_path.read_text()))
+        told, ignored = told_and_not(prior, json.loads(state_path.read_text()))
+        retried: list[TrialRecord] = []
         if ignored:
             log(f"[htl-ray] sweep {s.name}: {len(ignored)} archived trial(s) imported after "
                 "this machine's search began are not part of it (not counted)")
     else:
         # a new search runs the trials that failed elsewhere again (as --resume does here)
+        told = [r for r in prior if not r.error]
         retried = [r for r in prior if r.error]
-    told = [r for r in prior if r not in retried]
     remaining = s.num_samples - len(told)
     if resume and not restore:
         # a new search (its stopped trials' runs closed as they stop), told these trials
@@ -320,8 +320,7 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
                                   open_trial_ids(uri, parent_run_id))
     closed = close_open_trial_runs(uri, parent_run_id, interrupted,
                                    {r.trial_id for r in records})
-    prior = told
-    records = prior + records
+    records = told + records
     stopped = sum(not r.finished and not r.error for r in records) if not interrupted else 0
     if stopped:
         log(f"[htl-ray] {stopped} trial(s) stopped early by the scheduler (MLflow: KILLED)")
@@ -335,7 +334,7 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
         outcome.interrupted = True
         tracking.set_tags(uri, parent_run_id, {INTERRUPTED_TAG: "true"})
         tracking.end_run(uri, parent_run_id, "KILLED")
-        log(f"[htl-ray] sweep interrupted after {ended + len(prior)} of {s.num_samples} trials; "
+        log(f"[htl-ray] sweep interrupted after {ended + len(told)} of {s.num_samples} trials; "
             f"continue it with: htl-ray tune {sweep.path} --resume")
     return outcome
 
