@@ -27,8 +27,23 @@ from typing import Any
 
 from htl_ray.config import ConfigError
 from htl_ray.tune.space import Sweep
-from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, BEST_PREFIX, STATE_FILE, best_params
-from htl_ray.tune.trial import ORIGIN_TAG, RETRIED_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
+from htl_ray.tune.sweep import (
+    ARCHIVED_STATE_KEY,
+    BEST_PREFIX,
+    STATE_FILE,
+    best_params,
+    scored_key,
+)
+from htl_ray.tune.trial import (
+    ABLATION_ROLE as ABLATION,
+)
+from htl_ray.tune.trial import (
+    ORIGIN_TAG,
+    RETRIED_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY_TAG,
+    SWEEP_TAG,
+)
 
 FORMAT = 1
 ENRICHMENT_FILE = "enrichment.csv"
@@ -58,10 +73,10 @@ def _archivable(run, sweep_final: bool) -> bool:
     machine may be lost before it ends), trials that ended (finished, failed, or stopped by the
     scheduler; once the sweep has chosen its best configuration, also those an interruption
     cut short: then they are results, before that they are trained again) and confirmation
-    runs finished and scored on test."""
+    runs finished and scored on test (ablation runs: on val)."""
     role, status, tags = run.data.tags.get(ROLE_TAG), run.info.status, run.data.tags
-    if role == "confirm":
-        return status == "FINISHED" and "best/test/dice" in run.data.metrics
+    if role in ("confirm", ABLATION):
+        return status == "FINISHED" and scored_key(role) in run.data.metrics
     if role != "trial":
         return role == "sweep"
     if status == "KILLED" and not sweep_final:

@@ -158,7 +158,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from htl_ray.tune import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep, args.overrides)
-    outcome = run_sweep(sweep, resume=args.resume, confirm=args.confirm)
+    outcome = run_sweep(sweep, resume=args.resume, confirm=args.confirm, ablate=args.ablate)
     print("\n=== htl-ray: sweep " + ("interrupted (resume it with --resume) ==="
                                      if outcome.interrupted else "finished ==="))
     if outcome.best is not None:
@@ -175,6 +175,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"confirmation runs: {sum(map(len, outcome.confirm_run_ids.values()))}; compare "
               f"them: htl-ray compare {sweep.base.tracking.experiment} --sweep "
               f"{sweep.settings.name} --role confirm")
+    if outcome.ablation_run_ids:
+        print(f"ablation runs:     {sum(map(len, outcome.ablation_run_ids.values()))} (val "
+              f"only); compare them: htl-ray compare {sweep.base.tracking.experiment} --sweep "
+              f"{sweep.settings.name} --role ablation")
     _print_ui_hint(outcome.tracking_uri)
     return 0
 
@@ -198,7 +202,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         overrides = [*read_yaml_list(args.set_from, "--set-from"), *overrides]
     complete = run_protocol(args.sweeps, args.seeds, args.results,
                             report_only=args.report_only, overrides=overrides,
-                            archive=args.archive)
+                            archive=args.archive, ablate=not args.no_ablations)
     print(f"\n=== htl-ray: reproduction protocol {'complete' if complete else 'in progress'}"
           f" ===\nresults: {args.results}"
           + ("" if complete else "\nrun the same command again to continue (finished runs "
@@ -335,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue an interrupted sweep (finished trials are not repeated)")
     tu.add_argument("--confirm", type=int, default=0, metavar="N",
                     help="then re-run the best config and its ERM baseline with N seeds each")
+    tu.add_argument("--ablate", action="store_true",
+                    help="then train the sweep file's ablations (variants of the best config), "
+                         "scored on val only")
     tu.set_defaults(func=_cmd_tune)
 
     pa = sub.add_parser("paired", help="two runs on the same images: per-image paired "
@@ -360,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "JSON files, imported into MLflow first and written after every run; "
                     "commit it to continue the protocol on another machine (the make target "
                     "uses experiments/reproduce/archive)")
+    rp.add_argument("--no-ablations", action="store_true", help="skip the sweep files' "
+                    "ablations (variants of each chosen configuration, scored on val only; by "
+                    "default they run after every setting's confirmation runs)")
     rp.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override for every sweep's base config (or "
                     "sweep.* settings), e.g. --set train.epochs=4; repeatable")
@@ -373,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or "
                      "sqlite:///mlflow.db)")
     cmp.add_argument("--sweep", help="only the runs of this sweep")
-    cmp.add_argument("--role", choices=["trial", "confirm"], help="only sweep trials or only "
-                     "confirmation runs")
+    cmp.add_argument("--role", choices=["trial", "confirm", "ablation"],
+                     help="only sweep trials, confirmation runs or ablation runs")
     cmp.add_argument("--filter", help="extra MLflow search filter, e.g. "
                      "\"params.`supervision.setting` = 'semi'\"")
     cmp.add_argument("--split", default="val", help="metrics of this split (default val)")

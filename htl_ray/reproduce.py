@@ -3,7 +3,8 @@
 A protocol is a list of sweep files, one per supervision setting. For each setting the HTL
 sweep runs (its trials see only the train and val splits), then its confirmation runs: the best
 HTL configuration and the same configuration with each comparator's `htl.method` (ERM, the
-random placebo, loss, EL2N), N seeds each, every one scored once on the test split. Everything
+random placebo, loss, EL2N), N seeds each, every one scored once on the test split; once every
+setting has them, each setting's ablations (`htl_ray.tune.ablation`, val only). Everything
 already FINISHED in MLflow is skipped, so the protocol can be stopped (Ctrl-C) and continued by
 running the same command again. After every setting, the results section of the results page
 is regenerated from MLflow: what an interrupted protocol has is documented, with what is
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from htl_ray.compare import METRICS, compare, load_runs
+from htl_ray.compare import METRICS, compare, load_runs, mean_ci, run_metrics
 from htl_ray.tables import markdown_table
 from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.space import Sweep, load_sweep
@@ -33,8 +34,17 @@ from htl_ray.tune.sweep import (
     best_params,
     confirm_run_name,
     run_sweep,
+    scored_key,
 )
-from htl_ray.tune.trial import ORPHANED_TAG, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
+from htl_ray.tune.trial import (
+    ABLATION_ROLE as ABLATION,
+)
+from htl_ray.tune.trial import (
+    ORPHANED_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY_TAG,
+    SWEEP_TAG,
+)
 
 BEGIN = "<!-- htl-ray reproduce: begin (generated from MLflow by `htl-ray reproduce`; edits " \
         "inside these marks are replaced) -->"
@@ -52,12 +62,17 @@ class SettingStatus:
     trials_finished: int = 0                  # finished or stopped early by the scheduler
     trials_asked: int = 0
     confirm_finished: dict[str, int] = field(default_factory=dict)
+    ablation_finished: dict[str, int] = field(default_factory=dict)   # variant → seeds
     compute_hours: float = 0.0
     best_params: dict[str, str] = field(default_factory=dict)
     commits: set[str] = field(default_factory=set)  # code that trained its runs (and resumes)
 
     def complete(self, groups: list[str], seeds: int) -> bool:
         return all(self.confirm_finished.get(g, 0) >= seeds for g in groups)
+
+    def ablations_complete(self, sweep: Sweep) -> bool:
+        return all(self.ablation_finished.get(name, 0) >= sweep.settings.ablation_seeds
+                   for name in sweep.ablations)
 
 
 def _groups(sweep: Sweep) -> list[str]:
@@ -94,9 +109,10 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
                            if k.startswith("htl.git_commit")}
         if role == "trial":
             status.trials_finished += 1           # trials ASHA stopped early have ended too
-        elif role == "confirm" and "best/test/dice" in run.data.metrics:
+        elif role in ("confirm", ABLATION) and scored_key(role) in run.data.metrics:
             group = run.data.tags.get(GROUP_TAG, "?")
-            status.confirm_finished[group] = status.confirm_finished.get(group, 0) + 1
+            counts = status.confirm_finished if role == "confirm" else status.ablation_finished
+            counts[group] = counts.get(group, 0) + 1
     return status
 
 
@@ -229,17 +245,74 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
     return lines + [markdown_table(show)]
 
 
+def _val_by_seed(uri: str, sweep: Sweep, role: str, group: str) -> dict[str, dict[str, float]]:
+    """Seed → val metrics (best epoch) of a sweep's finished runs of one role and group."""
+    runs = load_runs(uri, sweep.base.tracking.experiment,
+                     f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "
+                     f"tags.`{ROLE_TAG}` = '{role}' and tags.`{GROUP_TAG}` = '{group}'")
+    return {str(r.seed): run_metrics(r.metrics, "val") for r in runs.itertuples()
+            if "best/val/dice" in r.metrics}
+
+
+def _paired(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], metric: str
+            ) -> str:
+    """Mean [95% CI] of a − b over the seeds both have, in points."""
+    return _fmt(*mean_ci([a[s][metric] - b[s][metric] for s in sorted(set(a) & set(b))]),
+                signed=True, points=True)
+
+
+def ablation_lines(sweep: Sweep, uri: str, status: SettingStatus) -> list[str]:
+    """What else was tried: each ablation of the chosen configuration on val, paired by seed
+    with the chosen configuration (`confirm-best`) and with ERM."""
+    if not sweep.ablations:
+        return []
+    chosen = _val_by_seed(uri, sweep, "confirm", "best")
+    erm = _val_by_seed(uri, sweep, "confirm", "erm")
+    rows = []
+    for name, label in (("chosen", "best"), ("ERM", "erm")):
+        runs = chosen if label == "best" else erm
+        rows.append({"variant": f"{name} (confirmation runs)", "changes": "–",
+                     "seeds": len(runs),
+                     "val Dice": _fmt(*mean_ci([m["dice"] for m in runs.values()])),
+                     "ΔDice vs chosen": "–", "Δthr-J vs chosen": "–",
+                     "ΔDice vs ERM": "–" if label == "erm" else _paired(runs, erm, "dice")})
+    for name, overrides in sweep.ablations.items():
+        runs = _val_by_seed(uri, sweep, ABLATION, name)
+        rows.append({"variant": name, "changes": ", ".join(f"`{o}`" for o in overrides),
+                     "seeds": len(runs),
+                     "val Dice": _fmt(*mean_ci([m["dice"] for m in runs.values()])),
+                     "ΔDice vs chosen": _paired(runs, chosen, "dice"),
+                     "Δthr-J vs chosen": _paired(runs, chosen, "thresholded_jaccard"),
+                     "ΔDice vs ERM": _paired(runs, erm, "dice")})
+    spread = [m["dice"] for m in chosen.values()]
+    lines = ["Also tried — ablations of the chosen configuration, **val split only** (trying "
+             "variants is tuning: the test split is read by the confirmation runs alone); Δ = "
+             "paired by seed, in points; val Dice of the best epoch:", "",
+             markdown_table(pd.DataFrame(rows)), ""]
+    if len(spread) > 1:
+        lines += [f"Yardstick: the chosen configuration's val Dice ranges "
+                  f"{min(spread):.3f}–{max(spread):.3f} over its {len(spread)} seeds.", ""]
+    if not status.ablations_complete(sweep):
+        lines += ["*Ablations incomplete: the rows above cover the runs finished so far.*", ""]
+    return lines
+
+
 def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], None]
                     ) -> tuple[str, SettingStatus]:
     status = setting_status(sweep, uri)
     groups = _groups(sweep)
     title = f"### {sweep.base.supervision.setting}: sweep `{sweep.settings.name}`"
+    n_abl = sweep.settings.ablation_seeds
+    ablated = sum(min(status.ablation_finished.get(a, 0), n_abl) for a in sweep.ablations)
     done = sum(min(status.confirm_finished.get(g, 0), seeds) for g in groups)
     per_group = ", ".join(f"{g} {status.confirm_finished.get(g, 0)}" for g in groups)
     lines = [title, "",
              f"Sweep file `{sweep.path}`; {status.trials_finished} of "
              f"{status.trials_asked} trials finished; confirmation runs {done} of "
-             f"{len(groups) * seeds} ({per_group}); compute so far "
+             f"{len(groups) * seeds} ({per_group}); "
+             + (f"ablation runs (val only) {ablated} of {len(sweep.ablations) * n_abl}; "
+                if sweep.ablations else "")
+             + "compute so far "
              f"{status.compute_hours:.1f} h (wall clock of its runs)"
              + (f"; code: {', '.join(f'`{c}`' for c in sorted(status.commits))}."
                 if status.commits else ".")]
@@ -260,13 +333,16 @@ def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], Non
     if not status.complete(groups, seeds):
         lines += ["*Incomplete: the numbers above cover the runs finished so far.*", ""]
     lines += [f"- {v}" for v in verdict_lines(verdict)] + [""]
+    lines += ablation_lines(sweep, uri, status)
     lines += enrichment_lines(sweep, log) + [""]
     return "\n".join(lines), status
 
 
 def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
-                     log: Callable[[str], None] = print) -> tuple[str, bool]:
-    """The generated block of the results page, and whether every setting is complete."""
+                     log: Callable[[str], None] = print, ablate: bool = True
+                     ) -> tuple[str, bool]:
+    """The generated block of the results page, and whether every setting is complete (with
+    `ablate`, its ablations too)."""
     from htl_ray import tracking
 
     sections, complete, hours = [], True, 0.0
@@ -274,7 +350,8 @@ def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
         text, status = setting_section(sweep, uri, seeds, log)
         sections.append(text)
         hours += status.compute_hours
-        complete &= status.complete(_groups(sweep), seeds)
+        complete &= status.complete(_groups(sweep), seeds) and (
+            not ablate or status.ablations_complete(sweep))
     head = ["## Reproduction protocol: HTL attention vs ERM, the placebo and loss-based "
             "attention", "",
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
@@ -307,9 +384,11 @@ def write_results(path: Path, block: str) -> None:
 def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path, *,
                  report_only: bool = False, overrides: list[str] | None = None,
                  archive: str | Path | None = None, archive_every_s: float = 120.0,
-                 log: Callable[[str], None] = print) -> bool:
+                 ablate: bool = True, log: Callable[[str], None] = print) -> bool:
     """Run (or continue) every setting's sweep and confirmation runs, regenerating the results
-    page after each; returns whether the protocol is complete. With `archive`, the finished
+    page after each; then, with `ablate`, every setting's ablations (val only: after all the
+    verdict's runs, which matter more). Returns whether the protocol is complete. With
+    `archive`, the finished
     runs it holds are first imported into MLflow (from an earlier sitting on another machine)
     and every run that ended is written to it (`htl_ray.archive`), every `archive_every_s`
     seconds while the protocol trains and after each confirmation run: commit it to keep
@@ -325,7 +404,7 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
         raise ValueError(f"sweep names must differ across the protocol, got {names}")
     uri = tracking.resolve_tracking_uri(sweeps[0].base.tracking.uri)
     command = " ".join(["htl-ray reproduce", *map(str, sweep_files), f"--seeds {seeds}",
-                        f"--results {results}",
+                        f"--results {results}", *([] if ablate else ["--no-ablations"]),
                         *(f"--set {shlex.quote(o)}" for o in overrides or [])])
     results = Path(results)
     archive = Path(archive) if archive is not None else None
@@ -338,7 +417,7 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
         if archive is not None:        # first: the runs matter more than the page
             for sweep in sweeps:
                 export_sweep(sweep, uri, archive, log)
-        block, complete = results_markdown(sweeps, uri, seeds, command, log)
+        block, complete = results_markdown(sweeps, uri, seeds, command, log, ablate)
         write_results(results, block)
         log(f"[htl-ray] reproduce: results written to {results}")
         return complete
@@ -373,6 +452,13 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
                 if outcome.interrupted:
                     log("[htl-ray] reproduce: interrupted; run the same command to continue")
                     return False
+            for sweep in sweeps if ablate else []:
+                if setting_status(sweep, uri).ablations_complete(sweep):
+                    continue
+                log(f"[htl-ray] reproduce: {sweep.settings.name} ablations "
+                    f"({', '.join(sweep.ablations)}; val only)")
+                run_sweep(sweep, resume=True, confirm=seeds, ablate=True, log=log,
+                          on_confirmed=refresh_between_runs)
     finally:
         # also when stopped or failed part-way: the page shows everything finished so far
         try:

@@ -91,6 +91,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
         "sweep": {"name": "tiny-repro", "num_samples": 1, "max_concurrent": 1,
                   "storage_path": str(tmp_path / "sweeps"), "comparators": ["erm", "random"]},
         "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}},
+        "ablations": {"refresh-every-2": ["htl.refresh_every=2"]},
     }))
     page = tmp_path / "results.md"
     page.write_text("# Results\n\nwritten by hand\n")
@@ -101,11 +102,16 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
 
     lines.clear()
     archive = tmp_path / "archive"
-    # one seed per method keeps this test short; intervals are tested in test_compare.py
-    assert run_protocol([sweep_file], 1, page, archive=archive, log=lines.append) is True
+    # one seed per method keeps this test short; intervals are tested in test_compare.py;
+    # without its ablations first: the protocol is complete once the verdict's runs are
+    assert run_protocol([sweep_file], 1, page, archive=archive, ablate=False,
+                        log=lines.append) is True
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("repro")
     runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    assert not any(r.data.tags.get("htl.role") == "ablation" for r in runs)
+    assert "ablation runs (val only) 0 of 1" in page.read_text()
+    assert "*Ablations incomplete" in page.read_text()
     confirm = [r for r in runs if r.data.tags.get("htl.role") == "confirm"]
     assert len([r for r in runs if r.data.tags.get("htl.role") == "trial"]) == 1
     assert sorted((r.data.params["htl.method"], r.data.params["run.seed"]) for r in confirm) \
@@ -144,12 +150,34 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert sum("results written to" in line for line in lines) == 4
     built = report_html.stat().st_mtime_ns
 
+    # with its ablations (the default): the verdict's runs are skipped, the variant trains,
+    # scored on val only, and the page pairs it by seed with the chosen config and ERM
+    lines.clear()
+    assert run_protocol([sweep_file], 1, page, archive=archive, log=lines.append) is True
+    assert any("tiny-repro complete, skipped" in line for line in lines)
+    ablation = client.search_runs([exp.experiment_id], "tags.`htl.role` = 'ablation'")
+    assert [(r.info.status, r.data.tags["htl.group"], r.data.params["htl.refresh_every"],
+             r.data.params["train.evaluate_test"], r.data.params["htl.lam"])
+            for r in ablation] == [("FINISHED", "refresh-every-2", "2", "False", test_lam)]
+    abl = ablation[0].data.metrics
+    assert "best/val/dice" in abl and not any(k.startswith("best/test/") for k in abl)
+    text = page.read_text()
+    assert "ablation runs (val only) 1 of 1" in text and "*Ablations incomplete" not in text
+    abl_row = next([c.strip() for c in r.strip("|").split("|")] for r in text.splitlines()
+                   if r.startswith("| refresh-every-2 "))
+    val = {r.data.params["htl.method"]: r.data.metrics["best/val/dice"] for r in confirm}
+    assert abl_row[1:4] == ["`htl.refresh_every=2`", "1", f"{abl['best/val/dice']:.3f}"]
+    assert abl_row[4] == f"{100 * (abl['best/val/dice'] - val['htl']):+.1f}"   # vs chosen
+    assert abl_row[6] == f"{100 * (abl['best/val/dice'] - val['erm']):+.1f}"   # vs ERM
+    assert sum("results written to" in line for line in lines) == 2
+
     # a second pass trains nothing: every run is finished in MLflow
     n_runs = len(client.search_runs([exp.experiment_id]))
     lines.clear()
     assert run_protocol([sweep_file], 1, page, archive=archive, log=lines.append) is True
     assert len(client.search_runs([exp.experiment_id])) == n_runs
     assert any("tiny-repro complete, skipped" in line for line in lines)
+    assert not any("ablations" in line for line in lines)          # nor its ablations
     assert page.read_text().count(BEGIN) == 1
     assert page.read_text().split(BEGIN)[1].split("Generated")[1].split("\n", 1)[1] == \
         text.split(BEGIN)[1].split("Generated")[1].split("\n", 1)[1]   # same page, same table
@@ -159,7 +187,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     # archive as committed by a sitting that had not yet finished the placebo run
     records = {f: json.loads(f.read_text()) for f in (archive / "tiny-repro").glob("*.json")}
     assert sorted(r["tags"]["htl.role"] for r in records.values()) == \
-        ["confirm", "confirm", "confirm", "sweep", "trial"]
+        ["ablation", "confirm", "confirm", "confirm", "sweep", "trial"]
     placebo = next(f for f, r in records.items() if r["tags"].get("htl.group") == "random")
     placebo.unlink()
     elsewhere = fresh_store(tmp_path / "elsewhere.db")
@@ -168,25 +196,28 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     lines.clear()
     assert run_protocol([sweep_file], 1, page2, overrides=moved, archive=archive,
                         log=lines.append) is True
-    assert any("4 run(s) of tiny-repro imported" in line for line in lines)
+    assert any("5 run(s) of tiny-repro imported" in line for line in lines)
+    assert not any("ablations" in line for line in lines)   # imported, counted, not retrained
     assert any("sweep tiny-repro was run elsewhere" in line for line in lines)
     client2 = MlflowClient(elsewhere)
     runs2 = client2.search_runs([client2.get_experiment_by_name("repro").experiment_id])
     trained = [r for r in runs2 if ORIGIN_TAG not in r.data.tags]
     assert [(r.data.tags["htl.role"], r.data.params["htl.method"], r.info.status)
             for r in trained] == [("confirm", "random", "FINISHED")]     # only what was missing
-    assert len(runs2) == 5 and trained[0].data.params["htl.lam"] == test_lam
+    assert len(runs2) == 6 and trained[0].data.params["htl.lam"] == test_lam
     # ... and archived in turn, under its own run id, nested under the sweep's original id
     retrained = json.loads((archive / "tiny-repro" / f"{trained[0].info.run_id}.json")
                            .read_text())
     parent_origin = next(r["run_id"] for r in records.values()
                          if r["tags"]["htl.role"] == "sweep")
     assert retrained["tags"]["mlflow.parentRunId"] == parent_origin
-    assert len(list((archive / "tiny-repro").glob("*.json"))) == 5
+    assert len(list((archive / "tiny-repro").glob("*.json"))) == 6
     text2 = page2.read_text()
     assert "**Complete.**" in text2 and "1 of 1 trials finished" in text2
     rows2 = {r.split("|")[1].strip(): r for r in text2.splitlines() if r.startswith("| ")}
     assert rows2["htl"] == next(r for r in table if r.split("|")[1].strip() == "htl")
+    assert rows2["refresh-every-2"] == next(r for r in text.splitlines()
+                                            if r.startswith("| refresh-every-2 "))
     assert "its enrichment table came with the archive" in text2
 
 
@@ -208,6 +239,11 @@ def test_protocol_files_shipped_are_valid():
         assert sweep.base.htl.asynchronous is False
         assert sweep.base.htl.scorer_threads == 2          # the waiting trainers' cores too
         assert sweep.base.train.max_failures >= 1          # hours unattended: workers get lost
+        # what the sweep keeps fixed is tried afterwards, on val: the refresh interval, weights
+        assert sweep.ablations == {"refresh-every-1": ["htl.refresh_every=1"],
+                                   "refresh-every-4": ["htl.refresh_every=4"],
+                                   "soft-weights": ["htl.weighting=soft"]}, name
+        assert sweep.base.htl.refresh_every == 2 and sweep.settings.ablation_seeds == 1
     assert sweeps["semi"].base.supervision.label_fraction == 0.25
     assert len({s.settings.name for s in sweeps.values()}) == 3
 
@@ -224,8 +260,13 @@ def test_gpu_variant_overrides_every_setting_and_report_only_trains_nothing(tmp_
     root = Path(__file__).resolve().parents[1] / "experiments" / "reproduce"
     overrides = read_yaml_list(root / "gpu" / "overrides.yaml", "overrides")
     for name in ("supervised", "weak", "semi"):
-        base = load_sweep(root / f"{name}.yaml", overrides).base
+        sweep = load_sweep(root / f"{name}.yaml", overrides)
+        base = sweep.base
         assert base.data.path.endswith("isic256") and base.scaling.use_gpu
+        assert sweep.ablations == {"refresh-every-1": ["htl.refresh_every=1"],
+                                   "soft-weights": ["htl.weighting=soft"],
+                                   "refresh-every-8": ["htl.refresh_every=8"]}
+        assert sweep.settings.ablation_seeds == 3 and sweep.base.htl.refresh_every == 4
         assert base.train.epochs == 40 and base.supervision.setting == name
         assert base.htl.asynchronous and base.htl.scorer_gpus > 0
         assert base.htl.scorer_threads == 0                # trainers run beside the scorer

@@ -15,12 +15,18 @@ The space maps dotted config keys to Optuna distributions, written in YAML:
 sets) are handed to Optuna as their JSON text, which it can store, and decoded for the trial.
 Every sampled key is checked against the config schema when the sweep file is read, so a typo
 fails before Ray starts.
+
+An optional `ablations:` section names variants of the configuration the sweep will choose,
+each a list of overrides (`htl.refresh_every=1`); `htl-ray reproduce` trains each on the train
+split and scores it on val only, after the confirmation runs: what else was tried, reported
+without reading the test split (`htl_ray.tune.ablation`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +63,8 @@ class SweepSettings:
     # --confirm: besides the best config, the same config with each of these htl.method values
     # (erm = the baseline; random = the placebo; loss, el2n = other difficulty scores)
     comparators: list[str] = field(default_factory=lambda: ["erm"])
+    # ablations: seeds 0..N-1 of each variant (its Δ is paired with the chosen config's seeds)
+    ablation_seeds: int = 1
 
 
 @dataclass
@@ -70,6 +78,7 @@ class Sweep:
     space: dict[str, od.BaseDistribution]
     base_source: str = ""
     _list_choices: dict[str, bool] = field(default_factory=dict)
+    ablations: dict[str, list[str]] = field(default_factory=dict)   # name → overrides
 
     @property
     def directory(self) -> Path:
@@ -145,6 +154,8 @@ def _settings(raw: Any, where: str) -> SweepSettings:
         raise ConfigError(f"{where}.scheduler: expected one of {SCHEDULERS}, got {s.scheduler!r}")
     if not isinstance(s.num_samples, int) or s.num_samples < 1:
         raise ConfigError(f"{where}.num_samples: expected a positive integer")
+    if not isinstance(s.ablation_seeds, int) or s.ablation_seeds < 1:
+        raise ConfigError(f"{where}.ablation_seeds: expected a positive integer")
     if s.max_concurrent != "auto" and (not isinstance(s.max_concurrent, int)
                                        or s.max_concurrent < 1):
         raise ConfigError(f"{where}.max_concurrent: expected `auto` or a positive integer")
@@ -163,10 +174,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     config, except `sweep.*` ones, which change the search settings (e.g. sweep.num_samples=4)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "sweep file")
-    unknown = sorted(set(raw) - {"base", "overrides", "sweep", "space"})
+    unknown = sorted(set(raw) - {"base", "overrides", "sweep", "space", "ablations"})
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} "
-                          "(expected base, overrides, sweep, space)")
+                          "(expected base, overrides, sweep, space, ablations)")
     base_path = raw.get("base")
     source = ""
     if base_path is not None:
@@ -178,8 +189,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         source = str(found)
     overrides = list(overrides or [])
     sweep_overrides = [o for o in overrides if o.startswith("sweep.")]
+    ablation_overrides = [o for o in overrides if o.startswith("ablations.")]
     base_overrides = [str(o) for o in (raw.get("overrides") or [])] + [
-        o for o in overrides if not o.startswith("sweep.")]
+        o for o in overrides if not o.startswith(("sweep.", "ablations."))]
+    if ablation_overrides:
+        raw["ablations"] = _override_ablations(raw.get("ablations"), ablation_overrides, path)
     if sweep_overrides:
         from htl_ray.config import parse_override
 
@@ -201,8 +215,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         space[key], lists[key] = _distribution(key, spec)
     sweep = Sweep(path=path, base=base, base_overrides=base_overrides,
                   settings=_settings(raw.get("sweep"), f"{path}: sweep"), space=space,
-                  base_source=source, _list_choices=lists)
+                  base_source=source, _list_choices=lists,
+                  ablations=_ablations(raw.get("ablations"), f"{path}: ablations"))
     # every corner of the space must be a valid config: try the low and high ends now
+    same_at_corners: dict[str, int] = {}    # ablation → corners where it changes nothing
     for corner in (0, -1):
         params = {k: _corner(d, corner) for k, d in space.items()}
         try:
@@ -220,7 +236,64 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             except ConfigError as exc:
                 raise ConfigError(f"{path}: sweep.comparators: {method} does not fit the base "
                                   f"config: {exc}") from None
+        chosen = sweep.config_for(params).flat()
+        for name, extra in sweep.ablations.items():      # and the ablation runs
+            try:
+                if sweep.config_for(params, extra).flat() == chosen:
+                    same_at_corners[name] = same_at_corners.get(name, 0) + 1
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: ablations.{name}: {exc}") from None
+    for name, corners in same_at_corners.items():
+        if corners == 2:                 # not a swept value: the same whatever the sweep picks
+            raise ConfigError(f"{path}: ablations.{name}: {', '.join(sweep.ablations[name])} "
+                              "changes nothing: the base config has it already")
     return sweep
+
+
+def _override_ablations(raw: Any, overrides: list[str], path: Path) -> dict[str, Any]:
+    """`ablations.NAME=[key=value, ...]` adds or replaces a variant, `ablations.NAME=null`
+    drops it: the GPU overrides change a variant that the CPU file names."""
+    from htl_ray.config import parse_override
+
+    out = dict(raw) if isinstance(raw, dict) else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        name = key.split(".", 1)[1]
+        if value is None:
+            if name not in out:
+                raise ConfigError(f"{item}: {path} has no ablation {name!r} to drop (it has: "
+                                  f"{', '.join(out) or 'none'})")
+            out.pop(name)
+        else:
+            out[name] = value
+    return out
+
+
+ABLATION_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def _ablations(raw: Any, where: str) -> dict[str, list[str]]:
+    """`name: [dotted overrides]`; the name becomes part of a run directory's name."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of variant names to lists of overrides")
+    out = {}
+    for name, overrides in raw.items():
+        if not isinstance(name, str) or not ABLATION_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: variant name {name!r}: expected lower-case letters, "
+                              "digits and dashes (it names the run directory)")
+        if not isinstance(overrides, list) or not overrides or not all(
+                isinstance(o, str) and "=" in o for o in overrides):
+            raise ConfigError(f"{where}.{name}: expected a non-empty list of key=value "
+                              f"overrides, got {overrides!r}")
+        if any(o.split("=", 1)[0].strip() in ("htl.method", "run.seed", "run.name")
+               for o in overrides):
+            raise ConfigError(f"{where}.{name}: a variant changes how the chosen HTL "
+                              "configuration attends, not its method, seed or name "
+                              "(those are the confirmation runs')")
+        out[name] = list(overrides)
+    return out
 
 
 def _corner(dist: od.BaseDistribution, end: int) -> Any:

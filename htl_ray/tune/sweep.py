@@ -40,6 +40,7 @@ from htl_ray.tune.study import (
     write_plots,
 )
 from htl_ray.tune.trial import (
+    ABLATION_ROLE,
     FINISHED_KEY,
     INTERRUPTED_TAG,
     PARENT_TAG,
@@ -69,6 +70,7 @@ class SweepOutcome:
     records: list[TrialRecord]
     plots: dict[str, Path] = field(default_factory=dict)
     confirm_run_ids: dict[str, list[str]] = field(default_factory=dict)
+    ablation_run_ids: dict[str, list[str]] = field(default_factory=dict)
     interrupted: bool = False
 
 
@@ -185,12 +187,13 @@ def _tuner(sweep: Sweep, directory: Path, base_raw: dict[str, Any], uri: str,
                                   callbacks=[CloseStoppedTrialRuns(uri, parent_run_id)]))
 
 
-def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
+def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0, ablate: bool = False,
               log: Callable[[str], None] = print,
               on_confirmed: Callable[[], None] | None = None) -> SweepOutcome:
     """Run (or with `resume`, continue) the sweep; then summarise it in its parent run and,
-    with `confirm` = N, re-run the best config and its ERM baseline with N seeds each
-    (`on_confirmed` is called after each confirmation run trained: hours apart on CPUs)."""
+    with `confirm` = N, re-run the best config and its comparators with N seeds each, and
+    with `ablate`, the sweep file's ablations of the best config, scored on val only
+    (`on_confirmed` is called after each such run trained: hours apart on CPUs)."""
     from htl_ray import tracking
     from htl_ray.cluster import cpus_needed, join_cluster
     from htl_ray.train.preflight import preflight
@@ -248,6 +251,12 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0,
             outcome.confirm_run_ids = run_confirmation(sweep, outcome.best, confirm, base_raw,
                                                        parent_run_id, directory / "runs", log,
                                                        on_confirmed)
+        if ablate and outcome.best is not None:
+            from htl_ray.tune.ablation import run_ablations
+
+            outcome.ablation_run_ids = run_ablations(sweep, outcome.best, base_raw,
+                                                     parent_run_id, directory / "runs", log,
+                                                     on_confirmed)
     except BaseException:
         tracking.end_run(uri, parent_run_id, "FAILED")
         raise
@@ -462,36 +471,57 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, seeds: int, base_raw: dict
                      on_confirmed: Callable[[], None] | None = None) -> dict[str, list[str]]:
     """Train the `confirmation_plan` as child runs of the sweep. Runs already finished are
     kept; unfinished ones resume; `on_confirmed` is called after each run trained."""
+    plan = confirmation_plan(sweep, best.params, seeds, base_raw)
+    return train_child_runs(sweep, plan, "confirm", best, parent_run_id, runs_dir, log,
+                            on_confirmed)
+
+
+def train_child_runs(sweep: Sweep, plan: list[tuple[str, str, int, ExperimentConfig]],
+                     role: str, best: TrialRecord, parent_run_id: str, runs_dir: Path,
+                     log: Callable[[str], None],
+                     on_trained: Callable[[], None] | None = None) -> dict[str, list[str]]:
+    """Train a plan of (run name, group, seed, config) as child runs of the sweep with the
+    role `role` (confirm, ablation): a run finished here or elsewhere (imported from the
+    archive) is kept, after checking it ran the config planned now; an unfinished one resumes
+    from its checkpoint. Returns the MLflow run ids per group."""
     from htl_ray.train.trainer import RUN_STATE_FILE, evaluate_run, run_training
 
-    plan = confirmation_plan(sweep, best.params, seeds, base_raw)
     out: dict[str, list[str]] = {}
     for name, group, seed, cfg in plan:
         state_file = runs_dir / name / RUN_STATE_FILE
-        _same_config_or_refuse(state_file, cfg)
+        _same_config_or_refuse(state_file, cfg, role)
         finished = _finished_run(state_file)
         if not finished and not state_file.is_file():
-            # trained elsewhere and imported from the archive (scored on test, or not found)
-            finished = _finished_in_mlflow(sweep, group, seed, cfg, name, parent_run_id)
+            # trained elsewhere and imported from the archive (scored, or not found)
+            finished = _finished_in_mlflow(sweep, group, seed, cfg, name, parent_run_id, role)
             if finished:
-                log(f"[htl-ray] confirm {name}: finished elsewhere (MLflow run {finished})")
+                log(f"[htl-ray] {role} {name}: finished elsewhere (MLflow run {finished})")
                 out.setdefault(group, []).append(finished)
                 continue
         if finished:
-            log(f"[htl-ray] confirm {name}: already finished (MLflow run {finished})")
+            log(f"[htl-ray] {role} {name}: already finished (MLflow run {finished})")
             if cfg.train.evaluate_test and not _has_test_metrics(state_file, finished):
                 evaluate_run(state_file.parent, log=log)      # its test evaluation had failed
             out.setdefault(group, []).append(finished)
             continue
-        log(f"[htl-ray] confirm {name}: {group} config, seed {seed}")
+        log(f"[htl-ray] {role} {name}: {group} config, seed {seed}")
         outcome = run_training(cfg, resume=state_file.is_file(), log=log, tags={
             PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name,
-            ROLE_TAG: "confirm", GROUP_TAG: group, TRIAL_TAG: best.trial_id,
+            ROLE_TAG: role, GROUP_TAG: group, TRIAL_TAG: best.trial_id,
             "mlflow.runName": f"{group} s{seed} ({best.name})"})
         out.setdefault(group, []).append(outcome.mlflow_run_id)
-        if on_confirmed is not None:
-            on_confirmed()
+        if on_trained is not None:
+            on_trained()
     return out
+
+
+RUN_KIND = {"confirm": "confirmation", ABLATION_ROLE: "ablation"}
+
+
+def scored_key(role: str) -> str:
+    """The metric a finished child run of `role` must hold: confirmation runs are scored on
+    test, ablation runs on val only."""
+    return "best/val/dice" if role == ABLATION_ROLE else "best/test/dice"
 
 
 # run identity, tracking, how fast the HTL scorer runs (and how long it may take to start), how
@@ -504,10 +534,11 @@ IGNORED_ON_RESUME = ("run.", "tracking.", *RESULT_NEUTRAL_KEYS)
 MACHINE_PATHS = ("data.path", "model.init_checkpoint")
 
 
-def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
-    """A confirmation run already on disk must be the run planned now: if the sweep's best
-    configuration changed (more trials, other settings), mixing its old seeds with new ones
-    would compare two configurations under one name."""
+def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig,
+                           role: str = "confirm") -> None:
+    """A confirmation (or ablation) run already on disk must be the run planned now: if the
+    sweep's best configuration changed (more trials, other settings), mixing its old seeds with
+    new ones would compare two configurations under one name."""
     if not state_file.is_file():
         return
     from htl_ray.config import from_dict
@@ -517,9 +548,9 @@ def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig) -> None:
     differ = _differing(old, new, set(old) | set(new), IGNORED_ON_RESUME)
     if differ:
         raise ConfigError(
-            f"{state_file.parent}: this confirmation run {_changed(differ)} Move the sweep's "
-            "runs/confirm-* directories away (or restore the settings) to confirm the new "
-            "configuration")
+            f"{state_file.parent}: this {RUN_KIND[role]} run {_changed(differ)} Move the "
+            f"sweep's runs/{role}-* directories away (or restore the settings) to train the "
+            "new configuration")
 
 
 def _differing(old: dict[str, Any], new: dict[str, Any], keys: set[str],
@@ -534,10 +565,11 @@ def _changed(differ: list[str]) -> str:
 
 
 def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConfig,
-                       name: str, parent_run_id: str) -> str | None:
-    """A confirmation run FINISHED and scored on test in MLflow without a run directory here:
-    trained on another machine and imported from the protocol archive. It must have run the
-    configuration planned now (the params it recorded; keys newer than it are not compared)."""
+                       name: str, parent_run_id: str, role: str = "confirm") -> str | None:
+    """A confirmation (or ablation) run FINISHED and scored (`scored_key`) in MLflow without a
+    run directory here: trained on another machine and imported from the protocol archive. It
+    must have run the configuration planned now (the params it recorded; keys newer than it
+    are not compared)."""
     from mlflow.tracking import MlflowClient
 
     from htl_ray.data.schema import read_manifest
@@ -547,10 +579,10 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
     if exp is None:
         return None
     query = (f"attributes.status = 'FINISHED' and tags.`{SWEEP_TAG}` = '{sweep.settings.name}'"
-             f" and tags.`{ROLE_TAG}` = 'confirm' and tags.`{GROUP_TAG}` = '{group}'"
+             f" and tags.`{ROLE_TAG}` = '{role}' and tags.`{GROUP_TAG}` = '{group}'"
              f" and params.`run.seed` = '{seed}' and tags.`{PARENT_TAG}` = '{parent_run_id}'")
     runs = [r for r in client.search_runs([exp.experiment_id], query, max_results=100)
-            if "best/test/dice" in r.data.metrics]
+            if scored_key(role) in r.data.metrics]
     if not runs:
         return None
     old = runs[0].data.params

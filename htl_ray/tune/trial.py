@@ -18,6 +18,8 @@ from htl_ray.tables import short_value
 TRIAL_TAG = "htl.trial_id"
 SWEEP_TAG = "htl.sweep"
 ROLE_TAG = "htl.role"
+# ROLE_TAG of a sweep's child runs that vary its chosen config, scored on val only (tune.ablation)
+ABLATION_ROLE = "ablation"
 PARENT_TAG = "mlflow.parentRunId"
 # why a trial run ended KILLED (htl_ray.tune.trial_runs sets them; the results page reads them)
 STOPPED_EARLY_TAG = "htl.stopped_early"
