@@ -35,9 +35,7 @@ from htl_ray.tune.sweep import (
     scored_key,
 )
 from htl_ray.tune.trial import (
-    ABLATION_ROLE as ABLATION,
-)
-from htl_ray.tune.trial import (
+    ABLATION_ROLE,
     ORIGIN_TAG,
     RETRIED_TAG,
     ROLE_TAG,
@@ -75,7 +73,7 @@ def _archivable(run, sweep_final: bool) -> bool:
     cut short: then they are results, before that they are trained again) and confirmation
     runs finished and scored on test (ablation runs: on val)."""
     role, status, tags = run.data.tags.get(ROLE_TAG), run.info.status, run.data.tags
-    if role in ("confirm", ABLATION):
+    if role in ("confirm", ABLATION_ROLE):
         return status == "FINISHED" and scored_key(role) in run.data.metrics
     if role != "trial":
         return role == "sweep"

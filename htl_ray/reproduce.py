@@ -37,9 +37,7 @@ from htl_ray.tune.sweep import (
     scored_key,
 )
 from htl_ray.tune.trial import (
-    ABLATION_ROLE as ABLATION,
-)
-from htl_ray.tune.trial import (
+    ABLATION_ROLE,
     ORPHANED_TAG,
     ROLE_TAG,
     STOPPED_EARLY_TAG,
@@ -109,7 +107,7 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
                            if k.startswith("htl.git_commit")}
         if role == "trial":
             status.trials_finished += 1           # trials ASHA stopped early have ended too
-        elif role in ("confirm", ABLATION) and scored_key(role) in run.data.metrics:
+        elif role in ("confirm", ABLATION_ROLE) and scored_key(role) in run.data.metrics:
             group = run.data.tags.get(GROUP_TAG, "?")
             counts = status.confirm_finished if role == "confirm" else status.ablation_finished
             counts[group] = counts.get(group, 0) + 1
@@ -245,10 +243,12 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
     return lines + [markdown_table(show)]
 
 
-def _val_by_seed(uri: str, sweep: Sweep, role: str, group: str) -> dict[str, dict[str, float]]:
-    """Seed → val metrics (best epoch) of a sweep's finished runs of one role and group."""
+def _val_by_seed(uri: str, sweep: Sweep, parent_run_id: str, role: str, group: str
+                 ) -> dict[str, dict[str, float]]:
+    """Seed → val metrics (best epoch) of the sweep's finished runs of one role and group."""
     runs = load_runs(uri, sweep.base.tracking.experiment,
                      f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "
+                     f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
                      f"tags.`{ROLE_TAG}` = '{role}' and tags.`{GROUP_TAG}` = '{group}'")
     return {str(r.seed): run_metrics(r.metrics, "val") for r in runs.itertuples()
             if "best/val/dice" in r.metrics}
@@ -266,8 +266,9 @@ def ablation_lines(sweep: Sweep, uri: str, status: SettingStatus) -> list[str]:
     with the chosen configuration (`confirm-best`) and with ERM."""
     if not sweep.ablations:
         return []
-    chosen = _val_by_seed(uri, sweep, "confirm", "best")
-    erm = _val_by_seed(uri, sweep, "confirm", "erm")
+    parent = status.parent_run_id
+    chosen = _val_by_seed(uri, sweep, parent, "confirm", "best")
+    erm = _val_by_seed(uri, sweep, parent, "confirm", "erm")
     rows = []
     for name, label in (("chosen", "best"), ("ERM", "erm")):
         runs = chosen if label == "best" else erm
@@ -277,7 +278,7 @@ def ablation_lines(sweep: Sweep, uri: str, status: SettingStatus) -> list[str]:
                      "ΔDice vs chosen": "–", "Δthr-J vs chosen": "–",
                      "ΔDice vs ERM": "–" if label == "erm" else _paired(runs, erm, "dice")})
     for name, overrides in sweep.ablations.items():
-        runs = _val_by_seed(uri, sweep, ABLATION, name)
+        runs = _val_by_seed(uri, sweep, parent, ABLATION_ROLE, name)
         rows.append({"variant": name, "changes": ", ".join(f"`{o}`" for o in overrides),
                      "seeds": len(runs),
                      "val Dice": _fmt(*mean_ci([m["dice"] for m in runs.values()])),
