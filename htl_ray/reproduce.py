@@ -31,6 +31,7 @@ from htl_ray.tune.space import Sweep, load_sweep
 from htl_ray.tune.sweep import (
     GROUP_TAG,
     STATE_FILE,
+    VERDICT_GROUPS,
     best_params,
     confirm_run_name,
     run_sweep,
@@ -64,6 +65,8 @@ class SettingStatus:
     compute_hours: float = 0.0
     best_params: dict[str, str] = field(default_factory=dict)
     commits: set[str] = field(default_factory=set)  # code that trained its runs (and resumes)
+    # (baseline, metric) → HTL's paired difference (mean, CI low, CI high) on test
+    verdict: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
 
     def complete(self, groups: list[str], seeds: int) -> bool:
         return all(self.confirm_finished.get(g, 0) >= seeds for g in groups)
@@ -324,10 +327,12 @@ def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], Non
         return "\n".join(lines + ["", "*Not started.*", ""]), status
     runs = load_runs(uri, sweep.base.tracking.experiment,
                      f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "
+                     f"tags.`mlflow.parentRunId` = '{status.parent_run_id}' and "
                      f"tags.`{ROLE_TAG}` = 'confirm'")
     if runs.empty:
         return "\n".join(lines + ["", "*No confirmation run finished yet.*", ""]), status
     table, verdict = method_table(runs, sweep.settings.comparators)
+    status.verdict = verdict
     lines += ["", "Test split (never seen by tuning), best-on-val checkpoint of each run; mean "
               "[95% Student-t CI] over seeds; Δ = paired difference per seed, in points "
               "(×100):", "", markdown_table(table), ""]
@@ -339,6 +344,33 @@ def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], Non
     return "\n".join(lines), status
 
 
+def goal_lines(readings: list[tuple[str, dict, bool]]) -> list[str]:
+    """The issue's goal over all settings, from each setting's (name, verdict, whether its
+    verdict's runs have every seed): HTL ahead of *both* ERM and the placebo by ≥ 2 points of
+    one metric (thresholded Jaccard or Dice), each 95% CI excluding 0, in at least one setting;
+    and never significantly worse than either."""
+    met, worse, pending = [], [], []
+    for setting, verdict, complete in readings:
+        for metric, label in (("thresholded_jaccard", "thr-J"), ("dice", "Dice")):
+            ahead = [verdict.get((b, metric), (math.nan,) * 3) for b in ("ERM", "random")]
+            if all(lo > 0 and d >= GOAL for d, lo, _ in ahead):
+                met.append(f"{setting} ({label})")
+        worse += [f"{setting}: HTL − {b}, {'thr-J' if m == 'thresholded_jaccard' else 'Dice'}"
+                  for (b, m), (_, _, hi) in verdict.items() if hi < 0]
+        if not complete:
+            pending.append(setting)
+    reading = (f"**met** in {', '.join(met)}" if met else
+               "**not met** in any setting" + (" so far" if pending else ""))
+    lines = [f"**The goal** — HTL ahead of both ERM and the random placebo by ≥ 2 points of "
+             f"thresholded Jaccard or Dice, 95% CIs excluding 0, in at least one setting: "
+             f"{reading}. Significantly worse than ERM or the placebo: "
+             f"{'; '.join(worse) if worse else 'nowhere'}."]
+    if pending:
+        lines.append(f"Still without every seed of HTL, ERM and the placebo: "
+                     f"{', '.join(pending)}.")
+    return [" ".join(lines), ""]
+
+
 def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
                      log: Callable[[str], None] = print, ablate: bool = True
                      ) -> tuple[str, bool]:
@@ -346,11 +378,14 @@ def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
     `ablate`, its ablations too)."""
     from htl_ray import tracking
 
-    sections, complete, hours = [], True, 0.0
+    sections, complete, hours, readings = [], True, 0.0, []
     for sweep in sweeps:
         text, status = setting_section(sweep, uri, seeds, log)
         sections.append(text)
         hours += status.compute_hours
+        readings.append((status.setting, status.verdict,
+                         status.complete([g for g in _groups(sweep) if g in VERDICT_GROUPS],
+                                         seeds)))
         complete &= status.complete(_groups(sweep), seeds) and (
             not ablate or status.ablations_complete(sweep))
     head = ["## Reproduction protocol: HTL attention vs ERM, the placebo and loss-based "
@@ -360,7 +395,7 @@ def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
             "", "```bash", command, "```", "",
             f"Seeds 0–{seeds - 1} per method; {hours:.1f} compute hours so far. "
             + ("**Complete.**" if complete else "**In progress** — run the same command to "
-               "continue; finished runs are skipped."), ""]
+               "continue; finished runs are skipped."), "", *goal_lines(readings)]
     return "\n".join(head + sections), complete
 
 

@@ -78,6 +78,34 @@ def test_verdicts_read_the_confidence_interval_against_the_two_point_goal():
         "HTL − random, Dice: -3.0 points [-5.0, -1.0]: **significantly worse**"]
 
 
+def test_the_goal_needs_both_baselines_beaten_on_one_metric_with_cis_above_zero():
+    from htl_ray.reproduce import goal_lines
+
+    nan = float("nan")
+    # supervised: ahead of ERM by 3 points (CI > 0) but not of the placebo: not met
+    supervised = {("ERM", "thresholded_jaccard"): (0.03, 0.01, 0.05),
+                  ("random", "thresholded_jaccard"): (0.03, -0.01, 0.07),
+                  ("ERM", "dice"): (0.0, -0.01, 0.01), ("random", "dice"): (0.0, -0.01, 0.01)}
+    # weak: Dice ahead of both by ≥ 2 with CIs > 0 (thr-J is not): met on Dice
+    weak = {("ERM", "thresholded_jaccard"): (0.01, 0.005, 0.02),
+            ("random", "thresholded_jaccard"): (0.03, 0.01, 0.05),
+            ("ERM", "dice"): (0.021, 0.001, 0.04), ("random", "dice"): (0.025, 0.002, 0.05)}
+    assert goal_lines([("supervised", supervised, True), ("weak", weak, True)]) == [
+        "**The goal** — HTL ahead of both ERM and the random placebo by ≥ 2 points of "
+        "thresholded Jaccard or Dice, 95% CIs excluding 0, in at least one setting: **met** in "
+        "weak (Dice). Significantly worse than ERM or the placebo: nowhere.", ""]
+    # ahead of both by 1.9 points: below the goal; one seed pair: no interval, no claim;
+    # a CI below 0 is named
+    short = {("ERM", "dice"): (0.019, 0.01, 0.03), ("random", "dice"): (0.03, 0.01, 0.05),
+             ("ERM", "thresholded_jaccard"): (-0.03, -0.05, -0.01)}
+    one_seed = {("ERM", "dice"): (0.05, nan, nan), ("random", "dice"): (0.05, nan, nan)}
+    text = goal_lines([("supervised", short, True), ("semi", one_seed, False)])[0]
+    assert "**not met** in any setting so far." in text
+    assert "Significantly worse than ERM or the placebo: supervised: HTL − ERM, thr-J." in text
+    assert text.endswith("Still without every seed of HTL, ERM and the placebo: semi.")
+    assert "so far" not in goal_lines([("weak", supervised, True)])[0]
+
+
 def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_dataset, tmp_path,
                                                        tracking_uri, fresh_store):
     sweep_file = tmp_path / "tiny.yaml"
@@ -124,6 +152,9 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     text = page.read_text()
     assert text.startswith("# Results\n\nwritten by hand\n") and text.count(BEGIN) == 1
     assert "**Complete.**" in text and "1 of 1 trials finished" in text
+    # one seed: no interval, so the goal is not met (nor anything significantly worse)
+    assert "in at least one setting: **not met** in any setting. Significantly worse than " \
+           "ERM or the placebo: nowhere." in text
     block = text.split(BEGIN)[1].split(END)[0]
     table = [row for row in block.splitlines() if row.startswith("| ")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
