@@ -2,14 +2,15 @@
 
 Hours of CPU training end up in one machine's MLflow store and sweep directories; a machine
 replaced between sittings takes them along. The archive keeps what the results page is made of
-— for the sweep's parent run, every trial that ended and every finished confirmation run: the
-params, tags, metric histories, status and times (kilobytes per run) — plus the sweep's HTL
-enrichment table. `import_sweep` re-creates those runs in another MLflow store (tagged with
-their original run id, so importing twice adds nothing) and points the sweep directory at the
-imported parent run; `htl-ray reproduce` then skips them as finished and trains only what is
-missing: the trials a sweep still lacks (its search is told the archived ones:
-`htl_ray.tune.prior_trials`) and the confirmation runs. Checkpoints stay behind: an archived
-run is a result, not something to resume; a run cut short is trained again.
+— for the sweep's parent run, every trial that ended and every finished confirmation and
+ablation run: the params, tags, metric histories, status and times (kilobytes per run) — plus
+the sweep's HTL enrichment table. `import_sweep` re-creates those runs in another MLflow store
+(tagged with their original run id, so importing twice adds nothing) and points the sweep
+directory at the imported parent run; `htl-ray reproduce` then skips them as finished and
+trains only what is missing: the trials a sweep still lacks (its search is told the archived
+ones: `htl_ray.tune.prior_trials`), the confirmation runs and the ablations. Checkpoints stay
+behind: an archived run is a result, not something to resume; a run cut short is trained
+again.
 
 Layout: `ARCHIVE/<sweep name>/<original run id>.json` and `ARCHIVE/<sweep name>/enrichment.csv`.
 """
@@ -30,12 +31,12 @@ from htl_ray.tune.space import Sweep
 from htl_ray.tune.sweep import (
     ARCHIVED_STATE_KEY,
     BEST_PREFIX,
+    SCORED_ROLES,
     STATE_FILE,
     best_params,
     scored_key,
 )
 from htl_ray.tune.trial import (
-    ABLATION_ROLE,
     ORIGIN_TAG,
     RETRIED_TAG,
     ROLE_TAG,
@@ -73,7 +74,7 @@ def _archivable(run, sweep_final: bool) -> bool:
     cut short: then they are results, before that they are trained again) and confirmation
     runs finished and scored on test (ablation runs: on val)."""
     role, status, tags = run.data.tags.get(ROLE_TAG), run.info.status, run.data.tags
-    if role in ("confirm", ABLATION_ROLE):
+    if role in SCORED_ROLES:
         return status == "FINISHED" and scored_key(role) in run.data.metrics
     if role != "trial":
         return role == "sweep"

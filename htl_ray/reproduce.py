@@ -27,9 +27,12 @@ import pandas as pd
 from htl_ray.compare import METRICS, compare, load_runs, mean_ci, run_metrics
 from htl_ray.tables import markdown_table
 from htl_ray.train.checkpoints import RUN_STATE_FILE
+from htl_ray.tune.ablation import matches_variant, same_as_chosen
+from htl_ray.tune.prior_trials import typed_params
 from htl_ray.tune.space import Sweep, load_sweep
 from htl_ray.tune.sweep import (
     GROUP_TAG,
+    SCORED_ROLES,
     STATE_FILE,
     VERDICT_GROUPS,
     best_params,
@@ -60,8 +63,9 @@ class SettingStatus:
     parent_run_id: str | None = None
     trials_finished: int = 0                  # finished or stopped early by the scheduler
     trials_asked: int = 0
-    confirm_finished: dict[str, int] = field(default_factory=dict)
-    ablation_finished: dict[str, int] = field(default_factory=dict)   # variant → seeds
+    confirm_finished: dict[str, int] = field(default_factory=dict)      # group → seeds
+    ablation_finished: dict[str, int] = field(default_factory=dict)     # variant → seeds
+    ablations_same: list[str] = field(default_factory=list)   # variants = the chosen config
     compute_hours: float = 0.0
     best_params: dict[str, str] = field(default_factory=dict)
     commits: set[str] = field(default_factory=set)  # code that trained its runs (and resumes)
@@ -73,7 +77,7 @@ class SettingStatus:
 
     def ablations_complete(self, sweep: Sweep) -> bool:
         return all(self.ablation_finished.get(name, 0) >= sweep.settings.ablation_seeds
-                   for name in sweep.ablations)
+                   for name in sweep.ablations if name not in self.ablations_same)
 
 
 def _groups(sweep: Sweep) -> list[str]:
@@ -95,6 +99,9 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
         return status
     parent = client.get_run(status.parent_run_id)
     status.best_params = best_params(parent.data.params)
+    if status.best_params and sweep.ablations:
+        status.ablations_same = same_as_chosen(sweep, typed_params(sweep, status.best_params))
+    seeds: dict[tuple[str, str], set[str]] = {}   # (role, group) → distinct seeds finished
     # this sweep's runs only: not those of an abandoned sweep of the same name in this store
     for run in client.search_runs([exp.experiment_id],
                                   f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "
@@ -110,10 +117,14 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
                            if k.startswith("htl.git_commit")}
         if role == "trial":
             status.trials_finished += 1           # trials ASHA stopped early have ended too
-        elif role in ("confirm", ABLATION_ROLE) and scored_key(role) in run.data.metrics:
+        elif role in SCORED_ROLES and scored_key(role) in run.data.metrics:
             group = run.data.tags.get(GROUP_TAG, "?")
-            counts = status.confirm_finished if role == "confirm" else status.ablation_finished
-            counts[group] = counts.get(group, 0) + 1
+            if role == ABLATION_ROLE and not matches_variant(sweep, group, run.data.params):
+                continue              # a variant since edited: its old runs are not its runs
+            seeds.setdefault((role, group), set()).add(run.data.params.get("run.seed", "?"))
+    for (role, group), done in seeds.items():
+        counts = status.confirm_finished if role == "confirm" else status.ablation_finished
+        counts[group] = len(done)     # a seed trained twice (two machines) counts once
     return status
 
 
@@ -248,23 +259,38 @@ def enrichment_lines(sweep: Sweep, log: Callable[[str], None]) -> list[str]:
 
 def _val_by_seed(uri: str, sweep: Sweep, parent_run_id: str, role: str, group: str
                  ) -> dict[str, dict[str, float]]:
-    """Seed → val metrics (best epoch) of the sweep's finished runs of one role and group."""
+    """Seed → val metrics (best epoch) of the sweep's finished runs of one role and group; of
+    an ablation, only runs of the variant as the sweep file names it now. A seed trained twice
+    (on two machines) is its newest run."""
     runs = load_runs(uri, sweep.base.tracking.experiment,
                      f"tags.`{SWEEP_TAG}` = '{sweep.settings.name}' and "
                      f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
                      f"tags.`{ROLE_TAG}` = '{role}' and tags.`{GROUP_TAG}` = '{group}'")
-    return {str(r.seed): run_metrics(r.metrics, "val") for r in runs.itertuples()
-            if "best/val/dice" in r.metrics}
+    out: dict[str, dict[str, float]] = {}
+    for r in runs.itertuples():             # MLflow returns the newest run first
+        if "best/val/dice" in r.metrics and str(r.seed) not in out and (
+                role != ABLATION_ROLE or matches_variant(sweep, group, r.params)):
+            out[str(r.seed)] = run_metrics(r.metrics, "val")
+    return out
+
+
+def paired_difference(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]],
+                      metric: str) -> tuple[float, float, float, int]:
+    """Mean, 95% CI and number of pairs of a − b over the seeds both have."""
+    pairs = sorted(set(a) & set(b))
+    return (*mean_ci([a[s][metric] - b[s][metric] for s in pairs]), len(pairs))
 
 
 def _paired(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], metric: str
             ) -> str:
-    """Mean [95% CI] of a − b over the seeds both have, in points."""
-    return _fmt(*mean_ci([a[s][metric] - b[s][metric] for s in sorted(set(a) & set(b))]),
-                signed=True, points=True)
+    """`paired_difference` in points; the number of pairs when it is not every seed of `a`."""
+    d, lo, hi, n = paired_difference(a, b, metric)
+    return _fmt(d, lo, hi, signed=True, points=True) + (
+        f" ({n} of {len(a)} seeds paired)" if 0 < n < len(a) else "")
 
 
-def ablation_lines(sweep: Sweep, uri: str, status: SettingStatus) -> list[str]:
+def ablation_lines(sweep: Sweep, uri: str, status: SettingStatus, ablate: bool = True
+                   ) -> list[str]:
     """What else was tried: each ablation of the chosen configuration on val, paired by seed
     with the chosen configuration (`confirm-best`) and with ERM."""
     if not sweep.ablations:
@@ -281,9 +307,14 @@ def ablation_lines(sweep: Sweep, uri: str, status: SettingStatus) -> list[str]:
                      "ΔDice vs chosen": "–", "Δthr-J vs chosen": "–",
                      "ΔDice vs ERM": "–" if label == "erm" else _paired(runs, erm, "dice")})
     for name, overrides in sweep.ablations.items():
+        changes = ", ".join(f"`{o}`" for o in overrides)
+        if name in status.ablations_same:
+            rows.append({"variant": name, "changes": changes, "seeds": 0,
+                         "val Dice": "= chosen", "ΔDice vs chosen": "(the sweep chose it)",
+                         "Δthr-J vs chosen": "–", "ΔDice vs ERM": "–"})
+            continue
         runs = _val_by_seed(uri, sweep, parent, ABLATION_ROLE, name)
-        rows.append({"variant": name, "changes": ", ".join(f"`{o}`" for o in overrides),
-                     "seeds": len(runs),
+        rows.append({"variant": name, "changes": changes, "seeds": len(runs),
                      "val Dice": _fmt(*mean_ci([m["dice"] for m in runs.values()])),
                      "ΔDice vs chosen": _paired(runs, chosen, "dice"),
                      "Δthr-J vs chosen": _paired(runs, chosen, "thresholded_jaccard"),
@@ -297,24 +328,27 @@ def ablation_lines(sweep: Sweep, uri: str, status: SettingStatus) -> list[str]:
         lines += [f"Yardstick: the chosen configuration's val Dice ranges "
                   f"{min(spread):.3f}–{max(spread):.3f} over its {len(spread)} seeds.", ""]
     if not status.ablations_complete(sweep):
-        lines += ["*Ablations incomplete: the rows above cover the runs finished so far.*", ""]
+        lines += [("*Ablations incomplete: the rows above cover the runs finished so far.*"
+                   if ablate else "*Ablations not run (`--no-ablations`): the rows above "
+                                  "cover the runs an earlier sitting finished.*"), ""]
     return lines
 
 
-def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], None]
-                    ) -> tuple[str, SettingStatus]:
+def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], None],
+                    ablate: bool = True) -> tuple[str, SettingStatus]:
     status = setting_status(sweep, uri)
     groups = _groups(sweep)
     title = f"### {sweep.base.supervision.setting}: sweep `{sweep.settings.name}`"
     n_abl = sweep.settings.ablation_seeds
     ablated = sum(min(status.ablation_finished.get(a, 0), n_abl) for a in sweep.ablations)
+    n_variants = len([a for a in sweep.ablations if a not in status.ablations_same])
     done = sum(min(status.confirm_finished.get(g, 0), seeds) for g in groups)
     per_group = ", ".join(f"{g} {status.confirm_finished.get(g, 0)}" for g in groups)
     lines = [title, "",
              f"Sweep file `{sweep.path}`; {status.trials_finished} of "
              f"{status.trials_asked} trials finished; confirmation runs {done} of "
              f"{len(groups) * seeds} ({per_group}); "
-             + (f"ablation runs (val only) {ablated} of {len(sweep.ablations) * n_abl}; "
+             + (f"ablation runs (val only) {ablated} of {n_variants * n_abl}; "
                 if sweep.ablations else "")
              + "compute so far "
              f"{status.compute_hours:.1f} h (wall clock of its runs)"
@@ -339,7 +373,7 @@ def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], Non
     if not status.complete(groups, seeds):
         lines += ["*Incomplete: the numbers above cover the runs finished so far.*", ""]
     lines += [f"- {v}" for v in verdict_lines(verdict)] + [""]
-    lines += ablation_lines(sweep, uri, status)
+    lines += ablation_lines(sweep, uri, status, ablate)
     lines += enrichment_lines(sweep, log) + [""]
     return "\n".join(lines), status
 
@@ -359,8 +393,8 @@ def goal_lines(readings: list[tuple[str, dict, bool]]) -> list[str]:
                   for (b, m), (_, _, hi) in verdict.items() if hi < 0]
         if not complete:
             pending.append(setting)
-    reading = (f"**met** in {', '.join(met)}" if met else
-               "**not met** in any setting" + (" so far" if pending else ""))
+    reading = (f"**met** in {', '.join(met)}" if met else "**not met** in any setting") + (
+        " so far" if pending else "")
     lines = [f"**The goal** — HTL ahead of both ERM and the random placebo by ≥ 2 points of "
              f"thresholded Jaccard or Dice, 95% CIs excluding 0, in at least one setting: "
              f"{reading}. Significantly worse than ERM or the placebo: "
@@ -380,7 +414,7 @@ def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
 
     sections, complete, hours, readings = [], True, 0.0, []
     for sweep in sweeps:
-        text, status = setting_section(sweep, uri, seeds, log)
+        text, status = setting_section(sweep, uri, seeds, log, ablate)
         sections.append(text)
         hours += status.compute_hours
         readings.append((status.setting, status.verdict,
@@ -493,8 +527,11 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
                     continue
                 log(f"[htl-ray] reproduce: {sweep.settings.name} ablations "
                     f"({', '.join(sweep.ablations)}; val only)")
-                run_sweep(sweep, resume=True, confirm=seeds, ablate=True, log=log,
-                          on_confirmed=refresh_between_runs)
+                outcome = run_sweep(sweep, resume=True, confirm=seeds, ablate=True, log=log,
+                                    on_confirmed=refresh_between_runs)
+                if outcome.interrupted:
+                    log("[htl-ray] reproduce: interrupted; run the same command to continue")
+                    return False
     finally:
         # also when stopped or failed part-way: the page shows everything finished so far
         try:

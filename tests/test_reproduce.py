@@ -139,7 +139,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
     assert not any(r.data.tags.get("htl.role") == "ablation" for r in runs)
     assert "ablation runs (val only) 0 of 1" in page.read_text()
-    assert "*Ablations incomplete" in page.read_text()
+    assert "*Ablations not run (`--no-ablations`)" in page.read_text()
     confirm = [r for r in runs if r.data.tags.get("htl.role") == "confirm"]
     assert len([r for r in runs if r.data.tags.get("htl.role") == "trial"]) == 1
     assert sorted((r.data.params["htl.method"], r.data.params["run.seed"]) for r in confirm) \

@@ -1,6 +1,6 @@
 """Ablations in a sweep file: parsed and checked before Ray starts, planned as the chosen
-configuration with one thing changed, scored on val only. (Trained end to end, archived and
-reported in tests/test_reproduce.py.)"""
+configuration with one thing changed, scored on val only; counted and paired by seed from a
+real MLflow store. (Trained end to end, archived and reported in tests/test_reproduce.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pytest
 import yaml
 
 from htl_ray.config import ConfigError
-from htl_ray.tune.ablation import ablation_plan, ablation_run_name
+from htl_ray.tune.ablation import (
+    ablation_plan,
+    ablation_run_name,
+    matches_variant,
+    same_as_chosen,
+)
 from htl_ray.tune.space import load_sweep
 
 
@@ -19,7 +24,7 @@ def _write(tmp_path, ablations, **settings):
         "sweep": {"name": "s", **settings},
         "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 4.0},
                   "htl.attention": {"type": "categorical", "choices": ["reweight", "oversample"]}},
-        "ablations": ablations}))
+        "ablations": ablations}, sort_keys=False))
     return path
 
 
@@ -50,19 +55,35 @@ def test_variants_are_the_chosen_config_with_their_overrides_on_val_only(tmp_pat
     assert base_raw == sweep.base.to_dict()                          # left untouched
 
 
-def test_a_variant_that_changes_nothing_is_refused_by_name(tmp_path):
+def test_a_variant_that_changes_nothing_is_refused_or_left_out(tmp_path):
     # a key the sweep does not search, set to the base config's value: refused on reading
     with pytest.raises(ConfigError, match=r"ablations\.same: htl.refresh_every=2 changes "
                                           "nothing: the base config has it already"):
         load_sweep(_write(tmp_path, {"same": ["htl.refresh_every=2"]}))
-    # a swept key: a no-op only if the sweep chose that value, so refused when planned
-    sweep = load_sweep(_write(tmp_path, {"reweight": ["htl.attention=reweight"]}))
-    assert ablation_plan(sweep, {"htl.lam": 1.0, "htl.attention": "oversample"},
-                         sweep.base.to_dict())
-    with pytest.raises(ConfigError, match="ablations.reweight: htl.attention=reweight is what "
-                                          "the sweep chose already"):
-        ablation_plan(sweep, {"htl.lam": 1.0, "htl.attention": "reweight"},
-                      sweep.base.to_dict())
+    # a searched key: the same only if the search chose that value; then there is nothing to
+    # train (the confirmation runs are that variant), and the other variants still run
+    sweep = load_sweep(_write(tmp_path, {"reweight": ["htl.attention=reweight"],
+                                         "r1": ["htl.refresh_every=1"]}))
+    oversample = {"htl.lam": 1.0, "htl.attention": "oversample"}
+    reweight = {"htl.lam": 1.0, "htl.attention": "reweight"}
+    assert same_as_chosen(sweep, oversample) == [] and same_as_chosen(sweep, reweight) == [
+        "reweight"]
+    assert [g for _, g, _, _ in ablation_plan(sweep, oversample, sweep.base.to_dict())] == [
+        "reweight", "r1"]
+    assert [g for _, g, _, _ in ablation_plan(sweep, reweight, sweep.base.to_dict())] == ["r1"]
+
+
+def test_a_run_is_a_variants_only_with_the_variants_values_as_the_file_names_them_now(
+        tmp_path):
+    sweep = load_sweep(_write(tmp_path, {"r1": ["htl.refresh_every=1"],
+                                         "soft": ["htl.weighting=soft", "htl.lam=1.0"]}))
+    logged = {k: str(v) for k, v in sweep.config_for(
+        {"htl.lam": 2.0, "htl.attention": "reweight"}, ["htl.refresh_every=1"]).flat().items()}
+    assert matches_variant(sweep, "r1", logged)
+    assert not matches_variant(sweep, "r1", {**logged, "htl.refresh_every": "4"})  # edited
+    assert not matches_variant(sweep, "gone", logged)                 # dropped from the file
+    assert not matches_variant(sweep, "soft", logged)                 # hard weights, λ 2
+    assert matches_variant(sweep, "soft", {**logged, "htl.weighting": "soft", "htl.lam": "1.0"})
 
 
 def test_command_line_overrides_add_replace_and_drop_variants(tmp_path):
@@ -89,6 +110,9 @@ def test_command_line_overrides_add_replace_and_drop_variants(tmp_path):
     ({"r1": ["htl.refresh_every"]}, r"ablations\.r1: expected a non-empty list of key=value"),
     ({"erm": ["htl.method=erm"]}, r"ablations\.erm: a variant changes how .* not its method"),
     ({"s1": ["run.seed=1"]}, r"ablations\.s1: .*seed"),
+    ({"fast": ["htl.scorer_threads=4"]}, r"ablations\.fast: .*speed"),
+    ({"test": ["train.evaluate_test=false"]}, r"ablations\.test: .*test scoring"),
+    ({"store": ["tracking.experiment=x"]}, r"ablations\.store: .*tracking"),
     ({"r0": ["htl.refresh_every=0"]}, r"ablations\.r0: .*htl\.refresh_every"),
     ({"typo": ["htl.refresh_evry=1"]}, r"ablations\.typo: .*refresh_evry"),
 ])
@@ -106,3 +130,98 @@ def test_a_sweep_file_without_ablations_has_none(tmp_path):
     sweep = load_sweep(_write(tmp_path, None))
     assert sweep.ablations == {} and ablation_plan(
         sweep, {"htl.lam": 1.0, "htl.attention": "reweight"}, sweep.base.to_dict()) == []
+
+
+def _run(uri, name, tags, params, metrics, status="FINISHED"):
+    from mlflow.tracking import MlflowClient
+
+    from htl_ray import tracking
+
+    run_id = tracking.start_run(uri, "abl", name, params, {"htl.sweep": "s", **tags})
+    if metrics:
+        tracking.log_metrics(uri, run_id, metrics, 0)
+    MlflowClient(uri).set_terminated(run_id, status)
+    return run_id
+
+
+def test_status_and_table_count_distinct_seeds_of_the_variant_as_named_now(tmp_path,
+                                                                            tracking_uri):
+    """Real MLflow store: a seed trained twice counts once, a run of the variant's earlier
+    values not at all, a variant the sweep chose has nothing to train, and Δ pairs by seed."""
+    import json
+
+    from scipy import stats
+
+    from htl_ray.reproduce import ablation_lines, setting_status
+    from htl_ray.tune.sweep import STATE_FILE, _finished_in_mlflow
+
+    path = _write(tmp_path, {"r1": ["htl.refresh_every=1"], "soft": ["htl.weighting=soft"],
+                             "reweight": ["htl.attention=reweight"]}, ablation_seeds=2,
+                  storage_path=str(tmp_path / "sweeps"))
+    sweep = load_sweep(path, [f"tracking.uri={tracking_uri}", "tracking.experiment=abl"])
+    best = {"htl.lam": 1.5, "htl.attention": "reweight"}
+    parent = _run(tracking_uri, "sweep s", {"htl.role": "sweep"},
+                  {"best.htl.lam": "1.5", "best.htl.attention": "reweight"}, {})
+    sweep.directory.mkdir(parents=True)
+    (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+
+    def child(role, group, seed, dice, extra=(), method="htl"):
+        scored = ["train.evaluate_test=false"] if role == "ablation" else []
+        cfg = sweep.config_for(best, [*extra, *scored, f"htl.method={method}",
+                                      f"run.seed={seed}"])
+        metrics = {"best/val/dice": dice, "best/val/thresholded_jaccard": dice - 0.1}
+        if role == "confirm":
+            metrics["best/test/dice"] = dice
+        return _run(tracking_uri, f"{group} s{seed}", {
+            "htl.role": role, "htl.group": group, "mlflow.parentRunId": parent},
+            {k: str(v) for k, v in cfg.flat().items()}, metrics)
+
+    chosen = {0: 0.80, 1: 0.82, 2: 0.81}
+    for seed, dice in chosen.items():
+        child("confirm", "best", seed, dice)
+    for seed, dice in {0: 0.79, 1: 0.80}.items():                 # ERM seed 2 not yet run
+        child("confirm", "erm", seed, dice, method="erm")
+    r1 = {seed: child("ablation", "r1", seed, dice, ["htl.refresh_every=1"])
+          for seed, dice in {1: 0.84, 2: 0.82}.items()}
+    child("ablation", "r1", 2, 0.82, ["htl.refresh_every=1"])  # seed 2 again, elsewhere
+    child("ablation", "r1", 0, 0.70, ["htl.refresh_every=4"])   # r1's values before an edit
+    child("ablation", "soft", 0, 0.78, ["htl.weighting=soft"])
+    _run(tracking_uri, "soft s1", {"htl.role": "ablation", "htl.group": "soft",
+                                   "mlflow.parentRunId": parent}, {}, {}, "FAILED")
+
+    status = setting_status(sweep, tracking_uri)
+    assert status.confirm_finished == {"best": 3, "erm": 2}
+    assert status.ablation_finished == {"r1": 2, "soft": 1}
+    assert status.ablations_same == ["reweight"]        # the sweep chose reweighting
+    assert not status.ablations_complete(sweep)         # soft lacks seed 1
+    status.ablation_finished["soft"] = 2
+    assert status.ablations_complete(sweep)             # "reweight" has nothing to train
+    status.ablation_finished["soft"] = 1
+
+    lines = ablation_lines(sweep, tracking_uri, status)
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
+            for r in lines[2].splitlines()[2:]}
+    assert rows["chosen (confirmation runs)"][2:4] == ["3", "0.810 [0.785, 0.835]"]
+    # r1 − chosen on seeds 1 and 2: +2 and +1 points; t interval with 1 degree of freedom
+    half = stats.t.ppf(0.975, 1) * 0.7071068 / 2 ** 0.5
+    assert rows["r1"][1:4] == ["`htl.refresh_every=1`", "2", "0.830 [0.703, 0.957]"]
+    assert rows["r1"][4] == f"+1.5 [{1.5 - half:+.1f}, {1.5 + half:+.1f}]"
+    assert rows["r1"][6] == "+4.0 (1 of 2 seeds paired)"   # ERM has seed 1 only: 0.84 − 0.80
+    assert rows["soft"][2:5] == ["1", "0.780", "-2.0"]
+    assert rows["reweight"][2:5] == ["0", "= chosen", "(the sweep chose it)"]
+    assert lines[-2] == "*Ablations incomplete: the rows above cover the runs finished so far.*"
+    assert "Yardstick: the chosen configuration's val Dice ranges 0.800–0.820 over its 3 " \
+           "seeds." in lines
+
+    # the protocol keeps a finished (imported) run of the planned variant, and refuses one
+    # whose values differ instead of counting it as the variant's
+    base_raw = sweep.base.to_dict()
+    plan = {name: cfg for name, _, _, cfg in ablation_plan(sweep, best, base_raw)}
+    assert _finished_in_mlflow(sweep, "r1", 1, plan["ablation-r1-s1"], "ablation-r1-s1",
+                               parent, "ablation") == r1[1]
+    assert _finished_in_mlflow(sweep, "soft", 1, plan["ablation-soft-s1"], "ablation-soft-s1",
+                               parent, "ablation") is None            # failed: train it
+    with pytest.raises(ConfigError, match=r"ablation-r1-s0, finished elsewhere\) was trained "
+                                          r"with another configuration .*htl.refresh_every"):
+        _finished_in_mlflow(sweep, "r1", 0, plan["ablation-r1-s0"], "ablation-r1-s0", parent,
+                            "ablation")

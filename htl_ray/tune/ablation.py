@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from htl_ray.config import ConfigError, ExperimentConfig
+from htl_ray.config import ExperimentConfig
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import TrialRecord
 from htl_ray.tune.sweep import train_child_runs
@@ -29,25 +29,42 @@ def ablation_run_name(name: str, seed: int) -> str:
     return f"{ROLE}-{name}-s{seed}"
 
 
+def variant_config(sweep: Sweep, name: str) -> dict[str, Any]:
+    """The base config with one variant's overrides, flat: a variant's overrides are applied
+    after the sampled values, so these are its values whatever the sweep chose."""
+    return sweep.config_for({}, sweep.ablations[name]).flat()
+
+
+def same_as_chosen(sweep: Sweep, best_params: dict[str, Any]) -> list[str]:
+    """The variants that would train the chosen configuration again: they set a searched key
+    to the value the search chose (a variant setting an unsearched key to the base config's
+    value is refused when the sweep file is read)."""
+    chosen = sweep.config_for(best_params).flat()
+    return [name for name in sweep.ablations
+            if sweep.config_for(best_params, sweep.ablations[name]).flat() == chosen]
+
+
+def matches_variant(sweep: Sweep, name: str, params: dict[str, str]) -> bool:
+    """Whether a run's logged params (MLflow text) hold the variant's values as the sweep file
+    names it now: a run of an edited variant (same name, other values) is not one of its runs."""
+    if name not in sweep.ablations:
+        return False
+    flat = variant_config(sweep, name)
+    keys = {o.split("=", 1)[0].strip() for o in sweep.ablations[name]}
+    return all(params.get(k) == str(flat[k]) for k in keys)
+
+
 def ablation_plan(sweep: Sweep, best_params: dict[str, Any], base_raw: dict[str, Any]
                   ) -> list[tuple[str, str, int, ExperimentConfig]]:
     """(run name, variant, seed, config) of every ablation run, variant-major: each variant's
-    seeds together, in the sweep file's order. A variant that leaves the chosen configuration
-    as it is would train `confirm-best` again under another name, so it is refused."""
-    chosen = sweep.config_for(best_params, None, base_raw).flat()
-    plan = []
-    for name, overrides in sweep.ablations.items():
-        variant = sweep.config_for(best_params, overrides, base_raw)
-        if variant.flat() == chosen:
-            raise ConfigError(f"{sweep.path}: ablations.{name}: {', '.join(overrides)} is what "
-                              "the sweep chose already: the variant would be the chosen "
-                              "configuration again")
-        for seed in range(sweep.settings.ablation_seeds):
-            run_name = ablation_run_name(name, seed)
-            plan.append((run_name, name, seed, sweep.config_for(best_params, [
+    seeds together, in the sweep file's order. A variant that is the chosen configuration
+    already (`same_as_chosen`) has nothing to train and is left out."""
+    same = same_as_chosen(sweep, best_params)
+    return [(ablation_run_name(name, seed), name, seed, sweep.config_for(best_params, [
                 *overrides, "train.evaluate_test=false", f"run.seed={seed}",
-                f"run.name={run_name}"], base_raw)))
-    return plan
+                f"run.name={ablation_run_name(name, seed)}"], base_raw))
+            for name, overrides in sweep.ablations.items() if name not in same
+            for seed in range(sweep.settings.ablation_seeds)]
 
 
 def run_ablations(sweep: Sweep, best: TrialRecord, base_raw: dict[str, Any],
@@ -55,6 +72,9 @@ def run_ablations(sweep: Sweep, best: TrialRecord, base_raw: dict[str, Any],
                   on_trained: Callable[[], None] | None = None) -> dict[str, list[str]]:
     """Train the `ablation_plan` (finished runs kept, unfinished ones resumed)."""
     plan = ablation_plan(sweep, best.params, base_raw)
+    for name in same_as_chosen(sweep, best.params):
+        log(f"[htl-ray] ablation {name}: {', '.join(sweep.ablations[name])} is what the sweep "
+            "chose: nothing to train (the confirmation runs are this variant)")
     if plan:
         log(f"[htl-ray] sweep {sweep.settings.name}: {len(sweep.ablations)} ablation(s) of "
             f"the chosen configuration ({', '.join(sweep.ablations)}), "

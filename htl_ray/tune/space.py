@@ -34,6 +34,7 @@ from typing import Any
 import optuna.distributions as od
 
 from htl_ray.config import (
+    RESULT_NEUTRAL_KEYS,
     ConfigError,
     ExperimentConfig,
     apply_overrides,
@@ -270,6 +271,8 @@ def _override_ablations(raw: Any, overrides: list[str], path: Path) -> dict[str,
 
 
 ABLATION_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+# keys an ablation may not set: the confirmation runs' (method, seed), or none of the training's
+NOT_A_VARIANT = ("htl.method", "run.", "tracking.", "train.evaluate_test")
 
 
 def _ablations(raw: Any, where: str) -> dict[str, list[str]]:
@@ -287,11 +290,12 @@ def _ablations(raw: Any, where: str) -> dict[str, list[str]]:
                 isinstance(o, str) and "=" in o for o in overrides):
             raise ConfigError(f"{where}.{name}: expected a non-empty list of key=value "
                               f"overrides, got {overrides!r}")
-        if any(o.split("=", 1)[0].strip() in ("htl.method", "run.seed", "run.name")
-               for o in overrides):
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+        if any(k.startswith(NOT_A_VARIANT) or k in RESULT_NEUTRAL_KEYS for k in keys):
             raise ConfigError(f"{where}.{name}: a variant changes how the chosen HTL "
-                              "configuration attends, not its method, seed or name "
-                              "(those are the confirmation runs')")
+                              "configuration trains, not its method, seed, name, tracking, "
+                              "test scoring or speed (got "
+                              f"{', '.join(k for k in keys)})")
         out[name] = list(overrides)
     return out
 

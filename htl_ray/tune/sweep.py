@@ -491,8 +491,9 @@ def train_child_runs(sweep: Sweep, plan: list[tuple[str, str, int, ExperimentCon
         state_file = runs_dir / name / RUN_STATE_FILE
         _same_config_or_refuse(state_file, cfg, role)
         finished = _finished_run(state_file)
-        if not finished and not state_file.is_file():
-            # trained elsewhere and imported from the archive (scored, or not found)
+        if not finished:
+            # trained elsewhere and imported from the archive (scored, or not found) — also
+            # when this machine had begun it and lost it: the finished one is kept
             finished = _finished_in_mlflow(sweep, group, seed, cfg, name, parent_run_id, role)
             if finished:
                 log(f"[htl-ray] {role} {name}: finished elsewhere (MLflow run {finished})")
@@ -516,6 +517,7 @@ def train_child_runs(sweep: Sweep, plan: list[tuple[str, str, int, ExperimentCon
 
 
 RUN_KIND = {"confirm": "confirmation", ABLATION_ROLE: "ablation"}
+SCORED_ROLES = tuple(RUN_KIND)        # a sweep's child runs that count once scored
 
 
 def scored_key(role: str) -> str:
@@ -597,7 +599,7 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
     if differ:
         raise ConfigError(
             f"MLflow run {runs[0].info.run_id} ({name}, finished elsewhere) {_changed(differ)} "
-            "To confirm the new configuration, continue without the archive in a fresh MLflow "
+            "To train the new configuration, continue without the archive in a fresh MLflow "
             "store and sweep directory (tracking.uri, sweep.storage_path), or delete the "
             "imported runs (tag htl.archive.origin_run_id)")
     return runs[0].info.run_id
@@ -607,7 +609,7 @@ def _has_test_metrics(state_file: Path, run_id: str) -> bool:
     from mlflow.tracking import MlflowClient
 
     uri = json.loads(state_file.read_text())["tracking_uri"]
-    return "best/test/dice" in MlflowClient(uri).get_run(run_id).data.metrics
+    return scored_key("confirm") in MlflowClient(uri).get_run(run_id).data.metrics
 
 
 def _finished_run(state_file: Path) -> str | None:
