@@ -344,14 +344,16 @@ def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], Non
     n_variants = len([a for a in sweep.ablations if a not in status.ablations_same])
     done = sum(min(status.confirm_finished.get(g, 0), seeds) for g in groups)
     per_group = ", ".join(f"{g} {status.confirm_finished.get(g, 0)}" for g in groups)
+    finished = status.complete(groups, seeds) and (
+        not ablate or status.ablations_complete(sweep))
     lines = [title, "",
              f"Sweep file `{sweep.path}`; {status.trials_finished} of "
              f"{status.trials_asked} trials finished; confirmation runs {done} of "
              f"{len(groups) * seeds} ({per_group}); "
              + (f"ablation runs (val only) {ablated} of {n_variants * n_abl}; "
                 if sweep.ablations else "")
-             + "compute so far "
-             f"{status.compute_hours:.1f} h (wall clock of its runs)"
+             + ("compute " if finished else "compute so far ")
+             + f"{status.compute_hours:.1f} h (wall clock of its runs)"
              + (f"; code: {', '.join(f'`{c}`' for c in sorted(status.commits))}."
                 if status.commits else ".")]
     if status.best_params:
@@ -427,9 +429,9 @@ def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
             f"`{_short(tracking.git_commit())}` from MLflow `{tracking.redact(uri)}` by",
             "", "```bash", command, "```", "",
-            f"Seeds 0–{seeds - 1} per method; {hours:.1f} compute hours so far. "
-            + ("**Complete.**" if complete else "**In progress** — run the same command to "
-               "continue; finished runs are skipped."), "", *goal_lines(readings)]
+            f"Seeds 0–{seeds - 1} per method; {hours:.1f} compute hours "
+            + ("in all. **Complete.**" if complete else "so far. **In progress** — run the "
+               "same command to continue; finished runs are skipped."), "", *goal_lines(readings)]
     return "\n".join(head + sections), complete
 
 

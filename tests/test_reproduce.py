@@ -152,6 +152,8 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     text = page.read_text()
     assert text.startswith("# Results\n\nwritten by hand\n") and text.count(BEGIN) == 1
     assert "**Complete.**" in text and "1 of 1 trials finished" in text
+    # stopped short of its ablation: the setting's compute is a running total, the page's is not
+    assert "compute hours in all. **Complete.**" in text and "compute so far" not in text
     # one seed: no interval, so the goal is not met (nor anything significantly worse)
     assert "in at least one setting: **not met** in any setting. Significantly worse than " \
            "ERM or the placebo: nowhere." in text
@@ -245,6 +247,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert len(list((archive / "tiny-repro").glob("*.json"))) == 6
     text2 = page2.read_text()
     assert "**Complete.**" in text2 and "1 of 1 trials finished" in text2
+    assert "compute so far" not in text2 and "; compute " in text2
     rows2 = {r.split("|")[1].strip(): r for r in text2.splitlines() if r.startswith("| ")}
     assert rows2["htl"] == next(r for r in table if r.split("|")[1].strip() == "htl")
     assert rows2["refresh-every-2"] == next(r for r in text.splitlines()
@@ -311,6 +314,7 @@ def test_gpu_variant_overrides_every_setting_and_report_only_trains_nothing(tmp_
         capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "reproduction protocol in progress" in proc.stdout
+    assert "0.0 compute hours so far. **In progress**" in page.read_text()
     text = page.read_text()
     assert text.count("*Not started.*") == 2
     # the command that regenerates it, overrides spelled out
@@ -326,7 +330,7 @@ def test_trials_cut_short_count_once_their_sweep_has_ended(tmp_path, synth_datas
     sweep has ended (its parent records best.* params) Tune runs none of its trials again, so
     it has ended too. A run Tune re-ran as a new trial (orphaned) never counts."""
     from htl_ray import tracking
-    from htl_ray.reproduce import setting_status
+    from htl_ray.reproduce import setting_section, setting_status
     from htl_ray.tune.space import load_sweep
     from htl_ray.tune.sweep import STATE_FILE
 
@@ -355,3 +359,5 @@ def test_trials_cut_short_count_once_their_sweep_has_ended(tmp_path, synth_datas
     sweep.directory.mkdir(parents=True)
     (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
     assert setting_status(sweep, tracking_uri).trials_finished == (2 if sweep_ended else 1)
+    # no confirmation run yet: the setting's compute is a running total
+    assert "; compute so far " in setting_section(sweep, tracking_uri, 1, print)[0]
