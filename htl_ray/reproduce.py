@@ -79,6 +79,12 @@ class SettingStatus:
         return all(self.ablation_finished.get(name, 0) >= sweep.settings.ablation_seeds
                    for name in sweep.ablations if name not in self.ablations_same)
 
+    def finished(self, sweep: Sweep, seeds: int, ablate: bool = True) -> bool:
+        """Nothing left for the protocol to train in this setting: every confirmation run
+        and, with `ablate`, every ablation."""
+        return self.complete(_groups(sweep), seeds) and (
+            not ablate or self.ablations_complete(sweep))
+
 
 def _groups(sweep: Sweep) -> list[str]:
     return ["best", *sweep.settings.comparators]
@@ -344,15 +350,13 @@ def setting_section(sweep: Sweep, uri: str, seeds: int, log: Callable[[str], Non
     n_variants = len([a for a in sweep.ablations if a not in status.ablations_same])
     done = sum(min(status.confirm_finished.get(g, 0), seeds) for g in groups)
     per_group = ", ".join(f"{g} {status.confirm_finished.get(g, 0)}" for g in groups)
-    finished = status.complete(groups, seeds) and (
-        not ablate or status.ablations_complete(sweep))
     lines = [title, "",
              f"Sweep file `{sweep.path}`; {status.trials_finished} of "
              f"{status.trials_asked} trials finished; confirmation runs {done} of "
              f"{len(groups) * seeds} ({per_group}); "
              + (f"ablation runs (val only) {ablated} of {n_variants * n_abl}; "
                 if sweep.ablations else "")
-             + ("compute " if finished else "compute so far ")
+             + ("compute " if status.finished(sweep, seeds, ablate) else "compute so far ")
              + f"{status.compute_hours:.1f} h (wall clock of its runs)"
              + (f"; code: {', '.join(f'`{c}`' for c in sorted(status.commits))}."
                 if status.commits else ".")]
@@ -422,8 +426,7 @@ def results_markdown(sweeps: list[Sweep], uri: str, seeds: int, command: str,
         readings.append((status.setting, status.verdict,
                          status.complete([g for g in _groups(sweep) if g in VERDICT_GROUPS],
                                          seeds)))
-        complete &= status.complete(_groups(sweep), seeds) and (
-            not ablate or status.ablations_complete(sweep))
+        complete &= status.finished(sweep, seeds, ablate)
     head = ["## Reproduction protocol: HTL attention vs ERM, the placebo and loss-based "
             "attention", "",
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
