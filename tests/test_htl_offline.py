@@ -17,9 +17,15 @@ CFG = ModelConfig(decoder_channels=[32, 16, 8, 8, 4])
 
 
 def test_failure_summary_hand_computed():
-    table = pd.DataFrame({"h": [0.9, 0.1, 0.8, 0.2], "dense_iou": [0.3, 0.9, 0.5, 0.7]})
+    table = pd.DataFrame({"h": [0.9, 0.1, 0.8, 0.2], "dense_iou": [0.3, 0.9, 0.5, 0.7],
+                          "tta": [0.1, 0.9, 0.2, 0.8], "entropy": [0.5, 0.5, 0.5, 0.5],
+                          "uncertain": [0.9, 0.1, 0.1, 0.9]})
     s = failure_summary(table)
     assert s["failure_rate"] == 0.5 and s["failure_auroc"] == 1.0
+    # every quality-control risk on the same images: reversed, uninformative, one of two right
+    assert s["risk_auroc"]["h"] == 1.0 and s["risk_auroc"]["tta"] == 0.0
+    assert s["risk_auroc"]["entropy"] == 0.5 and s["risk_auroc"]["uncertain"] == 0.5
+    assert s["risk_auroc"]["tta+h"] == 0.5
 
 
 def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, capsys):
@@ -40,8 +46,8 @@ def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, ca
     out = capsys.readouterr().out
     assert code == 0 and "AUROC undefined: every image fails" in out
     assert "target 0.30 → 0.3000" in out
-    assert set(pd.read_parquet(tmp_path / "t.parquet").columns) >= {"id", "d_0.30", "d_0.60",
-                                                                    "h"}
+    assert set(pd.read_parquet(tmp_path / "t.parquet").columns) >= {
+        "id", "d_0.30", "d_0.60", "h", "tta", "entropy", "uncertain"}
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         score_checkpoint(tmp_path, synth_dataset)
 
@@ -49,7 +55,7 @@ def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, ca
 def test_architecture_falls_back_to_the_runs_config(tmp_path):
     import json
 
-    from htl_ray.htl.offline import model_config_of
+    from htl_ray.train.checkpoints import model_config_of
 
     ckpt = tmp_path / "run" / "checkpoint_1"
     ckpt.mkdir(parents=True)

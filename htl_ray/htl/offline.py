@@ -1,13 +1,14 @@
-"""`htl-ray score`: HTL scores of a saved model on any split, and h as a failure detector.
+"""`htl-ray score`: HTL scores of a saved model on any split, and the quality-control risks as
+failure detectors.
 
-h needs no labels, so on new data it flags the images where the model is likely to fail. On
-labeled held-out data we measure how well it does that: the AUROC of h for "failed
-segmentation" (the dense model's IoU < 0.65, the ISIC 2018 threshold).
+h and the other quality-control signals (htl_ray.quality: tta, entropy, uncertain) need no
+labels, so on new data they flag the images where the model is likely to fail. On labeled
+held-out data we measure how well each does that: its AUROC for "failed segmentation" (the
+dense model's IoU < 0.65, the ISIC 2018 threshold).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ import pandas as pd
 from htl_ray.data.loading import split_dataset
 from htl_ray.htl.scorer import ScoringSpec, score_dataset
 from htl_ray.metrics import ISIC_JACCARD_THRESHOLD, auroc
-from htl_ray.train.checkpoints import CHECKPOINT_FILE, load_checkpoint, read_meta
+from htl_ray.train.checkpoints import (
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    model_config_of,
+    read_meta,
+)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -29,24 +35,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def model_config_of(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """The architecture of a checkpoint: its meta.json, else its run's htl_run.json."""
-    if "model_config" in meta:
-        return meta["model_config"]
-    run_state = ckpt.parent / "htl_run.json"
-    if run_state.is_file():
-        return json.loads(run_state.read_text())["config"]["model"]
-    raise ValueError(f"{ckpt}: no model_config in meta.json and no htl_run.json beside it; "
-                     "cannot tell which architecture to build")
-
-
 def failure_summary(table: pd.DataFrame, score: str = "h") -> dict[str, Any]:
-    """How well `score` predicts failure (dense IoU < 0.65) on labeled data."""
+    """How well `score` — and every other quality-control risk the table holds — predicts
+    failure (dense IoU < 0.65) on labeled data: `failure_auroc` (of `score`) and
+    `risk_auroc` {risk: AUROC}."""
+    from htl_ray.quality import RISKS
+
     out: dict[str, Any] = {"n": len(table), f"mean_{score}": float(table[score].mean())}
     if "dense_iou" in table:
         failed = table["dense_iou"].to_numpy() < ISIC_JACCARD_THRESHOLD
         out.update({"failure_rate": float(failed.mean()),
                     "failure_auroc": auroc(table[score].to_numpy(), failed)})
+        out["risk_auroc"] = {name: auroc(risk.of(table), failed) for name, risk in RISKS.items()
+                             if all(s in table for s in risk.signals)}
     return out
 
 
@@ -59,7 +60,8 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
     meta = read_meta(ckpt)
     state = load_checkpoint(ckpt)["model"]
     spec = ScoringSpec(model=model_config_of(ckpt, meta), sparsities=tuple(sparsities),
-                       method=pruning, with_labels=labels, batch_size=batch_size, pool_size=actors)
+                       method=pruning, with_labels=labels, batch_size=batch_size, pool_size=actors,
+                       quality=True)
     table = score_dataset(split_dataset(dataset, split), state, spec)
     summary = failure_summary(table)
     summary.update({"split": split, "checkpoint": str(ckpt), "epoch": meta.get("epoch"),

@@ -23,6 +23,7 @@ from htl_ray.device import best_device, placement
 from htl_ray.htl.scoring import score_population_batch
 from htl_ray.models import create_model
 from htl_ray.pruning import measured_sparsity, pruned_copies
+from htl_ray.quality import quality_signals
 from htl_ray.supervision.settings import LABELED
 
 
@@ -46,6 +47,9 @@ class ScoringSpec:
     precision: str = "auto"           # train.precision / train.memory_format (htl_ray.device)
     memory_format: str = "auto"
     start_timeout_s: float = 600.0    # the actors must start within this; 0: Ray Data's wait
+    # `htl-ray score`: also the quality-control signals of the newest dense model (tta, entropy,
+    # uncertain; htl_ray.quality) — four more forward passes, so not during training refreshes
+    quality: bool = False
 
 
 class ScorerUnschedulable(RuntimeError):
@@ -86,6 +90,11 @@ class ScorerActor:
         with self.place.autocast():
             scores = score_population_batch(
                 self.population, self.place.inputs(images), *_labels(self.spec, batch, masks))
+        if self.spec.quality:
+            dense = self.population[-1][0]
+            with self.place.autocast():
+                scores.update(quality_signals(lambda x: dense(x).float(),
+                                              self.place.inputs(images)))
         n = len(batch["id"])
         # measured once per actor; carried as columns so the caller can report it
         sparsity = {f"{SPARSITY_PREFIX}{s:.2f}": np.full(n, v) for s, v in self.sparsity.items()}
@@ -140,13 +149,13 @@ def score_dataset(dataset, snapshot, spec: ScoringSpec) -> pd.DataFrame:
         num_cpus=spec.cpus_per_actor,
         num_gpus=spec.gpus_per_actor or None,
     )
-    _wait_for_room(spec)
+    wait_for_room(spec)
     table = scored.to_pandas().sort_values("id").reset_index(drop=True)
     table.attrs["measured_sparsity"] = pop_measured_sparsity(table)
     return table
 
 
-def _wait_for_room(spec: ScoringSpec) -> None:
+def wait_for_room(spec: ScoringSpec) -> None:
     """Raise ScorerUnschedulable unless the pool's actors can start within spec.start_timeout_s.
 
     Without it, actors that never get their CPUs (held by a trial whose placement group was
@@ -199,5 +208,7 @@ def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
         sub = {k: v[start:start + spec.batch_size] for k, v in batch.items()}
         images, masks = decode_batch(sub)
         scores = score_population_batch(population, images, *_labels(spec, sub, masks))
+        if spec.quality:
+            scores.update(quality_signals(population[0][0], images))
         parts.append(pd.DataFrame({"id": sub["id"], **scores}))
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)

@@ -122,3 +122,14 @@ def best_of_run(run_dir: str | Path) -> tuple[Path, dict[str, float]] | None:
         metric = json.loads(state.read_text()).get("config", {}).get("train", {}).get(
             "checkpoint_metric", metric)
     return best_checkpoint(run_dir, metric)
+
+
+def model_config_of(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The architecture of a checkpoint: its meta.json, else its run's htl_run.json."""
+    if "model_config" in meta:
+        return meta["model_config"]
+    run_state = ckpt.parent / RUN_STATE_FILE
+    if run_state.is_file():
+        return json.loads(run_state.read_text())["config"]["model"]
+    raise ValueError(f"{ckpt}: no model_config in meta.json and no htl_run.json beside it; "
+                     "cannot tell which architecture to build")
