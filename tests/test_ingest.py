@@ -171,6 +171,57 @@ def test_ph2_layout(tmp_path):
     assert sorted(df.id) == ["IMD002", "IMD003"] and (df.orig_width == 76).all()
 
 
+PH2_TABLE = """\
+|| Name || Histological Diagnosis || Common Nevus || Atypical Nevus || Melanoma || Asymmetry ||
+|| IMD002 ||                       ||      X       ||                ||          ||     0     ||
+|| IMD003 ||                       ||              ||                ||     X    ||     2     ||
+|| IMD004 ||                       ||              ||       X        ||          ||     1     ||
+
+Legend: Asymmetry 0 - Fully Symmetric ...
+"""
+
+
+def test_ph2_reads_the_release_diagnosis_table_and_any_image_suffix(tmp_path):
+    """PH2_dataset.txt beside the images gives the clinical diagnosis; an image saved as PNG
+    instead of BMP is read; a table row without an image is listed, not dropped silently."""
+    root = tmp_path / "PH2Dataset"
+    for i, (name, suffix) in enumerate([("IMD002", "bmp"), ("IMD003", "png")]):
+        case = root / "PH2 Dataset images" / name
+        (case / f"{name}_Dermoscopic_Image").mkdir(parents=True)
+        (case / f"{name}_lesion").mkdir()
+        _lesion_image(case / f"{name}_Dermoscopic_Image" / f"{name}.{suffix}", 76, 57, seed=i)
+        _mask(case / f"{name}_lesion" / f"{name}_lesion.{suffix}", 76, 57)
+    (root / "PH2_dataset.txt").write_text(PH2_TABLE)
+    assert main(["data", "ingest", "--layout", "ph2", str(root / "PH2 Dataset images"),
+                 "--out", str(tmp_path / "out"), "--size", "16", "--all-test"]) == 0
+    df = read_table(tmp_path / "out").set_index("id")
+    assert df["diagnosis"].to_dict() == {"IMD002": "common nevus", "IMD003": "melanoma"}
+    assert (df["split"] == "test").all()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [i["id"] for i in report["issues"]["unknown_metadata_id"]] == ["IMD004"]
+    (root / "PH2_dataset.txt").write_text("no table here\n")
+    assert main(["data", "ingest", "--layout", "ph2", str(root), "--out",
+                 str(tmp_path / "out2"), "--size", "16", "--all-test"]) == 2
+
+
+def test_the_original_size_mask_is_kept_for_original_resolution_scoring(tmp_path):
+    from htl_ray.data.schema import RECORDS_FILE, decode_mask_png
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    _lesion_image(src / "images" / "a.png", 50, 30)
+    mask = np.zeros((30, 50), np.uint8)
+    mask[5:20, 10:41] = 255
+    Image.fromarray(mask).save(src / "masks" / "a.png")
+    _lesion_image(src / "images" / "b.png", 16, 16)
+    _mask(src / "masks" / "b.png", 16, 16)
+    ingest(FolderLayout(), src, tmp_path / "out", size=16, fractions=(0, 0, 1), **QUIET)
+    rows = pd.read_parquet(tmp_path / "out" / RECORDS_FILE).set_index("id")
+    assert np.array_equal(decode_mask_png(rows.loc["a", "orig_mask"]), mask > 0)
+    assert rows.loc["b", "orig_mask"] is None          # stored at its original size already
+
+
 def test_isic_layout_with_downsampled_names_and_one_hot_diagnosis(tmp_path):
     src = tmp_path / "isic"
     inp, gt = src / "ISIC2018_Task1-2_Training_Input", src / "ISIC2018_Task1_Training_GroundTruth"

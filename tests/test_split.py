@@ -24,7 +24,11 @@ def test_images_of_one_lesion_never_cross_splits():
             assert len({s for s, le in zip(split, lesions, strict=True) if le == lesion}) == 1
 
 
-@pytest.mark.parametrize("fr", [(0.5, 0.5), (0.5, 0.3, 0.3), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1)])
+@pytest.mark.parametrize("fr", [(0.5, 0.5), (0.5, 0.3, 0.3), (0.0, 0.0, 0.0), (1.2, -0.1, -0.1)])
 def test_bad_fractions(fr):
     with pytest.raises(ValueError, match="fractions"):
         assign_splits(["a"], [None], fr)
+
+
+def test_a_test_only_split_for_external_validation():
+    assert assign_splits(["a", "b", "c"], [None, "L", "L"], (0, 0, 1)) == ["test"] * 3

@@ -38,9 +38,10 @@ class Pair:
     mask_binarised: bool
     area_fraction: float
     contrast: float | None
+    orig_mask: np.ndarray | None = None   # bool, the original size (None: same as `mask`)
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def open_image(path: Path, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -107,10 +108,10 @@ def resize_pair(image: Image.Image, mask: np.ndarray, size: int) -> tuple[np.nda
 def load_pair(image_path: Path, mask_path: Path | None, size: int,
               allow_empty_mask: bool = False) -> Pair:
     """Decode, validate and resize one pair. Raises RecordDefect for unusable records."""
-    image = _open(image_path, "image")
+    image = open_image(image_path, "image")
     if mask_path is None:
         raise RecordDefect("missing_mask", f"{image_path}: no mask file found")
-    mask_im = _open(mask_path, "mask")
+    mask_im = open_image(mask_path, "mask")
     if image.size != mask_im.size:
         raise RecordDefect("size_mismatch", f"image {image.size[0]}x{image.size[1]} vs mask "
                            f"{mask_im.size[0]}x{mask_im.size[1]} ({mask_path.name})")
@@ -128,4 +129,5 @@ def load_pair(image_path: Path, mask_path: Path | None, size: int,
         mask_binarised=binarised,
         area_fraction=float(mask_arr.mean()),
         contrast=lesion_contrast(img_arr, mask_arr),
+        orig_mask=None if (height, width) == mask_arr.shape else mask,
     )

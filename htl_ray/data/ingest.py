@@ -25,6 +25,7 @@ from htl_ray.data.schema import (
     REPORT_FILE,
     SCHEMA_VERSION,
     SPLITS,
+    encode_mask_png,
     write_records,
 )
 from htl_ray.data.split import assign_splits, validate_fractions
@@ -240,6 +241,7 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, size: int = 256,
             "area_fraction": pair.area_fraction, "contrast": pair.contrast,
             "source": layout.name, "mask_binarised": pair.mask_binarised,
             "planted_hard": None, "hard_reason": None,
+            "orig_mask": None if pair.orig_mask is None else encode_mask_png(pair.orig_mask),
         }
         if meta is not None:
             if cand.id in meta.index:

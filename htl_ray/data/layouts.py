@@ -217,20 +217,84 @@ class IsicLayout(Layout):
 
 class Ph2Layout(Layout):
     """PH2: `IMDxxx/IMDxxx_Dermoscopic_Image/IMDxxx.bmp` and `IMDxxx_lesion/IMDxxx_lesion.bmp`
-    (SRC may be the dataset root or its `PH2 Dataset images` folder)."""
+    (SRC may be the dataset root or its `PH2 Dataset images` folder; any image suffix
+    ingestion reads). The clinical diagnosis (common nevus, atypical nevus, melanoma) comes
+    from the table the release ships beside the images, `PH2_dataset.txt` (or `.xlsx`, which
+    needs openpyxl), when it is found in SRC or its parent."""
 
     name = "ph2"
+    TABLE_NAMES = ("PH2_dataset.txt", "PH2_dataset.xlsx")
+    DIAGNOSES = {"Common Nevus": "common nevus", "Atypical Nevus": "atypical nevus",
+                 "Melanoma": "melanoma"}
 
     def discover(self, src: Path) -> Discovery:
         candidates = []
-        for image in sorted(src.rglob("*_Dermoscopic_Image/*.bmp")):
-            case = image.parent.parent
-            mask = case / f"{case.name}_lesion" / f"{case.name}_lesion.bmp"
-            candidates.append(Candidate(case.name, image, mask if mask.is_file() else None))
+        for folder in sorted(src.rglob("*_Dermoscopic_Image")):
+            case = folder.parent
+            images = _image_files(folder) if folder.is_dir() else []
+            if not images:
+                continue
+            masks = _image_files(case / f"{case.name}_lesion") \
+                if (case / f"{case.name}_lesion").is_dir() else []
+            mask = next((m for m in masks if m.stem == f"{case.name}_lesion"), None)
+            candidates.append(Candidate(case.name, images[0], mask))
         if not candidates:
             raise LayoutError(f"{src}: no PH2 images (expected IMDxxx/IMDxxx_Dermoscopic_Image/"
                               "IMDxxx.bmp)")
-        return Discovery(candidates)
+        disc = Discovery(candidates)
+        table = next((d / n for d in (src, src.parent) for n in self.TABLE_NAMES
+                      if (d / n).is_file()), None)
+        if table is not None:
+            diagnosis = self._diagnoses(table, disc)
+            if diagnosis:
+                meta = pd.DataFrame(index=pd.Index(sorted(diagnosis), name="id"),
+                                    columns=list(META_FIELDS), dtype=object)
+                meta["age"] = np.nan
+                meta["diagnosis"] = pd.Series(diagnosis)
+                disc.metadata = meta
+                disc.notes.append(f"diagnosis: {table} ({len(diagnosis)} rows)")
+        return disc
+
+    def _diagnoses(self, table: Path, disc: Discovery) -> dict[str, str]:
+        """{IMDxxx: diagnosis} from the release's table: the clinical-diagnosis column marked
+        with an X."""
+        if table.suffix == ".xlsx":
+            try:
+                frame = pd.read_excel(table, dtype=str).fillna("")
+            except ImportError:
+                disc.notes.append(f"{table}: reading .xlsx needs openpyxl (pip install "
+                                  "openpyxl), or put PH2_dataset.txt beside it; diagnosis "
+                                  "left unknown")
+                return {}
+            header = [str(c).strip() for c in frame.columns]
+            rows = [[str(v).strip() for v in r] for r in frame.itertuples(index=False)]
+        else:
+            lines = [ln for ln in table.read_text(errors="replace").splitlines()
+                     if ln.strip().startswith("||")]
+            cells = [[c.strip() for c in ln.strip().strip("|").split("||")] for ln in lines]
+            header = next((c for c in cells if c and c[0].lower().startswith("name")), None)
+            if header is None:
+                raise LayoutError(f"{table}: no header row starting with 'Name' (the PH2 "
+                                  "release's table: || Name || Histological Diagnosis || ...)")
+            rows = [c for c in cells if c is not header]
+        cols = {name: i for i, name in enumerate(header)}
+        found = [k for k in self.DIAGNOSES if k in cols]
+        if not found:
+            raise LayoutError(f"{table}: none of the columns {list(self.DIAGNOSES)}; "
+                              f"columns are {header}")
+        out = {}
+        for row in rows:
+            rid = row[0].strip() if row else ""
+            if not re.match(r"IMD\d+", rid):
+                continue
+            marked = [self.DIAGNOSES[k] for k in found
+                      if cols[k] < len(row) and row[cols[k]].strip().upper() == "X"]
+            if len(marked) == 1:
+                out[rid] = marked[0]
+            else:
+                disc.metadata_issues.append(("invalid_metadata_value", rid,
+                                             f"{table.name}: {len(marked)} diagnoses marked"))
+        return out
 
 
 class FolderLayout(Layout):

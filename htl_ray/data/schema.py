@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2            # 2: `orig_mask`, the mask at the image's original size
 RECORDS_FILE = "records.parquet"
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
@@ -40,9 +40,13 @@ SCHEMA = pa.schema([
     ("mask_binarised", pa.bool_()),
     ("planted_hard", pa.bool_()),
     ("hard_reason", pa.string()),
+    # the ground truth at the image's original size, PNG (0/255): what the ISIC challenge
+    # scores against (`evaluate` at original resolution); null when the original is the
+    # stored size (synthetic data) or the dataset predates schema 2
+    ("orig_mask", pa.binary()),
 ])
 METADATA_COLUMNS = ("age", "sex", "site", "diagnosis", "lesion_id")
-TABLE_COLUMNS = [f.name for f in SCHEMA if f.name not in ("image", "mask")]
+TABLE_COLUMNS = [f.name for f in SCHEMA if f.name not in ("image", "mask", "orig_mask")]
 
 
 def decode_image(buf: bytes, height: int, width: int) -> np.ndarray:
@@ -51,6 +55,30 @@ def decode_image(buf: bytes, height: int, width: int) -> np.ndarray:
 
 def decode_mask(buf: bytes, height: int, width: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8).reshape(height, width)
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """A boolean / 0-1 mask as a 0/255 greyscale PNG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_mask_png(buf: bytes) -> np.ndarray:
+    """`encode_mask_png`'s bytes → bool mask."""
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(buf))) > 127
+
+
+def has_column(dataset_dir: str | Path, column: str) -> bool:
+    return column in pq.read_schema(Path(dataset_dir) / RECORDS_FILE).names
 
 
 def write_records(rows: list[dict[str, Any]], out_dir: Path) -> Path:
