@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench reproduce clean
+.PHONY: demo test lint bench quality-control reproduce clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 tests
 
 # each script prints its ratios as its last lines (docs/benchmarks.md: figures and machine)
-BENCHES := training_overhead data_path scorer scaling htl_detection gpu_throughput
+BENCHES := training_overhead data_path scorer scaling htl_detection predict gpu_throughput
 bench: $(STAMP)
 	@for b in $(BENCHES); do echo "=== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
@@ -39,6 +39,11 @@ ARCHIVE ?= experiments/reproduce/archive
 reproduce: $(STAMP) data/isic128/manifest.json
 	$(BIN)/htl-ray reproduce $(PROTOCOL) --seeds $(SEEDS) --results docs/results.md \
 		--archive $(ARCHIVE)
+
+# docs/quality_control.md: which label-free risk predicts failed segmentations (real ISIC data;
+# about 15 minutes on 2 cores, resumable)
+quality-control: $(STAMP)
+	$(BIN)/python bench/failure_detection.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check htl_ray tests bench

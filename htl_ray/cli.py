@@ -1,5 +1,5 @@
-"""`htl-ray` command line: data ingest/synth, train, sync, evaluate, score, tune, reproduce,
-compare, paired, report, demo.
+"""`htl-ray` command line: data ingest/synth, train, sync, evaluate, predict, register, score,
+tune, reproduce, compare, paired, report, demo.
 
 Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
 with status 2; nothing else is swallowed.
@@ -118,7 +118,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from htl_ray.train.trainer import evaluate_run
 
-    evaluate_run(args.run, args.split)
+    evaluate_run(args.run, args.split, data=args.data, name=args.name)
     return 0
 
 
@@ -140,7 +140,39 @@ def _cmd_score(args: argparse.Namespace) -> int:
         verdict = (f"AUROC of h for failure = {auc:.3f}" if auc == auc else
                    f"AUROC undefined: {'every' if rate == 1 else 'no'} image fails")
         print(f"failure detector: {rate:.1%} of images fail (IoU < 0.65); {verdict}")
+        aucs = summary.get("risk_auroc", {})
+        if aucs and auc == auc:
+            print("AUROC for failure of each quality-control risk: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in sorted(aucs.items(), key=lambda kv: -kv[1])))
     print(f"score table: {dest}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from htl_ray.predict import predict
+
+    outcome = predict(args.model, args.input, args.out, split=args.split, risk=args.risk,
+                      review_threshold=args.review_threshold, probabilities=args.probabilities,
+                      actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                      gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size,
+                      tracking_uri=args.tracking_uri)
+    out = outcome.out_dir
+    print("\n=== htl-ray: predictions written ===")
+    print(f"masks:  {out}/<id>_segmentation.png ({len(outcome.table)} images, each at its own "
+          "size)")
+    print(f"table:  {out / 'predictions.parquet'} and predictions.csv ({outcome.review} "
+          "flagged for review: column 'review')")
+    print(f"report: {out / 'report.json'} ({len(outcome.unreadable)} unreadable, "
+          f"{len(outcome.passed_over)} passed over)")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from htl_ray.train.model_bundle import register_run
+
+    name, version = register_run(args.run, args.name)
+    print(f"load it anywhere: mlflow.pyfunc.load_model('models:/{name}/{version}'), or "
+          f"htl-ray predict models:/{name}/{version} IMAGES --out DIR")
     return 0
 
 
@@ -210,6 +242,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paired_split(text: str) -> str:
+    if text in ("test", "val") or (text.startswith("external/") and len(text) > 9):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected test, val or external/<name>")
+
+
 def _cmd_paired(args: argparse.Namespace) -> int:
     from htl_ray.compare import paired_images, run_per_image
     from htl_ray.tables import markdown_table
@@ -263,7 +301,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from htl_ray.demo import run_demo
 
     outcome = run_demo(args.overrides)
-    _print_outcome(outcome)
+    _print_outcome(outcome.training)
+    print("\n=== htl-ray: demo finished: where to look ===")
+    found = outcome.planted_found
+    print("HTL report:      " + str(outcome.report.html_path) + "  (and report.md beside it)")
+    print("  " + ("it found the planted hard group(s) enriched among HTL samples: "
+                  + ", ".join(found) if found else
+                  "it did not find a planted hard group significantly enriched among the HTL "
+                  "samples in this short run (train longer: htl-ray demo train.epochs=12)"))
+    p = outcome.predictions
+    print(f"predictions:     {p.out_dir}  (masks <id>_segmentation.png, predictions.csv; "
+          f"{p.review} of {len(p.table)} test images flagged for review by the "
+          "quality-control risk)")
+    _print_ui_hint(outcome.training.tracking_uri)
     return 0
 
 
@@ -280,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--size", type=int, default=256, help="training resolution (size×size)")
     ing.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15),
                      help="train,val,test fractions (default 0.7,0.15,0.15)")
+    ing.add_argument("--all-test", action="store_const", const=(0.0, 0.0, 1.0),
+                     dest="fractions", help="every image in the test split (a test-only "
+                     "dataset for external validation; same as --fractions 0,0,1)")
     ing.add_argument("--seed", type=int, default=0, help="split seed")
     ing.add_argument("--metadata", help="metadata CSV (isic: found in SRC if omitted)")
     ing.add_argument("--diagnosis", help="isic: one-hot diagnosis CSV (found in SRC if omitted)")
@@ -312,13 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     sy.set_defaults(func=_cmd_sync)
 
     ev = sub.add_parser("evaluate", help="a finished run's best checkpoint on the test split "
-                        "(or another), logged to its MLflow run as best/<split>/* metrics")
+                        "(or another), logged to its MLflow run as best/<split>/* metrics; "
+                        "with --data, on another dataset (external validation), logged as "
+                        "external/<name>/*; at training and at original resolution")
     ev.add_argument("run", help="run directory (as printed by `htl-ray train`)")
     ev.add_argument("--split", default="test", choices=["test", "val", "train"])
+    ev.add_argument("--data", help="another ingested dataset (e.g. another site's images, "
+                    "ingested with --fractions 0,0,1)")
+    ev.add_argument("--name", help="site name for --data (default: the dataset folder's name)")
     ev.set_defaults(func=_cmd_evaluate)
 
-    sc = sub.add_parser("score", help="HTL scores of a saved model on a dataset split, and "
-                        "the AUROC of h as a label-free failure detector")
+    sc = sub.add_parser("score", help="HTL scores and quality-control signals of a saved "
+                        "model on a dataset split, and the AUROC of each as a label-free "
+                        "failure detector")
     sc.add_argument("checkpoint", help="checkpoint directory (or its checkpoint.pt)")
     sc.add_argument("data", help="dataset folder")
     sc.add_argument("--split", default="val", choices=["train", "val", "test"])
@@ -330,6 +389,43 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-labels", action="store_true", help="score without ground truth")
     sc.add_argument("--out", help="output Parquet (default: beside the checkpoint)")
     sc.set_defaults(func=_cmd_score)
+
+    from htl_ray.quality import DEFAULT_RISK, REVIEW_THRESHOLD, RISKS
+
+    pr = sub.add_parser("predict", help="masks for new images at their original size, with a "
+                        "quality-control risk per image and a table (no masks needed)")
+    pr.add_argument("model", help="a run directory (its best checkpoint), a checkpoint "
+                    "directory, or an MLflow Model URI: runs:/<run id>/model, "
+                    "models:/<name>/<version>")
+    pr.add_argument("input", help="a folder of images (searched recursively), or an ingested "
+                    "dataset with --split")
+    pr.add_argument("--out", required=True, help="output folder (a re-run skips the images "
+                    "already written there)")
+    pr.add_argument("--split", choices=["train", "val", "test", "all"],
+                    help="INPUT is an ingested dataset: predict this split")
+    pr.add_argument("--risk", default=DEFAULT_RISK, choices=list(RISKS),
+                    help=f"quality-control risk (default {DEFAULT_RISK}; "
+                    "docs/quality_control.md compares them)")
+    pr.add_argument("--review-threshold", type=float, default=None, metavar="R",
+                    help=f"flag images with risk >= R for review (default {REVIEW_THRESHOLD}, "
+                    "chosen on a validation split)")
+    pr.add_argument("--probabilities", action="store_true",
+                    help="also write <id>_probability.png (probability x 255)")
+    pr.add_argument("--actors", type=int, default=1, help="predictor actors (default 1)")
+    pr.add_argument("--cpus-per-actor", type=float, default=None,
+                    help="CPUs per actor (default: the cluster's CPUs shared among the actors)")
+    pr.add_argument("--gpus-per-actor", type=float, default=0.0,
+                    help="GPU share per actor, e.g. 0.25 (default 0: CPU)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--tracking-uri", help="MLflow URI for runs:/ and models:/ MODELs "
+                    "(default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    pr.set_defaults(func=_cmd_predict)
+
+    rg = sub.add_parser("register", help="register a run's MLflow Model in the MLflow model "
+                        "registry under a name (models:/<name>/<version>)")
+    rg.add_argument("run", help="run directory (as printed by `htl-ray train`)")
+    rg.add_argument("name", help="registered model name")
+    rg.set_defaults(func=_cmd_register)
 
     tu = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune trials of training runs, "
                         "Optuna TPE search, one MLflow parent run with a child run per trial")
@@ -348,7 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "differences of their best checkpoints, bootstrap CI over images")
     pa.add_argument("run_a", help="run directory")
     pa.add_argument("run_b", help="run directory (the baseline)")
-    pa.add_argument("--split", default="test", choices=["test", "val"])
+    pa.add_argument("--split", default="test", type=_paired_split, help="test, val, or "
+                    "external/<name> (after `htl-ray evaluate RUN --data DATASET --name <name>` "
+                    "of both runs)")
     pa.add_argument("--boot", type=int, default=10000, help="bootstrap resamples")
     pa.add_argument("--seed", type=int, default=0)
     pa.set_defaults(func=_cmd_paired)
@@ -387,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only sweep trials, confirmation runs or ablation runs")
     cmp.add_argument("--filter", help="extra MLflow search filter, e.g. "
                      "\"params.`supervision.setting` = 'semi'\"")
-    cmp.add_argument("--split", default="val", help="metrics of this split (default val)")
+    cmp.add_argument("--split", default="val", help="metrics of this split (default val; "
+                     "test, or external/<name> after `htl-ray evaluate RUN --data ...`)")
     cmp.add_argument("--baseline", action="append", metavar="KEY=VALUE",
                      help="what makes a run a baseline (default htl.method=erm; repeatable)")
     cmp.add_argument("--out", help="output folder for compare.md / compare.csv "
@@ -402,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--top", type=int, default=8, help="HTL samples in the gallery")
     rep.set_defaults(func=_cmd_report)
 
-    demo = sub.add_parser("demo", help="synthetic data + 2-worker training on CPU, end to end")
+    demo = sub.add_parser("demo", help="the product end to end on synthetic data: training "
+                          "with HTL attention (2 CPU workers), the HTL report, predictions "
+                          "with the quality-control risk")
     demo.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     demo.set_defaults(func=_cmd_demo)
     return p

@@ -218,6 +218,8 @@ def run_per_image(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
         raise ValueError(f"{run_dir}: no checkpoint")
     path = best[0] / per_sample_file(split)
     if not path.is_file():
+        how = (f"--data DATASET --name {split.split('/', 1)[1]}" if split.startswith("external/")
+               else f"--split {split}")
         raise ValueError(f"{path} missing: score the run on that split first with "
-                         f"`htl-ray evaluate {run_dir} --split {split}`")
+                         f"`htl-ray evaluate {run_dir} {how}`")
     return pd.read_parquet(path).set_index("id")

@@ -141,6 +141,10 @@ def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | N
     MlflowClient(uri).log_artifact(run_id, str(path), artifact_path)
 
 
+def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None):
+    MlflowClient(uri).log_artifacts(run_id, str(path), artifact_path)
+
+
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(uri).set_terminated(run_id, status=status)
 

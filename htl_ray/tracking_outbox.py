@@ -54,8 +54,11 @@ def _send_tags(uri: str, run_id: str, entry: dict[str, Any]) -> None:
 def _send_artifact(uri: str, run_id: str, entry: dict[str, Any]) -> None:
     from htl_ray import tracking
 
-    if Path(entry["path"]).is_file():           # a file removed since cannot be sent any more
-        tracking.log_artifact(uri, run_id, entry["path"], entry.get("artifact_path"))
+    path = Path(entry["path"])
+    if path.is_file():                          # a file removed since cannot be sent any more
+        tracking.log_artifact(uri, run_id, path, entry.get("artifact_path"))
+    elif path.is_dir():                         # a folder's files (an MLflow Model)
+        tracking.log_artifacts(uri, run_id, path, entry.get("artifact_path"))
 
 
 def _send_end(uri: str, run_id: str, entry: dict[str, Any]) -> None:

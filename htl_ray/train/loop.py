@@ -341,6 +341,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                 epoch, metrics,
                                 extra={"htl_version": htl.version, "logged_at_ms": logged_at,
                                        "model_config": dataclasses.asdict(cfg.model),
+                                       "input_size": loop_config.get("input_size"),
                                        "setting": cfg.supervision.setting},
                                 extra_state=objective.checkpoint_state(_unwrap(model)))
                 table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)

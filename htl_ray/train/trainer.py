@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from htl_ray.train.evaluation import (
     per_sample_file,
 )
 from htl_ray.train.loop import train_loop_per_worker
+from htl_ray.train.model_bundle import MODEL_ARTIFACT, save_run_model
 from htl_ray.train.preflight import preflight
 
 
@@ -126,6 +128,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     join_cluster(cfg, uri, log)          # may refuse the run: before an MLflow run exists
     flat = cfg.flat()
     fingerprint = manifest.get("fingerprint", "unknown")
+    size = manifest.get("params", {}).get("size")
+    input_size = [int(size), int(size)] if size else None      # what predict resizes to
     if resume and state.get("mlflow_run_id"):
         run_id = state["mlflow_run_id"]
         from mlflow.tracking import MlflowClient
@@ -150,7 +154,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_STATE_FILE).write_text(json.dumps(
         {"mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict(),
-         "dataset_fingerprint": fingerprint, "init_checkpoint_file": init_file}, indent=2))
+         "dataset_fingerprint": fingerprint, "init_checkpoint_file": init_file,
+         "input_size": input_size}, indent=2))
     dump_config(cfg, run_dir / "config.yaml")
 
     try:
@@ -175,6 +180,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
             train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri,
                                "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch,
                                "run_dir": str(run_dir), "init_checkpoint_file": init_file,
+                               "input_size": input_size,
                                "coordinator": coordinator},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -238,21 +244,43 @@ def held_out_metrics(best_ckpt: Path, cfg: ExperimentConfig,
 
 def _split_line(split: str, metrics: dict[str, float], images: int, checkpoint: Path,
                 seconds: float) -> str:
-    return (f"[htl-ray] {split} split ({images} images), best checkpoint {checkpoint.name}: "
+    line = (f"[htl-ray] {split} ({images} images), best checkpoint {checkpoint.name}: "
             f"dice {metrics[f'{split}/dice']:.4f} iou {metrics[f'{split}/iou']:.4f} "
-            f"thr-jaccard {metrics[f'{split}/thresholded_jaccard']:.4f} ({seconds:.1f}s)")
+            f"thr-jaccard {metrics[f'{split}/thresholded_jaccard']:.4f}")
+    if f"{split}/original/dice" in metrics:
+        line += (f"; at original resolution dice {metrics[f'{split}/original/dice']:.4f} "
+                 f"thr-jaccard {metrics[f'{split}/original/thresholded_jaccard']:.4f}")
+    return line + f" ({seconds:.1f}s)"
 
 
-def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT,
-                 log: Callable[[str], None] = print) -> dict[str, float]:
-    """`htl-ray evaluate RUN_DIR`: a finished run's best checkpoint on `split`, logged to its
-    MLflow run as `best/<split>/*` with the per-image table (for runs trained with
-    train.evaluate_test off, or before it existed). Kept in the outbox if MLflow is down."""
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def external_name(data: str | Path, name: str | None) -> str:
+    """The site name of `evaluate --data`: --name, else the dataset folder's name."""
+    site = name or Path(data).resolve().name
+    if not SITE_NAME.fullmatch(site):
+        raise ConfigError(f"--name {site!r}: a site name is letters, digits, '_', '.', '-' "
+                          "(it becomes part of MLflow metric names: external/<name>/dice)")
+    return site
+
+
+def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Path | None = None,
+                 name: str | None = None, log: Callable[[str], None] = print
+                 ) -> dict[str, float]:
+    """`htl-ray evaluate RUN_DIR`: a finished run's best checkpoint on `split` of its own
+    dataset, logged to its MLflow run as `best/<split>/*` (for runs trained with
+    train.evaluate_test off, or before it existed) — or on `split` of another dataset `data`
+    (external validation), logged as `external/<name>/*`; with the per-image table. Kept in the
+    outbox if MLflow is down."""
     from htl_ray.tracking_outbox import TrackingOutbox, flush_run
 
     run_dir = Path(run_dir).resolve()
     state = run_state(run_dir, "evaluate:")
     cfg = from_dict(state["config"])
+    site = external_name(data, name) if data is not None else None
+    if data is not None:
+        _check_external(Path(data), split, cfg)
     best = best_of_run(run_dir)
     if best is None:
         raise ConfigError(f"evaluate: {run_dir} holds no checkpoint to evaluate")
@@ -260,15 +288,54 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT,
 
     init_ray(log)
     t0 = time.time()
-    metrics, table = evaluate_checkpoint(best[0], cfg, split)
+    metrics, table = evaluate_checkpoint(best[0], cfg, split, data=data, name=site)
     uri, run_id = state["tracking_uri"], state["mlflow_run_id"]
     box = TrackingOutbox(run_dir, uri, run_id, "driver", log, send_each=False)
-    box.metrics({f"best/{k}": v for k, v in metrics.items()}, step=0)
-    box.artifact(best[0] / per_sample_file(split), "evaluation")
+    prefix = "" if data is not None else "best/"
+    box.metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=0)
+    shown = f"external/{site}" if site else split
+    box.artifact(best[0] / per_sample_file(shown), "evaluation")
+    if site:
+        from htl_ray.data.schema import read_manifest
+
+        box.tags({f"htl.external.{site}.dataset": str(Path(data).resolve()),
+                  f"htl.external.{site}.split": split,
+                  f"htl.external.{site}.fingerprint": read_manifest(data).get("fingerprint")})
     left = sum(flush_run(run_dir, uri, run_id, log).values())
-    log(_split_line(split, metrics, len(table), best[0], time.time() - t0)
+    log(_split_line(shown, metrics, len(table), best[0], time.time() - t0)
         + (f"; {left} MLflow write(s) pending: htl-ray sync {run_dir}" if left else ""))
     return metrics
+
+
+def _check_external(data: Path, split: str, cfg: ExperimentConfig) -> None:
+    """An external dataset must exist, hold the split, and be stored at the training size."""
+    from htl_ray.data.schema import read_manifest
+
+    try:
+        manifest = read_manifest(data)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--data: {exc} (ingest it with `htl-ray data ingest ... "
+                          "--fractions 0,0,1`)") from None
+    if not manifest.get("split_counts", {}).get(split):
+        raise ConfigError(f"--data: {data} has no rows in the {split!r} split (split counts "
+                          f"{manifest.get('split_counts')}); choose it with --split")
+    own = read_manifest(cfg.data.path).get("params", {}).get("size") \
+        if Path(cfg.data.path, "manifest.json").is_file() else None
+    size = manifest.get("params", {}).get("size")
+    if own is not None and size != own:
+        raise ConfigError(f"--data: {data} is stored at {size}x{size}, the run trained at "
+                          f"{own}x{own}; ingest it again with --size {own}")
+
+
+def _saved_model(run_dir: Path, checkpoint: Path, log: Callable[[str], None]) -> Path | None:
+    """The run's MLflow Model folder; a failure to build it is reported, not raised: the run
+    and its checkpoints are complete, and `htl-ray register` builds it again."""
+    try:
+        return save_run_model(run_dir, checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the run's results must still be tracked
+        log(f"[htl-ray] warning: could not write the MLflow Model of {checkpoint} "
+            f"({type(exc).__name__}: {exc}); `htl-ray register {run_dir} NAME` tries again")
+        return None
 
 
 def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
@@ -299,6 +366,10 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
         epoch = best_metrics.get("epoch")
         box.tags({"htl.best_checkpoint": str(best_ckpt),
                   "htl.best_epoch": "none" if epoch is None else str(int(epoch))})
+        if best_ckpt is not None:
+            model_dir = _saved_model(run_dir, best_ckpt, log)
+            if model_dir is not None:
+                box.artifact(model_dir, MODEL_ARTIFACT)
     box.end(status)
     left = flush_run(run_dir, uri, run_id, log)
     pending = sum(left.values())

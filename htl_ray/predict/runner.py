@@ -1,0 +1,307 @@
+"""`htl-ray predict`: masks, a quality-control risk and a table for every image, streaming.
+
+The output folder holds `<id>_segmentation.png` per image (0/255, the image's own size),
+optionally `<id>_probability.png`, `predictions.parquet` + `predictions.csv` (one row per
+image), `report.json` (what could not be read or was passed over, with why) and
+`predict.json` (the model and settings that made the folder). Rows are appended to
+`predictions.partial.jsonl` as batches finish, so an interrupted run loses nothing: running
+the same command again predicts only the images without a mask and a row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from htl_ray.config import ConfigError
+from htl_ray.inference import MASK_SUFFIX, PROBABILITY_SUFFIX, ModelBundle
+from htl_ray.predict.actor import PredictorActor, PredictSpec
+from htl_ray.predict.inputs import Inputs, discover
+from htl_ray.quality import DEFAULT_RISK, REVIEW_THRESHOLD, RISKS, SIGNALS
+
+TABLE_FILE = "predictions.parquet"
+CSV_FILE = "predictions.csv"
+PARTIAL_FILE = "predictions.partial.jsonl"
+REPORT_FILE = "report.json"
+SETTINGS_FILE = "predict.json"
+IDENTITY_COLUMNS = ("mlflow_run_id", "checkpoint_epoch", "dataset_fingerprint")
+
+
+@dataclass
+class PredictionOutcome:
+    out_dir: Path
+    predicted: int                       # this run
+    skipped_done: int                    # already written by an earlier run
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    passed_over: list[dict[str, str]] = field(default_factory=list)
+    table: pd.DataFrame | None = None
+    review: int = 0
+
+
+def writable_folder(out: Path) -> Path:
+    """Create `out` and prove it takes a file, before any model is loaded or Ray started."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file; give a folder for the masks")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write in {out} ({exc.strerror or exc})") from None
+    return out
+
+
+def model_settings(bundle: ModelBundle, spec: PredictSpec) -> dict[str, Any]:
+    """What must not change between runs that fill one folder."""
+    from htl_ray.models import state_checksum
+
+    model = bundle.build()
+    return {"identity": {k: bundle.identity.get(k) for k in IDENTITY_COLUMNS},
+            "weights_checksum": round(state_checksum(model), 3),
+            "input_size": list(bundle.input_size), "risk": spec.risk,
+            "review_threshold": spec.review_threshold}
+
+
+def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        path.write_text(json.dumps(settings, indent=2, default=str))
+        return
+    try:
+        before = json.loads(path.read_text())
+    except ValueError:
+        before = {}
+    changed = sorted(k for k in settings if json.dumps(before.get(k), default=str)
+                     != json.dumps(settings[k], default=str))
+    if changed:
+        raise ConfigError(f"--out: {out} holds predictions made with another "
+                          f"{' / '.join(changed)} ({path}); predict into a new folder, or "
+                          "remove this one to start again")
+
+
+def read_rows(out: Path) -> pd.DataFrame:
+    """Rows of earlier runs: the finished table and the rows appended since (a line cut
+    short by an interruption is ignored)."""
+    parts = []
+    if (out / TABLE_FILE).is_file():
+        parts.append(pd.read_parquet(out / TABLE_FILE))
+    if (out / PARTIAL_FILE).is_file():
+        lines = []
+        for line in (out / PARTIAL_FILE).read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        if lines:
+            parts.append(pd.DataFrame(lines))
+    if not parts:
+        return pd.DataFrame()
+    rows = pd.concat(parts, ignore_index=True)
+    return rows.drop_duplicates("id", keep="last").reset_index(drop=True)
+
+
+def done_ids(out: Path, rows: pd.DataFrame, probabilities: bool) -> set[str]:
+    if rows.empty:
+        return set()
+    return {i for i in rows["id"].astype(str)
+            if (out / f"{i}{MASK_SUFFIX}").is_file()
+            and (not probabilities or (out / f"{i}{PROBABILITY_SUFFIX}").is_file())}
+
+
+def _dataset_rows(source: Path, split: str, todo: set[str]):
+    """The pixels of the rows still to predict, read from the records file into the object
+    store before the actors start: once they hold the CPUs, a read task in the same pipeline
+    could never be scheduled (the scorer materialises for the same reason)."""
+    import ray.data
+    from ray.data.expressions import col
+
+    from htl_ray.data.loading import records_path
+
+    cols = ["id", "image", "height", "width", "orig_height", "orig_width"]
+    ds = ray.data.read_parquet(records_path(source), columns=[*cols, "split"])
+    if split != "all":
+        ds = ds.filter(expr=col("split") == split)
+    ds = ds.filter(expr=col("id").is_in(sorted(todo)))
+    return ds.select_columns(cols).materialize()
+
+
+class Progress:
+    """One line every few seconds: images done of all, rate, unreadable so far."""
+
+    def __init__(self, total: int, log: Callable[[str], None], every_s: float = 5.0):
+        self.total, self.log, self.every_s = total, log, every_s
+        self.done = self.errors = 0
+        self.t0 = self.last = time.time()
+
+    def add(self, n: int, errors: int) -> None:
+        self.done += n
+        self.errors += errors
+        now = time.time()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.log(f"[htl-ray] predict: {self.done}/{self.total} images ({rate:.1f}/s)"
+                     + (f", {self.errors} unreadable" if self.errors else ""))
+
+
+def default_cpus_per_actor(actors: int) -> float:
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(1.0, math.floor(total / actors))
+
+
+def predict(model: str | Path, source: str | Path, out: str | Path, *, split: str | None = None,
+            risk: str = DEFAULT_RISK, review_threshold: float | None = None,
+            probabilities: bool = False, actors: int = 1, cpus_per_actor: float | None = None,
+            gpus_per_actor: float = 0.0, batch_size: int = 8, tracking_uri: str | None = None,
+            log: Callable[[str], None] = print) -> PredictionOutcome:
+    """Predict every image of `source` (a folder, or a dataset split) with `model` into `out`."""
+    from htl_ray.predict.source import load_model
+
+    if risk not in RISKS:
+        raise ConfigError(f"--risk {risk}: expected one of {', '.join(RISKS)}")
+    if actors < 1 or batch_size < 1:
+        raise ConfigError("--actors and --batch-size must be at least 1")
+    out = writable_folder(Path(out))
+    inputs: Inputs = discover(source, split, exclude=out)
+    bundle = load_model(model, tracking_uri)
+    spec = PredictSpec(out_dir=str(out.resolve()), risk=risk,
+                       review_threshold=REVIEW_THRESHOLD if review_threshold is None
+                       else review_threshold, probabilities=probabilities,
+                       batch_size=batch_size, pool_size=actors, gpus_per_actor=gpus_per_actor)
+    check_same_settings(out, model_settings(bundle, spec))
+    previous = read_rows(out)
+    done = done_ids(out, previous, probabilities)
+    # files found unreadable before and not changed since are reported again, not re-read
+    known_bad = {u["file"]: u for u in _previous_unreadable(out)
+                 if u.get("stat") == _stat(u["file"])}
+    todo = [r for r in inputs.rows if r["id"] not in done and r.get("path") not in known_bad]
+    unreadable: list[dict[str, Any]] = [known_bad[r["path"]] for r in inputs.rows
+                                        if r["id"] not in done and r.get("path") in known_bad]
+    log(f"[htl-ray] predict: {len(inputs.rows)} images in {source}"
+        + (f" ({split} split)" if split else "") + f"; {len(inputs.rows) - len(todo)} already "
+        f"in {out}, {len(todo)} to predict; risk {risk} (review at >= {spec.review_threshold})")
+    for note in inputs.notes:
+        log(f"[htl-ray] note: {note}")
+    new_rows = 0
+    if todo:
+        new_rows, unreadable_now = _run_pool(bundle, spec, inputs, todo, source, split,
+                                         cpus_per_actor, out, log)
+        unreadable += unreadable_now
+    return _finish(out, inputs, bundle, unreadable, new_rows, len(done & {r["id"] for r in
+                                                                          inputs.rows}), log)
+
+
+def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list[dict],
+              source, split, cpus_per_actor, out: Path, log):
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from htl_ray.cluster import init_ray
+    from htl_ray.htl.scorer import wait_for_room
+
+    init_ray(log)
+    spec.cpus_per_actor = cpus_per_actor or default_cpus_per_actor(spec.pool_size)
+    if inputs.kind == "dataset":
+        ds = _dataset_rows(Path(source), split, {r["id"] for r in todo})
+    else:
+        blocks = max(1, min(len(todo), max(4 * spec.pool_size,
+                                           math.ceil(len(todo) / spec.batch_size))))
+        ds = ray.data.from_items(todo, override_num_blocks=blocks)
+    ref = ray.put(bundle)
+    predicted = ds.map_batches(
+        PredictorActor, fn_constructor_kwargs={"spec": spec, "bundle_ref": ref},
+        compute=ActorPoolStrategy(size=spec.pool_size), batch_size=spec.batch_size,
+        batch_format="numpy", num_cpus=spec.cpus_per_actor,
+        num_gpus=spec.gpus_per_actor or None)
+    wait_for_room(spec)
+    progress = Progress(len(todo), log)
+    unreadable: list[dict[str, str]] = []
+    n = 0
+    identity = {k: bundle.identity.get(k) for k in IDENTITY_COLUMNS}
+    with open(out / PARTIAL_FILE, "a") as partial:
+        for batch in predicted.iter_batches(batch_size=None, batch_format="pandas"):
+            bad = batch["error"] != ""
+            for _, r in batch[bad].iterrows():
+                unreadable.append({"id": r["id"], "file": r["source"], "reason": r["error"],
+                                   "stat": _stat(r["source"])})
+            good = batch[~bad].drop(columns=["error"])
+            if inputs.kind == "dataset":
+                good["source"] = [f"{source}#{split}/{i}" for i in good["id"]]
+            for col, value in identity.items():
+                good[col] = value
+            for rec in good.to_dict(orient="records"):
+                partial.write(json.dumps(rec, default=_plain) + "\n")
+            partial.flush()
+            n += len(good)
+            progress.add(len(batch), int(bad.sum()))
+    return n, unreadable
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _previous_unreadable(out: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads((out / REPORT_FILE).read_text()).get("unreadable", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(type(value))
+
+
+def _finish(out: Path, inputs: Inputs, bundle: ModelBundle, unreadable, new_rows: int,
+            skipped_done: int, log) -> PredictionOutcome:
+    rows = read_rows(out)
+    ids = {r["id"] for r in inputs.rows}
+    table = rows[rows["id"].astype(str).isin(ids)] if not rows.empty else rows
+    keep = rows                                 # rows of images not in this input stay too
+    if not keep.empty:
+        front = ["id", "source", "height", "width", "area_fraction", "risk", "review",
+                 *[s for s in SIGNALS if s in keep], *IDENTITY_COLUMNS]
+        keep = keep[[c for c in front if c in keep] + [c for c in keep if c not in front]]
+        keep = keep.sort_values("id").reset_index(drop=True)
+        tmp = out / f".{TABLE_FILE}.tmp"
+        keep.to_parquet(tmp, index=False)
+        os.replace(tmp, out / TABLE_FILE)
+        keep.to_csv(out / CSV_FILE, index=False)
+        (out / PARTIAL_FILE).unlink(missing_ok=True)
+    report = {"images": len(inputs.rows), "predicted_now": new_rows,
+              "already_predicted": skipped_done, "unreadable": unreadable,
+              "passed_over": inputs.skipped, "notes": inputs.notes,
+              "model": bundle.identity}
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+    review = int(table["review"].sum()) if "review" in table else 0
+    log(f"[htl-ray] predict: {new_rows} predicted now, {skipped_done} already there, "
+        f"{len(unreadable)} unreadable, {len(inputs.skipped)} passed over (not images); "
+        f"{review} of {len(table)} flagged for review")
+    for item in unreadable[:10]:
+        log(f"[htl-ray]   unreadable: {item['reason']}")
+    if len(unreadable) > 10:
+        log(f"[htl-ray]   ... {len(unreadable) - 10} more in {out / REPORT_FILE}")
+    return PredictionOutcome(out_dir=out, predicted=new_rows, skipped_done=skipped_done,
+                             unreadable=unreadable, passed_over=inputs.skipped, table=table,
+                             review=review)
+
+
+__all__ = ["PredictionOutcome", "PredictSpec", "predict"]

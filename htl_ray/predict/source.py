@@ -1,0 +1,61 @@
+"""Where a trained model comes from: a run directory, a checkpoint, or an MLflow Model URI.
+
+Every form resolves to one `ModelBundle` (weights, architecture, training size, identity), so
+`htl-ray predict` treats them alike and its table names the model it used.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from htl_ray.config import ConfigError
+from htl_ray.inference import ModelBundle
+from htl_ray.mlflow_model import BUNDLE_ARTIFACT
+from htl_ray.train.model_bundle import bundle_from_checkpoint, checkpoint_of
+
+MLFLOW_SCHEMES = ("runs:/", "models:/")
+
+
+def bundle_from_mlflow(uri: str, tracking_uri: str | None = None) -> ModelBundle:
+    """An MLflow Model logged by `htl-ray train` (`runs:/<id>/model`, `models:/<name>/<v>`)."""
+    import mlflow
+
+    from htl_ray.tracking import check_reachable, redact, resolve_tracking_uri
+
+    tracking = resolve_tracking_uri(tracking_uri)
+    check_reachable(tracking)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)
+    dest = tempfile.mkdtemp(prefix="htl-ray-model-")
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dest)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
+        raise ConfigError(f"MODEL: {uri} not found in {redact(tracking)} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+    return bundle_from_model_dir(Path(local), uri)
+
+
+def bundle_from_model_dir(model_dir: Path, name: str) -> ModelBundle:
+    bundle_dir = model_dir / "artifacts" / BUNDLE_ARTIFACT
+    if not bundle_dir.is_dir():
+        raise ConfigError(f"MODEL: {name} is an MLflow Model but not one htl-ray logged (no "
+                          f"artifacts/{BUNDLE_ARTIFACT} in it)")
+    try:
+        return ModelBundle.load(bundle_dir)
+    except ValueError as exc:
+        raise ConfigError(f"MODEL: {exc}") from None
+
+
+def load_model(model: str | Path, tracking_uri: str | None = None) -> ModelBundle:
+    """MODEL of `htl-ray predict`, in any of its forms."""
+    text = str(model)
+    if text.startswith(MLFLOW_SCHEMES):
+        return bundle_from_mlflow(text, tracking_uri)
+    path = Path(model)
+    if not path.exists():
+        raise ConfigError(f"MODEL: {path} does not exist (expected a run directory, a "
+                          "checkpoint directory, or runs:/<run id>/model, models:/<name>/<v>)")
+    if (path / "MLmodel").is_file():
+        return bundle_from_model_dir(path, str(path))
+    return bundle_from_checkpoint(checkpoint_of(path))

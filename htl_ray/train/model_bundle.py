@@ -1,0 +1,130 @@
+"""A checkpoint as a `ModelBundle`, and the run's MLflow Model.
+
+`htl-ray train` logs every finished run's best checkpoint as an MLflow Model under `model/`
+(htl_ray.mlflow_model), and `htl-ray predict` reads run and checkpoint directories through the
+same functions, so a model has one description wherever it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from htl_ray.config import ConfigError
+from htl_ray.inference import ModelBundle
+from htl_ray.train.checkpoints import (
+    CHECKPOINT_FILE,
+    RUN_STATE_FILE,
+    best_of_run,
+    load_checkpoint,
+    model_config_of,
+    read_meta,
+)
+
+MODEL_ARTIFACT = "model"             # runs:/<run id>/model
+MODEL_DIR = "mlflow_model"           # in the run directory, before it is logged
+
+
+def _run_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_STATE_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def input_size_of(meta: dict[str, Any], state: dict[str, Any]) -> tuple[int, int]:
+    """The training size: recorded in the checkpoint (or the run), else read from the run's
+    dataset manifest (runs trained before it was recorded)."""
+    size = meta.get("input_size") or state.get("input_size")
+    if size:
+        return int(size[0]), int(size[1])
+    data = state.get("config", {}).get("data", {}).get("path")
+    if data:
+        from htl_ray.data.schema import read_manifest
+
+        try:
+            side = int(read_manifest(data)["params"]["size"])
+            return side, side
+        except (FileNotFoundError, KeyError, ValueError, TypeError):
+            pass
+    raise ConfigError("MODEL: the checkpoint does not record the size it was trained at, and "
+                      f"its run's dataset ({data or 'unknown'}) is not here to read it from")
+
+
+def bundle_from_checkpoint(checkpoint_dir: Path) -> ModelBundle:
+    """A checkpoint directory written by `htl-ray train` as a ModelBundle."""
+    meta = read_meta(checkpoint_dir)
+    state = _run_state(checkpoint_dir.parent)
+    try:
+        weights = load_checkpoint(checkpoint_dir)["model"]
+    except Exception as exc:  # noqa: BLE001 - truncated, empty or foreign file
+        raise ConfigError(f"MODEL: {checkpoint_dir / CHECKPOINT_FILE} is not a loadable "
+                          f"checkpoint ({type(exc).__name__}: {exc})") from None
+    return ModelBundle(
+        state=weights, model_config=model_config_of(checkpoint_dir, meta),
+        input_size=input_size_of(meta, state),
+        identity={"mlflow_run_id": state.get("mlflow_run_id"),
+                  "checkpoint_epoch": meta.get("epoch"),
+                  "dataset_fingerprint": state.get("dataset_fingerprint"),
+                  "checkpoint": str(checkpoint_dir.resolve())})
+
+
+def checkpoint_of(path: Path) -> Path:
+    """A run directory → its best checkpoint; a checkpoint directory or file → its directory."""
+    if path.is_file() and path.name == CHECKPOINT_FILE:
+        return path.parent
+    if (path / CHECKPOINT_FILE).is_file():
+        return path
+    if (path / RUN_STATE_FILE).is_file():
+        best = best_of_run(path)
+        if best is None:
+            raise ConfigError(f"MODEL: run directory {path} holds no checkpoint yet")
+        return best[0]
+    raise ConfigError(f"MODEL: {path} is neither a run directory ({RUN_STATE_FILE}), a "
+                      f"checkpoint directory ({CHECKPOINT_FILE}) nor an MLflow Model (MLmodel)")
+
+
+def save_run_model(run_dir: Path, checkpoint_dir: Path) -> Path:
+    """Write the MLflow Model of `checkpoint_dir` into RUN_DIR/mlflow_model (replacing an older
+    one) and return it; the caller logs it as the run's `model/` artifacts."""
+    import shutil
+
+    from htl_ray.mlflow_model import save_mlflow_model
+
+    dest = run_dir / MODEL_DIR
+    if dest.exists():
+        shutil.rmtree(dest)
+    return save_mlflow_model(bundle_from_checkpoint(checkpoint_dir), dest)
+
+
+def register_run(run_dir: str | Path, name: str, log=print) -> tuple[str, str]:
+    """Register RUN_DIR's MLflow Model (`runs:/<id>/model`) in the model registry under
+    `name`; a run that finished before runs logged their model gets it logged first. Returns
+    (name, version)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from htl_ray.tracking import check_reachable, redact
+
+    run_dir = Path(run_dir).resolve()
+    state = _run_state(run_dir)
+    if not state.get("mlflow_run_id"):
+        raise ConfigError(f"register: {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
+    uri, run_id = state["tracking_uri"], state["mlflow_run_id"]
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    logged = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT)}
+    if f"{MODEL_ARTIFACT}/MLmodel" not in logged:
+        best = best_of_run(run_dir)
+        if best is None:
+            raise ConfigError(f"register: {run_dir} holds no checkpoint")
+        log(f"[htl-ray] the run has no logged MLflow Model yet: logging {best[0].name}'s")
+        client.log_artifacts(run_id, str(save_run_model(run_dir, best[0])), MODEL_ARTIFACT)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
+    log(f"[htl-ray] registered runs:/{run_id}/{MODEL_ARTIFACT} as models:/{name}/"
+        f"{version.version} in {redact(uri)}")
+    return name, str(version.version)
