@@ -24,7 +24,8 @@ def test_demo_runs_end_to_end_and_says_where_to_look(tmp_path):
     import pandas as pd
 
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "htl_ray.cli", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "htl_ray.cli", "demo"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "=== htl-ray: training finished ===" in out
