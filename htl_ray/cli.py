@@ -525,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("htl-ray: interrupted; results already written are kept (a training run or a "
-              "sweep continues with --resume; `htl-ray reproduce` by running it again)",
-              file=sys.stderr)
+              "sweep continues with --resume; `htl-ray reproduce` and `htl-ray predict` by "
+              "running the same command again)", file=sys.stderr)
         return 130
 
 

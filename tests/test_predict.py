@@ -9,6 +9,7 @@ masks `predict` writes against the metrics `evaluate` computes at original resol
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ def trained(ray_cluster, tmp_path_factory, _mlflow_store_template):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = load_config(None, [f"data.path={root / 'ds'}", f"tracking.uri={uri}",
                              f"run.storage_path={root / 'runs'}", "run.name=small",
-                             "scaling.num_workers=1", "train.epochs=2", "train.lr=0.01",
+                             "scaling.num_workers=1", "train.epochs=1", "train.lr=0.01",
                              "data.batch_size=8", f"model.decoder_channels={SMALL}"])
     outcome = run_training(cfg, log=lambda _: None)
     return {"root": root, "site": site, "uri": uri, "outcome": outcome, "data": root / "ds"}
@@ -130,6 +131,8 @@ def test_predict_refuses_bad_input_with_one_error_line(trained, tmp_path, capsys
         ([run_dir, str(tmp_path / "missing")], "INPUT:"),
         ([run_dir, str(trained["data"])], "--split"),
         ([run_dir, str(tmp_path / "imgs"), "--out", str(tmp_path / "a_file")], "is a file"),
+        (["models:/no-such-model/1", str(tmp_path / "imgs"), "--tracking-uri",
+          trained["uri"]], "MODEL: models:/no-such-model/1 not found"),
     ]
     for args, message in cases:
         if "--out" not in args:
@@ -157,10 +160,12 @@ def test_mlflow_model_loads_in_a_fresh_process_and_matches_predict(trained, tmp_
 
     src = tmp_path / "one"
     src.mkdir()
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     Image.fromarray(image).save(src / "img.png")
     assert main(["register", str(trained["outcome"].run_dir), "lesions"]) == 0
     assert main(["predict", "models:/lesions/1", str(src), "--out", str(tmp_path / "p"),
                  "--tracking-uri", uri]) == 0
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before   # no global MLflow state
     written = np.asarray(Image.open(tmp_path / "p" / "img_segmentation.png"))
     assert np.array_equal(written, from_mlflow[0])
     assert from_mlflow[0].any() or not written.any()

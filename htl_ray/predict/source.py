@@ -25,15 +25,42 @@ def bundle_from_mlflow(uri: str, tracking_uri: str | None = None) -> ModelBundle
 
     tracking = resolve_tracking_uri(tracking_uri)
     check_reachable(tracking)
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
-    dest = tempfile.mkdtemp(prefix="htl-ray-model-")
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dest)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
-        raise ConfigError(f"MODEL: {uri} not found in {redact(tracking)} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
-    return bundle_from_model_dir(Path(local), uri)
+    with tempfile.TemporaryDirectory(prefix="htl-ray-model-") as dest:
+        try:
+            # the URIs as arguments, never mlflow.set_tracking_uri: it also sets the process's
+            # MLFLOW_TRACKING_URI, and every later run of this process would go there
+            source = registered_source(uri, tracking) if uri.startswith("models:/") else uri
+            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dest,
+                                                       tracking_uri=tracking)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
+            first = (str(exc).splitlines() or [""])[0][:300]
+            raise ConfigError(f"MODEL: {uri} not found in {redact(tracking)} "
+                              f"({type(exc).__name__}: {first})") from None
+        return bundle_from_model_dir(Path(local), uri)      # read into memory: dest may go
+
+
+def registered_source(uri: str, tracking: str) -> str:
+    """Where `models:/<name>/<version>`, `models:/<name>/latest` or `models:/<name>@<alias>`
+    is stored, asked of the registry at `tracking` (MLflow's own resolution reads the
+    process-wide registry URI)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking, registry_uri=tracking)
+    ref = uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = ref.partition("/")
+        if version in ("", "latest"):
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise ValueError(f"no version of registered model {name!r}")
+            version = str(max(int(v.version) for v in versions))
+        elif not version.isdigit():
+            raise ValueError(f"expected models:/<name>/<version>, models:/<name>/latest or "
+                             f"models:/<name>@<alias>, got {uri}")
+    return client.get_model_version_download_uri(name, version)
 
 
 def bundle_from_model_dir(model_dir: Path, name: str) -> ModelBundle:

@@ -103,7 +103,7 @@ def register_run(run_dir: str | Path, name: str, log=print) -> tuple[str, str]:
     """Register RUN_DIR's MLflow Model (`runs:/<id>/model`) in the model registry under
     `name`; a run that finished before runs logged their model gets it logged first. Returns
     (name, version)."""
-    import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from htl_ray.tracking import check_reachable, redact
@@ -114,7 +114,7 @@ def register_run(run_dir: str | Path, name: str, log=print) -> tuple[str, str]:
         raise ConfigError(f"register: {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
     uri, run_id = state["tracking_uri"], state["mlflow_run_id"]
     check_reachable(uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)      # no global MLflow state (see predict)
     logged = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT)}
     if f"{MODEL_ARTIFACT}/MLmodel" not in logged:
         best = best_of_run(run_dir)
@@ -122,9 +122,13 @@ def register_run(run_dir: str | Path, name: str, log=print) -> tuple[str, str]:
             raise ConfigError(f"register: {run_dir} holds no checkpoint")
         log(f"[htl-ray] the run has no logged MLflow Model yet: logging {best[0].name}'s")
         client.log_artifacts(run_id, str(save_run_model(run_dir, best[0])), MODEL_ARTIFACT)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    version = client.create_model_version(name, source=source, run_id=run_id)
     log(f"[htl-ray] registered runs:/{run_id}/{MODEL_ARTIFACT} as models:/{name}/"
         f"{version.version} in {redact(uri)}")
     return name, str(version.version)
