@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from htl_ray.config import ConfigError, load_config
+from htl_ray.config import DEFAULT_SPARSITIES, ConfigError, load_config
 from htl_ray.interrupts import handle_sigterm_as_interrupt
 
 
@@ -170,7 +170,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_register(args: argparse.Namespace) -> int:
     from htl_ray.train.model_bundle import register_run
 
-    name, version = register_run(args.run, args.name)
+    name, version = register_run(args.run, args.name, tracking_uri=args.tracking_uri)
     print(f"load it anywhere: mlflow.pyfunc.load_model('models:/{name}/{version}'), or "
           f"htl-ray predict models:/{name}/{version} IMAGES --out DIR")
     return 0
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("checkpoint", help="checkpoint directory (or its checkpoint.pt)")
     sc.add_argument("data", help="dataset folder")
     sc.add_argument("--split", default="val", choices=["train", "val", "test"])
-    sc.add_argument("--sparsities", type=_sparsities, default=(0.3, 0.5, 0.7))
+    sc.add_argument("--sparsities", type=_sparsities, default=DEFAULT_SPARSITIES)
     sc.add_argument("--pruning", default="l1_unstructured",
                     choices=["l1_unstructured", "channel_l2"])
     sc.add_argument("--actors", type=int, default=1, help="scorer actors")
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", help="output Parquet (default: beside the checkpoint)")
     sc.set_defaults(func=_cmd_score)
 
-    from htl_ray.quality import DEFAULT_RISK, REVIEW_THRESHOLD, RISKS
+    from htl_ray.quality import DEFAULT_RISK, RISKS
 
     pr = sub.add_parser("predict", help="masks for new images at their original size, with a "
                         "quality-control risk per image and a table (no masks needed)")
@@ -407,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"quality-control risk (default {DEFAULT_RISK}; "
                     "docs/quality_control.md compares them)")
     pr.add_argument("--review-threshold", type=float, default=None, metavar="R",
-                    help=f"flag images with risk >= R for review (default {REVIEW_THRESHOLD}, "
-                    "chosen on a validation split)")
+                    help="flag images with risk >= R for review (default: the risk's own "
+                    f"threshold, chosen on a validation split; {DEFAULT_RISK}: "
+                    f"{RISKS[DEFAULT_RISK].review_threshold})")
     pr.add_argument("--probabilities", action="store_true",
                     help="also write <id>_probability.png (probability x 255)")
     pr.add_argument("--actors", type=int, default=1, help="predictor actors (default 1)")
@@ -425,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "registry under a name (models:/<name>/<version>)")
     rg.add_argument("run", help="run directory (as printed by `htl-ray train`)")
     rg.add_argument("name", help="registered model name")
+    rg.add_argument("--tracking-uri", help="the MLflow store to register in (default: the "
+                    "run's own, as recorded in its run directory)")
     rg.set_defaults(func=_cmd_register)
 
     tu = sub.add_parser("tune", help="hyperparameter sweep: Ray Tune trials of training runs, "

@@ -110,6 +110,9 @@ class TrainConfig:
                                help="auto: channels-last on GPU, contiguous on CPU")
 
 
+DEFAULT_SPARSITIES = (0.3, 0.5, 0.7)     # htl.sparsities, `score` and `predict --risk h`
+
+
 @dataclass
 class HtlConfig:
     """HTL attention and its comparators (DESIGN §3)."""
@@ -122,7 +125,7 @@ class HtlConfig:
     lam: float = _spec(1.0, lo=0, help="λ: extra weight of HTL samples")
     q: float = _spec(0.2, lo=0, hi=1, lo_open=True, help="top-q fraction is HTL")
     tau: float | None = _spec(None, lo=0, hi=1, help="threshold on h instead of top-q")
-    sparsities: list[float] = _spec(factory=lambda: [0.3, 0.5, 0.7])
+    sparsities: list[float] = _spec(factory=lambda: list(DEFAULT_SPARSITIES))
     pruning: str = _spec("l1_unstructured", choices=("l1_unstructured", "channel_l2"))
     refresh_every: int = _spec(2, lo=1, help="R: re-score every R epochs")
     beta: float = _spec(0.5, lo=0, hi=1, hi_open=True, help="EMA of h across refreshes")

@@ -4,7 +4,8 @@ An image is decoded and made RGB as ingestion does (htl_ray.data.images), resize
 model's training size with the same bilinear resize, scaled to [0, 1], segmented, and the
 probability map is resized back to the image's own width and height (bilinear) before it is
 thresholded at 0.5. `htl-ray predict`, the MLflow Model and `evaluate` at original resolution
-all go through these functions, so their masks agree pixel for pixel.
+all go through these functions, so on the CPU their masks agree pixel for pixel (on a GPU,
+`predict` runs in bf16 autocast by default, so a probability near 0.5 may round the other way).
 
 A `ModelBundle` is what a trained model is, wherever it is stored (a run directory, a
 checkpoint directory, an MLflow Model): weights, architecture, training size, identity.
@@ -26,6 +27,7 @@ from htl_ray.data.images import image_to_rgb, open_image
 MASK_SUFFIX = "_segmentation.png"          # ISIC submissions: <id>_segmentation.png
 PROBABILITY_SUFFIX = "_probability.png"
 BUNDLE_FILE = "model.json"
+BUNDLE_ARTIFACT = "bundle"           # the ModelBundle inside an MLflow Model's artifacts
 WEIGHTS_FILE = "weights.pt"
 
 

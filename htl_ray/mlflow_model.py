@@ -13,6 +13,8 @@ and MLflow, but not htl-ray itself.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -20,9 +22,8 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-from htl_ray.inference import ModelBundle, segment
+from htl_ray.inference import BUNDLE_ARTIFACT, ModelBundle, segment
 
-BUNDLE_ARTIFACT = "bundle"           # the ModelBundle inside the model's artifacts
 REQUIREMENTS = ("torch", "segmentation-models-pytorch", "pillow", "numpy", "mlflow")
 
 class HtlSegmentationModel(mlflow.pyfunc.PythonModel):
@@ -64,16 +65,37 @@ def requirements() -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """MLflow copies artifacts with a progress bar per file (noise in a training log): off while
+    saving, and the process's environment restored after."""
+    import logging
+
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    # and its warning that a Python object is saved with cloudpickle: the class is ours, and
+    # its code travels with the model (code_paths)
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pyfunc_log.setLevel(level)
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def save_mlflow_model(bundle: ModelBundle, dest: Path) -> Path:
     """Write `bundle` as an MLflow Model folder at `dest` (which must not exist)."""
-    import os
     import tempfile
 
     import htl_ray
 
-    # MLflow copies the artifacts with a progress bar per file: noise in a training log
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _no_progress_bars():
         warnings.simplefilter("ignore")
         bundle_dir = bundle.save(Path(tmp) / BUNDLE_ARTIFACT)
         mlflow.pyfunc.save_model(

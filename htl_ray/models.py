@@ -39,10 +39,12 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
         raise ValueError(f"model.arch={cfg.arch!r} / model.encoder={cfg.encoder!r}: {exc}") from exc
 
 
-def state_checksum(model: torch.nn.Module) -> float:
-    """Cheap fingerprint of the weights (sum of |w|), logged to show ranks hold identical models."""
+def state_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> float:
+    """Cheap fingerprint of the weights (sum of |w|) of a model or a state dict, logged to show
+    ranks hold identical models."""
+    state = model if isinstance(model, dict) else model.state_dict()
     with torch.no_grad():
-        return float(sum(p.detach().double().abs().sum() for p in model.state_dict().values()
+        return float(sum(p.detach().double().abs().sum() for p in state.values()
                          if torch.is_floating_point(p)))
 
 

@@ -24,7 +24,11 @@ _SQLITE = "sqlite:///"
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI)
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite path made absolute (against the working directory); others as given."""
     if uri.startswith(_SQLITE):
         path = uri[len(_SQLITE):]
         if not path.startswith("/"):
@@ -32,10 +36,11 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False) -> None:
     """Fail in seconds, before anything starts, when the tracking store cannot be reached: an
     MLflow client would otherwise retry with back-off for minutes and then fail mid-start.
-    HTTP(S) servers must answer `/health`; a SQLite store's folder must exist."""
+    HTTP(S) servers must answer `/health`; a SQLite store's folder must exist — and with
+    `existing` (reading a model from it), the store itself, rather than a new empty one."""
     import urllib.error
     import urllib.request
 
@@ -45,6 +50,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     if db is not None:
         if not db.parent.is_dir():
             raise ConfigError(f"tracking.uri: the folder of the SQLite store {db} does not exist")
+        if existing and not db.is_file():
+            raise ConfigError(f"tracking URI {uri}: no MLflow store there (no file {db}); give "
+                              "the store that holds the run with --tracking-uri")
         return
     if not uri.startswith(("http://", "https://")):
         return                               # databricks, file:, ...: MLflow checks those

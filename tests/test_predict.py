@@ -21,7 +21,7 @@ from PIL import Image
 
 from htl_ray.cli import main
 from htl_ray.data.synth import synth_sample
-from htl_ray.quality import REVIEW_THRESHOLD
+from htl_ray.quality import REVIEW_THRESHOLD, RISKS
 
 SIZES = [(72, 50), (40, 90), (64, 64), (33, 47), (100, 60)]       # (width, height) originals
 SMALL = "[16,8,8,4,4]"
@@ -97,7 +97,8 @@ def test_predict_a_mixed_folder_writes_masks_at_original_size_and_reports_bad_fi
     assert sorted(table["id"]) == sorted(expected)
     assert table.set_index("id").loc["b", ["height", "width"]].tolist() == [90, 50]
     assert ((table["risk"] >= 0) & (table["risk"] <= 1)).all()
-    assert (table["review"] == (table["risk"] >= REVIEW_THRESHOLD)).all()
+    degenerate = table["area_fraction"].isin([0.0, 1.0])
+    assert (table["review"] == ((table["risk"] >= REVIEW_THRESHOLD) | degenerate)).all()
     assert (table["mlflow_run_id"] == trained["outcome"].mlflow_run_id).all()
     assert (table["area_fraction"].between(0, 1)).all()
     assert pd.read_csv(out / "predictions.csv")["id"].tolist() == table["id"].tolist()
@@ -148,13 +149,19 @@ def test_mlflow_model_loads_in_a_fresh_process_and_matches_predict(trained, tmp_
     run_id, uri = trained["outcome"].mlflow_run_id, trained["uri"]
     image = np.asarray(Image.open(next((trained["site"] / "images").glob("*.png"))).convert("RGB"))
     np.save(tmp_path / "image.npy", image[None])
-    code = ("import sys, numpy as np, mlflow\n"
+    # htl-ray's own install hidden: the model must bring the code it needs (code_paths)
+    code = ("import sys, importlib.util\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]\n"
+            "assert importlib.util.find_spec('htl_ray') is None\n"
+            "import numpy as np, mlflow\n"
             f"mlflow.set_tracking_uri({uri!r})\n"
             f"m = mlflow.pyfunc.load_model('runs:/{run_id}/model')\n"
-            "np.save('mask.npy', m.predict(np.load('image.npy')))\n")
+            "np.save('mask.npy', m.predict(np.load('image.npy')))\n"
+            "import htl_ray; print(htl_ray.__file__)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "/work/main" not in proc.stdout and "code" in proc.stdout   # the model's own copy
     from_mlflow = np.load(tmp_path / "mask.npy")
     assert from_mlflow.shape == (1, *image.shape[:2]) and from_mlflow.dtype == np.uint8
 
@@ -164,11 +171,14 @@ def test_mlflow_model_loads_in_a_fresh_process_and_matches_predict(trained, tmp_
     Image.fromarray(image).save(src / "img.png")
     assert main(["register", str(trained["outcome"].run_dir), "lesions"]) == 0
     assert main(["predict", "models:/lesions/1", str(src), "--out", str(tmp_path / "p"),
-                 "--tracking-uri", uri]) == 0
+                 "--tracking-uri", uri, "--risk", "tta+h"]) == 0
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before   # no global MLflow state
     written = np.asarray(Image.open(tmp_path / "p" / "img_segmentation.png"))
     assert np.array_equal(written, from_mlflow[0])
-    assert from_mlflow[0].any() or not written.any()
+    row = pd.read_parquet(tmp_path / "p" / "predictions.parquet").iloc[0]
+    assert 0 <= row["h"] <= 1 and row["risk"] == pytest.approx((row["h"] + row["tta"]) / 2)
+    threshold = RISKS["tta+h"].review_threshold                   # the risk's own threshold
+    assert row["review"] == (row["risk"] >= threshold or row["area_fraction"] in (0.0, 1.0))
 
 
 def test_external_validation_and_the_isic_scorer_agree(trained, tmp_path, capsys):
@@ -197,6 +207,8 @@ def test_external_validation_and_the_isic_scorer_agree(trained, tmp_path, capsys
 
     assert main(["predict", run_dir, str(tmp_path / "b32"), "--split", "test", "--out",
                  str(tmp_path / "masks")]) == 0
+    areas = pd.read_parquet(tmp_path / "masks" / "predictions.parquet")["area_fraction"]
+    assert ((areas > 0) & (areas < 1)).mean() >= 0.5     # real masks: the resizing is exercised
     truth = tmp_path / "truth"
     truth.mkdir()
     for f in (site_b / "masks").iterdir():
@@ -218,3 +230,89 @@ def _masks_only(folder: Path) -> Path:
     for f in folder.glob("*_segmentation.png"):
         (only / f.name).symlink_to(f)
     return only
+
+
+def test_evaluate_register_and_resource_mistakes_are_one_error_line(trained, tmp_path, capsys):
+    """Each mistake: exit 2, one `error:` line naming the flag; nothing waits for resources
+    that will not come."""
+    from htl_ray.data.synth import synthesize
+
+    run_dir = str(trained["outcome"].run_dir)
+    synthesize(tmp_path / "s48", n=20, size=48, seed=0, fractions=(0, 0, 1), log=lambda _: None)
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "x.png")
+    cases = [
+        (["evaluate", run_dir, "--data", str(tmp_path / "s48")], "stored at 48x48"),
+        (["evaluate", run_dir, "--data", str(tmp_path / "imgs")], "--data:"),
+        (["evaluate", run_dir, "--data", str(trained["data"]), "--split", "train",
+          "--name", "bad name"], "--name 'bad name'"),
+        (["evaluate", run_dir, "--name", "x"], "--name names the site of --data"),
+        (["register", run_dir, "m", "--tracking-uri", "http://127.0.0.1:9"], "not reachable"),
+        (["register", run_dir, "m", "--tracking-uri", f"sqlite:///{tmp_path / 'moved.db'}"],
+         "no MLflow store there"),
+        (["register", run_dir, "m", "--tracking-uri", _empty_store(tmp_path)], "is not in"),
+        (["predict", run_dir, str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
+          "--actors", "3", "--cpus-per-actor", "1"], "--actors 3 x --cpus-per-actor 1"),
+        (["predict", run_dir, str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
+          "--gpus-per-actor", "1"], "no GPU here"),
+    ]
+    capsys.readouterr()                               # MLflow's notes on creating a store
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o" / "predict.json").exists()    # a failed start locks nothing
+
+
+def _empty_store(tmp_path: Path) -> str:
+    """A real MLflow store that does not hold the run (the run's store was replaced)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    MlflowClient(uri).search_experiments()
+    return uri
+
+
+def test_image_ids_stay_unique_and_an_interrupted_table_keeps_every_finished_row(tmp_path):
+    from htl_ray.predict.inputs import Inputs, unique_ids
+    from htl_ray.predict.runner import (
+        PARTIAL_FILE,
+        check_same_settings,
+        done_ids,
+        read_rows,
+        write_settings,
+    )
+
+    names = ["x.jpg", "x.png", "a/y.png", "b/y.png", "a__y.png", "z.png"]
+    ids, clashes = unique_ids([Path(n) for n in names])
+    assert len(set(ids)) == len(ids) and ids[-1] == "z" and clashes == ["x", "y"]
+    assert ids[:2] == ["x_jpg", "x_png"] and ids[3] == "b__y"
+
+    out = tmp_path / "out"
+    out.mkdir()
+    files = []
+    for name in ("a", "b", "c"):
+        f = tmp_path / f"{name}.png"
+        Image.new("RGB", (4, 4)).save(f)
+        files.append(f)
+        (out / f"{name}_segmentation.png").write_bytes(b"png")
+    from htl_ray.predict.runner import _stat
+
+    rows = [{"id": f.stem, "source": str(f), "source_stat": _stat(f)} for f in files]
+    # "b" was cut short by an interruption; a later run appended "c" after a newline
+    text = json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:15] + "\n" + json.dumps(rows[2])
+    (out / PARTIAL_FILE).write_text(text + "\n")
+    table = read_rows(out)
+    assert sorted(table["id"]) == ["a", "c"]
+    inputs = Inputs(rows=[{"id": f.stem, "path": str(f)} for f in files], kind="folder")
+    assert done_ids(out, table, inputs, probabilities=False) == {"a", "c"}
+    Image.new("RGB", (5, 5)).save(files[2])           # changed since: predicted again
+    assert done_ids(out, table, inputs, probabilities=False) == {"a"}
+    other = Inputs(rows=[{"id": "a", "path": str(tmp_path / "elsewhere" / "a.png")}],
+                   kind="folder")                     # another folder's "a": not done
+    assert done_ids(out, table, other, probabilities=False) == set()
+
+    write_settings(out, {"risk": "tta", "identity": {"mlflow_run_id": "r1"}})
+    check_same_settings(out, {"risk": "tta", "identity": {"mlflow_run_id": "r1"}})
+    with pytest.raises(Exception, match="another identity"):
+        check_same_settings(out, {"risk": "tta", "identity": {"mlflow_run_id": "r2"}})

@@ -10,6 +10,7 @@ from htl_ray.quality import (
     SIGNALS,
     entropy,
     quality_signals,
+    review_flags,
     tta_disagreement,
     uncertain_share,
 )
@@ -74,3 +75,12 @@ def test_quality_signals_are_in_unit_interval_and_risks_average_their_signals():
     assert RISKS["h"].needs_pruning and not RISKS["tta"].needs_pruning
     assert DEFAULT_RISK in RISKS
     assert {s for r in RISKS.values() for s in r.signals} == set(SIGNALS)
+
+
+def test_review_flags_a_degenerate_mask_whatever_its_risk():
+    review, reason = review_flags(np.array([0.5, 0.0, 0.0, 0.01]),
+                                  np.array([0.3, 0.0, 1.0, 0.2]), threshold=0.1)
+    assert review.tolist() == [True, True, True, False]
+    assert reason.tolist() == ["risk", "empty mask", "mask covers the whole image", ""]
+    for name, risk in RISKS.items():                 # each risk has its own threshold
+        assert 0 < risk.review_threshold < 1, name

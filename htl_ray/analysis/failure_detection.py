@@ -53,7 +53,8 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]
 def compare_risks(risks: Mapping[str, np.ndarray], iou: np.ndarray, *, n_boot: int = 2000,
                   seed: int = 0, threshold: float = ISIC_JACCARD_THRESHOLD) -> pd.DataFrame:
     """One row per risk: AUROC and AURC for failure (IoU < `threshold`, loss 1 − IoU) on the
-    same images, with bootstrap 95% CIs, and the AUROC difference to the best single row."""
+    same images, with bootstrap 95% CIs (the same resamples for every risk); `attrs` hold the
+    image and failure counts and the optimal and random AURC."""
     iou = np.asarray(iou, dtype=np.float64)
     failed, loss = iou < threshold, 1.0 - iou
     idx = np.random.default_rng(seed).integers(0, len(iou), (n_boot, len(iou)))

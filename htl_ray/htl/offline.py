@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from htl_ray.config import DEFAULT_SPARSITIES
 from htl_ray.data.loading import split_dataset
 from htl_ray.htl.scorer import ScoringSpec, score_dataset
 from htl_ray.metrics import ISIC_JACCARD_THRESHOLD, auroc
@@ -52,7 +53,7 @@ def failure_summary(table: pd.DataFrame, score: str = "h") -> dict[str, Any]:
 
 
 def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "val",
-                     sparsities: tuple[float, ...] = (0.3, 0.5, 0.7),
+                     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES,
                      pruning: str = "l1_unstructured", actors: int = 1,
                      batch_size: int = 32, out: str | Path | None = None,
                      labels: bool = True) -> tuple[pd.DataFrame, dict[str, Any], Path]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from htl_ray.config import DEFAULT_SPARSITIES
 from htl_ray.data.images import RecordDefect
 from htl_ray.device import best_device, placement
 from htl_ray.inference import (
@@ -27,7 +28,7 @@ from htl_ray.inference import (
     to_input_size,
     to_tensor,
 )
-from htl_ray.quality import RISKS, quality_signals
+from htl_ray.quality import RISKS, quality_signals, review_flags
 
 
 @dataclass
@@ -38,7 +39,7 @@ class PredictSpec:
     risk: str
     review_threshold: float
     probabilities: bool = False
-    sparsities: tuple[float, ...] = (0.3, 0.5, 0.7)
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     pruning: str = "l1_unstructured"
     batch_size: int = 8
     pool_size: int = 1
@@ -105,6 +106,11 @@ class PredictorActor:
                 sizes.append((0, 0))
                 resized.append(blank)
                 errors.append(defect.detail)
+            except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others
+                sizes.append((0, 0))
+                resized.append(blank)
+                errors.append(f"{batch['path'][i] if 'path' in batch else batch['id'][i]}: "
+                              f"{type(exc).__name__}: {exc}")
         return resized, sizes, errors
 
     @torch.inference_mode()
@@ -114,13 +120,11 @@ class PredictorActor:
         logits = self._forward(x)
         signals = quality_signals(self._forward, x, logits, tta=self.risk.needs_tta)
         if self.pruned:
-            from htl_ray.htl.scoring import binarize, disagreement
+            from htl_ray.htl.scoring import score_population_batch
 
-            dense_mask = binarize(logits)
             with self.place.autocast():
-                d = [disagreement(dense_mask, binarize(m(x).float()))
-                     for _, m in sorted(self.pruned.items())]
-            signals["h"] = torch.stack(d).mean(0).cpu().double().numpy()
+                signals["h"] = np.asarray(score_population_batch(
+                    [(self.model, self.pruned)], x)["h"], dtype=np.float64)
         risk = self.risk.of(signals)
         probs = torch.sigmoid(logits)[:, 0].cpu().numpy()
         area = np.zeros(len(probs))
@@ -135,13 +139,15 @@ class PredictorActor:
                 write_png(np.round(prob * 255).astype(np.uint8),
                           self.out / f"{rid}{PROBABILITY_SUFFIX}")
         ok = np.array([e is None for e in errors])
+        review, reason = review_flags(risk, area, self.spec.review_threshold)
         return {
             "id": np.asarray(batch["id"]),
             "source": np.asarray(batch["path"] if "path" in batch else batch["id"]),
             "height": np.array([s[0] for s in sizes]), "width": np.array([s[1] for s in sizes]),
             "area_fraction": area,
             "risk": np.where(ok, risk, np.nan),
-            "review": ok & (risk >= self.spec.review_threshold),
+            "review": ok & review,
+            "review_reason": np.where(ok, reason, "").astype(object),
             **{k: np.where(ok, v, np.nan) for k, v in signals.items()},
             "error": np.array(["" if e is None else e for e in errors], dtype=object),
         }

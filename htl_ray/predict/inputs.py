@@ -2,8 +2,9 @@
 
 A folder is searched recursively (symbolic links followed, each real folder once, so a link
 loop ends), for every suffix ingestion reads. Each image's id is its file name without the
-suffix; when two files share one (`a/x.jpg`, `b/x.png`), their ids are their relative paths
-with `/` written `__`, so no mask overwrites another. Files that are not images are listed,
+suffix; when two files share one (`a/x.jpg`, `b/x.jpg`, or `x.jpg` beside `x.png`), their ids
+are their relative paths with `/` written `__` (and the suffix kept when that is still not
+enough), checked unique, so no mask overwrites another. Files that are not images are listed,
 not dropped silently.
 """
 
@@ -23,6 +24,8 @@ class Inputs:
 
     rows: list[dict]
     kind: str                                  # "folder" or "dataset"
+    source: str = ""                           # the dataset folder (kind "dataset")
+    split: str = ""
     skipped: list[dict[str, str]] = field(default_factory=list)   # file, reason
     notes: list[str] = field(default_factory=list)
 
@@ -43,7 +46,7 @@ def folder_images(root: Path, *, exclude: Path | None = None) -> Inputs:
             continue
         seen_dirs.add(real)
         here = Path(dirpath)
-        if excluded is not None and (here == excluded or excluded in here.parents):
+        if excluded is not None and (Path(real) == excluded or excluded in Path(real).parents):
             dirnames[:] = []
             continue
         dirnames.sort()
@@ -54,19 +57,37 @@ def folder_images(root: Path, *, exclude: Path | None = None) -> Inputs:
             elif not name.startswith("."):
                 skipped.append({"file": str(path), "reason": "not an image file (suffixes read: "
                                 + " ".join(IMAGE_SUFFIXES) + ")"})
-    stems: dict[str, int] = {}
-    for p in found:
-        stems[p.stem] = stems.get(p.stem, 0) + 1
-    rows, notes = [], []
-    clashes = sorted(s for s, n in stems.items() if n > 1)
-    for p in found:
-        rel = p.relative_to(root)
-        rid = p.stem if stems[p.stem] == 1 else "__".join(rel.with_suffix("").parts)
-        rows.append({"id": rid, "path": str(p)})
-    if clashes:
-        notes.append(f"{len(clashes)} file name(s) occur more than once (e.g. {clashes[0]!r}): "
-                     "those images are named by their relative path, '/' written '__'")
+    ids, clashes = unique_ids([p.relative_to(root) for p in found])
+    rows = [{"id": rid, "path": str(p)} for rid, p in zip(ids, found, strict=True)]
+    notes = [f"{len(clashes)} file name(s) occur more than once (e.g. {clashes[0]!r}): those "
+             "images are named by their relative path, '/' written '__'"] if clashes else []
     return Inputs(rows=rows, kind="folder", skipped=skipped, notes=notes)
+
+
+def unique_ids(paths: list[Path]) -> tuple[list[str], list[str]]:
+    """An id per relative path — the file name without suffix where that is unique; where not,
+    the relative path without suffix ('/' as '__'); where even that clashes, that and the
+    suffix, then a short hash of the relative path — and the names that clashed."""
+    import hashlib
+
+    def by_path(p: Path) -> str:
+        return "__".join(p.with_suffix("").parts)
+
+    rules = (by_path,
+             lambda p: f"{by_path(p)}_{p.suffix.lstrip('.').lower()}",      # x.jpg beside x.png
+             lambda p: f"{by_path(p)}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}")
+    ids = [p.stem for p in paths]
+    clashes = sorted({i for i in ids if ids.count(i) > 1})
+    for rule in rules:
+        counts: dict[str, int] = {}
+        for i in ids:
+            counts[i] = counts.get(i, 0) + 1
+        if max(counts.values(), default=1) == 1:
+            break
+        ids = [rule(p) if counts[i] > 1 else i for i, p in zip(ids, paths, strict=True)]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"INPUT: could not give every image a unique id: {sorted(ids)[:5]}")
+    return ids, clashes
 
 
 def dataset_images(dataset: Path, split: str) -> Inputs:
@@ -77,7 +98,8 @@ def dataset_images(dataset: Path, split: str) -> Inputs:
     table = read_split_table(path, ["id"], split if split != "all" else None)
     if table.num_rows == 0:
         raise ConfigError(f"--split: {dataset} has no rows in the {split!r} split")
-    return Inputs(rows=[{"id": i} for i in table.column("id").to_pylist()], kind="dataset")
+    return Inputs(rows=[{"id": i} for i in table.column("id").to_pylist()], kind="dataset",
+                  source=str(dataset.resolve()), split=split)
 
 
 def discover(source: str | Path, split: str | None, *, exclude: Path | None = None) -> Inputs:

@@ -25,7 +25,7 @@ from htl_ray.config import ConfigError
 from htl_ray.inference import MASK_SUFFIX, PROBABILITY_SUFFIX, ModelBundle
 from htl_ray.predict.actor import PredictorActor, PredictSpec
 from htl_ray.predict.inputs import Inputs, discover
-from htl_ray.quality import DEFAULT_RISK, REVIEW_THRESHOLD, RISKS, SIGNALS
+from htl_ray.quality import DEFAULT_RISK, RISKS, SIGNALS
 
 TABLE_FILE = "predictions.parquet"
 CSV_FILE = "predictions.csv"
@@ -48,9 +48,9 @@ class PredictionOutcome:
 
 def writable_folder(out: Path) -> Path:
     """Create `out` and prove it takes a file, before any model is loaded or Ray started."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} is a file; give a folder for the masks")
     try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out: {out} is a file; give a folder for the masks")
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
@@ -74,9 +74,11 @@ def model_settings(bundle: ModelBundle, spec: PredictSpec) -> dict[str, Any]:
 
 
 def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to add to a folder another model (or risk, or threshold) filled. The settings
+    are written with the first rows (`write_settings`), so a run that failed before any image
+    was predicted does not lock the folder."""
     path = out / SETTINGS_FILE
     if not path.is_file():
-        path.write_text(json.dumps(settings, indent=2, default=str))
         return
     try:
         before = json.loads(path.read_text())
@@ -88,6 +90,12 @@ def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
         raise ConfigError(f"--out: {out} holds predictions made with another "
                           f"{' / '.join(changed)} ({path}); predict into a new folder, or "
                           "remove this one to start again")
+
+
+def write_settings(out: Path, settings: dict[str, Any]) -> None:
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        path.write_text(json.dumps(settings, indent=2, default=str))
 
 
 def read_rows(out: Path) -> pd.DataFrame:
@@ -111,12 +119,35 @@ def read_rows(out: Path) -> pd.DataFrame:
     return rows.drop_duplicates("id", keep="last").reset_index(drop=True)
 
 
-def done_ids(out: Path, rows: pd.DataFrame, probabilities: bool) -> set[str]:
+def done_ids(out: Path, rows: pd.DataFrame, inputs: Inputs, probabilities: bool) -> set[str]:
+    """Images an earlier run finished: a row for the same source file, unchanged since (size
+    and modification time), and the mask (and probability map) on disk."""
     if rows.empty:
         return set()
-    return {i for i in rows["id"].astype(str)
-            if (out / f"{i}{MASK_SUFFIX}").is_file()
-            and (not probabilities or (out / f"{i}{PROBABILITY_SUFFIX}").is_file())}
+    before = {str(r["id"]): r for r in rows.to_dict(orient="records")}
+    done = set()
+    for item in inputs.rows:
+        row = before.get(item["id"])
+        if row is None or row.get("source") != _source(item, inputs):
+            continue
+        if "path" in item and _as_stat(row.get("source_stat")) != _stat(item["path"]):
+            continue
+        i = item["id"]
+        if (out / f"{i}{MASK_SUFFIX}").is_file() and (
+                not probabilities or (out / f"{i}{PROBABILITY_SUFFIX}").is_file()):
+            done.add(i)
+    return done
+
+
+def _as_stat(value) -> list[int] | None:
+    """A stored [size, mtime_ns] (a list from JSON, an array from Parquet) as a list."""
+    if value is None or isinstance(value, float):
+        return None
+    return [int(v) for v in value]
+
+
+def _source(item: dict, inputs: Inputs) -> str:
+    return item["path"] if "path" in item else f"{inputs.source}#{inputs.split}/{item['id']}"
 
 
 def _dataset_rows(source: Path, split: str, todo: set[str]):
@@ -156,10 +187,14 @@ class Progress:
 
 
 def default_cpus_per_actor(actors: int) -> float:
+    """The cluster's CPUs shared among the actors, but no more than one node holds (an actor
+    runs on one node)."""
     import ray
 
     total = ray.cluster_resources().get("CPU", 1)
-    return max(1.0, math.floor(total / actors))
+    node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
+               default=total)
+    return max(1.0, min(math.floor(total / actors), node))
 
 
 def predict(model: str | Path, source: str | Path, out: str | Path, *, split: str | None = None,
@@ -174,16 +209,19 @@ def predict(model: str | Path, source: str | Path, out: str | Path, *, split: st
         raise ConfigError(f"--risk {risk}: expected one of {', '.join(RISKS)}")
     if actors < 1 or batch_size < 1:
         raise ConfigError("--actors and --batch-size must be at least 1")
+    if (cpus_per_actor is not None and cpus_per_actor <= 0) or gpus_per_actor < 0:
+        raise ConfigError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+    inputs: Inputs = discover(source, split, exclude=Path(out))
     out = writable_folder(Path(out))
-    inputs: Inputs = discover(source, split, exclude=out)
     bundle = load_model(model, tracking_uri)
     spec = PredictSpec(out_dir=str(out.resolve()), risk=risk,
-                       review_threshold=REVIEW_THRESHOLD if review_threshold is None
+                       review_threshold=RISKS[risk].review_threshold if review_threshold is None
                        else review_threshold, probabilities=probabilities,
                        batch_size=batch_size, pool_size=actors, gpus_per_actor=gpus_per_actor)
-    check_same_settings(out, model_settings(bundle, spec))
+    settings = model_settings(bundle, spec)
+    check_same_settings(out, settings)
     previous = read_rows(out)
-    done = done_ids(out, previous, probabilities)
+    done = done_ids(out, previous, inputs, probabilities)
     # files found unreadable before and not changed since are reported again, not re-read
     known_bad = {u["file"]: u for u in _previous_unreadable(out)
                  if u.get("stat") == _stat(u["file"])}
@@ -198,23 +236,41 @@ def predict(model: str | Path, source: str | Path, out: str | Path, *, split: st
     new_rows = 0
     if todo:
         new_rows, unreadable_now = _run_pool(bundle, spec, inputs, todo, source, split,
-                                         cpus_per_actor, out, log)
+                                             cpus_per_actor, out, settings, log)
         unreadable += unreadable_now
     return _finish(out, inputs, bundle, unreadable, new_rows, len(done & {r["id"] for r in
                                                                           inputs.rows}), log)
 
 
+def check_room(spec: PredictSpec) -> None:
+    """The actors must fit in what the cluster has free now: else one error naming the flags,
+    before any actor waits for resources that will not come."""
+    import ray
+
+    free, total = ray.available_resources(), ray.cluster_resources()
+    for what, per, flag in (("CPU", spec.cpus_per_actor, "--cpus-per-actor"),
+                            ("GPU", spec.gpus_per_actor, "--gpus-per-actor")):
+        need = per * spec.pool_size
+        if need > free.get(what, 0) + 1e-9:
+            raise ConfigError(
+                f"--actors {spec.pool_size} x {flag} {per:g} = {need:g} {what}s, but the Ray "
+                f"cluster has {free.get(what, 0):g} of {total.get(what, 0):g} {what}s free; "
+                "ask for fewer" + (" (no GPU here: leave --gpus-per-actor at 0)"
+                                   if what == "GPU" and not total.get("GPU") else ""))
+
+
 def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list[dict],
-              source, split, cpus_per_actor, out: Path, log):
+              source, split, cpus_per_actor, out: Path, settings: dict[str, Any], log):
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy
 
     from htl_ray.cluster import init_ray
-    from htl_ray.htl.scorer import wait_for_room
+    from htl_ray.htl.scorer import ScorerUnschedulable, wait_for_room
 
     init_ray(log)
     spec.cpus_per_actor = cpus_per_actor or default_cpus_per_actor(spec.pool_size)
+    check_room(spec)
     if inputs.kind == "dataset":
         ds = _dataset_rows(Path(source), split, {r["id"] for r in todo})
     else:
@@ -227,12 +283,27 @@ def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list
         compute=ActorPoolStrategy(size=spec.pool_size), batch_size=spec.batch_size,
         batch_format="numpy", num_cpus=spec.cpus_per_actor,
         num_gpus=spec.gpus_per_actor or None)
-    wait_for_room(spec)
+    try:
+        wait_for_room(spec)
+    except ScorerUnschedulable:
+        raise ConfigError(f"predict: {spec.pool_size} actor(s) of {spec.cpus_per_actor:g} CPU"
+                          f" (+{spec.gpus_per_actor:g} GPU) could not start within "
+                          f"{spec.start_timeout_s:g} s: the cluster's resources are held "
+                          "elsewhere; ask for fewer with --actors / --cpus-per-actor, or "
+                          "wait for the other work to end") from None
     progress = Progress(len(todo), log)
     unreadable: list[dict[str, str]] = []
     n = 0
     identity = {k: bundle.identity.get(k) for k in IDENTITY_COLUMNS}
-    with open(out / PARTIAL_FILE, "a") as partial:
+    partial_path = out / PARTIAL_FILE
+    if partial_path.is_file() and partial_path.stat().st_size:
+        with open(partial_path, "rb") as f:        # a line cut short by an interruption
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        if cut:
+            with open(partial_path, "a") as f:
+                f.write("\n")
+    with open(partial_path, "a") as partial:
         for batch in predicted.iter_batches(batch_size=None, batch_format="pandas"):
             bad = batch["error"] != ""
             for _, r in batch[bad].iterrows():
@@ -240,7 +311,11 @@ def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list
                                    "stat": _stat(r["source"])})
             good = batch[~bad].drop(columns=["error"])
             if inputs.kind == "dataset":
-                good["source"] = [f"{source}#{split}/{i}" for i in good["id"]]
+                good["source"] = [f"{inputs.source}#{inputs.split}/{i}" for i in good["id"]]
+            else:
+                good["source_stat"] = [_stat(p) for p in good["source"]]
+            if len(good):
+                write_settings(out, settings)
             for col, value in identity.items():
                 good[col] = value
             for rec in good.to_dict(orient="records"):
@@ -280,7 +355,7 @@ def _finish(out: Path, inputs: Inputs, bundle: ModelBundle, unreadable, new_rows
     keep = rows                                 # rows of images not in this input stay too
     if not keep.empty:
         front = ["id", "source", "height", "width", "area_fraction", "risk", "review",
-                 *[s for s in SIGNALS if s in keep], *IDENTITY_COLUMNS]
+                 "review_reason", *[s for s in SIGNALS if s in keep], *IDENTITY_COLUMNS]
         keep = keep[[c for c in front if c in keep] + [c for c in keep if c not in front]]
         keep = keep.sort_values("id").reset_index(drop=True)
         tmp = out / f".{TABLE_FILE}.tmp"

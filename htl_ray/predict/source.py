@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 
 from htl_ray.config import ConfigError
-from htl_ray.inference import ModelBundle
-from htl_ray.mlflow_model import BUNDLE_ARTIFACT
+from htl_ray.inference import BUNDLE_ARTIFACT, ModelBundle
 from htl_ray.train.model_bundle import bundle_from_checkpoint, checkpoint_of
 
 MLFLOW_SCHEMES = ("runs:/", "models:/")
@@ -21,10 +20,11 @@ def bundle_from_mlflow(uri: str, tracking_uri: str | None = None) -> ModelBundle
     """An MLflow Model logged by `htl-ray train` (`runs:/<id>/model`, `models:/<name>/<v>`)."""
     import mlflow
 
-    from htl_ray.tracking import check_reachable, redact, resolve_tracking_uri
+    from htl_ray.tracking import absolute_uri, check_reachable, redact, resolve_tracking_uri
 
-    tracking = resolve_tracking_uri(tracking_uri)
-    check_reachable(tracking)
+    # an explicit --tracking-uri wins over MLFLOW_TRACKING_URI
+    tracking = absolute_uri(tracking_uri) if tracking_uri else resolve_tracking_uri()
+    check_reachable(tracking, existing=True)
     with tempfile.TemporaryDirectory(prefix="htl-ray-model-") as dest:
         try:
             # the URIs as arguments, never mlflow.set_tracking_uri: it also sets the process's
@@ -75,14 +75,25 @@ def bundle_from_model_dir(model_dir: Path, name: str) -> ModelBundle:
 
 
 def load_model(model: str | Path, tracking_uri: str | None = None) -> ModelBundle:
-    """MODEL of `htl-ray predict`, in any of its forms."""
+    """MODEL of `htl-ray predict`, in any of its forms, checked by building it once here: a
+    checkpoint whose weights do not fit its architecture is an error naming MODEL, not a
+    traceback from an actor."""
     text = str(model)
     if text.startswith(MLFLOW_SCHEMES):
-        return bundle_from_mlflow(text, tracking_uri)
-    path = Path(model)
-    if not path.exists():
-        raise ConfigError(f"MODEL: {path} does not exist (expected a run directory, a "
-                          "checkpoint directory, or runs:/<run id>/model, models:/<name>/<v>)")
-    if (path / "MLmodel").is_file():
-        return bundle_from_model_dir(path, str(path))
-    return bundle_from_checkpoint(checkpoint_of(path))
+        bundle = bundle_from_mlflow(text, tracking_uri)
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise ConfigError(f"MODEL: {path} does not exist (expected a run directory, a "
+                              "checkpoint directory, or runs:/<run id>/model, "
+                              "models:/<name>/<version>)")
+        if (path / "MLmodel").is_file():
+            bundle = bundle_from_model_dir(path, str(path))
+        else:
+            bundle = bundle_from_checkpoint(checkpoint_of(path))
+    try:
+        bundle.build()
+    except Exception as exc:  # noqa: BLE001 - unknown arch/encoder, wrong keys or shapes
+        raise ConfigError(f"MODEL: {text}: its weights do not build the architecture it "
+                          f"names ({type(exc).__name__}: {str(exc)[:300]})") from None
+    return bundle

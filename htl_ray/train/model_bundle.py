@@ -99,36 +99,48 @@ def save_run_model(run_dir: Path, checkpoint_dir: Path) -> Path:
     return save_mlflow_model(bundle_from_checkpoint(checkpoint_dir), dest)
 
 
-def register_run(run_dir: str | Path, name: str, log=print) -> tuple[str, str]:
+def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = None,
+                 log=print) -> tuple[str, str]:
     """Register RUN_DIR's MLflow Model (`runs:/<id>/model`) in the model registry under
-    `name`; a run that finished before runs logged their model gets it logged first. Returns
-    (name, version)."""
+    `name` (in `tracking_uri`, default the run's own store); a run that finished before runs
+    logged their model gets it logged first. Returns (name, version)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from htl_ray.tracking import check_reachable, redact
+    from htl_ray.tracking import absolute_uri, check_reachable, redact
 
     run_dir = Path(run_dir).resolve()
     state = _run_state(run_dir)
     if not state.get("mlflow_run_id"):
         raise ConfigError(f"register: {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
-    uri, run_id = state["tracking_uri"], state["mlflow_run_id"]
-    check_reachable(uri)
+    uri = absolute_uri(tracking_uri) if tracking_uri else state["tracking_uri"]
+    run_id = state["mlflow_run_id"]
+    check_reachable(uri, existing=True)
     client = MlflowClient(uri, registry_uri=uri)      # no global MLflow state (see predict)
-    logged = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT)}
-    if f"{MODEL_ARTIFACT}/MLmodel" not in logged:
-        best = best_of_run(run_dir)
-        if best is None:
-            raise ConfigError(f"register: {run_dir} holds no checkpoint")
-        log(f"[htl-ray] the run has no logged MLflow Model yet: logging {best[0].name}'s")
-        client.log_artifacts(run_id, str(save_run_model(run_dir, best[0])), MODEL_ARTIFACT)
     try:
-        client.create_registered_model(name)
+        run = client.get_run(run_id)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-    version = client.create_model_version(name, source=source, run_id=run_id)
+        raise ConfigError(f"register: MLflow run {run_id} of {run_dir} is not in {redact(uri)} "
+                          f"({exc.message.splitlines()[0][:200]}); was the store moved? Give "
+                          "it with --tracking-uri") from None
+    try:
+        logged = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT)}
+        if f"{MODEL_ARTIFACT}/MLmodel" not in logged:
+            best = best_of_run(run_dir)
+            if best is None:
+                raise ConfigError(f"register: {run_dir} holds no checkpoint")
+            log(f"[htl-ray] the run has no logged MLflow Model yet: logging {best[0].name}'s")
+            client.log_artifacts(run_id, str(save_run_model(run_dir, best[0])), MODEL_ARTIFACT)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id)
+    except MlflowException as exc:
+        raise ConfigError(f"register {name!r}: MLflow at {redact(uri)} refused: "
+                          f"{exc.message.splitlines()[0][:300]}") from None
     log(f"[htl-ray] registered runs:/{run_id}/{MODEL_ARTIFACT} as models:/{name}/"
         f"{version.version} in {redact(uri)}")
     return name, str(version.version)

@@ -96,12 +96,15 @@ def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, 
 def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                  fault_after_epoch: int | None = None, refresh_delay_s: float = 0.0,
                  tags: dict[str, str] | None = None, callbacks: list | None = None,
+                 log_model: bool = True,
                  log: Callable[[str], None] = print) -> TrainingOutcome:
     """Train `cfg` with Ray Train; returns where the results are. Raises on failure (the MLflow
     run is then marked FAILED and the checkpoints already written stay in the run directory).
 
     `tags` go on a new MLflow run (a sweep links its trials to the parent run this way);
-    `callbacks` are Ray Train callbacks (a Tune trial passes its report callback)."""
+    `callbacks` are Ray Train callbacks (a Tune trial passes its report callback);
+    `log_model`: log the best checkpoint as an MLflow Model (a sweep's trials do not: they are
+    candidates, and the confirmation runs of the chosen one do)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -220,7 +223,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         finish_tracking(run_dir, uri, run_id, "FAILED", log=log)
         raise
 
-    pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best, log, test_metrics)
+    pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best, log, test_metrics,
+                              log_model=log_model)
     return TrainingOutcome(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=uri,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
                            best_metrics=dict(best_metrics), tracking_pending=pending,
@@ -278,9 +282,14 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     run_dir = Path(run_dir).resolve()
     state = run_state(run_dir, "evaluate:")
     cfg = from_dict(state["config"])
-    site = external_name(data, name) if data is not None else None
+    if name is not None and data is None:
+        raise ConfigError("--name names the site of --data; give the dataset with --data")
+    site = None
     if data is not None:
-        _check_external(Path(data), split, cfg)
+        site = external_name(data, name)
+        if split != TEST_SPLIT:            # a site's val and test must not overwrite each other
+            site = f"{site}_{split}"
+        _check_external(Path(data), split, run_dir, state)
     best = best_of_run(run_dir)
     if best is None:
         raise ConfigError(f"evaluate: {run_dir} holds no checkpoint to evaluate")
@@ -307,24 +316,24 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     return metrics
 
 
-def _check_external(data: Path, split: str, cfg: ExperimentConfig) -> None:
+def _check_external(data: Path, split: str, run_dir: Path, state: dict[str, Any]) -> None:
     """An external dataset must exist, hold the split, and be stored at the training size."""
     from htl_ray.data.schema import read_manifest
+    from htl_ray.train.model_bundle import input_size_of
 
     try:
         manifest = read_manifest(data)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise ConfigError(f"--data: {exc} (ingest it with `htl-ray data ingest ... "
-                          "--fractions 0,0,1`)") from None
+                          "--all-test`)") from None
     if not manifest.get("split_counts", {}).get(split):
         raise ConfigError(f"--data: {data} has no rows in the {split!r} split (split counts "
                           f"{manifest.get('split_counts')}); choose it with --split")
-    own = read_manifest(cfg.data.path).get("params", {}).get("size") \
-        if Path(cfg.data.path, "manifest.json").is_file() else None
     size = manifest.get("params", {}).get("size")
-    if own is not None and size != own:
+    own = input_size_of({}, state)
+    if size is not None and [size, size] != list(own):
         raise ConfigError(f"--data: {data} is stored at {size}x{size}, the run trained at "
-                          f"{own}x{own}; ingest it again with --size {own}")
+                          f"{own[0]}x{own[1]}; ingest it again with --size {own[0]}")
 
 
 def _saved_model(run_dir: Path, checkpoint: Path, log: Callable[[str], None]) -> Path | None:
@@ -341,7 +350,8 @@ def _saved_model(run_dir: Path, checkpoint: Path, log: Callable[[str], None]) ->
 def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
                     best: tuple[Path, dict[str, float]] | None = None,
                     log: Callable[[str], None] = print,
-                    test_metrics: dict[str, float] | None = None) -> int:
+                    test_metrics: dict[str, float] | None = None,
+                    log_model: bool = True) -> int:
     """End a run in MLflow: the writes rank 0 and the coordinator could not send, then (a
     finished run) the best checkpoint `best` = (directory, metrics) — its metrics as
     `best/val/*` (and `test_metrics` as `best/test/*`), its files as artifacts, its epoch as a
@@ -366,7 +376,7 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
         epoch = best_metrics.get("epoch")
         box.tags({"htl.best_checkpoint": str(best_ckpt),
                   "htl.best_epoch": "none" if epoch is None else str(int(epoch))})
-        if best_ckpt is not None:
+        if best_ckpt is not None and log_model:
             model_dir = _saved_model(run_dir, best_ckpt, log)
             if model_dir is not None:
                 box.artifact(model_dir, MODEL_ARTIFACT)

@@ -59,7 +59,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep, runs_dir: 
             # the values as sampled (JSON): a derived one (htl.max_sparsity) is no config key
             **{SAMPLED_TAG_PREFIX + k: json.dumps(v) for k, v in params.items()}}
     outcome = run_training(cfg, resume=resume, tags=tags, callbacks=[TuneReportCallback()],
-                           log=lambda s: print(f"[{name}] {s}"))
+                           log_model=False, log=lambda s: print(f"[{name}] {s}"))
     best = outcome.best_metrics or outcome.metrics
     return {metric: best.get(metric, float("nan")), "mlflow_run_id": outcome.mlflow_run_id,
             "trial_name": name, FINISHED_KEY: 1}
