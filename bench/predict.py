@@ -13,7 +13,8 @@ Images: the real ISIC 2018 images of ../shared/data/isic2018-task1-256 (256×256
 present, else synthetic ones; the model: a randomly initialised U-Net/ResNet-18 at 128×128
 (throughput does not depend on the weights).
 
-Usage: .venv/bin/python bench/predict.py [--small 200] [--large 2000] [--size 128]
+Usage: .venv/bin/python bench/predict.py [--small 200] [--large 2000] [--size 128] [--cpus N]
+       [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from htl_ray.cluster import init_ray
 from htl_ray.predict import predict
 init_ray(lambda _: None)
 t0 = time.perf_counter()
-out = predict(sys.argv[1], sys.argv[2], sys.argv[3], log=lambda _: None)
+out = predict(sys.argv[1], sys.argv[2], sys.argv[3], log=lambda _: None,
+              cpus_per_actor=float(sys.argv[4]) or None, batch_size=int(sys.argv[5]))
 print(json.dumps({"seconds": time.perf_counter() - t0, "images": len(out.table),
                   "driver_peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
@@ -81,14 +83,15 @@ def checkpoint(root: Path, size: int) -> Path:
     return d
 
 
-def run_predict(ckpt: Path, folder: Path, out: Path) -> dict:
+def run_predict(ckpt: Path, folder: Path, out: Path, cpus: int, batch: int) -> dict:
     """`predict` in its own process (its own peak memory), with the actor's peak sampled."""
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     with PeakRss("PredictorActor") as actor:
-        proc = subprocess.run([sys.executable, "-c", DRIVER, str(ckpt), str(folder), str(out)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run([sys.executable, "-c", DRIVER, str(ckpt), str(folder), str(out),
+                               str(cpus), str(batch)], capture_output=True, text=True,
+                              check=False)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -96,12 +99,13 @@ def run_predict(ckpt: Path, folder: Path, out: Path) -> dict:
     return result
 
 
-def in_process(ckpt: Path, folder: Path, out: Path, size: int, batch: int = 8) -> float:
+def in_process(ckpt: Path, folder: Path, out: Path, size: int, batch: int, threads: int
+               ) -> float:
     """The same work in a plain loop, same threads: seconds for every image of `folder`."""
     from htl_ray.train.model_bundle import bundle_from_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     files = sorted(folder.iterdir())
     t0 = time.perf_counter()
     model = bundle_from_checkpoint(ckpt).build()
@@ -124,15 +128,20 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=200)
     ap.add_argument("--large", type=int, default=2000)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--cpus", type=int, default=0, help="CPUs of the one actor and threads of "
+                    "the loop (default: every CPU)")
+    ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
+    cpus = args.cpus or os.cpu_count() or 1
     root = workdir("predict")
     ckpt = checkpoint(root, args.size)
     small, large = images(root, args.small), images(root, args.large)
-    print(f"{os.cpu_count()} CPUs; risk {DEFAULT_RISK}; model U-Net/ResNet-18 at "
+    print(f"{os.cpu_count()} CPUs, {cpus} per side, batch {args.batch_size}; risk "
+          f"{DEFAULT_RISK}; model U-Net/ResNet-18 at "
           f"{args.size}x{args.size}; images {'ISIC 256x256 JPEG' if isic_dir() else 'synthetic'}")
-    at_small = run_predict(ckpt, small, root / "out-small")
-    at_large = run_predict(ckpt, large, root / "out-large")
-    loop_s = in_process(ckpt, large, root / "out-loop", args.size)
+    at_small = run_predict(ckpt, small, root / "out-small", cpus, args.batch_size)
+    at_large = run_predict(ckpt, large, root / "out-large", cpus, args.batch_size)
+    loop_s = in_process(ckpt, large, root / "out-loop", args.size, args.batch_size, cpus)
     rate_predict = at_large["images"] / at_large["seconds"]
     rate_loop = args.large / loop_s
     for n, r in ((args.small, at_small), (args.large, at_large)):

@@ -1,5 +1,7 @@
-"""`htl-ray` command line: data ingest/synth, train, sync, evaluate, predict, register, score,
-tune, reproduce, compare, paired, report, demo.
+"""`htl-ray`: hard-to-learn samples, segmentation training, prediction and comparison on Ray.
+
+Commands: data ingest/synth, train, sync, evaluate, predict, register, score, tune, reproduce,
+compare, paired, report, demo.
 
 Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
 with status 2; nothing else is swallowed.
@@ -400,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("input", help="a folder of images (searched recursively), or an ingested "
                     "dataset with --split")
     pr.add_argument("--out", required=True, help="output folder (a re-run skips the images "
-                    "already written there)")
+                    "already written there; a folder filled by another model, risk or "
+                    "threshold is refused)")
     pr.add_argument("--split", choices=["train", "val", "test", "all"],
                     help="INPUT is an ingested dataset: predict this split")
     pr.add_argument("--risk", default=DEFAULT_RISK, choices=list(RISKS),
@@ -414,10 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write <id>_probability.png (probability x 255)")
     pr.add_argument("--actors", type=int, default=1, help="predictor actors (default 1)")
     pr.add_argument("--cpus-per-actor", type=float, default=None,
-                    help="CPUs per actor (default: the cluster's CPUs shared among the actors)")
+                    help="CPUs per actor (default: the cluster's CPUs shared among the actors, "
+                    "at least 1, at most one node's)")
     pr.add_argument("--gpus-per-actor", type=float, default=0.0,
                     help="GPU share per actor, e.g. 0.25 (default 0: CPU)")
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
+                    "(default 8)")
     pr.add_argument("--tracking-uri", help="MLflow URI for runs:/ and models:/ MODELs "
                     "(default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     pr.set_defaults(func=_cmd_predict)

@@ -79,6 +79,16 @@ def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFram
     return pd.DataFrame(rows, columns=["run_id", "name", "seed", "params", "metrics"])
 
 
+def splits_logged(all_metrics) -> list[str]:
+    """The splits some run has a Dice of: val, test, external/<site>, ..."""
+    found = set()
+    for metrics in all_metrics:
+        for key in metrics:
+            if key.endswith("/dice") and "/worst_group/" not in key and "/original/" not in key:
+                found.add(key.removeprefix("best/").removesuffix("/dice"))
+    return sorted(found)
+
+
 @dataclass
 class Comparison:
     table: pd.DataFrame            # one row per configuration, numeric columns
@@ -129,6 +139,9 @@ def compare(runs: pd.DataFrame, split: str = "val",
     runs = runs.copy()
     runs["group"] = [group_of[k] for k in keys]
     metrics = pd.DataFrame([run_metrics(m, split) for m in runs["metrics"]], index=runs.index)
+    if metrics[list(METRICS[:3])].isna().all().all():
+        raise ValueError(f"--split {split}: no run has metrics of that split; the runs have "
+                         f"{', '.join(splits_logged(runs['metrics'])) or 'none'}")
     runs = pd.concat([runs, metrics], axis=1)
     notes = []
     rows = []

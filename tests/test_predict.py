@@ -115,6 +115,13 @@ def test_predict_a_mixed_folder_writes_masks_at_original_size_and_reports_bad_fi
     after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert {k: v for k, v in after.items() if k.endswith(".png")} == \
         {k: v for k, v in before.items() if k.endswith(".png")}
+    # an image deleted since: out of the table, named in the report, its mask kept
+    (src / "clinic_b" / "d.jpeg").unlink()
+    assert main(["predict", run_dir, str(src), "--out", str(out), "--probabilities"]) == 0
+    assert "1 image(s) predicted earlier are no longer in INPUT" in capsys.readouterr().out
+    assert sorted(pd.read_parquet(out / "predictions.parquet")["id"]) == ["a", "b", "c"]
+    stale = json.loads((out / "report.json").read_text())["not_in_input_any_more"]
+    assert [x["id"] for x in stale] == ["d"] and (out / "d_segmentation.png").is_file()
 
 
 def test_predict_refuses_bad_input_with_one_error_line(trained, tmp_path, capsys):
@@ -170,6 +177,7 @@ def test_mlflow_model_loads_in_a_fresh_process_and_matches_predict(trained, tmp_
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     Image.fromarray(image).save(src / "img.png")
     assert main(["register", str(trained["outcome"].run_dir), "lesions"]) == 0
+    assert main(["register", str(trained["outcome"].run_dir), "lesions"]) == 0   # no 2nd version
     assert main(["predict", "models:/lesions/1", str(src), "--out", str(tmp_path / "p"),
                  "--tracking-uri", uri, "--risk", "tta+h"]) == 0
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before   # no global MLflow state
@@ -252,16 +260,20 @@ def test_evaluate_register_and_resource_mistakes_are_one_error_line(trained, tmp
          "no MLflow store there"),
         (["register", run_dir, "m", "--tracking-uri", _empty_store(tmp_path)], "is not in"),
         (["predict", run_dir, str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
-          "--actors", "3", "--cpus-per-actor", "1"], "--actors 3 x --cpus-per-actor 1"),
+          "--actors", "3", "--cpus-per-actor", "1"], "--actors 3 x 1 CPU each"),
         (["predict", run_dir, str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
           "--gpus-per-actor", "1"], "no GPU here"),
+        (["predict", run_dir, str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
+          "--review-threshold", "7"], "a risk is in [0, 1]"),
+        (["compare", "htl-ray", "--tracking-uri", trained["uri"], "--split", "external/nosuch",
+          "--out", str(tmp_path / "cmp")], "no run has metrics of that split"),
     ]
     capsys.readouterr()                               # MLflow's notes on creating a store
     for args, message in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err, err
-    assert not (tmp_path / "o" / "predict.json").exists()    # a failed start locks nothing
+    assert not (tmp_path / "o").exists()        # a failed start leaves no (empty) folder
 
 
 def _empty_store(tmp_path: Path) -> str:

@@ -139,11 +139,8 @@ def done_ids(out: Path, rows: pd.DataFrame, inputs: Inputs, probabilities: bool)
     return done
 
 
-def _as_stat(value) -> list[int] | None:
-    """A stored [size, mtime_ns] (a list from JSON, an array from Parquet) as a list."""
-    if value is None or isinstance(value, float):
-        return None
-    return [int(v) for v in value]
+def _as_stat(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _source(item: dict, inputs: Inputs) -> str:
@@ -203,16 +200,34 @@ def predict(model: str | Path, source: str | Path, out: str | Path, *, split: st
             gpus_per_actor: float = 0.0, batch_size: int = 8, tracking_uri: str | None = None,
             log: Callable[[str], None] = print) -> PredictionOutcome:
     """Predict every image of `source` (a folder, or a dataset split) with `model` into `out`."""
-    from htl_ray.predict.source import load_model
-
     if risk not in RISKS:
         raise ConfigError(f"--risk {risk}: expected one of {', '.join(RISKS)}")
     if actors < 1 or batch_size < 1:
         raise ConfigError("--actors and --batch-size must be at least 1")
     if (cpus_per_actor is not None and cpus_per_actor <= 0) or gpus_per_actor < 0:
         raise ConfigError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+    if review_threshold is not None and not 0 <= review_threshold <= 1:
+        raise ConfigError(f"--review-threshold {review_threshold:g}: a risk is in [0, 1]")
     inputs: Inputs = discover(source, split, exclude=Path(out))
+    created = not Path(out).exists()
     out = writable_folder(Path(out))
+    try:
+        return _predict(model, source, out, inputs, split=split, risk=risk,
+                        review_threshold=review_threshold, probabilities=probabilities,
+                        actors=actors, cpus_per_actor=cpus_per_actor,
+                        gpus_per_actor=gpus_per_actor, batch_size=batch_size,
+                        tracking_uri=tracking_uri, log=log)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()                       # a failed start leaves no empty folder behind
+        raise
+
+
+def _predict(model, source, out: Path, inputs: Inputs, *, split, risk, review_threshold,
+             probabilities, actors, cpus_per_actor, gpus_per_actor, batch_size, tracking_uri,
+             log) -> PredictionOutcome:
+    from htl_ray.predict.source import load_model
+
     bundle = load_model(model, tracking_uri)
     spec = PredictSpec(out_dir=str(out.resolve()), risk=risk,
                        review_threshold=RISKS[risk].review_threshold if review_threshold is None
@@ -253,8 +268,9 @@ def check_room(spec: PredictSpec) -> None:
         need = per * spec.pool_size
         if need > free.get(what, 0) + 1e-9:
             raise ConfigError(
-                f"--actors {spec.pool_size} x {flag} {per:g} = {need:g} {what}s, but the Ray "
-                f"cluster has {free.get(what, 0):g} of {total.get(what, 0):g} {what}s free; "
+                f"--actors {spec.pool_size} x {per:g} {what} each ({flag}) = {need:g} {what}s, "
+                f"but the Ray cluster has {free.get(what, 0):g} of {total.get(what, 0):g} "
+                f"{what}s free; "
                 "ask for fewer" + (" (no GPU here: leave --gpus-per-actor at 0)"
                                    if what == "GPU" and not total.get("GPU") else ""))
 
@@ -326,12 +342,13 @@ def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list
     return n, unreadable
 
 
-def _stat(path: str) -> list[int] | None:
+def _stat(path: str) -> str | None:
+    """'<size>:<mtime_ns>' of a file: an unchanged file has the same."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns]
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _previous_unreadable(out: Path) -> list[dict[str, Any]]:
@@ -351,8 +368,14 @@ def _finish(out: Path, inputs: Inputs, bundle: ModelBundle, unreadable, new_rows
             skipped_done: int, log) -> PredictionOutcome:
     rows = read_rows(out)
     ids = {r["id"] for r in inputs.rows}
-    table = rows[rows["id"].astype(str).isin(ids)] if not rows.empty else rows
-    keep = rows                                 # rows of images not in this input stay too
+    current = rows["id"].astype(str).isin(ids) if not rows.empty else None
+    # the table lists this INPUT's images; rows of images no longer in it (moved, renamed,
+    # deleted) are left out of it and listed in the report, their masks left where they are
+    stale = [] if rows.empty else [
+        {"id": r["id"], "source": r.get("source"), "mask": f"{r['id']}{MASK_SUFFIX}"}
+        for r in rows[~current].to_dict(orient="records")]
+    table = rows[current] if not rows.empty else rows
+    keep = table
     if not keep.empty:
         front = ["id", "source", "height", "width", "area_fraction", "risk", "review",
                  "review_reason", *[s for s in SIGNALS if s in keep], *IDENTITY_COLUMNS]
@@ -366,12 +389,16 @@ def _finish(out: Path, inputs: Inputs, bundle: ModelBundle, unreadable, new_rows
     report = {"images": len(inputs.rows), "predicted_now": new_rows,
               "already_predicted": skipped_done, "unreadable": unreadable,
               "passed_over": inputs.skipped, "notes": inputs.notes,
-              "model": bundle.identity}
+              "not_in_input_any_more": stale, "model": bundle.identity}
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     review = int(table["review"].sum()) if "review" in table else 0
     log(f"[htl-ray] predict: {new_rows} predicted now, {skipped_done} already there, "
         f"{len(unreadable)} unreadable, {len(inputs.skipped)} passed over (not images); "
         f"{review} of {len(table)} flagged for review")
+    if stale:
+        log(f"[htl-ray] {len(stale)} image(s) predicted earlier are no longer in INPUT (e.g. "
+            f"{stale[0]['source']}): left out of the table, their masks kept; listed in "
+            f"{out / REPORT_FILE} under not_in_input_any_more")
     for item in unreadable[:10]:
         log(f"[htl-ray]   unreadable: {item['reason']}")
     if len(unreadable) > 10:

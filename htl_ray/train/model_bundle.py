@@ -129,13 +129,20 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
             best = best_of_run(run_dir)
             if best is None:
                 raise ConfigError(f"register: {run_dir} holds no checkpoint")
-            log(f"[htl-ray] the run has no logged MLflow Model yet: logging {best[0].name}'s")
+            log(f"[htl-ray] the run has no logged MLflow Model yet: logging the one of its "
+                f"best checkpoint ({best[0].name})")
             client.log_artifacts(run_id, str(save_run_model(run_dir, best[0])), MODEL_ARTIFACT)
         try:
             client.create_registered_model(name)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        same = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if same:
+            version = max(same, key=lambda v: int(v.version))
+            log(f"[htl-ray] runs:/{run_id}/{MODEL_ARTIFACT} is already registered as "
+                f"models:/{name}/{version.version}; no new version made")
+            return name, str(version.version)
         version = client.create_model_version(
             name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id)
     except MlflowException as exc:

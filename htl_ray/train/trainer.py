@@ -313,6 +313,10 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     left = sum(flush_run(run_dir, uri, run_id, log).values())
     log(_split_line(shown, metrics, len(table), best[0], time.time() - t0)
         + (f"; {left} MLflow write(s) pending: htl-ray sync {run_dir}" if left else ""))
+    if f"{shown}/original/dice" not in metrics:
+        log(f"[htl-ray] note: {data or cfg.data.path} keeps no original-size masks (ingested "
+            "before records schema 2), so these are training-resolution metrics only; ingest "
+            "it again for original-resolution ones (what the ISIC challenge scores)")
     return metrics
 
 
