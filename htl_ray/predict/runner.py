@@ -62,11 +62,9 @@ def writable_folder(out: Path) -> Path:
 
 def model_settings(bundle: ModelBundle, spec: PredictSpec) -> dict[str, Any]:
     """What must not change between runs that fill one folder."""
-    import torch
+    from htl_ray.models import state_checksum
 
-    # sum |w| over the weights, as models.state_checksum, without building the model here
-    checksum = float(sum(v.detach().double().abs().sum() for v in bundle.state.values()
-                         if torch.is_floating_point(v)))
+    checksum = state_checksum(bundle.state)      # of the weights: no model built here
     return {"identity": {k: bundle.identity.get(k) for k in IDENTITY_COLUMNS},
             "weights_checksum": round(checksum, 3),
             "input_size": list(bundle.input_size), "risk": spec.risk,

@@ -113,14 +113,18 @@ def resume_state(registered: str | Path | None,
     return Path(registered), load_checkpoint(registered)
 
 
+def read_run_state(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's htl_run.json (config, MLflow run id and URI, dataset fingerprint,
+    training size); {} when there is none. The one reader of that file."""
+    path = Path(run_dir) / RUN_STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def best_of_run(run_dir: str | Path) -> tuple[Path, dict[str, float]] | None:
     """`best_checkpoint` by the run's own `train.checkpoint_metric` (from its run state file;
     val/dice when it has none): what "a run's best checkpoint" means everywhere."""
-    state = Path(run_dir) / RUN_STATE_FILE
-    metric = "val/dice"
-    if state.is_file():
-        metric = json.loads(state.read_text()).get("config", {}).get("train", {}).get(
-            "checkpoint_metric", metric)
+    metric = read_run_state(run_dir).get("config", {}).get("train", {}).get(
+        "checkpoint_metric", "val/dice")
     return best_checkpoint(run_dir, metric)
 
 
@@ -128,8 +132,7 @@ def model_config_of(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """The architecture of a checkpoint: its meta.json, else its run's htl_run.json."""
     if "model_config" in meta:
         return meta["model_config"]
-    run_state = ckpt.parent / RUN_STATE_FILE
-    if run_state.is_file():
-        return json.loads(run_state.read_text())["config"]["model"]
+    if (ckpt.parent / RUN_STATE_FILE).is_file():
+        return read_run_state(ckpt.parent)["config"]["model"]
     raise ValueError(f"{ckpt}: no model_config in meta.json and no htl_run.json beside it; "
                      "cannot tell which architecture to build")

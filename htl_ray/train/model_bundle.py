@@ -7,7 +7,6 @@ same functions, so a model has one description wherever it is stored.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from htl_ray.train.checkpoints import (
     load_checkpoint,
     model_config_of,
     read_meta,
+    read_run_state,
 )
 
 MODEL_ARTIFACT = "model"             # runs:/<run id>/model
@@ -27,9 +27,9 @@ MODEL_DIR = "mlflow_model"           # in the run directory, before it is logged
 
 
 def _run_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_STATE_FILE
+    """The run's state for a model's identity; an unreadable one counts as none."""
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_run_state(run_dir)
     except (OSError, ValueError):
         return {}
 

@@ -27,6 +27,7 @@ from htl_ray.train.checkpoints import (
     RUN_STATE_FILE,
     best_checkpoint,
     best_of_run,
+    read_run_state,
 )
 from htl_ray.train.evaluation import (
     TEST_SPLIT,
@@ -56,8 +57,7 @@ def run_dir_of(cfg: ExperimentConfig) -> Path:
 
 
 def _load_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_state(run_dir)
 
 
 def run_state(run_dir: str | Path, asked_by: str = "") -> dict[str, Any]:
