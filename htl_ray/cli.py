@@ -3,8 +3,9 @@
 Commands: data ingest/synth, train, sync, evaluate, predict, register, score, tune, reproduce,
 compare, paired, report, demo.
 
-Errors a user can fix (bad config, bad data folder) are printed as one `error:` line and exit
-with status 2; nothing else is swallowed.
+Errors a user can fix (a bad config key, data folder, path, option or server address) are
+printed as one `error:` line and exit with status 2; anything else is a bug in htl-ray and
+keeps its traceback, with a pointer to report it (exit 1).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from htl_ray.config import DEFAULT_SPARSITIES, ConfigError, load_config
+from htl_ray.config import DEFAULT_SPARSITIES, load_config
+from htl_ray.errors import REPORT_TO, UserError, describe_os_error
 from htl_ray.interrupts import handle_sigterm_as_interrupt
 
 
@@ -517,25 +519,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error_in(exc: BaseException) -> BaseException | None:
+    """The user's mistake behind `exc`, if any: a UserError or an OS error about a path,
+    possibly raised in a Ray worker or task and re-raised here wrapped (`.cause`) or chained."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (UserError, OSError)):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def _user_error_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, UserError):
+        return describe_os_error(exc)
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake is one `error:` line and exit 2; Ctrl-C or SIGTERM
+    exit 130 keeping every result written; anything else is a bug: its traceback, a pointer
+    to report it, exit 1."""
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "train" and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)  # `htl-ray train key=value` without a YAML
         args.config = None
-    from htl_ray.data.ingest import IngestError
-    from htl_ray.data.layouts import LayoutError
 
     handle_sigterm_as_interrupt()        # `ray job stop`, `kill`: like Ctrl-C (interrupts.py)
     try:
         return args.func(args)
-    except (ConfigError, IngestError, LayoutError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("htl-ray: interrupted; results already written are kept (a training run or a "
               "sweep continues with --resume; `htl-ray reproduce` and `htl-ray predict` by "
               "running the same command again)", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory; use smaller images (--size, data.batch_size) or a machine "
+              "with more memory", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the command line's one boundary
+        cause = _user_error_in(exc)
+        if cause is None:
+            raise_as_bug(exc)
+            return 1
+        print(f"error: {_user_error_line(cause)}", file=sys.stderr)
+        return 2
+
+
+def raise_as_bug(exc: BaseException) -> None:
+    """Not a user's mistake: show the traceback and where to report it."""
+    import traceback
+
+    traceback.print_exception(exc)
+    print(f"htl-ray: internal error ({type(exc).__name__}); this is a bug in htl-ray, not in "
+          f"your input. Please report it, with the command and the traceback above, "
+          f"to {REPORT_TO}", file=sys.stderr)
 
 
 if __name__ == "__main__":

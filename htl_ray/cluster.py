@@ -99,12 +99,17 @@ def gpus_needed(cfg: ExperimentConfig) -> float:
 
 
 def check_resources(cfg: ExperimentConfig, view: ClusterView) -> None:
-    """Trainers and scorer actors must fit in the cluster together, or the refresh would wait
-    forever for CPUs the trainers hold."""
-    if not uses_refresh(cfg):
-        return
+    """Trainers (and scorer actors, when the method refreshes) must fit in the cluster
+    together: Ray Train would otherwise wait for the workers' CPUs forever, retrying every
+    minute, and a refresh would wait for CPUs the trainers hold."""
     cpus = view.cpus
     need = cpus_needed(cfg)
+    if not uses_refresh(cfg) and need > cpus + 1e-9:
+        raise ConfigError(
+            f"scaling.num_workers: {cfg.scaling.num_workers} workers × "
+            f"{cfg.scaling.resources_per_worker.get('CPU', 1.0)} CPU = {need:g} CPUs, but the "
+            f"Ray cluster has {cpus:g}; lower scaling.num_workers or "
+            "scaling.resources_per_worker.CPU (fractions are fine)")
     if need > cpus + 1e-9:
         raise ConfigError(
             f"scaling/htl: {cfg.scaling.num_workers} workers × "

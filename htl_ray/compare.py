@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from htl_ray.config import RESULT_NEUTRAL_KEYS
+from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table, short_value
 
 SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
@@ -65,7 +66,7 @@ def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFram
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"MLflow experiment {experiment!r} not found in {redact(uri)} "
+        raise UserError(f"MLflow experiment {experiment!r} not found in {redact(uri)} "
                          f"(experiments there: {', '.join(names) or 'none'})")
     query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
     rows = []
@@ -125,7 +126,7 @@ def compare(runs: pd.DataFrame, split: str = "val",
     """Group `runs` (from `load_runs`) by configuration and compare each group to its baseline."""
     baseline = {"htl.method": "erm"} if baseline is None else baseline
     if runs.empty:
-        raise ValueError("no finished runs to compare (check the experiment name and filters)")
+        raise UserError("no finished runs to compare (check the experiment name and filters)")
     keys = [tuple(sorted((k, v) for k, v in p.items() if k not in NOT_CONFIGURATION))
             for p in runs["params"]]
     group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
@@ -140,7 +141,7 @@ def compare(runs: pd.DataFrame, split: str = "val",
     runs["group"] = [group_of[k] for k in keys]
     metrics = pd.DataFrame([run_metrics(m, split) for m in runs["metrics"]], index=runs.index)
     if metrics[list(METRICS[:3])].isna().all().all():
-        raise ValueError(f"--split {split}: no run has metrics of that split; the runs have "
+        raise UserError(f"--split {split}: no run has metrics of that split; the runs have "
                          f"{', '.join(splits_logged(runs['metrics'])) or 'none'}")
     runs = pd.concat([runs, metrics], axis=1)
     notes = []
@@ -200,10 +201,10 @@ def paired_images(a: pd.DataFrame, b: pd.DataFrame,
     or worse. For one training seed per arm this is the uncertainty over the images scored."""
     for name, t in (("first", a), ("second", b)):
         if t.empty or not t.index.is_unique:
-            raise ValueError(f"the {name} per-image table is empty or lists an image twice")
+            raise UserError(f"the {name} per-image table is empty or lists an image twice")
     if set(a.index) != set(b.index):
         only_a, only_b = len(set(a.index) - set(b.index)), len(set(b.index) - set(a.index))
-        raise ValueError(f"the two tables cover different images ({only_a} only in the first, "
+        raise UserError(f"the two tables cover different images ({only_a} only in the first, "
                          f"{only_b} only in the second): were they scored on the same split?")
     b = b.loc[a.index]
     idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
@@ -225,14 +226,14 @@ def run_per_image(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
 
     run_dir = Path(run_dir)
     if not (run_dir / RUN_STATE_FILE).is_file():
-        raise ValueError(f"{run_dir}: not a run directory (no {RUN_STATE_FILE})")
+        raise UserError(f"{run_dir}: not a run directory (no {RUN_STATE_FILE})")
     best = best_of_run(run_dir)
     if best is None:
-        raise ValueError(f"{run_dir}: no checkpoint")
+        raise UserError(f"{run_dir}: no checkpoint")
     path = best[0] / per_sample_file(split)
     if not path.is_file():
         how = (f"--data DATASET --name {split.split('/', 1)[1]}" if split.startswith("external/")
                else f"--split {split}")
-        raise ValueError(f"{path} missing: score the run on that split first with "
+        raise UserError(f"{path} missing: score the run on that split first with "
                          f"`htl-ray evaluate {run_dir} {how}`")
     return pd.read_parquet(path).set_index("id")

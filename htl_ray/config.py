@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from htl_ray.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration value is unknown, mistyped or out of range; the message names the key."""
 
 
@@ -260,6 +263,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{key}: expected a number, got list {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
     if tp is str:
@@ -349,6 +354,9 @@ def _check_cross_fields(cfg: ExperimentConfig) -> None:
     for i, s in enumerate(cfg.htl.sparsities):
         if not 0 < s < 1:
             raise ConfigError(f"htl.sparsities[{i}]: must be in (0, 1), got {s!r}")
+        if s in cfg.htl.sparsities[:i]:
+            raise ConfigError(f"htl.sparsities[{i}]: {s!r} is listed twice; each pruned copy "
+                              "counts once in h, so list each sparsity once")
     if cfg.supervision.setting == "semi":
         if cfg.supervision.label_fraction >= 1.0:
             raise ConfigError("supervision.label_fraction: semi-supervised training needs "
@@ -376,14 +384,41 @@ def _numbers(tree: Any) -> Any:
     return tree
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key repeated in one mapping (YAML would keep the last one
+    silently, and a user who wrote it twice meant one of them)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one mapping (lines "
+                                  f"{seen[key].start_mark.line + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """yaml.safe_load, but a repeated key is a ConfigError naming it and its lines."""
+    loader = _UniqueKeyLoader(text)           # a SafeLoader: no Python objects from tags
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: str | Path, what: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}")
     try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        return safe_load_unique(p.read_text())
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from htl_ray.data.images import image_to_rgb, open_image
+from htl_ray.errors import UserError
 
 MASK_SUFFIX = "_segmentation.png"          # ISIC submissions: <id>_segmentation.png
 PROBABILITY_SUFFIX = "_probability.png"
@@ -65,7 +66,7 @@ class ModelBundle:
             desc = json.loads((d / BUNDLE_FILE).read_text())
             state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable part: not a model bundle
-            raise ValueError(f"{d}: not an htl-ray model ({BUNDLE_FILE} + {WEIGHTS_FILE}): "
+            raise UserError(f"{d}: not an htl-ray model ({BUNDLE_FILE} + {WEIGHTS_FILE}): "
                              f"{type(exc).__name__}: {exc}") from None
         return cls(state=state, model_config=desc["model_config"],
                    input_size=tuple(desc["input_size"]), identity=desc.get("identity", {}))

@@ -39,6 +39,42 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
         raise ValueError(f"model.arch={cfg.arch!r} / model.encoder={cfg.encoder!r}: {exc}") from exc
 
 
+def check_model_config(cfg: ModelConfig) -> None:
+    """model.arch and model.encoder against smp's own lists, then a build of the model on the
+    CPU (random weights, nothing downloaded): a misspelt name or a decoder that does not fit the
+    encoder fails before Ray starts, naming the key, instead of in every worker."""
+    import dataclasses
+    import difflib
+
+    import segmentation_models_pytorch as smp
+
+    def unknown(key: str, value: str, known: list[str]) -> ConfigError:
+        close = difflib.get_close_matches(value.lower(), known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return ConfigError(f"{key}: {value!r} is not a segmentation_models_pytorch "
+                           f"{key.split('.')[1]}{hint}; expected one of {', '.join(known[:40])}"
+                           + (", ..." if len(known) > 40 else "")
+                           + (", or tu-<timm model>" if key == "model.encoder" else ""))
+
+    archs = list(smp.MODEL_ARCHITECTURES_MAPPING)
+    if cfg.arch.lower() not in archs:
+        raise unknown("model.arch", cfg.arch, archs)
+    if cfg.encoder.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(cfg.encoder[3:]):
+            raise ConfigError(f"model.encoder: {cfg.encoder!r}: timm has no model "
+                              f"{cfg.encoder[3:]!r}")
+    elif cfg.encoder not in smp.encoders.get_encoder_names():
+        raise unknown("model.encoder", cfg.encoder, list(smp.encoders.get_encoder_names()))
+    try:
+        create_model(dataclasses.replace(cfg, encoder_weights=None))
+    except Exception as exc:  # noqa: BLE001 - whatever smp refuses is a config error here
+        raise ConfigError(f"model: smp cannot build arch={cfg.arch!r} encoder={cfg.encoder!r} "
+                          f"in_channels={cfg.in_channels} decoder_channels="
+                          f"{cfg.decoder_channels}: {str(exc).splitlines()[0]}") from None
+
+
 def state_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> float:
     """Cheap fingerprint of the weights (sum of |w|) of a model or a state dict, logged to show
     ranks hold identical models."""

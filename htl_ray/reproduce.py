@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from htl_ray.compare import METRICS, compare, load_runs, mean_ci, run_metrics
+from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table
 from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.ablation import matches_variant, same_as_chosen
@@ -185,7 +186,7 @@ def method_table(runs: pd.DataFrame, comparators: list[str]) -> tuple[pd.DataFra
                                                   t[f"d_{m}_hi"], signed=True, points=True)
                 if method == "htl":
                     if (name, m) in verdict:
-                        raise ValueError("two HTL configurations among the confirmation runs "
+                        raise UserError("two HTL configurations among the confirmation runs "
                                          "of one sweep; see `htl-ray compare --sweep`")
                     verdict[(name, m)] = (t[f"d_{m}"], t[f"d_{m}_lo"], t[f"d_{m}_hi"])
         rows.append(row)
@@ -472,11 +473,11 @@ def run_protocol(sweep_files: list[str | Path], seeds: int, results: str | Path,
     from htl_ray.archive import PeriodicExport, export_sweep, import_sweep
 
     if seeds < 1:
-        raise ValueError(f"--seeds: expected at least 1, got {seeds}")
+        raise UserError(f"--seeds: expected at least 1, got {seeds}")
     sweeps = [load_sweep(f, overrides) for f in sweep_files]   # every file checked first
     names = [s.settings.name for s in sweeps]
     if len(set(names)) < len(names):
-        raise ValueError(f"sweep names must differ across the protocol, got {names}")
+        raise UserError(f"sweep names must differ across the protocol, got {names}")
     uri = tracking.resolve_tracking_uri(sweeps[0].base.tracking.uri)
     command = " ".join(["htl-ray reproduce", *map(str, sweep_files), f"--seeds {seeds}",
                         f"--results {results}", *([] if ablate else ["--no-ablations"]),

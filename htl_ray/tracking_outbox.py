@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from htl_ray.errors import UserError
+
 OUTBOX_DIR = "mlflow_outbox"
 # flushed in this order by the driver and by `htl-ray sync`: the run's end goes last
 WRITERS = ("rank0", "coordinator", "driver")
@@ -124,7 +126,7 @@ class TrackingOutbox:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
                 if i < len(lines) - 1:      # only the last line can be cut short (a crash)
-                    raise ValueError(f"{self.path}: line {i + 1} is not JSON") from None
+                    raise UserError(f"{self.path}: line {i + 1} is not JSON") from None
         return out
 
     def _put(self, entry: dict[str, Any], ts: int | None = None) -> bool:

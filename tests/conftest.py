@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray cluster per test session (num_cpus=2, no dashboard),
+"""Shared fixtures: one real local Ray cluster per test session (num_cpus=2, its dashboard on
+a free 127.0.0.1 port),
 paths to the shared real data, and small synthetic datasets."""
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ ISIC_DIR = Path(os.environ.get(
 def ray_cluster():
     import ray
 
+    from htl_ray.cluster import API_SERVER_ADDRESS_VAR, DASHBOARD_PORT, free_local_port
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=True)
+        # as `init_ray` does: the State API of this cluster's workers (Ray Train's
+        # placement-group cleaner) must find *this* cluster's dashboard, not another Ray
+        # instance running on the machine, which it would otherwise take for "the" one and
+        # conclude that the Train controller is dead
+        port = free_local_port(DASHBOARD_PORT + 17)
+        os.environ[API_SERVER_ADDRESS_VAR] = f"http://127.0.0.1:{port}"
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, configure_logging=False, log_to_driver=True)
     yield ray
     workers = started(pids_titled("ray::"))
     ray.shutdown()

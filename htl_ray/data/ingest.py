@@ -29,6 +29,7 @@ from htl_ray.data.schema import (
     write_records,
 )
 from htl_ray.data.split import assign_splits, validate_fractions
+from htl_ray.errors import UserError
 
 # reason → (what it means, is the record quarantined?)
 REASONS: dict[str, tuple[str, bool]] = {
@@ -48,7 +49,7 @@ REASONS: dict[str, tuple[str, bool]] = {
 }
 
 
-class IngestError(RuntimeError):
+class IngestError(UserError):
     """Ingestion cannot produce a usable dataset (e.g. zero usable records)."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from htl_ray.errors import UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 META_FIELDS = ("age", "sex", "site", "lesion_id", "diagnosis")
 
@@ -37,7 +39,7 @@ class Discovery:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
     """The source folder does not look like the requested layout."""
 
 

@@ -12,13 +12,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from htl_ray.data.schema import SPLITS
+from htl_ray.errors import UserError
 
 
 def validate_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(fractions) != 3:
-        raise ValueError(f"split fractions: expected 3 values (train, val, test), got {fractions}")
+        raise UserError(f"split fractions: expected 3 values (train, val, test), got {fractions}")
     if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions {tuple(fractions)}: need all >= 0 and sum 1 "
+        raise UserError(f"split fractions {tuple(fractions)}: need all >= 0 and sum 1 "
                          "(0,0,1: a test-only dataset, for external validation)")
     return tuple(float(f) for f in fractions)  # type: ignore[return-value]
 

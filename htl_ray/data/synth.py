@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from htl_ray.data.images import lesion_contrast
 from htl_ray.data.ingest import IngestReport, finalize_dataset
+from htl_ray.errors import UserError
 
 SITES = ("anterior torso", "posterior torso", "lower extremity", "upper extremity",
          "head/neck", "palms/soles")
@@ -116,9 +117,9 @@ def generate(n: int, size: int, seed: int = 0, repeat_fraction: float = 0.05) ->
     """`n` rows in the dataset schema. A `repeat_fraction` of them are second views of the
     previous lesion (same lesion_id), so the lesion-aware split is exercised."""
     if n < 1:
-        raise ValueError(f"n={n}: need at least one sample")
+        raise UserError(f"n={n}: need at least one sample")
     if size < 16:
-        raise ValueError(f"size={size}: need at least 16 pixels")
+        raise UserError(f"size={size}: need at least 16 pixels")
     rng = np.random.default_rng(seed)
     rows = []
     lesion = 0

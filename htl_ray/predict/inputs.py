@@ -16,6 +16,7 @@ from pathlib import Path
 
 from htl_ray.config import ConfigError
 from htl_ray.data.layouts import IMAGE_SUFFIXES
+from htl_ray.errors import UserError
 
 
 @dataclass
@@ -86,7 +87,7 @@ def unique_ids(paths: list[Path]) -> tuple[list[str], list[str]]:
             break
         ids = [rule(p) if counts[i] > 1 else i for i, p in zip(ids, paths, strict=True)]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"INPUT: could not give every image a unique id: {sorted(ids)[:5]}")
+        raise UserError(f"INPUT: could not give every image a unique id: {sorted(ids)[:5]}")
     return ids, clashes
 
 

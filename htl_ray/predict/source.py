@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from htl_ray.config import ConfigError
+from htl_ray.errors import UserError
 from htl_ray.inference import BUNDLE_ARTIFACT, ModelBundle
 from htl_ray.train.model_bundle import bundle_from_checkpoint, checkpoint_of
 
@@ -55,10 +56,10 @@ def registered_source(uri: str, tracking: str) -> str:
         if version in ("", "latest"):
             versions = client.search_model_versions(f"name = '{name}'")
             if not versions:
-                raise ValueError(f"no version of registered model {name!r}")
+                raise UserError(f"no version of registered model {name!r}")
             version = str(max(int(v.version) for v in versions))
         elif not version.isdigit():
-            raise ValueError(f"expected models:/<name>/<version>, models:/<name>/latest or "
+            raise UserError(f"expected models:/<name>/<version>, models:/<name>/latest or "
                              f"models:/<name>@<alias>, got {uri}")
     return client.get_model_version_download_uri(name, version)
 

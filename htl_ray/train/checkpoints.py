@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from htl_ray.errors import UserError
+
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
 PER_SAMPLE_FILE = "val_per_sample.parquet"
@@ -46,7 +48,11 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> dict[st
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint directory (no {CHECKPOINT_FILE})")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, empty, not a zip, hostile pickle
+        raise UserError(f"{path}: not a loadable checkpoint: it is empty, cut short or not "
+                        f"written by torch.save ({str(exc).splitlines()[0][:200]})") from None
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -134,5 +140,5 @@ def model_config_of(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
         return meta["model_config"]
     if (ckpt.parent / RUN_STATE_FILE).is_file():
         return read_run_state(ckpt.parent)["config"]["model"]
-    raise ValueError(f"{ckpt}: no model_config in meta.json and no htl_run.json beside it; "
+    raise UserError(f"{ckpt}: no model_config in meta.json and no htl_run.json beside it; "
                      "cannot tell which architecture to build")

@@ -24,6 +24,7 @@ from htl_ray.analysis.groups import add_group_columns, flat_group_metrics
 from htl_ray.config import ExperimentConfig
 from htl_ray.data.loading import decode_batch
 from htl_ray.device import Placement, placement
+from htl_ray.errors import UserError
 from htl_ray.metrics import METRIC_NAMES, per_image_metrics, summarize
 
 VAL_META_COLUMNS = ["age", "sex", "site", "diagnosis", "area_fraction", "contrast"]
@@ -129,7 +130,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, cfg: ExperimentConfig,
     ds = split_dataset(dataset, split, columns=columns)
     table = evaluate(model, ds, cfg.data.val_batch_size, rank=0, world=1, original=original)
     if table.empty:
-        raise ValueError(f"{'--data' if data is not None else 'data.path'}: {dataset} has no "
+        raise UserError(f"{'--data' if data is not None else 'data.path'}: {dataset} has no "
                          f"rows in the {split!r} split")
     table.to_parquet(directory / per_sample_file(prefix), index=False)
     return split_metrics(table, prefix), table

@@ -26,6 +26,7 @@ from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import iter_decoded
 from htl_ray.device import placement
+from htl_ray.errors import UserError
 from htl_ray.htl.attention import ATTENTION, oversample_counts
 from htl_ray.htl.coordinator import weights_checksum
 from htl_ray.losses import weighted_mean
@@ -39,6 +40,19 @@ from htl_ray.train.checkpoints import (
     save_checkpoint,
 )
 from htl_ray.train.evaluation import evaluate, split_metrics
+
+
+class NonFiniteTraining(UserError):
+    """The loss or the checkpoint metric stopped being a number: the run cannot recover, and
+    finishing it would log a model that predicts nothing as a result."""
+
+
+def check_finite(name: str, value: float, epoch: int, cfg) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteTraining(
+            f"{name} is {value} at epoch {epoch + 1}: training diverged (train.lr="
+            f"{cfg.train.lr:g}; try a smaller train.lr); the run is marked FAILED and the "
+            "checkpoints of earlier epochs are kept")
 
 
 class InjectedFault(RuntimeError):
@@ -306,6 +320,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             drop=True)
         loss_sum = _gather((sum(losses), seen))
         total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
+        # the same value on every rank (gathered), so every rank stops here together, before a
+        # checkpoint or an HTL refresh of weights that are no longer numbers
+        check_finite("train/loss", total_loss, epoch, cfg)
         if htl.enabled and rank == 0 and htl.refreshes_after(epoch):
             htl.submit(objective.snapshot_model(_unwrap(model)), epoch)
         checksums = _gather(state_checksum(_unwrap(model)))
@@ -327,6 +344,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                                        - min(htl_sums)),
                             "htl/attended_samples": float(attended_all)})
         metrics.update(split_metrics(table, "val"))
+        check_finite(cfg.train.checkpoint_metric, metrics.get(cfg.train.checkpoint_metric, 0.0),
+                     epoch, cfg)
         best = max(best, metrics.get(cfg.train.checkpoint_metric, -math.inf))
         metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
 

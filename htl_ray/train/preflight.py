@@ -1,5 +1,5 @@
-"""Checks that need no Ray and no torch, so a bad config or a missing dataset fails in a
-second, before anything is started or imported."""
+"""Checks that need no Ray, so a bad config, a missing dataset or a model smp cannot build
+fails in seconds, before anything is started."""
 
 from __future__ import annotations
 
@@ -27,4 +27,7 @@ def preflight(cfg: ExperimentConfig) -> dict[str, Any]:
         raise ConfigError(f"data.path: {data} has no training rows (split counts {counts})")
     if not counts.get("val"):
         raise ConfigError(f"data.path: {data} has no validation rows (split counts {counts})")
+    from htl_ray.models import check_model_config
+
+    check_model_config(cfg.model)
     return manifest

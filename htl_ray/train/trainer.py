@@ -63,18 +63,94 @@ def _load_state(run_dir: Path) -> dict[str, Any]:
 def run_state(run_dir: str | Path, asked_by: str = "") -> dict[str, Any]:
     """What a run directory records of its run (config, MLflow run id and URI); `asked_by`
     (e.g. "--resume") starts the error a missing record raises."""
-    state = _load_state(Path(run_dir))
+    try:
+        state = _load_state(Path(run_dir))
+    except ValueError as exc:          # a JSON file cut short or edited by hand
+        raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{Path(run_dir) / RUN_STATE_FILE}: "
+                          f"not readable as JSON ({exc})") from None
     if not state:
         raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{run_dir}: no {RUN_STATE_FILE} "
                           "there; not a run directory")
     return state
 
 
-def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The config a run was started with (from its run directory), with optional overrides."""
-    from htl_ray.config import apply_overrides
+# config paths a run records; a relative one is resolved against the run directory's origin
+PATH_KEYS = (("data", "path"), ("model", "init_checkpoint"))
+LOCATION_KEYS = ("run.name", "run.storage_path")
 
-    return from_dict(apply_overrides(run_state(run_dir, "--resume")["config"], overrides or []))
+
+def _state_config(cfg: ExperimentConfig, run_dir: Path, uri: str) -> dict[str, Any]:
+    """The config as the run directory keeps it: every path absolute, so that resuming it from
+    any working directory, or after moving it, finds the same dataset and tracking store."""
+    raw = cfg.to_dict()
+    raw["run"]["storage_path"] = str(run_dir.parent)
+    for section, key in PATH_KEYS:
+        if raw[section].get(key):
+            raw[section][key] = str(Path(raw[section][key]).resolve())
+    raw["tracking"]["uri"] = uri
+    return raw
+
+
+def _origin(run_dir: Path, storage_path: str) -> Path:
+    """The folder a run's relative paths were given against (runs older than absolute run
+    state): the run directory minus its relative `run.storage_path` and name."""
+    depth = len(Path(storage_path).parts)
+    if Path(storage_path).is_absolute() or depth >= len(run_dir.parents):
+        return run_dir.parent
+    return run_dir.parents[depth]
+
+
+def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config a run was started with, located at `run_dir` wherever it now is (its name and
+    storage path come from the directory given, never from the working directory), its
+    relative paths resolved against it, its tracking store the one it recorded; with optional
+    overrides (not of its location)."""
+    import copy
+
+    from htl_ray.config import apply_overrides, parse_override
+    from htl_ray.tracking import absolute_uri, sqlite_path
+
+    run_dir = Path(run_dir).absolute()
+    state = run_state(run_dir, "--resume")
+    moved = [k for k, _ in map(parse_override, overrides or []) if k in LOCATION_KEYS]
+    if moved:
+        raise ConfigError(f"{moved[0]}: a resumed run stays in the directory given to --resume "
+                          f"({run_dir}); move or copy that directory instead")
+    raw = copy.deepcopy(state["config"])
+    origin = _origin(run_dir, str(raw.get("run", {}).get("storage_path", ".")))
+    for section, key in PATH_KEYS:
+        value = raw.get(section, {}).get(key)
+        if value and not Path(value).is_absolute():
+            raw[section][key] = str(origin / value)
+    uri = state.get("tracking_uri") or raw.get("tracking", {}).get("uri")
+    db = sqlite_path(uri) if uri else None
+    if db is not None and not db.is_absolute():
+        uri = absolute_uri(f"sqlite:///{origin / db}")
+    raw.setdefault("tracking", {})["uri"] = uri
+    raw.setdefault("run", {}).update(storage_path=str(run_dir.parent), name=run_dir.name)
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def describe_resume(run_dir: Path, state: dict[str, Any], uri: str, run_id: str) -> list[str]:
+    """What `--resume` continues, said before anything trains: the directory, the epoch it
+    starts from, the MLflow run, and whether the directory moved (or is a copy)."""
+    from htl_ray.tracking import redact
+    from htl_ray.train.checkpoints import checkpoints_on_disk
+
+    found = checkpoints_on_disk(run_dir)
+    epoch = int(found[0][0]["epoch"]) if found else None
+    lines = [f"[htl-ray] resuming run {run_dir}: "
+             + (f"from the checkpoint of epoch {epoch} (epoch {epoch + 2} of "
+                f"{state['config']['train']['epochs']} next)" if epoch is not None
+                else "no checkpoint yet, so from epoch 1")
+             + f"; MLflow run {run_id} in {redact(uri)}"]
+    was = state.get("run_dir")
+    if was and Path(was) != run_dir:
+        copy = (Path(was) / RUN_STATE_FILE).is_file()
+        lines.append(f"[htl-ray] this run was started in {was} and is now in {run_dir}: it "
+                     "continues here" + (f" ({was} still exists: this is a copy, and both log "
+                                          f"to MLflow run {run_id})" if copy else ""))
+    return lines
 
 
 def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, run_id: str,
@@ -127,7 +203,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         init_file = str(initial_checkpoint_file(cfg.model.init_checkpoint))
         load_initial_weights(create_model(cfg.model), init_file)
         log(f"[htl-ray] model starts from the weights in {init_file}")
-    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    if resume and state.get("tracking_uri"):
+        uri = tracking.absolute_uri(cfg.tracking.uri or state["tracking_uri"])  # the run's store
+    else:
+        uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     join_cluster(cfg, uri, log)          # may refuse the run: before an MLflow run exists
     flat = cfg.flat()
     fingerprint = manifest.get("fingerprint", "unknown")
@@ -144,7 +223,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         # the code that trains from here on: a resumed run may run other code than it began with
         tracking.set_tags(uri, run_id, {f"htl.git_commit.resumed.{int(time.time())}":
                                         tracking.git_commit()})
-        log(f"[htl-ray] resuming run {run_dir} (MLflow run {run_id})")
+        for line in describe_resume(run_dir, state, uri, run_id):
+            log(line)
     else:
         tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
                 "htl.run_dir": str(run_dir), "htl.setting": cfg.supervision.setting,
@@ -156,7 +236,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         run_id = tracking.start_run(uri, cfg.tracking.experiment, display_name, flat, tags)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_STATE_FILE).write_text(json.dumps(
-        {"mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict(),
+        {"mlflow_run_id": run_id, "tracking_uri": uri, "run_dir": str(run_dir),
+         "config": _state_config(cfg, run_dir, uri),
          "dataset_fingerprint": fingerprint, "init_checkpoint_file": init_file,
          "input_size": input_size}, indent=2))
     dump_config(cfg, run_dir / "config.yaml")
@@ -210,7 +291,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                 finally:
                     ray.kill(coordinator)
         if result.error:
-            raise result.error
+            raise _user_cause(result.error) or result.error
         best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
         best_ckpt, best_metrics = best if best is not None else (None, {})
         test_metrics = {}
@@ -229,6 +310,18 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
                            best_metrics=dict(best_metrics), tracking_pending=pending,
                            test_metrics=test_metrics)
+
+
+def _user_cause(error: BaseException) -> BaseException | None:
+    """The user-fixable error (e.g. a diverged loss) behind Ray Train's worker-group failure,
+    so it reaches the command line as itself rather than as Ray's wrapper."""
+    from htl_ray.errors import UserError
+
+    for failure in (getattr(error, "worker_failures", None) or {}).values():
+        for candidate in (failure, getattr(failure, "cause", None)):
+            if isinstance(candidate, UserError):
+                return candidate
+    return None
 
 
 def held_out_metrics(best_ckpt: Path, cfg: ExperimentConfig,

@@ -1,0 +1,22 @@
+"""The one type of error a user can fix: the command line prints it as one `error:` line and
+exits 2. Anything else that escapes a command is a bug in htl-ray and keeps its traceback.
+
+It subclasses ValueError so that callers written against the older, plainer errors still
+catch it."""
+
+from __future__ import annotations
+
+REPORT_TO = "the issue tracker of the repository you installed htl-ray from"
+
+
+class UserError(ValueError):
+    """Something the user gave (a file, a key, an option, a server address) is not what was
+    expected; the message names it and says what was expected."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`PATH: reason` for an OS error about a user's path (permission, not a folder, full
+    disk), so it can be shown as one line."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n]
+    reason = exc.strerror or str(exc)
+    return f"{' → '.join(names)}: {reason}" if names else reason
