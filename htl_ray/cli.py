@@ -29,6 +29,23 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+# ingest options that only some layouts read: given to another, they would be ignored silently
+LAYOUT_OPTIONS = {"--metadata": "metadata", "--diagnosis": "diagnosis",
+                  "--mask-pattern": "mask_pattern", "--column-map": "column_map"}
+LAYOUT_OPTIONS_APPLY = {"--metadata": ("isic", "folder"), "--diagnosis": ("isic",),
+                        "--mask-pattern": ("folder",), "--column-map": ("folder",)}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 1")
+    return value
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from htl_ray.data.ingest import ingest
     from htl_ray.data.layouts import LAYOUTS, FolderLayout, IsicLayout, parse_column_map
@@ -36,9 +53,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     factories = {
         "isic": lambda: IsicLayout(args.metadata, args.diagnosis),
         "ph2": lambda: LAYOUTS["ph2"](),
-        "folder": lambda: FolderLayout(args.mask_pattern, args.metadata,
+        "folder": lambda: FolderLayout(args.mask_pattern or "{id}.png", args.metadata,
                                        parse_column_map(args.column_map)),
     }
+    for option, value in LAYOUT_OPTIONS.items():
+        layouts = LAYOUT_OPTIONS_APPLY[option]
+        if getattr(args, value) is not None and args.layout not in layouts:
+            raise UserError(f"{option}: applies to --layout {' or '.join(layouts)}, not "
+                            f"{args.layout}; remove it or choose the layout it belongs to")
     ingest(factories[args.layout](), args.src, args.out, size=args.size,
            fractions=args.fractions, seed=args.seed, allow_empty_masks=args.allow_empty_masks)
     return 0
@@ -105,7 +127,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     state = run_state(args.run)
     uri, run_id = args.tracking_uri or state["tracking_uri"], state["mlflow_run_id"]
-    left = flush_run(args.run, uri, run_id)
+    left = flush_run(args.run, uri, run_id)    # one short probe when the server is down
     if left:
         print(f"MLflow {redact(uri)} did not take everything: still pending "
               + ", ".join(f"{n} from {w}" for w, n in left.items())
@@ -113,6 +135,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         return 1
     from mlflow.tracking import MlflowClient
 
+    from htl_ray.tracking import check_reachable
+    try:
+        check_reachable(uri, timeout_s=3.0, key="--tracking-uri")
+    except UserError:
+        print(f"nothing of {args.run} is pending; MLflow {redact(uri)} does not answer now, so "
+              "the run's status was not read")
+        return 0
     status = MlflowClient(uri).get_run(run_id).info.status
     print(f"MLflow run {run_id} in {redact(uri)} holds every write of {args.run} "
           f"(status {status})")
@@ -130,11 +159,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from htl_ray.cluster import init_ray
     from htl_ray.htl.offline import score_checkpoint
 
-    init_ray(print)
     table, summary, dest = score_checkpoint(
         args.checkpoint, args.data, split=args.split, sparsities=args.sparsities,
         pruning=args.pruning, actors=args.actors, batch_size=args.batch_size, out=args.out,
-        labels=not args.no_labels)
+        labels=not args.no_labels, start_ray=lambda: init_ray(print))
     print(f"scored {summary['n']} images of split '{args.split}' with the checkpoint of epoch "
           f"{summary['epoch']}: mean h {summary['mean_h']:.4f}")
     print("measured sparsity: " + ", ".join(
@@ -270,7 +298,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from htl_ray.compare import compare, load_runs, write_comparison
     from htl_ray.config import parse_override
-    from htl_ray.tracking import redact, resolve_tracking_uri
+    from htl_ray.tracking import check_reachable, redact, resolve_tracking_uri, uri_key
 
     filters = [args.filter] if args.filter else []
     if args.sweep:
@@ -278,6 +306,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.role:
         filters.append(f"tags.`htl.role` = '{args.role}'")
     uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri, existing=True, key=uri_key(args.tracking_uri))   # seconds, not minutes
     runs = load_runs(uri, args.experiment, " and ".join(filters))
     baseline = ({k: str(v) for k, v in map(parse_override, args.baseline)}
                 if args.baseline else None)
@@ -340,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--seed", type=int, default=0, help="split seed")
     ing.add_argument("--metadata", help="metadata CSV (isic: found in SRC if omitted)")
     ing.add_argument("--diagnosis", help="isic: one-hot diagnosis CSV (found in SRC if omitted)")
-    ing.add_argument("--mask-pattern", default="{id}.png", help="folder: mask file name pattern")
+    ing.add_argument("--mask-pattern", help="folder: mask file name pattern (default {id}.png)")
     ing.add_argument("--column-map", help="folder: id=col,age=col,sex=col,site=col,"
                      "lesion_id=col,diagnosis=col")
     ing.add_argument("--allow-empty-masks", action="store_true",
@@ -349,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     syn = data.add_parser("synth", help="generate the synthetic dataset with planted hard groups")
     syn.add_argument("--out", required=True)
-    syn.add_argument("--n", type=int, default=400)
+    syn.add_argument("--n", type=_positive_int, default=400)
     syn.add_argument("--size", type=int, default=64)
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15))
@@ -388,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--sparsities", type=_sparsities, default=DEFAULT_SPARSITIES)
     sc.add_argument("--pruning", default="l1_unstructured",
                     choices=["l1_unstructured", "channel_l2"])
-    sc.add_argument("--actors", type=int, default=1, help="scorer actors")
-    sc.add_argument("--batch-size", type=int, default=32)
+    sc.add_argument("--actors", type=_positive_int, default=1, help="scorer actors")
+    sc.add_argument("--batch-size", type=_positive_int, default=32)
     sc.add_argument("--no-labels", action="store_true", help="score without ground truth")
     sc.add_argument("--out", help="output Parquet (default: beside the checkpoint)")
     sc.set_defaults(func=_cmd_score)
@@ -417,13 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{RISKS[DEFAULT_RISK].review_threshold})")
     pr.add_argument("--probabilities", action="store_true",
                     help="also write <id>_probability.png (probability x 255)")
-    pr.add_argument("--actors", type=int, default=1, help="predictor actors (default 1)")
+    pr.add_argument("--actors", type=_positive_int, default=1, help="predictor actors (default 1)")
     pr.add_argument("--cpus-per-actor", type=float, default=None,
                     help="CPUs per actor (default: the cluster's CPUs shared among the actors, "
                     "at least 1, at most one node's)")
     pr.add_argument("--gpus-per-actor", type=float, default=0.0,
                     help="GPU share per actor, e.g. 0.25 (default 0: CPU)")
-    pr.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
+    pr.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass "
                     "(default 8)")
     pr.add_argument("--tracking-uri", help="MLflow URI for runs:/ and models:/ MODELs "
                     "(default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -457,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--split", default="test", type=_paired_split, help="test, val, or "
                     "external/<name> (after `htl-ray evaluate RUN --data DATASET --name <name>` "
                     "of both runs)")
-    pa.add_argument("--boot", type=int, default=10000, help="bootstrap resamples")
+    pa.add_argument("--boot", type=_positive_int, default=10000, help="bootstrap resamples")
     pa.add_argument("--seed", type=int, default=0)
     pa.set_defaults(func=_cmd_paired)
 
@@ -466,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "over seeds on the test split; resumable; regenerates the results page")
     rp.add_argument("sweeps", nargs="+", help="one sweep file per setting (with "
                     "sweep.comparators), e.g. experiments/reproduce/*.yaml")
-    rp.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    rp.add_argument("--seeds", type=_positive_int, default=3, help="seeds per method (default 3)")
     rp.add_argument("--results", default="docs/results.md", help="page whose generated block "
                     "is replaced (default docs/results.md)")
     rp.add_argument("--report-only", action="store_true", help="only regenerate the results "
@@ -508,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run", help="run directory (as printed by `htl-ray train`)")
     rep.add_argument("--baseline", metavar="RUN", help="a baseline run directory to set beside")
     rep.add_argument("--out", help="output folder (default RUN/report)")
-    rep.add_argument("--top", type=int, default=8, help="HTL samples in the gallery")
+    rep.add_argument("--top", type=_positive_int, default=8, help="HTL samples in the gallery")
     rep.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser("demo", help="the product end to end on synthetic data: training "

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from htl_ray.errors import UserError
+from htl_ray.errors import UserError, first_line
 
 
 class ConfigError(UserError):
@@ -418,7 +418,7 @@ def _read_yaml(path: str | Path, what: str) -> Any:
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{p}: not valid YAML: {first_line(exc)}") from None
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:

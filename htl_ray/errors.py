@@ -20,3 +20,9 @@ def describe_os_error(exc: OSError) -> str:
     names = [str(n) for n in (exc.filename, exc.filename2) if n]
     reason = exc.strerror or str(exc)
     return f"{' → '.join(names)}: {reason}" if names else reason
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line (its type when it has no message), for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from htl_ray.config import ConfigError, ModelConfig
+from htl_ray.errors import first_line
 from htl_ray.train.checkpoints import CHECKPOINT_FILE, RUN_STATE_FILE, best_of_run
 
 INIT_KEY = "model.init_checkpoint"
@@ -72,7 +73,7 @@ def check_model_config(cfg: ModelConfig) -> None:
     except Exception as exc:  # noqa: BLE001 - whatever smp refuses is a config error here
         raise ConfigError(f"model: smp cannot build arch={cfg.arch!r} encoder={cfg.encoder!r} "
                           f"in_channels={cfg.in_channels} decoder_channels="
-                          f"{cfg.decoder_channels}: {str(exc).splitlines()[0]}") from None
+                          f"{cfg.decoder_channels}: {first_line(exc)}") from None
 
 
 def state_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> float:

@@ -27,6 +27,15 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI)
 
 
+def uri_key(given: str | None) -> str:
+    """What a user would fix when the tracking URI of a command is wrong: its option, the
+    environment variable, or the default."""
+    if given:
+        return "--tracking-uri"
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else \
+        f"tracking URI (default {DEFAULT_URI})"
+
+
 def absolute_uri(uri: str) -> str:
     """A relative SQLite path made absolute (against the working directory); others as given."""
     if uri.startswith(_SQLITE):
@@ -36,7 +45,8 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False) -> None:
+def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False,
+                    key: str = "tracking.uri") -> None:
     """Fail in seconds, before anything starts, when the tracking store cannot be reached: an
     MLflow client would otherwise retry with back-off for minutes and then fail mid-start.
     HTTP(S) servers must answer `/health`; a SQLite store's folder must exist — and with
@@ -49,10 +59,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False)
     db = sqlite_path(uri)
     if db is not None:
         if not db.parent.is_dir():
-            raise ConfigError(f"tracking.uri: the folder of the SQLite store {db} does not exist")
+            raise ConfigError(f"{key}: the folder of the SQLite store {db} does not exist")
         if existing and not db.is_file():
-            raise ConfigError(f"tracking URI {uri}: no MLflow store there (no file {db}); give "
-                              "the store that holds the run with --tracking-uri")
+            raise ConfigError(f"{key}: no MLflow store at {uri} (no file {db}); give the "
+                              "store that holds the runs with --tracking-uri")
         return
     if not uri.startswith(("http://", "https://")):
         return                               # databricks, file:, ...: MLflow checks those
@@ -64,14 +74,14 @@ def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False)
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             return                           # it answers; credentials are MLflow's business
-        raise ConfigError(f"tracking.uri: MLflow server {redact(uri)} answered /health with "
+        raise ConfigError(f"{key}: MLflow server {redact(uri)} answered /health with "
                           f"HTTP {exc.code}; is it an MLflow tracking server?") from None
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(
-            f"tracking.uri: MLflow server {redact(uri)} is not reachable ({reason}); start it "
-            "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.uri / "
-            "MLFLOW_TRACKING_URI, or use a local store: tracking.uri=sqlite:///mlflow.db") from None
+            f"{key}: MLflow server {redact(uri)} is not reachable within {timeout_s:g} s "
+            f"({reason}); start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix "
+            f"{key} / MLFLOW_TRACKING_URI, or use a local store: sqlite:///mlflow.db") from None
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -74,12 +74,11 @@ SENDERS: dict[str, Callable[[str, str, dict[str, Any]], None]] = {
 
 
 def _reachable(uri: str) -> bool:
-    from htl_ray.config import ConfigError
     from htl_ray.tracking import check_reachable
 
     try:
         check_reachable(uri, timeout_s=3.0)
-    except ConfigError:
+    except UserError:
         return False
     return True
 
@@ -181,9 +180,11 @@ def flush_run(run_dir: str | Path, uri: str, run_id: str,
     """Send every writer's pending writes of a run (rank 0, coordinator, then driver, whose
     last write ends the run); returns how many are still pending per writer."""
     left: dict[str, int] = {}
-    for writer in WRITERS:
-        box = TrackingOutbox(run_dir, uri, run_id, writer, log)
-        if not left:                     # after one failure, do not wait on the others
+    boxes = [TrackingOutbox(run_dir, uri, run_id, writer, log) for writer in WRITERS]
+    # a server that does not answer costs one short /health probe, not MLflow's retries
+    down = any(box.pending() for box in boxes) and not _reachable(uri)
+    for writer, box in zip(WRITERS, boxes, strict=True):
+        if not left and not down:        # after one failure, do not wait on the others
             box.flush()
         if n := len(box.pending()):
             left[writer] = n

@@ -6,6 +6,7 @@ returned as a note on a usable record (e.g. a grey-level mask that was binarised
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,36 @@ from PIL import Image
 # Refuse images whose decoded size would exhaust memory (decompression bombs); real dermoscopy
 # images are at most a few tens of megapixels.
 MAX_PIXELS = 120_000_000
+# Image formats ingestion reads (Pillow decodes them all), and image formats it knows but does
+# not read: a file of the latter is quarantined under `unsupported_format`, with its mask.
+READ_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+UNREAD_SUFFIXES = (".heic", ".heif", ".avif", ".jp2", ".j2k", ".dcm", ".dicom", ".svg", ".psd",
+                   ".raw", ".dng", ".nef", ".cr2", ".arw")
+# Degenerate records: a side this short holds no lesion worth learning, and squashing a strip
+# longer than this ratio to a square distorts the lesion beyond recognition.
+MIN_SIDE = 16
+MAX_ASPECT = 4.0
+# The largest training resolution `--size` accepts: rows are held in memory while a dataset
+# is written (size² × 4 bytes an image), and 2048² is beyond any lesion segmentation model.
+MAX_SIZE = 2048
+
+
+def check_dataset_size(key: str, size: int, images: int) -> None:
+    """`--size` within [8, MAX_SIZE], and `images` rows of it fitting in half this machine's
+    memory: a clear error before any image is read, not a MemoryError after."""
+    from htl_ray.errors import UserError
+
+    if not 8 <= size <= MAX_SIZE:
+        raise UserError(f"{key} {size}: expected 8 to {MAX_SIZE} pixels")
+    need = images * size * size * 4
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have / 2:
+        raise UserError(f"{key} {size}: {images} images at {size}x{size} need about "
+                        f"{need / 2**30:.1f} GiB in memory while the dataset is written, over "
+                        f"half of this machine's {have / 2**30:.0f} GiB; use a smaller {key}")
 
 
 class RecordDefect(Exception):
@@ -108,17 +139,30 @@ def resize_pair(image: Image.Image, mask: np.ndarray, size: int) -> tuple[np.nda
 def load_pair(image_path: Path, mask_path: Path | None, size: int,
               allow_empty_mask: bool = False) -> Pair:
     """Decode, validate and resize one pair. Raises RecordDefect for unusable records."""
+    if image_path.suffix.lower() in UNREAD_SUFFIXES:
+        raise RecordDefect("unsupported_format", f"{image_path}: {image_path.suffix} images are "
+                           f"not read; convert it to one of {' '.join(READ_SUFFIXES)}")
     image = open_image(image_path, "image")
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise RecordDefect("tiny_image", f"{image_path}: {width}x{height}, under the "
+                           f"{MIN_SIDE}-pixel minimum side")
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise RecordDefect("extreme_aspect_ratio", f"{image_path}: {width}x{height} (aspect "
+                           f"{max(width, height) / min(width, height):.1f}:1, over "
+                           f"{MAX_ASPECT:g}:1); resizing it to a square would distort the lesion")
     if mask_path is None:
         raise RecordDefect("missing_mask", f"{image_path}: no mask file found")
     mask_im = open_image(mask_path, "mask")
     if image.size != mask_im.size:
         raise RecordDefect("size_mismatch", f"image {image.size[0]}x{image.size[1]} vs mask "
                            f"{mask_im.size[0]}x{mask_im.size[1]} ({mask_path.name})")
-    width, height = image.size
     mask, binarised = mask_to_binary(mask_im)
     if not mask.any() and not allow_empty_mask:
         raise RecordDefect("empty_mask", f"{mask_path}: mask has no lesion pixel")
+    if mask.all():
+        raise RecordDefect("full_mask", f"{mask_path}: every pixel is lesion (no skin to tell "
+                           "it from: a mask saved inverted or blank?)")
     rgb = image_to_rgb(image)
     img_arr, mask_arr = resize_pair(rgb, mask, size)
     return Pair(

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from htl_ray.data.images import RecordDefect, load_pair
+from htl_ray.data.images import RecordDefect, check_dataset_size, load_pair
+from htl_ray.data.inventory import IGNORED, ignored_files
 from htl_ray.data.layouts import Discovery, Layout
 from htl_ray.data.schema import (
     MANIFEST_FILE,
@@ -30,6 +31,7 @@ from htl_ray.data.schema import (
 )
 from htl_ray.data.split import assign_splits, validate_fractions
 from htl_ray.errors import UserError
+from htl_ray.paths import check_writable_dir
 
 # reason → (what it means, is the record quarantined?)
 REASONS: dict[str, tuple[str, bool]] = {
@@ -41,6 +43,10 @@ REASONS: dict[str, tuple[str, bool]] = {
     "empty_mask": ("mask has no lesion pixel", True),
     "duplicate_id": ("a second image with an id already seen", True),
     "orphan_mask": ("mask file without a matching image", True),
+    "unsupported_format": ("image in a format ingestion does not read", True),
+    "tiny_image": ("image side under the minimum", True),
+    "extreme_aspect_ratio": ("image too elongated to resize to a square", True),
+    "full_mask": ("mask marks every pixel as lesion", True),
     "non_binary_mask": ("mask had grey levels; binarised at >127 and kept", False),
     "no_metadata": ("image has no metadata row; kept with unknown metadata", False),
     "unknown_metadata_id": ("metadata row names an id with no image", False),
@@ -65,6 +71,7 @@ class IngestReport:
     notes: list[str] = field(default_factory=list)
     split_counts: dict[str, int] = field(default_factory=dict)
     metadata_summary: dict[str, Any] = field(default_factory=dict)
+    ignored: list[dict[str, str]] = field(default_factory=list)   # files not used, and why
 
     def add(self, reason: str, record_id: str, detail: str, files: Sequence[Path] = ()) -> None:
         if reason not in REASONS:
@@ -90,6 +97,10 @@ class IngestReport:
             "reasons": {k: {"meaning": REASONS[k][0], "quarantined": REASONS[k][1]}
                         for k in self.issues},
             "issues": self.issues,
+            "ignored": {reason: [x for x in self.ignored if x["reason"] == reason]
+                        for reason in sorted({x["reason"] for x in self.ignored})},
+            "ignored_reasons": {k: IGNORED[k] for k in sorted({x["reason"]
+                                                                for x in self.ignored})},
         }
 
     def summary(self) -> str:
@@ -103,6 +114,11 @@ class IngestReport:
             examples = ", ".join(x["id"] for x in self.issues[reason][:5])
             more = " ..." if n > 5 else ""
             lines.append(f"  {reason:<24} {n:>6}  [{tag}] {meaning}: {examples}{more}")
+        for reason in sorted({x["reason"] for x in self.ignored}):
+            files = [x["file"] for x in self.ignored if x["reason"] == reason]
+            lines.append(f"  {reason:<24} {len(files):>6}  [ignored] {IGNORED[reason]}: "
+                         + ", ".join(Path(f).name for f in files[:5])
+                         + (" ..." if len(files) > 5 else ""))
         ms = self.metadata_summary
         if ms.get("missing"):
             lines.append("  unknown metadata among usable images: " + ", ".join(
@@ -196,12 +212,16 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, size: int = 256,
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise IngestError(f"source folder not found: {src}")
-    if size < 8:
-        raise IngestError(f"--size {size}: expected at least 8 pixels")
+    check_dataset_size("--size", size, 0)
     fractions = validate_fractions(fractions)
+    check_writable_dir(out, "--out")
     disc: Discovery = layout.discover(src)
+    check_dataset_size("--size", size, len(disc.candidates))
     report = IngestReport(source=str(src), layout=layout.name, notes=list(disc.notes))
     report.total_images = len(disc.candidates)
+    report.ignored = ignored_files(src, [
+        *(p for c in disc.candidates for p in (c.image_path, c.mask_path) if p is not None),
+        *disc.orphan_masks, *disc.read_files])
     if out.exists() and (out / "quarantine").exists():
         shutil.rmtree(out / "quarantine")
 

@@ -14,9 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from htl_ray.data.images import READ_SUFFIXES, UNREAD_SUFFIXES
 from htl_ray.errors import UserError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = READ_SUFFIXES
+# what a layout takes as a record's image: every image file, also one it cannot read (that
+# record is then quarantined as unsupported_format with its mask, not its mask as an orphan)
+CANDIDATE_SUFFIXES = READ_SUFFIXES + UNREAD_SUFFIXES
 META_FIELDS = ("age", "sex", "site", "lesion_id", "diagnosis")
 
 
@@ -37,6 +41,7 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
     metadata_issues: list[tuple[str, str, str]] = field(default_factory=list)  # reason, id, detail
     stats: dict[str, int] = field(default_factory=dict)
+    read_files: list[Path] = field(default_factory=list)   # metadata and diagnosis tables used
 
 
 class LayoutError(UserError):
@@ -52,8 +57,27 @@ def read_csv_robust(path: Path) -> pd.DataFrame:
                          keep_default_na=False)
     except Exception as exc:
         raise LayoutError(f"{path}: cannot parse as CSV: {exc}") from exc
+    header = _header(path)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise LayoutError(f"{path}: column {repeated[0]!r} appears {header.count(repeated[0])} "
+                          "times in the header; which one holds the values is ambiguous: "
+                          "rename or remove the others")
     df.columns = [str(c).strip() for c in df.columns]
     return df.apply(lambda s: s.str.strip()).replace("", np.nan)
+
+
+def _header(path: Path) -> list[str]:
+    """The CSV's column names as written (pandas renames a repeated one to `name.1`)."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        first = f.readline()
+    try:
+        dialect = csv.Sniffer().sniff(first, delimiters=",;\t|")
+    except csv.Error:
+        return []
+    return [c.strip() for c in next(csv.reader([first], dialect), [])]
 
 
 def _inside(path: Path, root: Path) -> Path:
@@ -124,7 +148,8 @@ def _one_hot_diagnosis(df: pd.DataFrame, source: Path, id_col: str,
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in CANDIDATE_SUFFIXES)
 
 
 class Layout:
@@ -168,7 +193,7 @@ class IsicLayout(Layout):
         candidates = []
         for d in image_dirs:
             for p in _image_files(d):
-                if p.suffix.lower() not in (".jpg", ".jpeg", ".png") or "_superpixels" in p.stem:
+                if "_superpixels" in p.stem:     # listed as ignored by the ingest report
                     continue
                 candidates.append(Candidate(p.stem, p, masks.get(p.stem)))
         image_ids = {c.id for c in candidates}
@@ -185,6 +210,7 @@ class IsicLayout(Layout):
             cmap = {k: v for k, v in cmap.items() if k == "id" or v in raw.columns}
             meta, issues = _normalise_meta(raw, meta_path, cmap, self.ID_SUFFIXES)
             _take_stats(disc, issues)
+            disc.read_files.append(meta_path)
             disc.notes.append(f"metadata: {meta_path} ({len(raw)} rows)")
             renamed = disc.stats.get("ids_normalised", 0)
             if renamed:
@@ -194,6 +220,7 @@ class IsicLayout(Layout):
             raw = read_csv_robust(diag_path)
             id_col = "image" if "image" in raw.columns else raw.columns[0]
             diag = _one_hot_diagnosis(raw, diag_path, id_col, self.ID_SUFFIXES)
+            disc.read_files.append(diag_path)
             disc.notes.append(f"diagnosis: {diag_path} ({len(raw)} rows)")
             if meta is None:
                 meta = pd.DataFrame(index=diag.index, columns=list(META_FIELDS), dtype=object)
@@ -247,6 +274,7 @@ class Ph2Layout(Layout):
         table = next((d / n for d in (src, src.parent) for n in self.TABLE_NAMES
                       if (d / n).is_file()), None)
         if table is not None:
+            disc.read_files.append(table)
             diagnosis = self._diagnoses(table, disc)
             if diagnosis:
                 meta = pd.DataFrame(index=pd.Index(sorted(diagnosis), name="id"),
@@ -335,6 +363,7 @@ class FolderLayout(Layout):
             raw = read_csv_robust(path)
             meta, issues = _normalise_meta(raw, path, self.column_map)
             disc.metadata = meta
+            disc.read_files.append(path)
             _take_stats(disc, issues)
             disc.notes.append(f"metadata: {path} ({len(raw)} rows)")
         return disc

@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from htl_ray.errors import UserError, first_line
+
 SCHEMA_VERSION = 2            # 2: `orig_mask`, the mask at the image's original size
 RECORDS_FILE = "records.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -104,11 +106,37 @@ def read_split_table(path: str | Path, columns: list[str], split: str | None = N
     """`columns` of a records file as a pyarrow Table, in file order; the split filter is
     pushed into the read."""
     filters = [("split", "==", split)] if split else None
-    return pq.read_table(path, columns=columns, filters=filters)
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path}: not a readable records file ({first_line(exc)}); "
+                        "ingest the dataset again") from None
+
+
+def check_records(dataset_dir: str | Path, key: str) -> dict[str, Any]:
+    """A dataset folder whose manifest and records file can be read (the Parquet footer, not
+    the pixels): its manifest. A copy cut short fails here, naming `key`, not in a worker."""
+    path = Path(dataset_dir) / RECORDS_FILE
+    try:
+        manifest = read_manifest(dataset_dir)
+        pq.read_schema(path)
+    except FileNotFoundError as exc:
+        raise UserError(f"{key}: {exc}") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{key}: {path} is not a readable Parquet file "
+                        f"({first_line(exc)}); ingest the dataset again") from None
+    return manifest
 
 
 def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing dataset manifest")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path}: not readable as JSON ({exc}); ingest the dataset again") \
+            from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not a dataset manifest; ingest the dataset again")
+    return manifest

@@ -144,6 +144,17 @@ def synthesize(out: str | Path, n: int = 400, size: int = 64, seed: int = 0,
                fractions: Sequence[float] = (0.7, 0.15, 0.15),
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate and write a synthetic dataset in the ingest schema (with manifest and report)."""
+    from htl_ray.data.images import check_dataset_size
+    from htl_ray.data.split import validate_fractions
+    from htl_ray.paths import check_writable_dir
+
+    if n < 1:
+        raise UserError(f"--n {n}: need at least one sample")
+    if size < 16:
+        raise UserError(f"--size {size}: synthetic lesions need at least 16 pixels")
+    check_dataset_size("--size", size, n)
+    validate_fractions(fractions)
+    check_writable_dir(out, "--out")
     rows = generate(n, size, seed)
     report = IngestReport(source=f"synthetic(n={n}, size={size}, seed={seed})",
                           layout="synthetic", total_images=n)

@@ -9,6 +9,7 @@ dense model's IoU < 0.65, the ISIC 2018 threshold).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from htl_ray.config import DEFAULT_SPARSITIES
 from htl_ray.data.loading import split_dataset
+from htl_ray.errors import UserError
 from htl_ray.htl.scorer import ScoringSpec, score_dataset
 from htl_ray.metrics import ISIC_JACCARD_THRESHOLD, auroc
 from htl_ray.train.checkpoints import (
@@ -31,8 +33,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_file() and p.name == CHECKPOINT_FILE:
         p = p.parent
     if not (p / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(f"{path}: not a checkpoint (expected a directory with "
-                                f"{CHECKPOINT_FILE}, as written by `htl-ray train`)")
+        raise UserError(f"{path}: not a checkpoint (expected a directory with "
+                        f"{CHECKPOINT_FILE}, as written by `htl-ray train`)")
     return p
 
 
@@ -56,10 +58,28 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
                      sparsities: tuple[float, ...] = DEFAULT_SPARSITIES,
                      pruning: str = "l1_unstructured", actors: int = 1,
                      batch_size: int = 32, out: str | Path | None = None,
-                     labels: bool = True) -> tuple[pd.DataFrame, dict[str, Any], Path]:
+                     labels: bool = True, start_ray: Callable[[], None] | None = None,
+                     ) -> tuple[pd.DataFrame, dict[str, Any], Path]:
+    """Score `split` of `dataset` with the checkpoint's model and its pruned copies. Every
+    input is checked (checkpoint loads, split has rows, output writable) before `start_ray`
+    is called, so a mistake costs a second, not a cluster start."""
+    from htl_ray.data.schema import check_records
+    from htl_ray.paths import check_writable_dir
+
     ckpt = resolve_checkpoint(checkpoint)
     meta = read_meta(ckpt)
-    state = load_checkpoint(ckpt)["model"]
+    loaded = load_checkpoint(ckpt)
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+        raise UserError(f"{ckpt / CHECKPOINT_FILE}: not an htl-ray checkpoint (no 'model' "
+                        "weights in it)")
+    state = loaded["model"]
+    rows = check_records(dataset, "DATA").get("split_counts", {}).get(split, 0)
+    if not rows:
+        raise UserError(f"{dataset}: the {split} split has no rows; choose another --split")
+    dest = Path(out) if out else ckpt.parent / f"htl_scores_{ckpt.name}_{split}.parquet"
+    check_writable_dir(dest.parent, "--out")
+    if start_ray is not None:
+        start_ray()
     spec = ScoringSpec(model=model_config_of(ckpt, meta), sparsities=tuple(sparsities),
                        method=pruning, with_labels=labels, batch_size=batch_size, pool_size=actors,
                        quality=True)
@@ -67,7 +87,6 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
     summary = failure_summary(table)
     summary.update({"split": split, "checkpoint": str(ckpt), "epoch": meta.get("epoch"),
                     "measured_sparsity": table.attrs.get("measured_sparsity", {})})
-    dest = Path(out) if out else ckpt.parent / f"htl_scores_{ckpt.name}_{split}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(dest, index=False)
     return table, summary, dest

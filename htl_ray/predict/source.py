@@ -21,11 +21,17 @@ def bundle_from_mlflow(uri: str, tracking_uri: str | None = None) -> ModelBundle
     """An MLflow Model logged by `htl-ray train` (`runs:/<id>/model`, `models:/<name>/<v>`)."""
     import mlflow
 
-    from htl_ray.tracking import absolute_uri, check_reachable, redact, resolve_tracking_uri
+    from htl_ray.tracking import (
+        absolute_uri,
+        check_reachable,
+        redact,
+        resolve_tracking_uri,
+        uri_key,
+    )
 
     # an explicit --tracking-uri wins over MLFLOW_TRACKING_URI
     tracking = absolute_uri(tracking_uri) if tracking_uri else resolve_tracking_uri()
-    check_reachable(tracking, existing=True)
+    check_reachable(tracking, existing=True, key=uri_key(tracking_uri))
     with tempfile.TemporaryDirectory(prefix="htl-ray-model-") as dest:
         try:
             # the URIs as arguments, never mlflow.set_tracking_uri: it also sets the process's

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from htl_ray.errors import UserError
+from htl_ray.errors import UserError, first_line
 
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
@@ -52,7 +52,7 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> dict[st
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, empty, not a zip, hostile pickle
         raise UserError(f"{path}: not a loadable checkpoint: it is empty, cut short or not "
-                        f"written by torch.save ({str(exc).splitlines()[0][:200]})") from None
+                        f"written by torch.save ({first_line(exc)})") from None
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

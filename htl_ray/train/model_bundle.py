@@ -115,7 +115,8 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
         raise ConfigError(f"register: {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
     uri = absolute_uri(tracking_uri) if tracking_uri else state["tracking_uri"]
     run_id = state["mlflow_run_id"]
-    check_reachable(uri, existing=True)
+    check_reachable(uri, existing=True, key="--tracking-uri" if tracking_uri else
+                    f"the run's tracking URI (in {run_dir / RUN_STATE_FILE})")
     client = MlflowClient(uri, registry_uri=uri)      # no global MLflow state (see predict)
     try:
         run = client.get_run(run_id)

@@ -8,20 +8,19 @@ from typing import Any
 
 from htl_ray.cluster import check_storage_uri
 from htl_ray.config import ConfigError, ExperimentConfig
-from htl_ray.data.schema import read_manifest
+from htl_ray.data.schema import check_records
+from htl_ray.paths import check_writable_dir
 
 
 def preflight(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything that can be checked before Ray starts, with errors naming the key."""
     check_storage_uri(cfg)
+    check_writable_dir(cfg.run.storage_path, "run.storage_path")
     data = Path(cfg.data.path)
     if not data.is_dir():
         raise ConfigError(f"data.path: dataset folder not found: {data} "
                           "(create it with `htl-ray data synth` or `htl-ray data ingest`)")
-    try:
-        manifest = read_manifest(data)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"data.path: {exc}") from exc
+    manifest = check_records(data, "data.path")
     counts = manifest.get("split_counts", {})
     if not counts.get("train"):
         raise ConfigError(f"data.path: {data} has no training rows (split counts {counts})")

@@ -181,6 +181,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
                           "(expected base, overrides, sweep, space, ablations)")
     base_path = raw.get("base")
     source = ""
+    if base_path is not None and not isinstance(base_path, str):
+        raise ConfigError(f"{path}: base: expected the path of a config file, got "
+                          f"{type(base_path).__name__} {base_path!r}")
     if base_path is not None:
         candidates = [Path(base_path), path.parent / base_path]
         found = next((c for c in candidates if c.is_file()), None)
