@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from htl_ray.config import DEFAULT_SPARSITIES, load_config
-from htl_ray.errors import REPORT_TO, UserError, describe_os_error
+from htl_ray.errors import REPORT_TO, UserError, describe_os_error, find_user_error
 from htl_ray.interrupts import handle_sigterm_as_interrupt
 
 
@@ -548,18 +548,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _user_error_in(exc: BaseException) -> BaseException | None:
-    """The user's mistake behind `exc`, if any: a UserError or an OS error about a path,
-    possibly raised in a Ray worker or task and re-raised here wrapped (`.cause`) or chained."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (UserError, OSError)):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
-
-
 def _user_error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, UserError):
         return describe_os_error(exc)
@@ -588,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
               "with more memory", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the command line's one boundary
-        cause = _user_error_in(exc)
+        cause = find_user_error(exc)
         if cause is None:
             raise_as_bug(exc)
             return 1

@@ -26,3 +26,22 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line (its type when it has no message), for a one-line error."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def find_user_error(exc: BaseException | None) -> BaseException | None:
+    """The user's mistake behind `exc`, if any: a UserError or an OS error, also when raised in
+    a Ray task (RayTaskError.cause) or a Ray Train worker (WorkerGroupError.worker_failures,
+    each wrapping the worker's exception) and re-raised wrapped or chained."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (UserError, OSError)):
+            return e
+        todo += [getattr(e, "cause", None), getattr(e, "_base_exc", None),
+                 getattr(e, "controller_failure", None), e.__cause__, e.__context__,
+                 *(getattr(e, "worker_failures", None) or {}).values()]
+    return None

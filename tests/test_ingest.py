@@ -52,6 +52,9 @@ def test_real_isic_folder_reports_exactly_its_known_quirks(isic_dir, tmp_path):
         assert group.split.nunique() == 1                 # a lesion never crosses splits
     assert set(df.diagnosis.dropna()) == {"NV", "MEL", "BKL"}
     assert result["manifest"]["split_counts"] == {"train": 1404, "val": 301, "test": 300}
+    # every other file is listed with why it was not used: here, the dataset's NOTICE
+    assert [(Path(x["file"]).name, x["reason"]) for xs in report["ignored"].values()
+            for x in xs] == [("NOTICE.md", "not_read_by_layout")]
     # same input, same fingerprint
     again = ingest(IsicLayout(), isic_dir, tmp_path / "again", size=32, **QUIET)
     assert again["manifest"]["fingerprint"] == result["manifest"]["fingerprint"]
@@ -314,3 +317,46 @@ def test_metadata_path_outside_the_data_folder_is_refused(bad_folder, tmp_path):
     with pytest.raises(LayoutError, match="metadata file is outside the data folder"):
         ingest(layout, bad_folder, tmp_path / "out", size=16, **QUIET)
     assert not (tmp_path / "out").exists()
+
+
+def test_every_file_under_src_is_used_quarantined_or_listed_with_why(tmp_path):
+    """Formats, degenerate records, hidden files, a link loop and a broken link: nothing
+    under SRC disappears without a word, and each record's reason is its own (the mask of an
+    image in an unread format is not an orphan)."""
+    import os
+
+    src = tmp_path / "src"
+    (src / "images" / "nested").mkdir(parents=True)
+    (src / "masks").mkdir()
+    for name, suffix in (("ok", ".png"), ("webp", ".webp"), ("gif", ".gif")):
+        _lesion_image(src / "images" / f"{name}{suffix}")
+        _mask(src / "masks" / f"{name}.png")
+    (src / "images" / "phone.heic").write_bytes(b"ftypheic....")
+    _mask(src / "masks" / "phone.png")
+    _lesion_image(src / "images" / "tiny.png", w=8, h=8)
+    _mask(src / "masks" / "tiny.png", w=8, h=8)
+    _lesion_image(src / "images" / "strip.png", w=400, h=30)
+    _mask(src / "masks" / "strip.png", w=400, h=30)
+    _lesion_image(src / "images" / "full.png")
+    _mask(src / "masks" / "full.png", values=(255, 255))
+    (src / "images" / ".DS_Store").write_bytes(b"\0")
+    (src / "images" / "notes.txt").write_text("scanned 2019")
+    _lesion_image(src / "images" / "nested" / "deeper.png")       # not where the layout reads
+    os.symlink(src, src / "images" / "loop")                      # a link back up: a loop
+    os.symlink(src / "gone.png", src / "images" / "broken.png")
+
+    ingest(FolderLayout(), src, tmp_path / "out", size=16, **QUIET)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    issues = {reason: sorted(x["id"] for x in xs) for reason, xs in report["issues"].items()}
+    assert issues == {"unsupported_format": ["phone"], "tiny_image": ["tiny"],
+                      "extreme_aspect_ratio": ["strip"], "full_mask": ["full"]}
+    assert report["usable"] == 3                                  # ok, webp, gif
+    assert sorted(read_table(tmp_path / "out").id) == ["gif", "ok", "webp"]
+    ignored = {reason: sorted(Path(x["file"]).name for x in xs)
+               for reason, xs in report["ignored"].items()}
+    assert ignored == {"hidden": [".DS_Store"], "link_loop": ["loop"],
+                       "broken_link": ["broken.png"],
+                       "not_read_by_layout": ["deeper.png", "notes.txt"]}
+    # the quarantined files are copied under their true reason, the mask with its image
+    assert sorted(p.name for p in (tmp_path / "out" / "quarantine" / "unsupported_format")
+                  .rglob("*") if p.is_file()) == ["phone.heic", "phone.png"]

@@ -126,3 +126,124 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     assert val["val/dice"] == pytest.approx(outcome.best_metrics["val/dice"], abs=1e-6)
     assert val["val/thresholded_jaccard"] == pytest.approx(
         outcome.best_metrics["val/thresholded_jaccard"], abs=1e-6)
+
+
+SMALL = ["scaling.num_workers=1", "data.limit_train=32", "model.decoder_channels=[16,8,8,4,4]",
+         "train.evaluate_test=false"]
+
+
+def test_resume_paths_come_from_the_run_directory_not_the_working_directory(synth_dataset,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """No Ray: a run started with relative paths in one directory resolves, from any other,
+    to its own location, its dataset and its MLflow store; so does a run of an older version,
+    whose state kept the relative paths as given."""
+    import json
+    import os
+
+    import pytest
+
+    from htl_ray.config import ConfigError, load_config
+    from htl_ray.train.trainer import RUN_STATE_FILE, _state_config, config_for_resume
+
+    start, other = tmp_path / "start", tmp_path / "other"
+    start.mkdir(), other.mkdir()
+    monkeypatch.chdir(start)
+    data = os.path.relpath(synth_dataset, start)
+    cfg = load_config(None, [f"data.path={data}", "run.storage_path=runs/a", "run.name=r",
+                             "tracking.uri=sqlite:///mlflow.db"])
+    run_dir = start / "runs" / "a" / "r"
+    run_dir.mkdir(parents=True)
+    uri = f"sqlite:///{start / 'mlflow.db'}"
+    for config, kept_uri in ((_state_config(cfg, run_dir, uri), uri),       # this version
+                             (cfg.to_dict(), "sqlite:///mlflow.db")):      # an older one
+        (run_dir / RUN_STATE_FILE).write_text(json.dumps(
+            {"mlflow_run_id": "x", "tracking_uri": kept_uri, "config": config}))
+        monkeypatch.chdir(other)
+        resumed = config_for_resume(run_dir)
+        assert (resumed.run.storage_path, resumed.run.name) == (str(run_dir.parent), "r")
+        assert resumed.data.path == str(synth_dataset)
+        assert resumed.tracking.uri == uri
+        moved = tmp_path / "moved" / "r2"
+        moved.parent.mkdir(exist_ok=True)
+        os.rename(run_dir, moved)
+        assert (config_for_resume(moved).run.storage_path, config_for_resume(moved).run.name) \
+            == (str(moved.parent), "r2")
+        os.rename(moved, run_dir)
+        monkeypatch.chdir(start)
+    with pytest.raises(ConfigError, match="run.storage_path: a resumed run stays"):
+        config_for_resume(run_dir, ["run.storage_path=elsewhere"])
+
+
+def test_resume_of_a_copied_run_from_another_directory_continues_the_copy(
+        ray_cluster, synth_dataset, tmp_path, monkeypatch, capsys):
+    """Started with relative paths in one directory, crashed after epoch 0, copied; `htl-ray
+    train --resume COPY` from a third directory trains epoch 1 into the copy, not into the
+    original and not into a new run there, says what it resumes and that it is a copy, and
+    logs to the run's own MLflow store and run."""
+    import os
+    import shutil
+
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    from htl_ray.cli import main
+    from htl_ray.config import load_config
+    from htl_ray.train.checkpoints import checkpoints_on_disk
+    from htl_ray.train.loop import InjectedFault
+    from htl_ray.train.trainer import run_training
+
+    start, other = tmp_path / "start", tmp_path / "other"
+    start.mkdir(), other.mkdir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(start)
+    cfg = load_config(None, [f"data.path={os.path.relpath(synth_dataset, start)}",
+                             "run.storage_path=runs", "run.name=r", "train.epochs=2",
+                             "tracking.uri=sqlite:///mlflow.db", *SMALL])
+    with pytest.raises(Exception) as crash:
+        run_training(cfg, fault_after_epoch=0, log=lambda _: None)
+    assert "InjectedFault" in repr(crash.value) or isinstance(crash.value, InjectedFault)
+    original = start / "runs" / "r"
+    copy = tmp_path / "copies" / "r-copy"
+    shutil.copytree(original, copy)
+    capsys.readouterr()
+
+    monkeypatch.chdir(other)
+    assert main(["train", "--resume", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming run {copy}: from the checkpoint of epoch 0 (epoch 2 of 2 next)" in out
+    assert f"this run was started in {original} and is now in {copy}" in out
+    assert "this is a copy" in out
+    assert [int(m["epoch"]) for m, _ in checkpoints_on_disk(copy)] == [1, 0]
+    assert [int(m["epoch"]) for m, _ in checkpoints_on_disk(original)] == [0]
+    assert list(other.iterdir()) == []                 # no new run, store or data here
+    client = MlflowClient(f"sqlite:///{start / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("htl-ray").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] == [0, 1]
+
+
+def test_a_run_whose_loss_diverges_ends_failed_and_is_left_out_of_compare(
+        ray_cluster, synth_dataset, tmp_path, monkeypatch, capsys):
+    """A finite but absurd learning rate: the loss stops being a number in epoch 1. The run
+    stops there with one error naming the epoch and the value (exit 2), FAILED in MLflow, and
+    `compare` does not count it."""
+    from mlflow.tracking import MlflowClient
+
+    from htl_ray.cli import main
+    from htl_ray.compare import load_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = main(["train", f"data.path={synth_dataset}", f"tracking.uri={uri}",
+                 f"run.storage_path={tmp_path / 'runs'}", "run.name=diverged",
+                 "train.optimizer=sgd", "train.lr=1e30", "train.epochs=3", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "train/loss is nan at epoch 1: training diverged (train.lr=1e+30" in line
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("htl-ray").experiment_id])
+    assert run.info.status == "FAILED"
+    assert client.get_metric_history(run.info.run_id, "val/dice") == []
+    assert load_runs(uri, "htl-ray").empty            # compare counts FINISHED runs only

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -121,11 +122,11 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
     for section, key in PATH_KEYS:
         value = raw.get(section, {}).get(key)
         if value and not Path(value).is_absolute():
-            raw[section][key] = str(origin / value)
+            raw[section][key] = os.path.normpath(origin / value)
     uri = state.get("tracking_uri") or raw.get("tracking", {}).get("uri")
     db = sqlite_path(uri) if uri else None
     if db is not None and not db.is_absolute():
-        uri = absolute_uri(f"sqlite:///{origin / db}")
+        uri = absolute_uri(f"sqlite:///{os.path.normpath(origin / db)}")
     raw.setdefault("tracking", {})["uri"] = uri
     raw.setdefault("run", {}).update(storage_path=str(run_dir.parent), name=run_dir.name)
     return from_dict(apply_overrides(raw, overrides or []))
@@ -315,13 +316,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
 def _user_cause(error: BaseException) -> BaseException | None:
     """The user-fixable error (e.g. a diverged loss) behind Ray Train's worker-group failure,
     so it reaches the command line as itself rather than as Ray's wrapper."""
-    from htl_ray.errors import UserError
+    from htl_ray.errors import UserError, find_user_error
 
-    for failure in (getattr(error, "worker_failures", None) or {}).values():
-        for candidate in (failure, getattr(failure, "cause", None)):
-            if isinstance(candidate, UserError):
-                return candidate
-    return None
+    found = find_user_error(error)
+    return found if isinstance(found, UserError) else None
 
 
 def held_out_metrics(best_ckpt: Path, cfg: ExperimentConfig,
