@@ -30,8 +30,8 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                 dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=False)
 
 
 class PeakRss:

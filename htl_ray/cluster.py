@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from htl_ray.config import ConfigError, ExperimentConfig
+from htl_ray.errors import first_line
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
 DASHBOARD_PORT = 8265                               # a local cluster's, unless it is taken
@@ -172,7 +173,13 @@ def init_ray(log: Callable[[str], None]) -> None:
 
     if address:
         log(f"[htl-ray] connecting to Ray at {address}")
-        ray.init(address=address, configure_logging=False)
+        check_ray_address(address)
+        try:
+            ray.init(address=address, configure_logging=False)
+        except ConnectionError as exc:
+            raise ConfigError(f"RAY_ADDRESS {address}: could not join the Ray cluster there "
+                              f"({first_line(exc)}); fix RAY_ADDRESS, or unset it to run on a "
+                              "local cluster") from None
     else:
         port = free_local_port(DASHBOARD_PORT)
         url = f"http://127.0.0.1:{port}"
@@ -184,9 +191,30 @@ def init_ray(log: Callable[[str], None]) -> None:
         # active Ray instances": the placement groups of a stopped trial are then never
         # removed, and the CPUs they hold are lost to the rest of the run.
         os.environ[API_SERVER_ADDRESS_VAR] = url
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 configure_logging=False)
+        # address="local": a new cluster of this process's own, even when a `ray start`
+        # instance runs on the machine (a bare ray.init() would join that one instead)
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, configure_logging=False)
     reinstall_after_ray_init()
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` (or `ray://host:port`) RAY_ADDRESS must accept a connection within
+    seconds: ray.init would otherwise retry for a minute before it says anything. Other forms
+    (`auto`, `local`, an http job address) are left to Ray."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d+)", address.strip())
+    if m is None:
+        return
+    try:
+        socket.create_connection((m[1], int(m[2])), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"RAY_ADDRESS {address}: no Ray cluster answers there within "
+                          f"{timeout_s:g} s ({exc.strerror or exc}); start one (`ray start "
+                          "--head`), fix RAY_ADDRESS, or unset it to run on a local cluster") \
+            from None
 
 
 def free_local_port(preferred: int) -> int:

@@ -36,7 +36,7 @@ def ray_cluster():
         # conclude that the Train controller is dead
         port = free_local_port(DASHBOARD_PORT + 17)
         os.environ[API_SERVER_ADDRESS_VAR] = f"http://127.0.0.1:{port}"
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, configure_logging=False, log_to_driver=True)
     yield ray
     workers = started(pids_titled("ray::"))
