@@ -7,6 +7,7 @@ fact shared — which lets the same cluster show both the refusal and a successf
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -117,6 +118,7 @@ def two_node_cluster(tmp_path_factory):
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_API_SERVER_ADDRESS", None)     # the session cluster's, not this one's
     ray = str(BIN / "ray")
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     "--num-cpus=1", "--num-gpus=0", "--include-dashboard=true",
@@ -152,21 +154,31 @@ def _stop_cluster(temp_dir: Path) -> None:
 def _submit(cluster: dict, submission_id: str, args: list[str]) -> tuple[str, str]:
     """`ray job submit --working-dir <repo> -- htl-ray train ...` (the CLI, as a user types
     it), then the job API until the job ends; returns its final status and its logs."""
-    from ray.job_submission import JobSubmissionClient
-
     proc = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", cluster["address"],
          "--submission-id", submission_id, "--working-dir", str(REPO), "--no-wait", "--",
          "htl-ray", "train", *args], env=cluster["env"], capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    client = JobSubmissionClient(cluster["address"],
-                                 headers={"Authorization": f"Bearer {cluster['token']}"})
     deadline = time.time() + 600
-    while not (status := client.get_job_status(submission_id)).is_terminal():
-        assert time.time() < deadline, client.get_job_logs(submission_id)[-3000:]
+    while (status := _job_api(cluster, submission_id)["status"]) not in TERMINAL:
+        assert time.time() < deadline, _job_api(cluster, submission_id, "/logs")["logs"][-3000:]
         time.sleep(1)
-    return str(status.value), client.get_job_logs(submission_id)
+    return status, _job_api(cluster, submission_id, "/logs")["logs"]
+
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def _job_api(cluster: dict, submission_id: str, what: str = "") -> dict:
+    """The job REST API with this cluster's token. (Ray's JobSubmissionClient in this process
+    would send the token of the session's own cluster, which ray.init loaded, instead.)"""
+    import urllib.request
+
+    request = urllib.request.Request(f"{cluster['address']}/api/jobs/{submission_id}{what}",
+                                     headers={"Authorization": f"Bearer {cluster['token']}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def test_ray_job_submit_trains_on_a_two_node_cluster_once_storage_is_shared(

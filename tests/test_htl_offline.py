@@ -9,6 +9,7 @@ import torch
 
 from htl_ray.cli import main
 from htl_ray.config import ModelConfig
+from htl_ray.errors import UserError
 from htl_ray.htl.offline import failure_summary, score_checkpoint
 from htl_ray.models import create_model
 from htl_ray.train.checkpoints import save_checkpoint
@@ -48,7 +49,7 @@ def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, ca
     assert "target 0.30 → 0.3000" in out
     assert set(pd.read_parquet(tmp_path / "t.parquet").columns) >= {
         "id", "d_0.30", "d_0.60", "h", "tta", "entropy", "uncertain"}
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+    with pytest.raises(UserError, match="not a checkpoint"):
         score_checkpoint(tmp_path, synth_dataset)
 
 

@@ -257,7 +257,7 @@ def test_evaluate_register_and_resource_mistakes_are_one_error_line(trained, tmp
         (["evaluate", run_dir, "--name", "x"], "--name names the site of --data"),
         (["register", run_dir, "m", "--tracking-uri", "http://127.0.0.1:9"], "not reachable"),
         (["register", run_dir, "m", "--tracking-uri", f"sqlite:///{tmp_path / 'moved.db'}"],
-         "no MLflow store there"),
+         "--tracking-uri: no MLflow store at"),
         (["register", run_dir, "m", "--tracking-uri", _empty_store(tmp_path)], "is not in"),
         (["predict", run_dir, str(tmp_path / "imgs"), "--out", str(tmp_path / "o"),
           "--actors", "3", "--cpus-per-actor", "1"], "--actors 3 x 1 CPU each"),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,12 +49,28 @@ class NonFiniteTraining(UserError):
     finishing it would log a model that predicts nothing as a result."""
 
 
-def check_finite(name: str, value: float, epoch: int, cfg) -> None:
-    if not math.isfinite(value):
-        raise NonFiniteTraining(
-            f"{name} is {value} at epoch {epoch + 1}: training diverged (train.lr="
-            f"{cfg.train.lr:g}; try a smaller train.lr); the run is marked FAILED and the "
-            "checkpoints of earlier epochs are kept")
+DIVERGED_FILE = "diverged.json"     # in the run directory: why a run stopped at an epoch
+
+
+def diverged(name: str, value: float, epoch: int, cfg, loop_config: dict[str, Any]) -> bool:
+    """True (after reporting why) when `value` is not a number any more. The caller returns:
+    every rank sees the same gathered value, so all stop at this epoch, and the driver raises
+    NonFiniteTraining from the note rank 0 leaves in the run directory — one error line, not a
+    worker traceback in Ray's log. Inside a Tune trial it raises here (a trial's report must
+    carry the sweep's metric)."""
+    if math.isfinite(value):
+        return False
+    message = (f"{name} is {value} at epoch {epoch + 1}: training diverged (train.lr="
+               f"{cfg.train.lr:g}; try a smaller train.lr); the run is marked FAILED and the "
+               "checkpoints of earlier epochs are kept")
+    if loop_config.get("raise_on_divergence", True):
+        raise NonFiniteTraining(message)
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        path = Path(loop_config["run_dir"]) / DIVERGED_FILE
+        path.write_text(json.dumps({"epoch": epoch, "name": name, "message": message}))
+    return True
 
 
 class InjectedFault(RuntimeError):
@@ -322,7 +340,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
         # the same value on every rank (gathered), so every rank stops here together, before a
         # checkpoint or an HTL refresh of weights that are no longer numbers
-        check_finite("train/loss", total_loss, epoch, cfg)
+        if diverged("train/loss", total_loss, epoch, cfg, loop_config):
+            return
         if htl.enabled and rank == 0 and htl.refreshes_after(epoch):
             htl.submit(objective.snapshot_model(_unwrap(model)), epoch)
         checksums = _gather(state_checksum(_unwrap(model)))
@@ -344,8 +363,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                                        - min(htl_sums)),
                             "htl/attended_samples": float(attended_all)})
         metrics.update(split_metrics(table, "val"))
-        check_finite(cfg.train.checkpoint_metric, metrics.get(cfg.train.checkpoint_metric, 0.0),
-                     epoch, cfg)
+        if diverged(cfg.train.checkpoint_metric, metrics.get(cfg.train.checkpoint_metric, 0.0),
+                    epoch, cfg, loop_config):
+            return
         best = max(best, metrics.get(cfg.train.checkpoint_metric, -math.inf))
         metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
 

@@ -36,7 +36,7 @@ from htl_ray.train.evaluation import (
     evaluate_checkpoint,
     per_sample_file,
 )
-from htl_ray.train.loop import train_loop_per_worker
+from htl_ray.train.loop import DIVERGED_FILE, NonFiniteTraining, train_loop_per_worker
 from htl_ray.train.model_bundle import MODEL_ARTIFACT, save_run_model
 from htl_ray.train.preflight import preflight
 
@@ -236,6 +236,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         display_name = tags.pop("mlflow.runName", cfg.run.name)
         run_id = tracking.start_run(uri, cfg.tracking.experiment, display_name, flat, tags)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DIVERGED_FILE).unlink(missing_ok=True)    # a resumed run tries again
     (run_dir / RUN_STATE_FILE).write_text(json.dumps(
         {"mlflow_run_id": run_id, "tracking_uri": uri, "run_dir": str(run_dir),
          "config": _state_config(cfg, run_dir, uri),
@@ -266,6 +267,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                                "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch,
                                "run_dir": str(run_dir), "init_checkpoint_file": init_file,
                                "input_size": input_size,
+                               # a Tune trial's scheduler needs its metric in every report
+                               "raise_on_divergence": bool(callbacks),
                                "coordinator": coordinator},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -293,6 +296,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                     ray.kill(coordinator)
         if result.error:
             raise _user_cause(result.error) or result.error
+        if (run_dir / DIVERGED_FILE).is_file():
+            note = json.loads((run_dir / DIVERGED_FILE).read_text())
+            raise NonFiniteTraining(note["message"])
         best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
         best_ckpt, best_metrics = best if best is not None else (None, {})
         test_metrics = {}
