@@ -14,7 +14,13 @@ import argparse
 import sys
 
 from htl_ray.config import DEFAULT_SPARSITIES, load_config
-from htl_ray.errors import REPORT_TO, UserError, describe_os_error, find_user_error
+from htl_ray.errors import (
+    REPORT_TO,
+    UserError,
+    describe_os_error,
+    find_user_error,
+    first_line,
+)
 from htl_ray.interrupts import handle_sigterm_as_interrupt
 
 
@@ -298,14 +304,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from htl_ray.compare import compare, load_runs, write_comparison
     from htl_ray.config import parse_override
-    from htl_ray.tracking import check_reachable, redact, resolve_tracking_uri, uri_key
+    from htl_ray.tracking import (
+        absolute_uri,
+        check_reachable,
+        redact,
+        resolve_tracking_uri,
+        uri_key,
+    )
 
     filters = [args.filter] if args.filter else []
     if args.sweep:
         filters.append(f"tags.`htl.sweep` = '{args.sweep}'")
     if args.role:
         filters.append(f"tags.`htl.role` = '{args.role}'")
-    uri = resolve_tracking_uri(args.tracking_uri)
+    # an explicit --tracking-uri wins over MLFLOW_TRACKING_URI (as in predict and register)
+    uri = absolute_uri(args.tracking_uri) if args.tracking_uri else resolve_tracking_uri()
     check_reachable(uri, existing=True, key=uri_key(args.tracking_uri))   # seconds, not minutes
     runs = load_runs(uri, args.experiment, " and ".join(filters))
     baseline = ({k: str(v) for k, v in map(parse_override, args.baseline)}
@@ -550,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, UserError):
-        return describe_os_error(exc)
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return first_line(describe_os_error(exc), limit=500)
+    return first_line(exc, limit=1000)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,11 +191,32 @@ def init_ray(log: Callable[[str], None]) -> None:
         # active Ray instances": the placement groups of a stopped trial are then never
         # removed, and the CPUs they hold are lost to the rest of the run.
         os.environ[API_SERVER_ADDRESS_VAR] = url
+        other = _cluster_on_this_machine()
+        if other:
+            log(f"[htl-ray] note: a Ray cluster also runs on this machine ({other}); this run "
+                f"starts its own. To run on that one instead: RAY_ADDRESS={other}")
         # address="local": a new cluster of this process's own, even when a `ray start`
         # instance runs on the machine (a bare ray.init() would join that one instead)
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, configure_logging=False)
     reinstall_after_ray_init()
+
+
+def _cluster_on_this_machine() -> str | None:
+    """The address of a `ray start` cluster on this machine, if one answers (Ray records the
+    latest in its temp folder)."""
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        address = record.read_text().strip()
+        host, port = address.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except (OSError, ValueError):
+        return None
+    return address
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:

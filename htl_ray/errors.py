@@ -22,8 +22,9 @@ def describe_os_error(exc: OSError) -> str:
     return f"{' → '.join(names)}: {reason}" if names else reason
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's first line (its type when it has no message), for a one-line error."""
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
+    """An exception's (or a text's) first line (an exception's type when it has no message),
+    for a one-line error."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
@@ -31,7 +32,7 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 def find_user_error(exc: BaseException | None) -> BaseException | None:
     """The user's mistake behind `exc`, if any: a UserError or an OS error, also when raised in
     a Ray task (RayTaskError.cause) or a Ray Train worker (WorkerGroupError.worker_failures,
-    each wrapping the worker's exception) and re-raised wrapped or chained."""
+    each wrapping the worker's exception) and re-raised wrapped or `from` it."""
     seen: set[int] = set()
     todo = [exc]
     while todo:
@@ -41,7 +42,10 @@ def find_user_error(exc: BaseException | None) -> BaseException | None:
         seen.add(id(e))
         if isinstance(e, (UserError, OSError)):
             return e
+        # explicit links only: Ray's wrappers and `raise ... from exc`. Never __context__ (an
+        # exception raised while another was handled): a bug in an `except OSError:` branch
+        # is still a bug, not the user's missing file
         todo += [getattr(e, "cause", None), getattr(e, "_base_exc", None),
-                 getattr(e, "controller_failure", None), e.__cause__, e.__context__,
+                 getattr(e, "controller_failure", None), e.__cause__,
                  *(getattr(e, "worker_failures", None) or {}).values()]
     return None

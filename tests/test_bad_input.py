@@ -126,6 +126,11 @@ def world(tmp_path_factory, silent_server) -> Path:
     (root / "sweep_typo.yaml").write_text(
         "sweep: {nmae: x}\nspace:\n  htl.lam: {type: float, low: 0.5, high: 4.0}\n")
     (root / "sweep_base.yaml").write_text("base: {}\nspace: {}\n")
+    (root / "sweep_ok.yaml").write_text(
+        f"sweep: {{name: cut, storage_path: {root}/sweeps}}\n"
+        "space:\n  htl.lam: {type: float, low: 0.5, high: 4.0}\n")
+    (root / "sweeps" / "cut").mkdir(parents=True)
+    (root / "sweeps" / "cut" / "sweep_state.json").write_text('{"parent_run_id": "ab')
 
     # source folders: folder layout, one of unreadable images only, ISIC-like without masks
     from PIL import Image
@@ -240,7 +245,7 @@ def _cases(w: str, server: str) -> dict[str, Case]:
                                           "manifest.json: not readable as JSON"),
         "train: run.storage_path is a file": Case(
             [*train, f"run.storage_path={w}/a_file"],
-            "run.storage_path"),
+            f"run.storage_path {w}/a_file: exists and is not a folder"),
         "train: config key repeated in YAML": Case(
             ["train", f"{w}/dup_key.yaml", f"data.path={w}/ds"], "key 'lr' appears twice"),
         "train: config not YAML": Case(["train", f"{w}/bad.yaml"], "not valid YAML"),
@@ -251,7 +256,7 @@ def _cases(w: str, server: str) -> dict[str, Case]:
         "train: override without =": Case(["train", "lr", "train.epochs=1"],
                                           "config file not found: lr"),
         "train: --resume of a folder that is no run": Case(
-            ["train", "--resume", f"{w}/ds"], "--resume"),
+            ["train", "--resume", f"{w}/ds"], "ds: no htl_run.json there; not a run directory"),
         "train: --resume with a cut run state": Case(
             ["train", "--resume", f"{w}/run_badstate"], "not readable as JSON"),
         "train: --resume moving the run by override": Case(
@@ -259,7 +264,12 @@ def _cases(w: str, server: str) -> dict[str, Case]:
             "run.name: a resumed run stays in the directory given"),
         "train: semi-supervised with every mask": Case(
             [*train, "supervision.setting=semi"], "supervision.label_fraction"),
+        "train: new run over a cut run state": Case(
+            [*train, f"run.storage_path={w}", "run.name=run_badstate"],
+            "run_badstate/htl_run.json: not readable as JSON"),
         # ---- evaluate
+        "evaluate: cut run state": Case(["evaluate", f"{w}/run_badstate"],
+                                        "run_badstate/htl_run.json: not readable as JSON"),
         "evaluate: not a run directory": Case(["evaluate", f"{w}/ds"],
                                               "not a run directory"),
         "evaluate: checkpoint of garbage": Case(["evaluate", f"{w}/run_garbage"],
@@ -269,9 +279,10 @@ def _cases(w: str, server: str) -> dict[str, Case]:
         "evaluate: checkpoint cut short": Case(["evaluate", f"{w}/run_cut"],
                                                "not a loadable checkpoint"),
         "evaluate: --name without --data": Case(
-            ["evaluate", f"{w}/run_garbage", "--name", "x"], "--name"),
+            ["evaluate", f"{w}/run_garbage", "--name", "x"], "--name names the site of --data"),
         "evaluate: --data missing": Case(
-            ["evaluate", f"{w}/run_garbage", "--data", f"{w}/nope"], "nope"),
+            ["evaluate", f"{w}/run_garbage", "--data", f"{w}/nope"],
+            f"--data: {w}/nope/manifest.json: missing dataset manifest"),
         "evaluate: unknown split": Case(["evaluate", f"{w}/run_garbage", "--split", "dev"],
                                         "invalid choice: 'dev'"),
         # ---- score
@@ -302,6 +313,8 @@ def _cases(w: str, server: str) -> dict[str, Case]:
                                     "every sparsity must be in (0, 1)"),
         # ---- report
         "report: not a run directory": Case(["report", f"{w}/ds"], "not a run directory"),
+        "report: cut run state": Case(["report", f"{w}/run_badstate"],
+                                      "run_badstate/htl_run.json: not readable as JSON"),
         "report: --top 0": Case(["report", f"{w}/run_garbage", "--top", "0"],
                                 "expected at least 1"),
         # ---- compare
@@ -316,6 +329,8 @@ def _cases(w: str, server: str) -> dict[str, Case]:
         # ---- paired
         "paired: not run directories": Case(["paired", f"{w}/ds", f"{w}/ds"],
                                             "not a run directory"),
+        "paired: cut run state": Case(["paired", f"{w}/run_badstate", f"{w}/run_garbage"],
+                                      "run_badstate/htl_run.json: not readable as JSON"),
         "paired: unknown split": Case(["paired", f"{w}/ds", f"{w}/ds", "--split", "dev"],
                                       "expected test, val or external/<name>"),
         "paired: --boot 0": Case(["paired", f"{w}/ds", f"{w}/ds", "--boot", "0"],
@@ -326,15 +341,16 @@ def _cases(w: str, server: str) -> dict[str, Case]:
             ["sync", f"{w}/run_pending"], "", code=1, stdout="still pending 1 from rank0"),
         # ---- predict
         "predict: model missing": Case(["predict", f"{w}/nope", f"{w}/ds", "--split", "test",
-                                        "--out", f"{w}/p"], "nope"),
+                                        "--out", f"{w}/p"], f"MODEL: {w}/nope does not exist"),
         "predict: dataset without --split": Case(
             ["predict", f"{w}/run_garbage", f"{w}/ds", "--out", f"{w}/p"],
             "is an ingested dataset; name the split"),
         "predict: checkpoint of garbage": Case(
             ["predict", f"{w}/run_garbage", f"{w}/src_folder/images", "--out", f"{w}/p"],
-            "run_garbage"),
+            "checkpoint.pt is not a loadable checkpoint"),
         "predict: input missing": Case(
-            ["predict", f"{w}/run_garbage", f"{w}/nope", "--out", f"{w}/p"], "nope"),
+            ["predict", f"{w}/run_garbage", f"{w}/nope", "--out", f"{w}/p"],
+            f"INPUT: {w}/nope does not exist"),
         "predict: threshold above 1": Case(
             ["predict", f"{w}/run_garbage", f"{w}/ds", "--out", f"{w}/p",
              "--review-threshold", "2"], "--review-threshold"),
@@ -353,6 +369,9 @@ def _cases(w: str, server: str) -> dict[str, Case]:
         # ---- tune, reproduce
         "tune: sweep file missing": Case(["tune", f"{w}/nope.yaml"], "nope.yaml"),
         "tune: unknown sweep key": Case(["tune", f"{w}/sweep_typo.yaml"], "nmae"),
+        "tune: --resume of a cut sweep state": Case(
+            ["tune", f"{w}/sweep_ok.yaml", f"data.path={w}/ds", "--resume"],
+            "cut/sweep_state.json: not readable as JSON"),
         "tune: base not a path": Case(["tune", f"{w}/sweep_base.yaml"],
                                       "base: expected the path of a config file"),
         "reproduce: --seeds 0": Case(["reproduce", f"{w}/nope.yaml", "--seeds", "0"],
@@ -460,15 +479,24 @@ def test_former_hangs_against_a_server_that_does_not_answer_end_within_30_s(worl
 
 
 def test_an_internal_bug_keeps_its_traceback_and_says_where_to_report_it(capsys, monkeypatch):
+    """Also a bug raised while a user's missing file was being handled: that file is the
+    bug's context, not its cause, and must not turn the bug into an `error:` line."""
     import htl_ray.cli as cli
 
     def broken(args):
         raise ZeroDivisionError("division by zero")
 
+    def broken_fallback(args):
+        try:
+            open("/nonexistent/htl-ray/file")
+        except FileNotFoundError:
+            return {}["key"]                    # a bug in the except branch
+
     parser = cli.build_parser()
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    parser._subparsers._group_actions[0].choices["paired"].set_defaults(func=broken)
-    assert main(["paired", "a", "b"]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" in err and "ZeroDivisionError" in err
-    assert "this is a bug in htl-ray, not in your input" in err
+    for func, name in ((broken, "ZeroDivisionError"), (broken_fallback, "KeyError")):
+        parser._subparsers._group_actions[0].choices["paired"].set_defaults(func=func)
+        assert main(["paired", "a", "b"]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" in err and name in err and "error:" not in err
+        assert "this is a bug in htl-ray, not in your input" in err

@@ -96,3 +96,21 @@ def test_every_shipped_experiment_config_is_valid():
     assert len(configs) >= 5
     settings = {load_config(p).supervision.setting for p in configs}
     assert settings == {"supervised", "semi", "weak"}
+
+
+def test_yaml_keys_repeated_are_refused_but_merge_keys_and_safe_tags_behave(tmp_path):
+    """A key written twice is ambiguous (YAML keeps the last silently); `<<: *anchor` merges
+    are ordinary YAML and load; a Python-object tag still loads nothing."""
+    import pytest
+
+    from htl_ray.config import ConfigError, load_config, safe_load_unique
+
+    (tmp_path / "twice.yaml").write_text("train:\n  lr: 0.001\n  lr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'lr' appears twice .*lines 2 and 3"):
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "merge.yaml").write_text(
+        "common: &common {epochs: 3, lr: 0.002}\ntrain:\n  <<: *common\n  lr: 0.005\n")
+    raw = safe_load_unique((tmp_path / "merge.yaml").read_text())
+    assert raw["train"] == {"epochs": 3, "lr": 0.005}
+    with pytest.raises(Exception, match="python/object"):
+        safe_load_unique("x: !!python/object/apply:os.system ['echo hacked']\n")

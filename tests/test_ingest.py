@@ -344,18 +344,23 @@ def test_every_file_under_src_is_used_quarantined_or_listed_with_why(tmp_path):
     _lesion_image(src / "images" / "nested" / "deeper.png")       # not where the layout reads
     os.symlink(src, src / "images" / "loop")                      # a link back up: a loop
     os.symlink(src / "gone.png", src / "images" / "broken.png")
+    os.symlink(src / "masks", src / "images" / "also_masks")      # a folder listed already
+    os.symlink(src / "cycle_b", src / "cycle_a")                  # a cycle of two links
+    os.symlink(src / "cycle_a", src / "cycle_b")
+    (src / "meta.csv").write_text("id,age,,\nok,30,,\n")        # empty trailing columns
 
-    ingest(FolderLayout(), src, tmp_path / "out", size=16, **QUIET)
+    ingest(FolderLayout(metadata_csv="meta.csv"), src, tmp_path / "out", size=16, **QUIET)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     issues = {reason: sorted(x["id"] for x in xs) for reason, xs in report["issues"].items()}
     assert issues == {"unsupported_format": ["phone"], "tiny_image": ["tiny"],
-                      "extreme_aspect_ratio": ["strip"], "full_mask": ["full"]}
+                      "extreme_aspect_ratio": ["strip"], "full_mask": ["full"],
+                      "no_metadata": ["gif", "webp"]}
     assert report["usable"] == 3                                  # ok, webp, gif
     assert sorted(read_table(tmp_path / "out").id) == ["gif", "ok", "webp"]
     ignored = {reason: sorted(Path(x["file"]).name for x in xs)
                for reason, xs in report["ignored"].items()}
-    assert ignored == {"hidden": [".DS_Store"], "link_loop": ["loop"],
-                       "broken_link": ["broken.png"],
+    assert ignored == {"hidden": [".DS_Store"], "link_loop": ["cycle_a", "cycle_b", "loop"],
+                       "broken_link": ["broken.png"], "second_path": ["also_masks"],
                        "not_read_by_layout": ["deeper.png", "notes.txt"]}
     # the quarantined files are copied under their true reason, the mask with its image
     assert sorted(p.name for p in (tmp_path / "out" / "quarantine" / "unsupported_format")

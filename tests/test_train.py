@@ -167,12 +167,24 @@ def test_resume_paths_come_from_the_run_directory_not_the_working_directory(synt
         moved = tmp_path / "moved" / "r2"
         moved.parent.mkdir(exist_ok=True)
         os.rename(run_dir, moved)
-        assert (config_for_resume(moved).run.storage_path, config_for_resume(moved).run.name) \
-            == (str(moved.parent), "r2")
+        there = config_for_resume(moved)
+        assert (there.run.storage_path, there.run.name) == (str(moved.parent), "r2")
+        if config["data"]["path"] == str(synth_dataset):   # absolute: found after the move
+            assert there.data.path == str(synth_dataset)
         os.rename(moved, run_dir)
         monkeypatch.chdir(start)
     with pytest.raises(ConfigError, match="run.storage_path: a resumed run stays"):
         config_for_resume(run_dir, ["run.storage_path=elsewhere"])
+    # an older run stored under '../runs': its working directory cannot be told, so its
+    # relative dataset path is asked for, not guessed
+    older = cfg.to_dict()
+    older["run"]["storage_path"] = "../runs"
+    (run_dir / RUN_STATE_FILE).write_text(json.dumps(
+        {"mlflow_run_id": "x", "tracking_uri": uri, "config": older}))
+    with pytest.raises(ConfigError, match=r"recorded data.path .* give it again, absolute"):
+        config_for_resume(run_dir)
+    assert config_for_resume(run_dir, [f"data.path={synth_dataset}"]).data.path == \
+        str(synth_dataset)
 
 
 def test_resume_of_a_copied_run_from_another_directory_continues_the_copy(

@@ -221,7 +221,7 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, size: int = 256,
     report.total_images = len(disc.candidates)
     report.ignored = ignored_files(src, [
         *(p for c in disc.candidates for p in (c.image_path, c.mask_path) if p is not None),
-        *disc.orphan_masks, *disc.read_files])
+        *disc.orphan_masks, *disc.read_files], skip=[out])
     if out.exists() and (out / "quarantine").exists():
         shutil.rmtree(out / "quarantine")
 

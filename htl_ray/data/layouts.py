@@ -58,13 +58,17 @@ def read_csv_robust(path: Path) -> pd.DataFrame:
     except Exception as exc:
         raise LayoutError(f"{path}: cannot parse as CSV: {exc}") from exc
     header = _header(path)
-    repeated = sorted({c for c in header if header.count(c) > 1})
+    repeated = sorted({c for c in header if c and header.count(c) > 1})   # '' : empty cells
     if repeated:
         raise LayoutError(f"{path}: column {repeated[0]!r} appears {header.count(repeated[0])} "
                           "times in the header; which one holds the values is ambiguous: "
                           "rename or remove the others")
     df.columns = [str(c).strip() for c in df.columns]
-    return df.apply(lambda s: s.str.strip()).replace("", np.nan)
+    # columns without a header name (a spreadsheet's empty trailing cells) carry nothing
+    unnamed = [c for c, h in zip(df.columns, [*header, *[""] * len(df.columns)], strict=False)
+               if not h and c.startswith("Unnamed:")] if header else []
+    df = df.drop(columns=unnamed).astype(str)
+    return df.apply(lambda s: s.str.strip()).replace({"": np.nan, "nan": np.nan})
 
 
 def _header(path: Path) -> list[str]:
@@ -116,8 +120,8 @@ def _normalise_meta(df: pd.DataFrame, source: Path, column_map: dict[str, str],
         issues.append(("invalid_metadata_value", out["id"].iat[i],
                        f"{source.name}: age {out['age'].iat[i]!r} is not a number; set to unknown"))
     out["age"] = age
-    if "sex" in out:
-        out["sex"] = out["sex"].str.lower()
+    # a column the map leaves out is all NaN (float): .str would fail on it
+    out["sex"] = out["sex"].map(lambda v: v.lower() if isinstance(v, str) else v)
     dup = out["id"].duplicated(keep="first")
     for i in np.flatnonzero(dup):
         issues.append(("duplicate_metadata_row", out["id"].iat[i],

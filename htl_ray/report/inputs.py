@@ -8,7 +8,6 @@ computed the same way, and the report says which source it used.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from htl_ray.train.checkpoints import (
     best_checkpoint,
     load_checkpoint,
     read_meta,
+    read_run_state,
 )
 
 
@@ -86,7 +86,7 @@ def load_run(run_dir: str | Path, log=print) -> RunInputs:
     if not state_file.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {RUN_STATE_FILE}); pass "
                                 "the directory `htl-ray train` printed")
-    state = json.loads(state_file.read_text())
+    state = read_run_state(run_dir)
     cfg = from_dict(state["config"])
     if not (Path(cfg.data.path) / RECORDS_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: the run's dataset {cfg.data.path} is not here "

@@ -123,7 +123,16 @@ def read_run_state(run_dir: str | Path) -> dict[str, Any]:
     """A run directory's htl_run.json (config, MLflow run id and URI, dataset fingerprint,
     training size); {} when there is none. The one reader of that file."""
     path = Path(run_dir) / RUN_STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as exc:          # cut short, or edited by hand
+        raise UserError(f"{path}: not readable as JSON ({exc}); restore it from a copy of the "
+                        "run directory") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a run state (expected a JSON object)")
+    return state
 
 
 def best_of_run(run_dir: str | Path) -> tuple[Path, dict[str, float]] | None:

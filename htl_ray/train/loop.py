@@ -53,18 +53,16 @@ DIVERGED_FILE = "diverged.json"     # in the run directory: why a run stopped at
 
 
 def diverged(name: str, value: float, epoch: int, cfg, loop_config: dict[str, Any]) -> bool:
-    """True (after reporting why) when `value` is not a number any more. The caller returns:
-    every rank sees the same gathered value, so all stop at this epoch, and the driver raises
-    NonFiniteTraining from the note rank 0 leaves in the run directory — one error line, not a
-    worker traceback in Ray's log. Inside a Tune trial it raises here (a trial's report must
-    carry the sweep's metric)."""
+    """True (after leaving the reason) when `value` is not a number any more. The caller
+    returns: every rank sees the same gathered value, so all stop at this epoch without a
+    report, and the driver raises NonFiniteTraining from the note rank 0 leaves in the run
+    directory — one error line, not a worker traceback in Ray's log, and nothing Ray Train
+    would retry (a raise here would be retried `train.max_failures` times, for ever at -1)."""
     if math.isfinite(value):
         return False
     message = (f"{name} is {value} at epoch {epoch + 1}: training diverged (train.lr="
                f"{cfg.train.lr:g}; try a smaller train.lr); the run is marked FAILED and the "
                "checkpoints of earlier epochs are kept")
-    if loop_config.get("raise_on_divergence", True):
-        raise NonFiniteTraining(message)
     import ray.train
 
     if ray.train.get_context().get_world_rank() == 0:
@@ -338,13 +336,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             drop=True)
         loss_sum = _gather((sum(losses), seen))
         total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
-        # the same value on every rank (gathered), so every rank stops here together, before a
-        # checkpoint or an HTL refresh of weights that are no longer numbers
-        if diverged("train/loss", total_loss, epoch, cfg, loop_config):
+        checksums = _gather(state_checksum(_unwrap(model)))
+        # the same values on every rank (gathered), so every rank stops here together, before
+        # a checkpoint or an HTL refresh of weights that are no longer numbers (the last step
+        # of an epoch can break the weights while its loss was still finite)
+        if diverged("train/loss", total_loss, epoch, cfg, loop_config) \
+                or diverged("weights (sum of |w|)", checksums[0], epoch, cfg, loop_config):
             return
         if htl.enabled and rank == 0 and htl.refreshes_after(epoch):
             htl.submit(objective.snapshot_model(_unwrap(model)), epoch)
-        checksums = _gather(state_checksum(_unwrap(model)))
         htl_sums = _gather(htl.checksum)
         metrics = {"epoch": epoch, "train/loss": total_loss,
                    "train/samples": float(sum(b for _, b in loss_sum)),
@@ -363,9 +363,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                                        - min(htl_sums)),
                             "htl/attended_samples": float(attended_all)})
         metrics.update(split_metrics(table, "val"))
-        if diverged(cfg.train.checkpoint_metric, metrics.get(cfg.train.checkpoint_metric, 0.0),
-                    epoch, cfg, loop_config):
-            return
         best = max(best, metrics.get(cfg.train.checkpoint_metric, -math.inf))
         metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
 

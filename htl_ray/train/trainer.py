@@ -64,11 +64,7 @@ def _load_state(run_dir: Path) -> dict[str, Any]:
 def run_state(run_dir: str | Path, asked_by: str = "") -> dict[str, Any]:
     """What a run directory records of its run (config, MLflow run id and URI); `asked_by`
     (e.g. "--resume") starts the error a missing record raises."""
-    try:
-        state = _load_state(Path(run_dir))
-    except ValueError as exc:          # a JSON file cut short or edited by hand
-        raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{Path(run_dir) / RUN_STATE_FILE}: "
-                          f"not readable as JSON ({exc})") from None
+    state = _load_state(Path(run_dir))
     if not state:
         raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{run_dir}: no {RUN_STATE_FILE} "
                           "there; not a run directory")
@@ -92,13 +88,17 @@ def _state_config(cfg: ExperimentConfig, run_dir: Path, uri: str) -> dict[str, A
     return raw
 
 
-def _origin(run_dir: Path, storage_path: str) -> Path:
+def _origin(run_dir: Path, storage_path: str, name: str) -> Path | None:
     """The folder a run's relative paths were given against (runs older than absolute run
-    state): the run directory minus its relative `run.storage_path` and name."""
-    depth = len(Path(storage_path).parts)
-    if Path(storage_path).is_absolute() or depth >= len(run_dir.parents):
-        return run_dir.parent
-    return run_dir.parents[depth]
+    state): the run directory minus its relative `run.storage_path` and `run.name`; None when
+    that cannot be told (a storage path with '..')."""
+    storage = Path(storage_path)
+    if storage.is_absolute():
+        return storage
+    if ".." in storage.parts or ".." in Path(name).parts:
+        return None
+    depth = len([p for p in storage.parts if p != "."]) + len(Path(name).parts) - 1
+    return run_dir.parents[depth] if depth < len(run_dir.parents) else None
 
 
 def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -118,21 +118,32 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
         raise ConfigError(f"{moved[0]}: a resumed run stays in the directory given to --resume "
                           f"({run_dir}); move or copy that directory instead")
     raw = copy.deepcopy(state["config"])
-    origin = _origin(run_dir, str(raw.get("run", {}).get("storage_path", ".")))
+    run = raw.get("run", {})
+    origin = _origin(run_dir, str(run.get("storage_path", ".")), str(run.get("name", "")))
+    given = dict(map(parse_override, overrides or []))
+
+    def against_origin(key: str, value: str) -> str:
+        if origin is None:
+            raise ConfigError(f"--resume: this run (from an older htl-ray) recorded {key} "
+                              f"{value!r} relative to a working directory that cannot be told "
+                              f"from {run_dir}; give it again, absolute: {key}=/path")
+        return os.path.normpath(origin / value)
+
     for section, key in PATH_KEYS:
         value = raw.get(section, {}).get(key)
-        if value and not Path(value).is_absolute():
-            raw[section][key] = os.path.normpath(origin / value)
+        if value and not Path(value).is_absolute() and f"{section}.{key}" not in given:
+            raw[section][key] = against_origin(f"{section}.{key}", value)
     uri = state.get("tracking_uri") or raw.get("tracking", {}).get("uri")
     db = sqlite_path(uri) if uri else None
-    if db is not None and not db.is_absolute():
-        uri = absolute_uri(f"sqlite:///{os.path.normpath(origin / db)}")
+    if db is not None and not db.is_absolute() and "tracking.uri" not in given:
+        uri = absolute_uri(f"sqlite:///{against_origin('tracking.uri', str(db))}")
     raw.setdefault("tracking", {})["uri"] = uri
     raw.setdefault("run", {}).update(storage_path=str(run_dir.parent), name=run_dir.name)
     return from_dict(apply_overrides(raw, overrides or []))
 
 
-def describe_resume(run_dir: Path, state: dict[str, Any], uri: str, run_id: str) -> list[str]:
+def describe_resume(run_dir: Path, state: dict[str, Any], uri: str, run_id: str,
+                    epochs: int) -> list[str]:
     """What `--resume` continues, said before anything trains: the directory, the epoch it
     starts from, the MLflow run, and whether the directory moved (or is a copy)."""
     from htl_ray.tracking import redact
@@ -142,12 +153,15 @@ def describe_resume(run_dir: Path, state: dict[str, Any], uri: str, run_id: str)
     epoch = int(found[0][0]["epoch"]) if found else None
     lines = [f"[htl-ray] resuming run {run_dir}: "
              + (f"from the checkpoint of epoch {epoch} (epoch {epoch + 2} of "
-                f"{state['config']['train']['epochs']} next)" if epoch is not None
+                f"{epochs} next)" if epoch is not None
                 else "no checkpoint yet, so from epoch 1")
              + f"; MLflow run {run_id} in {redact(uri)}"]
     was = state.get("run_dir")
     if was and Path(was) != run_dir:
-        copy = (Path(was) / RUN_STATE_FILE).is_file()
+        try:
+            copy = read_run_state(was).get("mlflow_run_id") == run_id
+        except ValueError:
+            copy = False
         lines.append(f"[htl-ray] this run was started in {was} and is now in {run_dir}: it "
                      "continues here" + (f" ({was} still exists: this is a copy, and both log "
                                           f"to MLflow run {run_id})" if copy else ""))
@@ -224,7 +238,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         # the code that trains from here on: a resumed run may run other code than it began with
         tracking.set_tags(uri, run_id, {f"htl.git_commit.resumed.{int(time.time())}":
                                         tracking.git_commit()})
-        for line in describe_resume(run_dir, state, uri, run_id):
+        for line in describe_resume(run_dir, state, uri, run_id, cfg.train.epochs):
             log(line)
     else:
         tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
@@ -267,8 +281,6 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                                "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch,
                                "run_dir": str(run_dir), "init_checkpoint_file": init_file,
                                "input_size": input_size,
-                               # a Tune trial's scheduler needs its metric in every report
-                               "raise_on_divergence": bool(callbacks),
                                "coordinator": coordinator},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig, dump_config
+from htl_ray.train.checkpoints import read_run_state
 from htl_ray.tune.prior_trials import (
     archived_trials,
     fill_rungs,
@@ -206,7 +207,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0, ablate: b
     if resume and not state_path.is_file():
         raise ConfigError(f"--resume: no sweep to resume at {directory} ({STATE_FILE} missing)")
     preflight(sweep.base)
-    state = json.loads(state_path.read_text()) if resume else {}
+    state = read_sweep_state(state_path) if resume else {}
     uri = state.get("tracking_uri") or tracking.resolve_tracking_uri(sweep.base.tracking.uri)
     join_cluster(sweep.base, uri, log)   # may refuse the sweep: before a parent run exists
     if resume:
@@ -297,7 +298,7 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
     prior = archived_trials(sweep, uri, parent_run_id) if resume else []
     state_path = directory / STATE_FILE
     if restore:
-        told, ignored = told_and_not(prior, json.loads(state_path.read_text()))
+        told, ignored = told_and_not(prior, read_sweep_state(state_path))
         retried: list[TrialRecord] = []
         if ignored:
             log(f"[htl-ray] sweep {s.name}: {len(ignored)} archived trial(s) imported after "
@@ -384,9 +385,22 @@ def _has_best(uri: str, parent_run_id: str) -> bool:
     return bool(best_params(MlflowClient(uri).get_run(parent_run_id).data.params))
 
 
+def read_sweep_state(state_path: Path) -> dict[str, Any]:
+    """sweep_state.json (parent run, tracking URI, what was told to Optuna), or one error
+    naming it when it was cut short."""
+    try:
+        state = json.loads(state_path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{state_path}: not readable as JSON ({exc}); restore it from a copy "
+                          "of the sweep directory") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{state_path}: not a sweep state (expected a JSON object)")
+    return state
+
+
 def _remember(state_path: Path, entries: dict[str, Any]) -> None:
     """Add entries to sweep_state.json, atomically (the archive thread reads it meanwhile)."""
-    state = json.loads(state_path.read_text())
+    state = read_sweep_state(state_path)
     tmp = state_path.with_name(state_path.name + ".tmp")
     tmp.write_text(json.dumps({**state, **entries}, indent=2))
     os.replace(tmp, state_path)
@@ -545,7 +559,7 @@ def _same_config_or_refuse(state_file: Path, cfg: ExperimentConfig,
         return
     from htl_ray.config import from_dict
 
-    old = from_dict(json.loads(state_file.read_text())["config"]).flat()
+    old = from_dict(read_run_state(state_file.parent)["config"]).flat()
     new = cfg.flat()
     differ = _differing(old, new, set(old) | set(new), IGNORED_ON_RESUME)
     if differ:
@@ -608,7 +622,7 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
 def _has_test_metrics(state_file: Path, run_id: str) -> bool:
     from mlflow.tracking import MlflowClient
 
-    uri = json.loads(state_file.read_text())["tracking_uri"]
+    uri = read_run_state(state_file.parent)["tracking_uri"]
     return scored_key("confirm") in MlflowClient(uri).get_run(run_id).data.metrics
 
 
@@ -617,7 +631,7 @@ def _finished_run(state_file: Path) -> str | None:
         return None
     from htl_ray import tracking
 
-    state = json.loads(state_file.read_text())
+    state = read_run_state(state_file.parent)
     run_id = state.get("mlflow_run_id")
     if run_id and tracking.run_status(state["tracking_uri"], run_id) == "FINISHED":
         return run_id
