@@ -66,7 +66,7 @@ def dataset(root, n_train: int, size: int):
 
 
 def epoch_time(data, root, n_train: int) -> float:
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
     cfg = load_config(None, [
         f"data.path={data}", f"run.storage_path={root / 'runs'}",
@@ -74,7 +74,7 @@ def epoch_time(data, root, n_train: int) -> float:
         "train.epochs=2", "data.batch_size=16", "scaling.num_workers=1",
         "scaling.resources_per_worker={CPU: 1}", "scaling.torch_threads=1"])
     outcome = run_training(cfg, log=quiet)
-    history = MlflowClient(outcome.tracking_uri).get_metric_history(outcome.mlflow_run_id,
+    history = tracking_client(outcome.tracking_uri).get_metric_history(outcome.mlflow_run_id,
                                                                     "time/train_epoch_s")
     return max(history, key=lambda m: m.step).value
 

@@ -71,10 +71,10 @@ def plain_epochs(cfg, epochs: int, threads: int) -> list[float]:
 
 
 def ray_epochs(cfg) -> dict[str, list[float]]:
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
     outcome = run_training(cfg, log=quiet)
-    client = MlflowClient(outcome.tracking_uri)
+    client = tracking_client(outcome.tracking_uri)
 
     def history(key: str) -> list[float]:
         return [m.value for m in sorted(client.get_metric_history(outcome.mlflow_run_id, key),

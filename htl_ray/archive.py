@@ -27,6 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import ConfigError
+from htl_ray.tracking.schema import (
+    ORIGIN_TAG,
+    RETRIED_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY_TAG,
+    SWEEP_TAG,
+)
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.sweep import (
     ARCHIVED_STATE_KEY,
@@ -35,13 +42,6 @@ from htl_ray.tune.sweep import (
     STATE_FILE,
     best_params,
     scored_key,
-)
-from htl_ray.tune.trial import (
-    ORIGIN_TAG,
-    RETRIED_TAG,
-    ROLE_TAG,
-    STOPPED_EARLY_TAG,
-    SWEEP_TAG,
 )
 
 FORMAT = 1
@@ -146,9 +146,9 @@ def export_sweep(sweep: Sweep, uri: str, archive: Path,
 
 def _export_sweep(sweep: Sweep, uri: str, archive: Path,
                   log: Callable[[str], None]) -> ArchiveCount:
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     runs = _experiment_runs(client, sweep)
     state = sweep.directory / STATE_FILE
     parent_id = json.loads(state.read_text())["parent_run_id"] if state.is_file() else None
@@ -206,9 +206,9 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
     directory point at the archived parent run (so the protocol goes on to its missing trials
     and confirmation runs instead of sweeping again)."""
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
     from htl_ray import tracking
+    from htl_ray.tracking import client as tracking_client
 
     records = read_records(archive, sweep.settings.name)
     count = ArchiveCount()
@@ -222,7 +222,7 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
     if len(parents) > 1:
         raise ConfigError(f"{archive / sweep.settings.name}: {len(parents)} sweep parent runs "
                           "archived; expected one")
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     exp_id = tracking.get_or_create_experiment(client, sweep.base.tracking.experiment, uri)
     local = {}
     for run in _experiment_runs(client, sweep):

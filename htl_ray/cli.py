@@ -22,6 +22,13 @@ from htl_ray.errors import (
     first_line,
 )
 from htl_ray.interrupts import handle_sigterm_as_interrupt
+from htl_ray.tracking.schema import (
+    ABLATION_ROLE,
+    CONFIRM_ROLE,
+    ROLE_TAG,
+    SWEEP_TAG,
+    TRIAL_ROLE,
+)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -128,7 +135,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from htl_ray.tracking import redact
-    from htl_ray.tracking_outbox import OUTBOX_DIR, flush_run
+    from htl_ray.tracking.outbox import OUTBOX_DIR, flush_run
     from htl_ray.train.trainer import run_state
 
     state = run_state(args.run)
@@ -139,16 +146,15 @@ def _cmd_sync(args: argparse.Namespace) -> int:
               + ", ".join(f"{n} from {w}" for w, n in left.items())
               + f" in {Path(args.run) / OUTBOX_DIR}; run this again when it answers")
         return 1
-    from mlflow.tracking import MlflowClient
-
     from htl_ray.tracking import check_reachable
+    from htl_ray.tracking import client as tracking_client
     try:
         check_reachable(uri, timeout_s=3.0, key="--tracking-uri")
     except UserError:
         print(f"nothing of {args.run} is pending; MLflow {redact(uri)} does not answer now, so "
               "the run's status was not read")
         return 0
-    status = MlflowClient(uri).get_run(run_id).info.status
+    status = tracking_client(uri).get_run(run_id).info.status
     print(f"MLflow run {run_id} in {redact(uri)} holds every write of {args.run} "
           f"(status {status})")
     return 0
@@ -314,9 +320,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     filters = [args.filter] if args.filter else []
     if args.sweep:
-        filters.append(f"tags.`htl.sweep` = '{args.sweep}'")
+        filters.append(f"tags.`{SWEEP_TAG}` = '{args.sweep}'")
     if args.role:
-        filters.append(f"tags.`htl.role` = '{args.role}'")
+        filters.append(f"tags.`{ROLE_TAG}` = '{args.role}'")
     # an explicit --tracking-uri wins over MLFLOW_TRACKING_URI (as in predict and register)
     uri = absolute_uri(args.tracking_uri) if args.tracking_uri else resolve_tracking_uri()
     check_reachable(uri, existing=True, key=uri_key(args.tracking_uri))   # seconds, not minutes
@@ -533,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or "
                      "sqlite:///mlflow.db)")
     cmp.add_argument("--sweep", help="only the runs of this sweep")
-    cmp.add_argument("--role", choices=["trial", "confirm", "ablation"],
+    cmp.add_argument("--role", choices=[TRIAL_ROLE, CONFIRM_ROLE, ABLATION_ROLE],
                      help="only sweep trials, confirmation runs or ablation runs")
     cmp.add_argument("--filter", help="extra MLflow search filter, e.g. "
                      "\"params.`supervision.setting` = 'semi'\"")

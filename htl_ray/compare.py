@@ -22,6 +22,7 @@ import pandas as pd
 from htl_ray.config import RESULT_NEUTRAL_KEYS
 from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table, short_value
+from htl_ray.tracking.schema import ROLE_TAG, SWEEP_ROLE
 
 SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
                        "tracking.uri", "tracking.experiment",
@@ -58,11 +59,10 @@ def run_metrics(metrics: dict[str, float], split: str = "val") -> dict[str, floa
 
 def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
     """FINISHED runs of `experiment` as rows: run_id, name, seed, params (dict), metrics."""
-    from mlflow.tracking import MlflowClient
-
+    from htl_ray.tracking import client as tracking_client
     from htl_ray.tracking import redact
 
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -71,7 +71,7 @@ def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFram
     query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
     rows = []
     for run in client.search_runs([exp.experiment_id], query, max_results=50000):
-        if run.data.tags.get("htl.role") == "sweep":
+        if run.data.tags.get(ROLE_TAG) == SWEEP_ROLE:
             continue                                  # a sweep's parent run is not a training run
         params = dict(run.data.params)
         rows.append({"run_id": run.info.run_id, "name": run.info.run_name,

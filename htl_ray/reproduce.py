@@ -27,12 +27,20 @@ import pandas as pd
 from htl_ray.compare import METRICS, compare, load_runs, mean_ci, run_metrics
 from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table
+from htl_ray.tracking.schema import (
+    ABLATION_ROLE,
+    GIT_COMMIT_TAG,
+    GROUP_TAG,
+    ORPHANED_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY_TAG,
+    SWEEP_TAG,
+)
 from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.ablation import matches_variant, same_as_chosen
 from htl_ray.tune.prior_trials import typed_params
 from htl_ray.tune.space import Sweep, load_sweep
 from htl_ray.tune.sweep import (
-    GROUP_TAG,
     SCORED_ROLES,
     STATE_FILE,
     VERDICT_GROUPS,
@@ -40,13 +48,6 @@ from htl_ray.tune.sweep import (
     confirm_run_name,
     run_sweep,
     scored_key,
-)
-from htl_ray.tune.trial import (
-    ABLATION_ROLE,
-    ORPHANED_TAG,
-    ROLE_TAG,
-    STOPPED_EARLY_TAG,
-    SWEEP_TAG,
 )
 
 BEGIN = "<!-- htl-ray reproduce: begin (generated from MLflow by `htl-ray reproduce`; edits " \
@@ -92,7 +93,7 @@ def _groups(sweep: Sweep) -> list[str]:
 
 
 def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
     status = SettingStatus(sweep.settings.name, sweep.base.supervision.setting,
                            trials_asked=sweep.settings.num_samples)
@@ -100,7 +101,7 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
     if not state.is_file():
         return status
     status.parent_run_id = json.loads(state.read_text())["parent_run_id"]
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     exp = client.get_experiment_by_name(sweep.base.tracking.experiment)
     if exp is None:
         return status
@@ -121,7 +122,7 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
         if run.info.end_time and run.info.start_time:
             status.compute_hours += (run.info.end_time - run.info.start_time) / 3.6e6
         status.commits |= {_short(v) for k, v in run.data.tags.items()
-                           if k.startswith("htl.git_commit")}
+                           if k.startswith(GIT_COMMIT_TAG)}
         if role == "trial":
             status.trials_finished += 1           # trials ASHA stopped early have ended too
         elif role in SCORED_ROLES and scored_key(role) in run.data.metrics:

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from htl_ray import tracking
-from htl_ray.tracking_outbox import TrackingOutbox, flush_run
+from htl_ray.tracking.outbox import TrackingOutbox, flush_run
 
 
 def _steps(client, run_id, key):

@@ -98,7 +98,7 @@ class RefreshCoordinator:
         self.next_version = max(self.tables, default=0) + 1
         self.outbox = None
         if tracking_uri and mlflow_run_id:
-            from htl_ray.tracking_outbox import TrackingOutbox
+            from htl_ray.tracking.outbox import TrackingOutbox
 
             # refreshes log from their own threads: one writer to the outbox file at a time
             self.outbox = TrackingOutbox(self.run_dir, tracking_uri, mlflow_run_id,

@@ -50,9 +50,9 @@ def registered_source(uri: str, tracking: str) -> str:
     """Where `models:/<name>/<version>`, `models:/<name>/latest` or `models:/<name>@<alias>`
     is stored, asked of the registry at `tracking` (MLflow's own resolution reads the
     process-wide registry URI)."""
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
-    client = MlflowClient(tracking, registry_uri=tracking)
+    client = tracking_client(tracking)
     ref = uri.removeprefix("models:/")
     if "@" in ref:
         name, alias = ref.split("@", 1)

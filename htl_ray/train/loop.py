@@ -34,7 +34,7 @@ from htl_ray.htl.coordinator import weights_checksum
 from htl_ray.losses import weighted_mean
 from htl_ray.models import create_model, load_initial_weights, state_checksum
 from htl_ray.supervision import SETTINGS
-from htl_ray.tracking_outbox import TrackingOutbox
+from htl_ray.tracking.outbox import TrackingOutbox
 from htl_ray.train.checkpoints import (
     PER_SAMPLE_FILE,
     read_meta,

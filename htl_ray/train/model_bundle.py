@@ -105,9 +105,9 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
     `name` (in `tracking_uri`, default the run's own store); a run that finished before runs
     logged their model gets it logged first. Returns (name, version)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from htl_ray.tracking import absolute_uri, check_reachable, redact
+    from htl_ray.tracking import client as tracking_client
 
     run_dir = Path(run_dir).resolve()
     state = _run_state(run_dir)
@@ -117,7 +117,7 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
     run_id = state["mlflow_run_id"]
     check_reachable(uri, existing=True, key="--tracking-uri" if tracking_uri else
                     f"the run's tracking URI (in {run_dir / RUN_STATE_FILE})")
-    client = MlflowClient(uri, registry_uri=uri)      # no global MLflow state (see predict)
+    client = tracking_client(uri)      # no global MLflow state (see predict)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:

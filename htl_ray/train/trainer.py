@@ -21,6 +21,19 @@ from htl_ray.cluster import join_cluster, uses_refresh
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.supervision import SETTINGS
+from htl_ray.tracking.schema import (
+    BEST_CHECKPOINT_TAG,
+    BEST_EPOCH_TAG,
+    DATASET_TAG,
+    EXTERNAL_TAG_PREFIX,
+    GIT_COMMIT_TAG,
+    INIT_CHECKPOINT_TAG,
+    METHOD_TAG,
+    RESUMED_COMMIT_PREFIX,
+    RUN_DIR_TAG,
+    SETTING_TAG,
+    VERSION_TAG_PREFIX,
+)
 from htl_ray.train.checkpoints import (
     CHECKPOINT_FILE,
     META_FILE,
@@ -229,24 +242,23 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     input_size = [int(size), int(size)] if size else None      # what predict resizes to
     if resume and state.get("mlflow_run_id"):
         run_id = state["mlflow_run_id"]
-        from mlflow.tracking import MlflowClient
-
-        from htl_ray.tracking_outbox import flush_run
+        from htl_ray.tracking import client as tracking_client
+        from htl_ray.tracking.outbox import flush_run
 
         flush_run(run_dir, uri, run_id, log)   # writes an outage kept back, its end included
-        MlflowClient(uri).update_run(run_id, status="RUNNING")
+        tracking_client(uri).update_run(run_id, status="RUNNING")
         # the code that trains from here on: a resumed run may run other code than it began with
-        tracking.set_tags(uri, run_id, {f"htl.git_commit.resumed.{int(time.time())}":
+        tracking.set_tags(uri, run_id, {f"{RESUMED_COMMIT_PREFIX}{int(time.time())}":
                                         tracking.git_commit()})
         for line in describe_resume(run_dir, state, uri, run_id, cfg.train.epochs):
             log(line)
     else:
-        tags = {"htl.git_commit": tracking.git_commit(), "htl.dataset_fingerprint": fingerprint,
-                "htl.run_dir": str(run_dir), "htl.setting": cfg.supervision.setting,
-                "htl.method": cfg.htl.method, **(tags or {})}
+        tags = {GIT_COMMIT_TAG: tracking.git_commit(), DATASET_TAG: fingerprint,
+                RUN_DIR_TAG: str(run_dir), SETTING_TAG: cfg.supervision.setting,
+                METHOD_TAG: cfg.htl.method, **(tags or {})}
         if init_file:
-            tags["htl.init_checkpoint_file"] = init_file
-        tags.update({f"htl.version.{k}": v for k, v in tracking.package_versions().items()})
+            tags[INIT_CHECKPOINT_TAG] = init_file
+        tags.update({f"{VERSION_TAG_PREFIX}{k}": v for k, v in tracking.package_versions().items()})
         display_name = tags.pop("mlflow.runName", cfg.run.name)
         run_id = tracking.start_run(uri, cfg.tracking.experiment, display_name, flat, tags)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -386,7 +398,7 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     train.evaluate_test off, or before it existed) — or on `split` of another dataset `data`
     (external validation), logged as `external/<name>/*`; with the per-image table. Kept in the
     outbox if MLflow is down."""
-    from htl_ray.tracking_outbox import TrackingOutbox, flush_run
+    from htl_ray.tracking.outbox import TrackingOutbox, flush_run
 
     run_dir = Path(run_dir).resolve()
     state = run_state(run_dir, "evaluate:")
@@ -416,9 +428,10 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     if site:
         from htl_ray.data.schema import read_manifest
 
-        box.tags({f"htl.external.{site}.dataset": str(Path(data).resolve()),
-                  f"htl.external.{site}.split": split,
-                  f"htl.external.{site}.fingerprint": read_manifest(data).get("fingerprint")})
+        box.tags({f"{EXTERNAL_TAG_PREFIX}{site}.dataset": str(Path(data).resolve()),
+                  f"{EXTERNAL_TAG_PREFIX}{site}.split": split,
+                  f"{EXTERNAL_TAG_PREFIX}{site}.fingerprint":
+                      read_manifest(data).get("fingerprint")})
     left = sum(flush_run(run_dir, uri, run_id, log).values())
     log(_split_line(shown, metrics, len(table), best[0], time.time() - t0)
         + (f"; {left} MLflow write(s) pending: htl-ray sync {run_dir}" if left else ""))
@@ -471,7 +484,7 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
     tag — then the status. Returns the
     writes still pending (the server is down: they wait in RUN_DIR/mlflow_outbox for
     `htl-ray sync RUN_DIR`)."""
-    from htl_ray.tracking_outbox import TrackingOutbox, flush_run
+    from htl_ray.tracking.outbox import TrackingOutbox, flush_run
 
     # kept only: flush_run sends them after the other writers', the end last
     box = TrackingOutbox(run_dir, uri, run_id, "driver", log, send_each=False)
@@ -487,8 +500,8 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
             if best_ckpt is not None and (best_ckpt / name).is_file():
                 box.artifact(best_ckpt / name, dest)
         epoch = best_metrics.get("epoch")
-        box.tags({"htl.best_checkpoint": str(best_ckpt),
-                  "htl.best_epoch": "none" if epoch is None else str(int(epoch))})
+        box.tags({BEST_CHECKPOINT_TAG: str(best_ckpt),
+                  BEST_EPOCH_TAG: "none" if epoch is None else str(int(epoch))})
         if best_ckpt is not None and log_model:
             model_dir = _saved_model(run_dir, best_ckpt, log)
             if model_dir is not None:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import ExperimentConfig
+from htl_ray.tracking.schema import ABLATION_ROLE as ROLE
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import TrialRecord
 from htl_ray.tune.sweep import train_child_runs
-from htl_ray.tune.trial import ABLATION_ROLE as ROLE
 
 
 def ablation_run_name(name: str, seed: int) -> str:

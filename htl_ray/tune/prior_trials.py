@@ -28,9 +28,7 @@ import math
 from typing import Any
 
 from htl_ray.config import ConfigError
-from htl_ray.tune.space import MAX_SPARSITY, Sweep
-from htl_ray.tune.study import TrialRecord
-from htl_ray.tune.trial import (
+from htl_ray.tracking.schema import (
     ORIGIN_TAG,
     PARENT_TAG,
     RETRIED_TAG,
@@ -39,6 +37,8 @@ from htl_ray.tune.trial import (
     STOPPED_EARLY_TAG,
     TRIAL_TAG,
 )
+from htl_ray.tune.space import MAX_SPARSITY, Sweep
+from htl_ray.tune.study import TrialRecord
 
 RUNG_KEY_PREFIX = "elsewhere:"     # an archived trial's entry in an ASHA rung
 
@@ -115,9 +115,9 @@ def archived_trials(sweep: Sweep, uri: str, parent_run_id: str,
                     known: set[str] = frozenset()) -> list[TrialRecord]:
     """The sweep's trials that ended elsewhere (imported runs under `parent_run_id`), except
     those whose Tune trial id is in `known` (Tune's own results of this machine)."""
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id],
                               f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "

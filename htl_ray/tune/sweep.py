@@ -23,6 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig, dump_config
+from htl_ray.tracking.schema import (
+    ABLATION_ROLE,
+    BEST_TRIAL_ID_TAG,
+    BEST_TRIAL_TAG,
+    DATASET_TAG,
+    GIT_COMMIT_TAG,
+    GROUP_TAG,
+    INTERRUPTED_TAG,
+    PARENT_TAG,
+    RESUMED_AT_TAG,
+    ROLE_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 from htl_ray.train.checkpoints import read_run_state
 from htl_ray.tune.prior_trials import (
     archived_trials,
@@ -41,13 +55,7 @@ from htl_ray.tune.study import (
     write_plots,
 )
 from htl_ray.tune.trial import (
-    ABLATION_ROLE,
     FINISHED_KEY,
-    INTERRUPTED_TAG,
-    PARENT_TAG,
-    ROLE_TAG,
-    SWEEP_TAG,
-    TRIAL_TAG,
     run_trial,
 )
 
@@ -57,7 +65,6 @@ ARCHIVED_STATE_KEY = "from_archive"   # sweep_state.json of a sweep imported fro
 STOPS_CLOSED_STATE_KEY = "stops_closed_as_they_happen"
 # sweep_state.json of a search created to continue a sweep: the archived trials it was told
 TOLD_STATE_KEY = "told_archived_trials"
-GROUP_TAG = "htl.group"
 BEST_PREFIX = "best."   # the parent run's params of its chosen configuration (`summarise`)
 VERDICT_GROUPS = ("best", "erm", "random")   # the verdict: best vs ERM and the placebo
 
@@ -212,16 +219,16 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0, ablate: b
     join_cluster(sweep.base, uri, log)   # may refuse the sweep: before a parent run exists
     if resume:
         parent_run_id = state["parent_run_id"]
-        tracking.set_tags(uri, parent_run_id, {"htl.resumed_at": time.strftime("%FT%T")})
-        from mlflow.tracking import MlflowClient
+        tracking.set_tags(uri, parent_run_id, {RESUMED_AT_TAG: time.strftime("%FT%T")})
+        from htl_ray.tracking import client as tracking_client
 
-        MlflowClient(uri).update_run(parent_run_id, status="RUNNING")
+        tracking_client(uri).update_run(parent_run_id, status="RUNNING")
         log(f"[htl-ray] resuming sweep {directory} (MLflow parent run {parent_run_id})")
     else:
         parent_run_id = tracking.start_run(
             uri, sweep.base.tracking.experiment, f"sweep {sweep.settings.name}",
             _parent_params(sweep), {ROLE_TAG: "sweep", SWEEP_TAG: sweep.settings.name,
-                                    "htl.git_commit": tracking.git_commit()})
+                                    GIT_COMMIT_TAG: tracking.git_commit()})
         directory.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": uri,
                                           "sweep_file": str(sweep.path.resolve()),
@@ -351,15 +358,15 @@ def _search(sweep: Sweep, base_raw: dict[str, Any], uri: str, parent_run_id: str
 
 def archived_best(sweep: Sweep, uri: str, parent_run_id: str) -> TrialRecord:
     """The best trial as its sweep's parent run recorded it (as the search space's types)."""
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
-    run = MlflowClient(uri).get_run(parent_run_id)
+    run = tracking_client(uri).get_run(parent_run_id)
     params = typed_params(sweep, best_params(run.data.params))
     if not params:
         raise ConfigError(f"MLflow run {parent_run_id}: the sweep's parent run records no best "
                           "configuration (best.* params); was the sweep finished?")
     tags = run.data.tags
-    return TrialRecord(tags.get("htl.best_trial_id", "?"), tags.get("htl.best_trial", "?"),
+    return TrialRecord(tags.get(BEST_TRIAL_ID_TAG, "?"), tags.get(BEST_TRIAL_TAG, "?"),
                        params, [], True)
 
 
@@ -380,9 +387,9 @@ def best_params(params: dict[str, str]) -> dict[str, str]:
 
 
 def _has_best(uri: str, parent_run_id: str) -> bool:
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
-    return bool(best_params(MlflowClient(uri).get_run(parent_run_id).data.params))
+    return bool(best_params(tracking_client(uri).get_run(parent_run_id).data.params))
 
 
 def read_sweep_state(state_path: Path) -> dict[str, Any]:
@@ -434,13 +441,14 @@ def summarise(sweep: Sweep, records: list[TrialRecord], out_dir: Path, uri: str,
         dump_config(cfg, out_dir / "best_config.yaml")
         tracking.log_artifact(uri, parent_run_id, out_dir / "best_config.yaml")
         metrics[f"best/{s.metric}"] = best.value(s.mode)
-        tracking.set_tags(uri, parent_run_id, {"htl.best_trial": best.name,
-                                               "htl.best_trial_id": best.trial_id})
+        tracking.set_tags(uri, parent_run_id, {BEST_TRIAL_TAG: best.name,
+                                               BEST_TRIAL_ID_TAG: best.trial_id})
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
+
+        from htl_ray.tracking import client as tracking_client
 
         if final:
-            MlflowClient(uri).log_batch(parent_run_id, params=[
+            tracking_client(uri).log_batch(parent_run_id, params=[
                 Param(BEST_PREFIX + k, str(v)) for k, v in sorted(best.params.items())])
     tracking.log_metrics(uri, parent_run_id, metrics, step=0)
     for name in ("study_summary.md", "trials.csv"):
@@ -586,11 +594,10 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
     run directory here: trained on another machine and imported from the protocol archive. It
     must have run the configuration planned now (the params it recorded; keys newer than it
     are not compared)."""
-    from mlflow.tracking import MlflowClient
-
     from htl_ray.data.schema import read_manifest
+    from htl_ray.tracking import client as tracking_client
 
-    client = MlflowClient(cfg.tracking.uri)
+    client = tracking_client(cfg.tracking.uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
         return None
@@ -608,7 +615,7 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
         here = read_manifest(cfg.data.path).get("fingerprint")
     except FileNotFoundError:
         here = None
-    if here and runs[0].data.tags.get("htl.dataset_fingerprint") not in (None, here):
+    if here and runs[0].data.tags.get(DATASET_TAG) not in (None, here):
         differ.insert(0, "the dataset (htl.dataset_fingerprint)")
     if differ:
         raise ConfigError(
@@ -620,10 +627,10 @@ def _finished_in_mlflow(sweep: Sweep, group: str, seed: int, cfg: ExperimentConf
 
 
 def _has_test_metrics(state_file: Path, run_id: str) -> bool:
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
     uri = read_run_state(state_file.parent)["tracking_uri"]
-    return scored_key("confirm") in MlflowClient(uri).get_run(run_id).data.metrics
+    return scored_key("confirm") in tracking_client(uri).get_run(run_id).data.metrics
 
 
 def _finished_run(state_file: Path) -> str | None:

@@ -14,22 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.tables import short_value
+from htl_ray.tracking.schema import (
+    PARENT_TAG,
+    ROLE_TAG,
+    SAMPLED_TAG_PREFIX,
+    SWEEP_TAG,
+    TRIAL_ROLE,
+    TRIAL_TAG,
+)
 
-TRIAL_TAG = "htl.trial_id"
-SWEEP_TAG = "htl.sweep"
-ROLE_TAG = "htl.role"
-# ROLE_TAG of a sweep's child runs that vary its chosen config, scored on val only (tune.ablation)
-ABLATION_ROLE = "ablation"
-PARENT_TAG = "mlflow.parentRunId"
-# why a trial run ended KILLED (htl_ray.tune.trial_runs sets them; the results page reads them)
-STOPPED_EARLY_TAG = "htl.stopped_early"
-INTERRUPTED_TAG = "htl.interrupted"
-ORPHANED_TAG = "htl.orphaned"
-# on a trial run that failed elsewhere and that a continued search runs again (prior_trials)
-RETRIED_TAG = "htl.retried"
-# on a run imported from the protocol archive (htl_ray.archive): the run id it was trained as
-ORIGIN_TAG = "htl.archive.origin_run_id"
-SAMPLED_TAG_PREFIX = "htl.sampled."   # + space key: the trial's sampled value, as JSON
 FINISHED_KEY = "htl_finished"     # in the trial's final result only (Tune's own `done` differs)
 
 
@@ -55,7 +48,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep, runs_dir: 
                                     "train.evaluate_test=false"], base)
     resume = (Path(runs_dir) / cfg.run.name / RUN_STATE_FILE).is_file()
     tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name, TRIAL_TAG: trial_id,
-            ROLE_TAG: "trial", "mlflow.runName": name,
+            ROLE_TAG: TRIAL_ROLE, "mlflow.runName": name,
             # the values as sampled (JSON): a derived one (htl.max_sparsity) is no config key
             **{SAMPLED_TAG_PREFIX + k: json.dumps(v) for k, v in params.items()}}
     outcome = run_training(cfg, resume=resume, tags=tags, callbacks=[TuneReportCallback()],

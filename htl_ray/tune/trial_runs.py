@@ -16,13 +16,16 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from htl_ray.tune.trial import (
-    FINISHED_KEY,
+from htl_ray.tracking import client as tracking_client
+from htl_ray.tracking.schema import (
     INTERRUPTED_TAG,
     ORPHANED_TAG,
     PARENT_TAG,
     STOPPED_EARLY_TAG,
     TRIAL_TAG,
+)
+from htl_ray.tune.trial import (
+    FINISHED_KEY,
 )
 
 
@@ -55,7 +58,7 @@ class CloseStoppedTrialRuns(Callback):
         if (trial.last_result or {}).get(FINISHED_KEY):
             return
         try:
-            client = MlflowClient(self.uri)
+            client = tracking_client(self.uri)
             for run in _open_runs(client, self.parent_run_id, trial.trial_id):
                 _close(client, run.info.run_id, STOPPED_EARLY_TAG)
         except Exception as e:    # noqa: BLE001 — Tune would turn the stop into a trial ERROR
@@ -66,7 +69,7 @@ class CloseStoppedTrialRuns(Callback):
 
 def open_trial_ids(uri: str, parent_run_id: str) -> set[str]:
     """Trial ids whose runs are still RUNNING."""
-    return {r.data.tags.get(TRIAL_TAG) for r in _open_runs(MlflowClient(uri), parent_run_id)}
+    return {r.data.tags.get(TRIAL_TAG) for r in _open_runs(tracking_client(uri), parent_run_id)}
 
 
 def close_open_trial_runs(uri: str, parent_run_id: str, interrupted: bool,
@@ -75,7 +78,7 @@ def close_open_trial_runs(uri: str, parent_run_id: str, interrupted: bool,
     stopped early (a sweep restored without the callback, or a stop the callback could not
     record), or orphaned (its trial id not in `known`: the driver died before Tune recorded the
     trial, and Tune runs its suggestion again). Returns how many got each tag."""
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     closed: dict[str, int] = {}
     for run in _open_runs(client, parent_run_id):
         tag = (ORPHANED_TAG if run.data.tags.get(TRIAL_TAG) not in known

@@ -40,11 +40,12 @@ def bound_client_retries() -> None:
 
 def _send_metrics(uri: str, run_id: str, entry: dict[str, Any]) -> None:
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+
+    from htl_ray.tracking import client as tracking_client
 
     items = [Metric(k, float(v), entry["ts"], entry["step"]) for k, v in entry["values"].items()]
     for i in range(0, len(items), 500):
-        MlflowClient(uri).log_batch(run_id, metrics=items[i:i + 500])
+        tracking_client(uri).log_batch(run_id, metrics=items[i:i + 500])
 
 
 def _send_tags(uri: str, run_id: str, entry: dict[str, Any]) -> None:
@@ -64,9 +65,9 @@ def _send_artifact(uri: str, run_id: str, entry: dict[str, Any]) -> None:
 
 
 def _send_end(uri: str, run_id: str, entry: dict[str, Any]) -> None:
-    from mlflow.tracking import MlflowClient
+    from htl_ray.tracking import client as tracking_client
 
-    MlflowClient(uri).set_terminated(run_id, status=entry["status"], end_time=entry["ts"])
+    tracking_client(uri).set_terminated(run_id, status=entry["status"], end_time=entry["ts"])
 
 
 SENDERS: dict[str, Callable[[str, str, dict[str, Any]], None]] = {

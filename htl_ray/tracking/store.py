@@ -23,6 +23,13 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 _SQLITE = "sqlite:///"
 
 
+def client(uri: str) -> MlflowClient:
+    """The one way htl-ray talks to a tracking store: a client of `uri` whose model registry is
+    the same store. Never `mlflow.set_tracking_uri`, which would also set the process's
+    MLFLOW_TRACKING_URI, so that every later run of the process went there."""
+    return MlflowClient(uri, registry_uri=uri)
+
+
 def resolve_tracking_uri(configured: str | None = None) -> str:
     return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI)
 
@@ -88,13 +95,13 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(_SQLITE):]) if uri.startswith(_SQLITE) else None
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
+def get_or_create_experiment(store: MlflowClient, name: str, uri: str) -> str:
+    exp = store.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     db = sqlite_path(uri)
     location = (db.parent / "mlartifacts").as_uri() if db else None
-    return client.create_experiment(name, artifact_location=location)
+    return store.create_experiment(name, artifact_location=location)
 
 
 def git_commit(here: Path | None = None) -> str:
@@ -130,42 +137,42 @@ def package_versions() -> dict[str, str]:
 def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
               tags: dict[str, str]) -> str:
     """Create an MLflow run (status RUNNING) with params and tags; return its id."""
-    client = MlflowClient(uri)
-    exp_id = get_or_create_experiment(client, experiment, uri)
-    run = client.create_run(exp_id, run_name=run_name,
+    store = client(uri)
+    exp_id = get_or_create_experiment(store, experiment, uri)
+    run = store.create_run(exp_id, run_name=run_name,
                             tags={k: redact(str(v)) for k, v in tags.items()})
     items = [Param(k, redact(str(v))[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i:i + 100])
+        store.log_batch(run.info.run_id, params=items[i:i + 100])
     return run.info.run_id
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    client = MlflowClient(uri)
+    store = client(uri)
     import time
 
     ts = int(time.time() * 1000)
     items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
              if v is not None and v == v]
     for i in range(0, len(items), 500):
-        client.log_batch(run_id, metrics=items[i:i + 500])
+        store.log_batch(run_id, metrics=items[i:i + 500])
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+    client(uri).log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
 def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None):
-    MlflowClient(uri).log_artifact(run_id, str(path), artifact_path)
+    client(uri).log_artifact(run_id, str(path), artifact_path)
 
 
 def log_artifacts(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None):
-    MlflowClient(uri).log_artifacts(run_id, str(path), artifact_path)
+    client(uri).log_artifacts(run_id, str(path), artifact_path)
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(uri).set_terminated(run_id, status=status)
+    client(uri).set_terminated(run_id, status=status)
 
 
 def run_status(uri: str, run_id: str) -> str:
-    return MlflowClient(uri).get_run(run_id).info.status
+    return client(uri).get_run(run_id).info.status
