@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.config import ConfigError
+from htl_ray.tracking.outcome import is_settled, trial_outcome
 from htl_ray.tracking.schema import (
     ORIGIN_TAG,
     RETRIED_TAG,
     ROLE_TAG,
-    STOPPED_EARLY_TAG,
+    SWEEP_ROLE,
     SWEEP_TAG,
+    TRIAL_ROLE,
 )
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.sweep import (
@@ -73,14 +75,12 @@ def _archivable(run, sweep_final: bool) -> bool:
     scheduler; once the sweep has chosen its best configuration, also those an interruption
     cut short: then they are results, before that they are trained again) and confirmation
     runs finished and scored on test (ablation runs: on val)."""
-    role, status, tags = run.data.tags.get(ROLE_TAG), run.info.status, run.data.tags
+    role, status = run.data.tags.get(ROLE_TAG), run.info.status
     if role in SCORED_ROLES:
         return status == "FINISHED" and scored_key(role) in run.data.metrics
-    if role != "trial":
-        return role == "sweep"
-    if status == "KILLED" and not sweep_final:
-        return bool(tags.get(STOPPED_EARLY_TAG))
-    return status != "RUNNING"
+    if role != TRIAL_ROLE:
+        return role == SWEEP_ROLE
+    return is_settled(trial_outcome(run), sweep_final=sweep_final)
 
 
 def _status(run) -> str:

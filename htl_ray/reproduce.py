@@ -27,14 +27,15 @@ import pandas as pd
 from htl_ray.compare import METRICS, compare, load_runs, mean_ci, run_metrics
 from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table
+from htl_ray.tracking.outcome import TrialOutcome, counts_as_done, trial_outcome
 from htl_ray.tracking.schema import (
     ABLATION_ROLE,
     GIT_COMMIT_TAG,
     GROUP_TAG,
-    ORPHANED_TAG,
     ROLE_TAG,
-    STOPPED_EARLY_TAG,
+    SWEEP_ROLE,
     SWEEP_TAG,
+    TRIAL_ROLE,
 )
 from htl_ray.train.checkpoints import RUN_STATE_FILE
 from htl_ray.tune.ablation import matches_variant, same_as_chosen
@@ -116,8 +117,8 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
                                   f"tags.`mlflow.parentRunId` = '{status.parent_run_id}'",
                                   max_results=50000):
         role = run.data.tags.get(ROLE_TAG)
-        if role == "sweep" or not (run.info.status == "FINISHED" or (
-                role == "trial" and _trial_ended(client, run, bool(status.best_params)))):
+        if role == SWEEP_ROLE or not (run.info.status == "FINISHED" or (
+                role == TRIAL_ROLE and _trial_ended(client, run, bool(status.best_params)))):
             continue
         if run.info.end_time and run.info.start_time:
             status.compute_hours += (run.info.end_time - run.info.start_time) / 3.6e6
@@ -142,12 +143,12 @@ def _trial_ended(client, run, sweep_final: bool) -> bool:
     trials again, whatever tag an interruption left), or when it had trained its last epoch
     before its sweep was interrupted. A run Tune re-ran as a new trial (`htl.orphaned`) never
     counts: its suggestion is counted once, in the new trial."""
-    if run.info.status != "KILLED" or run.data.tags.get(ORPHANED_TAG):
-        return False
-    if run.data.tags.get(STOPPED_EARLY_TAG) or sweep_final:
-        return True
+    outcome = trial_outcome(run)
+    if outcome is not TrialOutcome.INTERRUPTED or sweep_final:
+        return counts_as_done(outcome, sweep_final=sweep_final, trained_every_epoch=False)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
-    return bool(steps) and max(steps) + 1 >= int(run.data.params.get("train.epochs", 0))
+    every = bool(steps) and max(steps) + 1 >= int(run.data.params.get("train.epochs", 0))
+    return counts_as_done(outcome, sweep_final=sweep_final, trained_every_epoch=every)
 
 
 def _fmt(m: float, lo: float = math.nan, hi: float = math.nan, signed: bool = False,

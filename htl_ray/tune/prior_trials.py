@@ -28,13 +28,14 @@ import math
 from typing import Any
 
 from htl_ray.config import ConfigError
+from htl_ray.tracking.outcome import TrialOutcome, trial_outcome
 from htl_ray.tracking.schema import (
     ORIGIN_TAG,
     PARENT_TAG,
     RETRIED_TAG,
     ROLE_TAG,
     SAMPLED_TAG_PREFIX,
-    STOPPED_EARLY_TAG,
+    TRIAL_ROLE,
     TRIAL_TAG,
 )
 from htl_ray.tune.space import MAX_SPARSITY, Sweep
@@ -104,11 +105,10 @@ def ended_elsewhere(run) -> bool:
     """An imported trial run that ended: finished, failed (and not yet run again), or stopped
     by the scheduler."""
     tags = run.data.tags
-    if tags.get(ROLE_TAG) != "trial" or ORIGIN_TAG not in tags or tags.get(RETRIED_TAG):
+    if tags.get(ROLE_TAG) != TRIAL_ROLE or ORIGIN_TAG not in tags:
         return False
-    status = run.info.status
-    return status in ("FINISHED", "FAILED") or (status == "KILLED"
-                                                 and bool(tags.get(STOPPED_EARLY_TAG)))
+    return trial_outcome(run) in (TrialOutcome.FINISHED, TrialOutcome.FAILED,
+                                  TrialOutcome.STOPPED_EARLY)
 
 
 def archived_trials(sweep: Sweep, uri: str, parent_run_id: str,
