@@ -118,7 +118,7 @@ DEFAULT_SPARSITIES = (0.3, 0.5, 0.7)     # htl.sparsities, `score` and `predict 
 
 @dataclass
 class HtlConfig:
-    """HTL attention and its comparators (DESIGN §3)."""
+    """HTL attention and its comparators (docs/method.md §Scoring, §Comparators)."""
 
     method: str = _spec("erm", choices=("erm", "htl", "random", "loss", "el2n", "focal"),
                         help="which samples get attention: pruning disagreement (htl), a placebo "
@@ -152,7 +152,7 @@ class HtlConfig:
 
 @dataclass
 class SupervisionConfig:
-    """Which labels training sees (DESIGN §3 settings); evaluation always uses full masks."""
+    """Which labels training sees (docs/method.md §Settings); evaluation always uses full masks."""
 
     setting: str = _spec("supervised", choices=("supervised", "semi", "weak"),
                          help="supervised: masks; semi: a fraction f of masks + Mean Teacher; "

@@ -8,7 +8,7 @@ same per-image table feeds validation, HTL analysis and group reports.
 Empty-vs-empty convention: when both the prediction and the ground truth are empty, Dice and IoU
 are 1 (perfect agreement: nothing to find, nothing found). The same vacuous-truth rule applies to
 sensitivity when the ground truth has no positive pixel and to specificity when it has no negative
-pixel. This matches DESIGN §3 (IoU of two empty masks is 1, so HTL disagreement is 0).
+pixel. This matches docs/method.md §Scoring (IoU of two empty masks is 1, so HTL disagreement is 0).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pruned copies of a model snapshot (DESIGN §3), never touching the dense model.
+"""Pruned copies of a model snapshot (docs/method.md §Scoring), never touching the dense model.
 
 - `l1_unstructured` (default): global L1 magnitude pruning over the weights of every conv and
   linear layer (`torch.nn.utils.prune.global_unstructured`), so the measured sparsity equals the

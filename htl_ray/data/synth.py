@@ -1,4 +1,4 @@
-"""Synthetic dermoscopy-like data with *planted* hard subgroups (DESIGN §5).
+"""Synthetic dermoscopy-like data with *planted* hard subgroups (docs/method.md §Synthetic data).
 
 Lesion size, contrast, colour, border irregularity and hair occlusion depend on age, sex and
 site. Two subgroups are made hard on purpose, and flagged in `planted_hard` / `hard_reason`:

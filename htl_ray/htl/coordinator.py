@@ -1,4 +1,5 @@
-"""The refresh coordinator: a Ray actor owned by one training run (DESIGN §4).
+"""The refresh coordinator: a Ray actor owned by one training run (docs/method.md, §One
+training run).
 
 Rank 0 hands it a snapshot every R epochs and goes on training; the coordinator scores the
 training Dataset with the actor pool in a background thread, applies the EMA, turns scores into

@@ -1,5 +1,5 @@
-"""HTL scores for localisation (DESIGN §3): disagreement between a dense snapshot and its
-pruned copies, per sample, in [0, 1].
+"""HTL scores for localisation (docs/method.md §Scoring): disagreement between a dense
+snapshot and its pruned copies, per sample, in [0, 1].
 
 For a sample x with dense prediction ŷ_d and pruned predictions ŷ_s (masks at p > 0.5):
 

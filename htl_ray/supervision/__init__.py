@@ -1,5 +1,5 @@
-"""Supervision settings (DESIGN §3): supervised, semi-supervised (Mean Teacher), weakly
-supervised (boxes)."""
+"""Supervision settings (docs/method.md §Settings): supervised, semi-supervised (Mean
+Teacher), weakly supervised (boxes)."""
 
 from htl_ray.supervision.settings import SETTINGS, Objective
 
