@@ -278,6 +278,8 @@ def _cases(w: str, server: str) -> dict[str, Case]:
                                            "not a loadable checkpoint"),
         "evaluate: checkpoint cut short": Case(["evaluate", f"{w}/run_cut"],
                                                "not a loadable checkpoint"),
+        "evaluate: checkpoint without model weights": Case(
+            ["evaluate", f"{w}/run_no_model"], "not an htl-ray checkpoint (no 'model' weights"),
         "evaluate: --name without --data": Case(
             ["evaluate", f"{w}/run_garbage", "--name", "x"], "--name names the site of --data"),
         "evaluate: --data missing": Case(
@@ -363,6 +365,8 @@ def _cases(w: str, server: str) -> dict[str, Case]:
         # ---- register
         "register: not a run directory": Case(["register", f"{w}/ds", "m"],
                                               "not a run directory"),
+        "register: cut run state": Case(["register", f"{w}/run_badstate", "m"],
+                                        "run_badstate/htl_run.json: not readable as JSON"),
         "register: tracking server does not answer": Case(
             ["register", f"{w}/run_garbage", "m", "--tracking-uri", server],
             "is not reachable within 5 s"),

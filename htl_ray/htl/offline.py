@@ -68,11 +68,7 @@ def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "
 
     ckpt = resolve_checkpoint(checkpoint)
     meta = read_meta(ckpt)
-    loaded = load_checkpoint(ckpt)
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-        raise UserError(f"{ckpt / CHECKPOINT_FILE}: not an htl-ray checkpoint (no 'model' "
-                        "weights in it)")
-    state = loaded["model"]
+    state = load_checkpoint(ckpt)["model"]
     rows = check_records(dataset, "DATA").get("split_counts", {}).get(split, 0)
     if not rows:
         raise UserError(f"{dataset}: the {split} split has no rows; choose another --split")

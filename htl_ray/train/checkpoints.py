@@ -49,10 +49,13 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> dict[st
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint directory (no {CHECKPOINT_FILE})")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, empty, not a zip, hostile pickle
         raise UserError(f"{path}: not a loadable checkpoint: it is empty, cut short or not "
                         f"written by torch.save ({first_line(exc)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path}: not an htl-ray checkpoint (no 'model' weights in it)")
+    return state
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
     from htl_ray.tracking import client as tracking_client
 
     run_dir = Path(run_dir).resolve()
-    state = _run_state(run_dir)
+    state = read_run_state(run_dir)
     if not state.get("mlflow_run_id"):
         raise ConfigError(f"register: {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
     uri = absolute_uri(tracking_uri) if tracking_uri else state["tracking_uri"]

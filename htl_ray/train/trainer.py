@@ -70,14 +70,10 @@ def run_dir_of(cfg: ExperimentConfig) -> Path:
     return (Path(cfg.run.storage_path) / cfg.run.name).resolve()
 
 
-def _load_state(run_dir: Path) -> dict[str, Any]:
-    return read_run_state(run_dir)
-
-
 def run_state(run_dir: str | Path, asked_by: str = "") -> dict[str, Any]:
     """What a run directory records of its run (config, MLflow run id and URI); `asked_by`
     (e.g. "--resume") starts the error a missing record raises."""
-    state = _load_state(Path(run_dir))
+    state = read_run_state(run_dir)
     if not state:
         raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{run_dir}: no {RUN_STATE_FILE} "
                           "there; not a run directory")
@@ -216,7 +212,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
 
     manifest = preflight(cfg)
     run_dir = run_dir_of(cfg)
-    state = _load_state(run_dir)
+    state = read_run_state(run_dir)
     if state and not resume:
         raise ConfigError(f"run.name: run directory {run_dir} already holds a run; resume it "
                           f"with `htl-ray train --resume {run_dir}` or choose another run.name")
