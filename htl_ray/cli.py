@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from htl_ray.config import DEFAULT_SPARSITIES, load_config
+from htl_ray.console import show_progress
 from htl_ray.errors import (
     REPORT_TO,
     UserError,
@@ -582,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.config)  # `htl-ray train key=value` without a YAML
         args.config = None
 
+    show_progress()                      # modules' progress lines on stdout (console.py)
     handle_sigterm_as_interrupt()        # `ray job stop`, `kill`: like Ctrl-C (interrupts.py)
     try:
         return args.func(args)

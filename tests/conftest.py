@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from htl_ray.console import show_progress
+
+show_progress()     # modules' progress lines reach stdout, where capsys reads them
+
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # Ray Train's controller collects reports and checks worker health every 2 s by default; tiny
