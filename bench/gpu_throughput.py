@@ -46,7 +46,7 @@ from htl_ray.htl.scoring import score_population_batch
 from htl_ray.losses import weighted_mean
 from htl_ray.models import create_model
 from htl_ray.supervision import SETTINGS
-from htl_ray.train.loop import make_optimizer
+from htl_ray.train.optimization import make_optimizer
 
 SPARSITIES = (0.3, 0.5, 0.7)
 
@@ -101,7 +101,7 @@ def train_rates(bc: BenchConfig, place: Placement, seconds: float) -> dict[str, 
     cfg = experiment(bc)
     torch.manual_seed(0)
     model = place.prepare(create_model(cfg.model))
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg.train, model.parameters())
     objective = SETTINGS[cfg.supervision.setting](cfg)
     objective.attach(model)
     model.train()

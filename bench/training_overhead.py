@@ -32,7 +32,7 @@ from htl_ray.data.synth import synthesize
 from htl_ray.losses import weighted_mean
 from htl_ray.models import create_model
 from htl_ray.supervision import SETTINGS
-from htl_ray.train.loop import make_optimizer
+from htl_ray.train.optimization import make_optimizer
 from htl_ray.train.trainer import run_training
 
 
@@ -44,7 +44,7 @@ def plain_epochs(cfg, epochs: int, threads: int) -> list[float]:
                       split="train")
     batch_all = {c: rows[c].to_numpy() for c in rows.columns}
     model = create_model(cfg.model)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg.train, model.parameters())
     objective = SETTINGS[cfg.supervision.setting](cfg)
     objective.attach(model)
     times = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from htl_ray.config import DEFAULT_SPARSITIES, load_config
+from htl_ray.config import HtlConfig, load_config
 from htl_ray.console import show_progress
 from htl_ray.errors import (
     REPORT_TO,
@@ -434,11 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("checkpoint", help="checkpoint directory (or its checkpoint.pt)")
     sc.add_argument("data", help="dataset folder")
     sc.add_argument("--split", default="val", choices=["train", "val", "test"])
-    sc.add_argument("--sparsities", type=_sparsities, default=DEFAULT_SPARSITIES)
-    sc.add_argument("--pruning", default="l1_unstructured",
-                    choices=["l1_unstructured", "channel_l2"])
+    htl = HtlConfig()               # the defaults of htl.sparsities, htl.pruning, ...
+    sc.add_argument("--sparsities", type=_sparsities, default=tuple(htl.sparsities),
+                    help="default: htl.sparsities' default")
+    sc.add_argument("--pruning", default=htl.pruning,
+                    choices=HtlConfig.__dataclass_fields__["pruning"].metadata["choices"])
     sc.add_argument("--actors", type=_positive_int, default=1, help="scorer actors")
-    sc.add_argument("--batch-size", type=_positive_int, default=32)
+    sc.add_argument("--batch-size", type=_positive_int, default=htl.scorer_batch_size)
     sc.add_argument("--no-labels", action="store_true", help="score without ground truth")
     sc.add_argument("--out", help="output Parquet (default: beside the checkpoint)")
     sc.set_defaults(func=_cmd_score)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import types
 import typing
@@ -34,9 +35,34 @@ RESULT_NEUTRAL_KEYS = ("htl.scorer_threads", "htl.scorer_batch_size",
                        "htl.scorer_start_timeout_s", "train.max_failures")
 
 
+class RegistryNames:
+    """The names a key accepts, read from the registry that implements them (e.g.
+    `htl_ray.htl.attention.METHODS`) when a value is checked — so a method added there is
+    accepted here without retyping its name, and loading a config imports no torch until a
+    value needs checking. Iterating, `in` and `len` read the registry."""
+
+    def __init__(self, module: str, attribute: str):
+        self.module, self.attribute = module, attribute
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.attribute))
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __repr__(self) -> str:
+        return f"{self.module}.{self.attribute}"
+
+
 def _spec(default: Any = dataclasses.MISSING, *, lo: float | None = None,
           hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-          choices: tuple | None = None, help: str = "", factory: Any = None) -> Any:
+          choices: tuple | RegistryNames | None = None, help: str = "", factory: Any = None) -> Any:
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
             "choices": choices, "help": help}
     if factory is not None:
@@ -94,9 +120,11 @@ class TrainConfig:
     epochs: int = _spec(10, lo=1)
     lr: float = _spec(1e-3, lo=0, lo_open=True)
     weight_decay: float = _spec(1e-4, lo=0)
-    optimizer: str = _spec("adamw", choices=("adamw", "adam", "sgd"))
-    scheduler: str = _spec("cosine", choices=("cosine", "none"))
-    loss: str = _spec("bce_dice", choices=("bce_dice", "focal_dice"),
+    optimizer: str = _spec("adamw", choices=RegistryNames("htl_ray.train.optimization",
+                                                          "OPTIMIZERS"))
+    scheduler: str = _spec("cosine", choices=RegistryNames("htl_ray.train.optimization",
+                                                           "SCHEDULERS"))
+    loss: str = _spec("bce_dice", choices=RegistryNames("htl_ray.losses", "LOSSES"),
                       help="focal_dice replaces BCE by focal loss (the focal comparator)")
     focal_gamma: float = _spec(2.0, lo=0)
     bce_weight: float = _spec(1.0, lo=0)
@@ -107,9 +135,9 @@ class TrainConfig:
                                            "test split (best/test/* metrics); sweep trials "
                                            "turn it off, so tuning never sees the test images")
     max_failures: int = _spec(0, lo=-1, help="worker-group restarts allowed (-1 = unlimited)")
-    precision: str = _spec("auto", choices=("auto", "fp32", "bf16"),
+    precision: str = _spec("auto", choices=RegistryNames("htl_ray.device", "PRECISIONS"),
                            help="auto: bf16 autocast on GPUs that support it, fp32 on CPU")
-    memory_format: str = _spec("auto", choices=("auto", "channels_last", "contiguous"),
+    memory_format: str = _spec("auto", choices=RegistryNames("htl_ray.device", "MEMORY_FORMATS"),
                                help="auto: channels-last on GPU, contiguous on CPU")
 
 
@@ -120,16 +148,17 @@ DEFAULT_SPARSITIES = (0.3, 0.5, 0.7)     # htl.sparsities, `score` and `predict 
 class HtlConfig:
     """HTL attention and its comparators (docs/method.md §Scoring, §Comparators)."""
 
-    method: str = _spec("erm", choices=("erm", "htl", "random", "loss", "el2n", "focal"),
+    method: str = _spec("erm", choices=RegistryNames("htl_ray.htl.attention", "METHODS"),
                         help="which samples get attention: pruning disagreement (htl), a placebo "
                              "(random), per-sample loss, EL2N, none (erm), or focal loss")
-    attention: str = _spec("reweight", choices=("reweight", "oversample", "both"))
-    weighting: str = _spec("hard", choices=("hard", "soft"))
+    attention: str = _spec("reweight", choices=RegistryNames("htl_ray.htl.attention", "ATTENTION"))
+    weighting: str = _spec("hard", choices=RegistryNames("htl_ray.htl.attention", "WEIGHTINGS"))
     lam: float = _spec(1.0, lo=0, help="λ: extra weight of HTL samples")
     q: float = _spec(0.2, lo=0, hi=1, lo_open=True, help="top-q fraction is HTL")
     tau: float | None = _spec(None, lo=0, hi=1, help="threshold on h instead of top-q")
     sparsities: list[float] = _spec(factory=lambda: list(DEFAULT_SPARSITIES))
-    pruning: str = _spec("l1_unstructured", choices=("l1_unstructured", "channel_l2"))
+    pruning: str = _spec("l1_unstructured",
+                          choices=RegistryNames("htl_ray.pruning", "PRUNING_METHODS"))
     refresh_every: int = _spec(2, lo=1, help="R: re-score every R epochs")
     beta: float = _spec(0.5, lo=0, hi=1, hi_open=True, help="EMA of h across refreshes")
     warmup_epochs: int = _spec(1, lo=0, help="E0: no attention before this epoch")
@@ -154,7 +183,8 @@ class HtlConfig:
 class SupervisionConfig:
     """Which labels training sees (docs/method.md §Settings); evaluation always uses full masks."""
 
-    setting: str = _spec("supervised", choices=("supervised", "semi", "weak"),
+    setting: str = _spec("supervised", choices=RegistryNames("htl_ray.supervision.settings",
+                                                             "SETTINGS"),
                          help="supervised: masks; semi: a fraction f of masks + Mean Teacher; "
                               "weak: boxes derived from the masks")
     label_fraction: float = _spec(1.0, lo=0, hi=1, lo_open=True,

@@ -7,6 +7,8 @@ per-sample weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -69,15 +71,19 @@ class FocalDiceLoss(BceDiceLoss):
         return loss
 
 
+# train.loss: name → the loss, from (bce_weight, dice_weight, focal γ); the config accepts these
+# names (config.RegistryNames)
+LOSSES: dict[str, Callable[[float, float, float], BceDiceLoss]] = {
+    "bce_dice": lambda bce, dice, gamma: BceDiceLoss(bce, dice),
+    "focal_dice": lambda bce, dice, gamma: FocalDiceLoss(bce, dice, gamma=gamma),
+}
+
+
 def make_loss(name: str, bce_weight: float = 1.0, dice_weight: float = 1.0,
               gamma: float = 2.0) -> BceDiceLoss:
-    registry = {
-        "bce_dice": lambda: BceDiceLoss(bce_weight, dice_weight),
-        "focal_dice": lambda: FocalDiceLoss(bce_weight, dice_weight, gamma=gamma),
-    }
-    if name not in registry:
-        raise ValueError(f"train.loss={name!r}: expected one of {sorted(registry)}")
-    return registry[name]()
+    if name not in LOSSES:
+        raise ValueError(f"train.loss={name!r}: expected one of {sorted(LOSSES)}")
+    return LOSSES[name](bce_weight, dice_weight, gamma)
 
 
 def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -114,3 +114,37 @@ def test_yaml_keys_repeated_are_refused_but_merge_keys_and_safe_tags_behave(tmp_
     assert raw["train"] == {"epochs": 3, "lr": 0.005}
     with pytest.raises(Exception, match="python/object"):
         safe_load_unique("x: !!python/object/apply:os.system ['echo hacked']\n")
+
+
+def test_named_choices_are_read_from_the_registries_that_implement_them(monkeypatch):
+    """A key naming an implementation accepts exactly its registry's names: one added there is
+    accepted without retyping it in the config, and an error lists the registry's names."""
+    import dataclasses
+    import importlib
+
+    from htl_ray.config import ExperimentConfig, RegistryNames, from_dict
+
+    backed = {}
+    for section in dataclasses.fields(ExperimentConfig):
+        for f in dataclasses.fields(getattr(ExperimentConfig(), section.name)):
+            choices = f.metadata.get("choices")
+            if choices is not None:
+                assert isinstance(choices, RegistryNames), f"{section.name}.{f.name}"
+                backed[f"{section.name}.{f.name}"] = choices
+    assert {"htl.method", "htl.attention", "htl.weighting", "htl.pruning",
+            "supervision.setting", "train.optimizer", "train.scheduler",
+            "train.loss"} <= set(backed)
+    for key, choices in backed.items():
+        registry = getattr(importlib.import_module(choices.module), choices.attribute)
+        assert list(choices) == list(registry), key
+        section, name = key.split(".")
+        default = getattr(getattr(ExperimentConfig(), section), name)
+        assert default in registry, f"{key}'s default {default!r} is not in its registry"
+
+    from htl_ray.train import optimization
+
+    with pytest.raises(ConfigError, match=r"train\.optimizer: expected one of \['adamw', "
+                                          r"'adam', 'sgd'\], got 'lion'"):
+        from_dict({"train": {"optimizer": "lion"}})
+    monkeypatch.setitem(optimization.OPTIMIZERS, "lion", optimization.OPTIMIZERS["adam"])
+    assert from_dict({"train": {"optimizer": "lion"}}).train.optimizer == "lion"

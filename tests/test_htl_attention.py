@@ -181,3 +181,24 @@ def test_semi_loss_and_el2n_attend_the_top_q_of_labeled_and_unlabeled_images_ali
     assert ranks[table.id[labeled]].max() == 1.0 == ranks[table.id[~labeled]].max()
     htl = _coordinator(tmp_path, "htl")._finish(table, version=1, epoch=0)
     assert np.allclose(htl["attention_score"], htl["h"])
+
+
+def test_each_attention_strategy_trains_its_rows_with_their_loss_weights():
+    """reweight keeps every row and weighs the loss; oversample draws rows ⌊w⌋ + Bernoulli
+    times with loss weight 1; both does each with √w; an empty draw still trains one row at
+    weight 0, so every DDP rank steps once per batch."""
+    w = np.array([0.5, 0.5, 2.0, 1.0])
+    rows, loss_w = ATTENTION["reweight"].batch(w, np.random.default_rng(0))
+    assert rows.tolist() == [0, 1, 2, 3] and loss_w.tolist() == w.tolist()
+
+    draws = [ATTENTION["oversample"].batch(w, np.random.default_rng(s)) for s in range(400)]
+    counts = np.mean([np.bincount(r, minlength=4) for r, _ in draws], axis=0)
+    assert np.allclose(counts, w, atol=0.08)              # expected copies = w
+    assert all((lw == 1.0).all() for _, lw in draws)
+    assert all((np.bincount(r, minlength=4)[2] == 2) for r, _ in draws)   # ⌊2⌋ + 0
+
+    rows, loss_w = ATTENTION["both"].batch(np.array([4.0, 4.0]), np.random.default_rng(0))
+    assert rows.tolist() == [0, 0, 1, 1] and np.allclose(loss_w, 2.0)
+
+    rows, loss_w = ATTENTION["oversample"].batch(np.array([0.0, 0.0]), np.random.default_rng(0))
+    assert rows.tolist() == [0] and loss_w.tolist() == [0.0]

@@ -23,6 +23,7 @@ weights into a loss weight and a sampling rate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,42 +80,67 @@ def within_group_rank(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
             .groupby(np.asarray(groups)).rank(pct=True).to_numpy())
 
 
+def _hard(scores: np.ndarray, selected: np.ndarray, lam: float) -> np.ndarray:
+    return 1.0 + lam * selected.astype(np.float64)
+
+
+def _soft(scores: np.ndarray, selected: np.ndarray, lam: float) -> np.ndarray:
+    mean = scores.mean()
+    return 1.0 + lam * (scores / mean if mean > 0 else np.zeros_like(scores))
+
+
+# htl.weighting: (scores, selected, λ) → weights before renormalisation
+WEIGHTINGS: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "hard": _hard,       # 1 + λ·1[selected]
+    "soft": _soft,       # 1 + λ·score/mean(score)
+}
+
+
 def attention_weights(scores: np.ndarray | None, lam: float, q: float | None = 0.2,
                       tau: float | None = None, weighting: str = "hard",
                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(weights renormalised to mean 1, selected mask)."""
     if scores is None:
         return np.ones(0), np.zeros(0, dtype=bool)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"htl.weighting={weighting!r}: expected one of {sorted(WEIGHTINGS)}")
     scores = np.asarray(scores, dtype=np.float64)
     selected = select_htl(scores, q=q, tau=tau, seed=seed)
-    if weighting == "hard":
-        w = 1.0 + lam * selected.astype(np.float64)
-    elif weighting == "soft":
-        mean = scores.mean()
-        w = 1.0 + lam * (scores / mean if mean > 0 else np.zeros_like(scores))
-    else:
-        raise ValueError(f"htl.weighting={weighting!r}: expected hard or soft")
+    w = WEIGHTINGS[weighting](scores, selected, lam)
     return w / w.mean(), selected
 
 
 @dataclass(frozen=True)
 class Attention:
-    """How a weight w acts: on the loss (w_loss), on the sampling rate (w_sample), or both
-    (√w each, so that the expected emphasis is still w)."""
+    """How a weight w acts on a batch: on the loss (reweight), on how often a sample is drawn
+    (oversample), or both (√w each, so that the expected emphasis is still w)."""
 
     name: str
+    split: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]   # w → (w_loss, w_sample)
+    resamples: bool                                                # w_sample is not all ones
 
-    def split(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ones = np.ones_like(w)
-        if self.name == "reweight":
-            return w, ones
-        if self.name == "oversample":
-            return ones, w
-        root = np.sqrt(w)
-        return root, root
+    def batch(self, w: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of the batch to train on — repeated or dropped when it resamples —, the loss
+        weight of each). Never empty: every DDP rank must step once per batch, so a batch
+        whose draw came out empty trains its first row with weight 0."""
+        w_loss, w_sample = self.split(w)
+        rows = np.repeat(np.arange(len(w)), oversample_counts(w_sample, rng)) \
+            if self.resamples else np.arange(len(w))
+        if len(rows) == 0:
+            return np.array([0]), np.zeros(1)
+        return rows, w_loss[rows]
 
 
-ATTENTION: dict[str, Attention] = {a: Attention(a) for a in ("reweight", "oversample", "both")}
+def _both(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    root = np.sqrt(w)
+    return root, root
+
+
+ATTENTION: dict[str, Attention] = {a.name: a for a in (
+    Attention("reweight", lambda w: (w, np.ones_like(w)), resamples=False),
+    Attention("oversample", lambda w: (np.ones_like(w), w), resamples=True),
+    Attention("both", _both, resamples=True),
+)}
 
 
 def oversample_counts(rates: np.ndarray, generator: np.random.Generator) -> np.ndarray:

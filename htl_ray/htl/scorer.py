@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from htl_ray.config import ModelConfig
+from htl_ray.config import DEFAULT_SPARSITIES, ModelConfig
 from htl_ray.data.loading import decode_batch
 from htl_ray.device import best_device, placement
 from htl_ray.htl.scoring import score_population_batch
@@ -32,7 +32,7 @@ class ScoringSpec:
     """What to score with: model architecture, sparsities and pruning method."""
 
     model: dict[str, Any]
-    sparsities: tuple[float, ...] = (0.3, 0.5, 0.7)
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     method: str = "l1_unstructured"
     with_labels: bool = True
     label_kind: str = "mask"          # "box" in the weak setting: GT-aware term uses box IoU
