@@ -22,6 +22,25 @@ MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
 SPLITS = ("train", "val", "test")
 
+# A dataset folder (`htl-ray data ingest` and `htl-ray data synth` write it at --out):
+# relative path → what it holds. The documentation's reference is generated from it.
+LAYOUT: dict[str, str] = {
+    RECORDS_FILE: "one row per usable image, in `SCHEMA`: the image (raw uint8 HxWx3) "
+                  "and mask (uint8 HxW, 0/1) at the training resolution, the mask at the "
+                  "image's original size (`orig_mask`, PNG 0/255), original height and width, "
+                  "metadata (age, sex, site, diagnosis, lesion_id; missing ones null), lesion "
+                  "area fraction and contrast, split, source file, `mask_binarised`, and the "
+                  "synthetic data's `planted_hard` / `hard_reason`",
+    MANIFEST_FILE: "schema version, the dataset fingerprint (sha256 over pixels, labels, "
+                   "metadata, split and the ingest parameters), row and split counts, the "
+                   "parameters, creation time",
+    REPORT_FILE: "what ingestion found: images seen, usable, quarantined; every defect "
+                 "counted and listed by reason (with what the reason means), every file not "
+                 "used with why (`ignored`), split counts, metadata completeness",
+    "quarantine/<reason>/": "copies of the source files that could not be used, one folder "
+                            "per reason (`htl-ray data ingest` only)",
+}
+
 SCHEMA = pa.schema([
     ("id", pa.string()),
     ("image", pa.binary()),

@@ -34,6 +34,27 @@ REPORT_FILE = "report.json"
 SETTINGS_FILE = "predict.json"
 IDENTITY_COLUMNS = ("mlflow_run_id", "checkpoint_epoch", "dataset_fingerprint")
 
+# A prediction folder (`htl-ray predict --out`): relative path → what it holds. The
+# documentation's reference is generated from it.
+LAYOUT: dict[str, str] = {
+    f"<id>{MASK_SUFFIX}": "the predicted mask of one image, 0/255, at the image's own width "
+                          "and height",
+    f"<id>{PROBABILITY_SUFFIX}": "with --probabilities: the probability map x 255, at the "
+                                 "image's own size",
+    TABLE_FILE: "one row per image of INPUT: id, source file, original height and width, "
+                "predicted lesion share (area_fraction), risk, review, review_reason, the "
+                "risk's signals, the file's size and mtime (source_stat; folder inputs) and the "
+                "model's identity (" + ", ".join(IDENTITY_COLUMNS) + ")",
+    CSV_FILE: f"the same table as {TABLE_FILE}, as CSV",
+    PARTIAL_FILE: "rows appended as batches finish, so an interrupted run loses nothing; "
+                  f"folded into {TABLE_FILE} and removed when the run ends",
+    REPORT_FILE: "the run's account: images, predicted now, already predicted, files that "
+                 "could not be read (with why), files passed over (not images), notes, rows "
+                 "of images no longer in INPUT (not_in_input_any_more), the model",
+    SETTINGS_FILE: "the model (identity, weights checksum, input size), risk and review "
+                   "threshold that filled the folder: a run with others is refused",
+}
+
 
 @dataclass
 class PredictionOutcome:
