@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench quality-control reproduce clean
+.PHONY: demo test docs lint bench quality-control reproduce clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -45,8 +45,13 @@ reproduce: $(STAMP) data/isic128/manifest.json
 quality-control: $(STAMP)
 	$(BIN)/python bench/failure_detection.py
 
+# the documentation site (docs/ + the reference generated from the code) into site/; a
+# warning fails the build (tests/test_docs.py builds it too)
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check htl_ray tests bench
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns htl_runs data/synthetic sweeps
+	rm -rf $(VENV) mlflow.db mlruns htl_runs data/synthetic sweeps site
