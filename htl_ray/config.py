@@ -78,24 +78,28 @@ class RunConfig:
     shared_storage: bool = _spec(False, help="storage_path and data.path are on a filesystem "
                                              "every node mounts at the same path (NFS, EFS, "
                                              "Lustre); required on multi-node clusters")
-    seed: int = _spec(0, lo=0)
+    seed: int = _spec(0, lo=0, help="seeds model initialisation, augmentation and shuffling "
+                                    "(the data split has its own seed, at ingest)")
 
 
 @dataclass
 class AugmentConfig:
-    hflip: float = _spec(0.5, lo=0, hi=1)
-    vflip: float = _spec(0.5, lo=0, hi=1)
+    hflip: float = _spec(0.5, lo=0, hi=1, help="probability of a horizontal flip")
+    vflip: float = _spec(0.5, lo=0, hi=1, help="probability of a vertical flip")
     rotate90: float = _spec(0.5, lo=0, hi=1, help="probability of a random k*90 degree rotation")
     brightness: float = _spec(0.1, lo=0, hi=1, help="colour jitter: max relative change")
-    contrast: float = _spec(0.1, lo=0, hi=1)
-    saturation: float = _spec(0.1, lo=0, hi=1)
+    contrast: float = _spec(0.1, lo=0, hi=1, help="colour jitter: max relative change of "
+                                                  "contrast")
+    saturation: float = _spec(0.1, lo=0, hi=1, help="colour jitter: max relative change of "
+                                                    "saturation")
 
 
 @dataclass
 class DataConfig:
     path: str = _spec("data/synthetic", help="dataset written by `htl-ray data ingest|synth`")
-    batch_size: int = _spec(16, lo=1)
-    val_batch_size: int = _spec(32, lo=1)
+    batch_size: int = _spec(16, lo=1, help="training images per batch, per worker")
+    val_batch_size: int = _spec(32, lo=1, help="images per batch in validation and "
+                                               "evaluation")
     limit_train: int = _spec(0, lo=0, help="use only the first N training rows (0 = all)")
     augment: AugmentConfig = _spec(factory=AugmentConfig)
 
@@ -103,9 +107,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = _spec("unet", help="smp architecture name (unet, fpn, deeplabv3plus, ...)")
-    encoder: str = _spec("resnet18")
+    encoder: str = _spec("resnet18", help="smp encoder name (resnet18, resnet34, ...)")
     encoder_weights: str | None = _spec(None, help="None = random init; no download at run time")
-    in_channels: int = _spec(3, lo=1)
+    in_channels: int = _spec(3, lo=1, help="input channels of the model (3: RGB)")
     decoder_channels: list[int] | None = _spec(
         None, help="U-Net decoder widths, e.g. [128, 64, 32, 16, 8] (None = smp default)")
     init_checkpoint: str | None = _spec(
@@ -117,20 +121,26 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _spec(10, lo=1)
-    lr: float = _spec(1e-3, lo=0, lo_open=True)
-    weight_decay: float = _spec(1e-4, lo=0)
+    epochs: int = _spec(10, lo=1, help="training epochs (the cosine schedule spans them)")
+    lr: float = _spec(1e-3, lo=0, lo_open=True, help="initial learning rate")
+    weight_decay: float = _spec(1e-4, lo=0, help="weight decay of the optimiser")
     optimizer: str = _spec("adamw", choices=RegistryNames("htl_ray.train.optimization",
-                                                          "OPTIMIZERS"))
+                                                          "OPTIMIZERS"),
+                           help="AdamW, Adam, or SGD with momentum 0.9")
     scheduler: str = _spec("cosine", choices=RegistryNames("htl_ray.train.optimization",
-                                                           "SCHEDULERS"))
+                                                           "SCHEDULERS"),
+                           help="learning-rate schedule: cosine decay over the epochs, or a "
+                                "constant rate (none)")
     loss: str = _spec("bce_dice", choices=RegistryNames("htl_ray.losses", "LOSSES"),
                       help="focal_dice replaces BCE by focal loss (the focal comparator)")
-    focal_gamma: float = _spec(2.0, lo=0)
-    bce_weight: float = _spec(1.0, lo=0)
-    dice_weight: float = _spec(1.0, lo=0)
+    focal_gamma: float = _spec(2.0, lo=0, help="γ of the focal loss (train.loss=focal_dice)")
+    bce_weight: float = _spec(1.0, lo=0, help="weight of the BCE (or focal) term of the "
+                                              "per-image loss")
+    dice_weight: float = _spec(1.0, lo=0, help="weight of the 1 − soft Dice term of the "
+                                               "per-image loss")
     keep_checkpoints: int = _spec(2, lo=1, help="keep the best N checkpoints")
-    checkpoint_metric: str = _spec("val/dice")
+    checkpoint_metric: str = _spec("val/dice", help="metric that picks the best checkpoints "
+                                                    "(higher is better)")
     evaluate_test: bool = _spec(True, help="after training, score the best checkpoint on the "
                                            "test split (best/test/* metrics); sweep trials "
                                            "turn it off, so tuning never sees the test images")
@@ -151,24 +161,32 @@ class HtlConfig:
     method: str = _spec("erm", choices=RegistryNames("htl_ray.htl.attention", "METHODS"),
                         help="which samples get attention: pruning disagreement (htl), a placebo "
                              "(random), per-sample loss, EL2N, none (erm), or focal loss")
-    attention: str = _spec("reweight", choices=RegistryNames("htl_ray.htl.attention", "ATTENTION"))
-    weighting: str = _spec("hard", choices=RegistryNames("htl_ray.htl.attention", "WEIGHTINGS"))
+    attention: str = _spec("reweight", choices=RegistryNames("htl_ray.htl.attention", "ATTENTION"),
+                           help="how the weights act: as loss weights (reweight), as "
+                                "sampling rates (oversample), or both (√w each)")
+    weighting: str = _spec("hard", choices=RegistryNames("htl_ray.htl.attention", "WEIGHTINGS"),
+                           help="hard: 1 + λ·1[HTL]; soft: 1 + λ·h/mean(h); renormalised to "
+                                "mean 1")
     lam: float = _spec(1.0, lo=0, help="λ: extra weight of HTL samples")
     q: float = _spec(0.2, lo=0, hi=1, lo_open=True, help="top-q fraction is HTL")
     tau: float | None = _spec(None, lo=0, hi=1, help="threshold on h instead of top-q")
-    sparsities: list[float] = _spec(factory=lambda: list(DEFAULT_SPARSITIES))
+    sparsities: list[float] = _spec(factory=lambda: list(DEFAULT_SPARSITIES),
+                                    help="sparsity of each pruned copy, each in (0, 1); h is "
+                                         "the mean disagreement over them")
     pruning: str = _spec("l1_unstructured",
-                          choices=RegistryNames("htl_ray.pruning", "PRUNING_METHODS"))
+                          choices=RegistryNames("htl_ray.pruning", "PRUNING_METHODS"),
+                          help="global L1 magnitude pruning of conv/linear weights "
+                               "(l1_unstructured) or structured channel pruning (channel_l2)")
     refresh_every: int = _spec(2, lo=1, help="R: re-score every R epochs")
     beta: float = _spec(0.5, lo=0, hi=1, hi_open=True, help="EMA of h across refreshes")
     warmup_epochs: int = _spec(1, lo=0, help="E0: no attention before this epoch")
     gt_aware: bool = _spec(False, help="add the GT-aware term max(0, IoU_d − IoU_s)")
     population: int = _spec(1, lo=1, help="M: PIE population of the last M snapshots")
     asynchronous: bool = _spec(True, help="train on while the refresh scores")
-    scorer_actors: int = _spec(1, lo=1)
-    scorer_cpus: float = _spec(1.0, lo=0)
-    scorer_gpus: float = _spec(0.0, lo=0)
-    scorer_batch_size: int = _spec(32, lo=1)
+    scorer_actors: int = _spec(1, lo=1, help="scorer actors in a refresh's pool")
+    scorer_cpus: float = _spec(1.0, lo=0, help="CPUs each scorer actor holds")
+    scorer_gpus: float = _spec(0.0, lo=0, help="GPU share each scorer actor holds (e.g. 0.25)")
+    scorer_batch_size: int = _spec(32, lo=1, help="images per scoring batch")
     scorer_threads: int = _spec(0, lo=0,
                                 help="torch threads per scorer actor (0: one per scorer CPU); "
                                      "with synchronous refresh the trainers wait while it "
@@ -195,12 +213,14 @@ class SupervisionConfig:
                                  help="semi: labeled rows are repeated until they are about this "
                                       "share of an epoch (0 = natural share f)")
     ema_decay: float = _spec(0.99, lo=0, hi=1, hi_open=True, help="Mean Teacher EMA decay")
-    consistency_weight: float = _spec(1.0, lo=0)
+    consistency_weight: float = _spec(1.0, lo=0, help="semi: weight of the Mean Teacher "
+                                                      "consistency term (after ramp-up)")
     consistency_rampup_epochs: int = _spec(5, lo=0, help="sigmoid ramp-up of the weight")
     noise_std: float = _spec(0.05, lo=0, help="Gaussian input noise of student and teacher")
     box_jitter: float = _spec(0.0, lo=0, hi=1,
                               help="σ of box-corner jitter as a fraction of box width/height")
-    projection_weight: float = _spec(1.0, lo=0)
+    projection_weight: float = _spec(1.0, lo=0, help="weak: weight of the box-projection term "
+                                                     "of the box loss")
     pairwise_weight: float = _spec(1.0, lo=0, help="colour-affinity term of the box loss")
     pairwise_threshold: float = _spec(0.3, lo=0, hi=1,
                                       help="colour similarity above which neighbours should agree")
@@ -209,16 +229,19 @@ class SupervisionConfig:
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = _spec(2, lo=1)
-    use_gpu: bool = _spec(False)
-    resources_per_worker: dict[str, float] = _spec(factory=lambda: {"CPU": 1.0})
+    num_workers: int = _spec(2, lo=1, help="Ray Train workers (DDP ranks)")
+    use_gpu: bool = _spec(False, help="a GPU per worker (or the GPU share in "
+                                      "resources_per_worker), NCCL")
+    resources_per_worker: dict[str, float] = _spec(
+        factory=lambda: {"CPU": 1.0}, help="Ray resources each worker holds, e.g. {CPU: 0.5} or "
+                                           "{CPU: 2, GPU: 0.25}")
     torch_threads: int = _spec(0, lo=0, help="torch intra-op threads per worker (0 = CPU share)")
 
 
 @dataclass
 class TrackingConfig:
     uri: str | None = _spec(None, help="MLflow URI; MLFLOW_TRACKING_URI wins; default sqlite")
-    experiment: str = _spec("htl-ray")
+    experiment: str = _spec("htl-ray", help="MLflow experiment name")
 
 
 @dataclass
