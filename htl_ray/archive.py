@@ -18,33 +18,31 @@ Layout: `ARCHIVE/<sweep name>/<original run id>.json` and `ARCHIVE/<sweep name>/
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from htl_ray.config import ConfigError
 from htl_ray.tracking.outcome import is_settled, trial_outcome
+from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import (
     ORIGIN_TAG,
+    PARENT_TAG,
     RETRIED_TAG,
     ROLE_TAG,
     SWEEP_ROLE,
-    SWEEP_TAG,
     TRIAL_ROLE,
 )
+from htl_ray.tune import state as sweep_state
+from htl_ray.tune.roles import BEST_PREFIX, SCORED_ROLES, best_params, scored_key
 from htl_ray.tune.space import Sweep
-from htl_ray.tune.sweep import (
-    ARCHIVED_STATE_KEY,
-    BEST_PREFIX,
-    SCORED_ROLES,
-    STATE_FILE,
-    best_params,
-    scored_key,
-)
+from htl_ray.tune.state import SweepState
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 ENRICHMENT_FILE = "enrichment.csv"
@@ -61,8 +59,7 @@ def _experiment_runs(client, sweep: Sweep) -> list:
     exp = client.get_experiment_by_name(sweep.base.tracking.experiment)
     if exp is None:
         return []
-    return client.search_runs([exp.experiment_id], f"tags.`{SWEEP_TAG}` = "
-                              f"'{sweep.settings.name}'", max_results=50000)
+    return search(client, exp.experiment_id, RunQuery(sweep=sweep.settings.name))
 
 
 def _origin(run) -> str:
@@ -135,33 +132,31 @@ def _archived_version(path: Path) -> Any:
         return None                     # unreadable: written again
 
 
-def export_sweep(sweep: Sweep, uri: str, archive: Path,
-                 log: Callable[[str], None] = print) -> ArchiveCount:
+def export_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
     """Write the sweep's archivable runs under `archive/<sweep name>/`: also while its trials
     train, so that a sweep longer than one machine lasts continues elsewhere from the trials
     that ended (`htl_ray.tune.prior_trials`)."""
     with _EXPORTING:               # the protocol's background export and its own, one at a time
-        return _export_sweep(sweep, uri, archive, log)
+        return _export_sweep(sweep, uri, archive)
 
 
-def _export_sweep(sweep: Sweep, uri: str, archive: Path,
-                  log: Callable[[str], None]) -> ArchiveCount:
+def _export_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
     from htl_ray.tracking import client as tracking_client
 
     client = tracking_client(uri)
     runs = _experiment_runs(client, sweep)
-    state = sweep.directory / STATE_FILE
-    parent_id = json.loads(state.read_text())["parent_run_id"] if state.is_file() else None
+    held = sweep_state.read_in(sweep.directory)
+    parent_id = held.parent_run_id if held is not None else None
     parent = next((r for r in runs if r.info.run_id == parent_id), None)
     count = ArchiveCount()
     if parent is None:
         return count
-    # best.* params are logged once every trial has ended (`tune.sweep.summarise(final=)`)
+    # best.* params are logged once every trial has ended (`tune.summary.summarise(final=)`)
     final = bool(best_params(parent.data.params))
     # every local id, the imported parent's too, is written as the id it was first trained as
     to_origin = {r.info.run_id: _origin(r) for r in runs}
     runs = [r for r in runs if _archivable(r, final) and (
-        r.info.run_id == parent_id or r.data.tags.get("mlflow.parentRunId") == parent_id)]
+        r.info.run_id == parent_id or r.data.tags.get(PARENT_TAG) == parent_id)]
     out = archive / sweep.settings.name
     out.mkdir(parents=True, exist_ok=True)
     for run in runs:
@@ -177,7 +172,8 @@ def _export_sweep(sweep: Sweep, uri: str, archive: Path,
         if not target.is_file() or target.read_bytes() != enrichment.read_bytes():
             shutil.copyfile(enrichment, target)
     if count.runs:
-        log(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} written to {out}")
+        logger.info(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} written "
+                    f"to {out}")
     return count
 
 
@@ -200,8 +196,7 @@ def read_records(archive: Path, sweep_name: str) -> list[dict[str, Any]]:
     return records
 
 
-def import_sweep(sweep: Sweep, uri: str, archive: Path,
-                 log: Callable[[str], None] = print) -> ArchiveCount:
+def import_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
     """Re-create the archived runs of `sweep` that this MLflow store lacks, and make the sweep
     directory point at the archived parent run (so the protocol goes on to its missing trials
     and confirmation runs instead of sweeping again)."""
@@ -212,7 +207,7 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
 
     records = read_records(archive, sweep.settings.name)
     count = ArchiveCount()
-    parents = [r for r in records if r["tags"].get(ROLE_TAG) == "sweep"]
+    parents = [r for r in records if r["tags"].get(ROLE_TAG) == SWEEP_ROLE]
     if not parents:
         if records:
             raise ConfigError(f"{archive / sweep.settings.name}: {len(records)} archived runs "
@@ -228,7 +223,7 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
     for run in _experiment_runs(client, sweep):
         local[run.info.run_id] = run.info.run_id
         local[_origin(run)] = run.info.run_id
-    records.sort(key=lambda r: r["tags"].get(ROLE_TAG) != "sweep")       # the parent first
+    records.sort(key=lambda r: r["tags"].get(ROLE_TAG) != SWEEP_ROLE)    # the parent first
     for rec in records:
         if rec["run_id"] in local:
             if rec["tags"].get(RETRIED_TAG):     # run again elsewhere since this store had it
@@ -270,26 +265,26 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path,
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(enrichment, target)
     if count.runs:
-        log(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} imported from "
-            f"{archive / sweep.settings.name} into MLflow {tracking.redact(uri)}")
+        logger.info(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} "
+                    f"imported from {archive / sweep.settings.name} into MLflow "
+                    f"{tracking.redact(uri)}")
     return count
 
 
 def _point_sweep_at(sweep: Sweep, uri: str, parent_run_id: str, archive: Path) -> None:
-    state_path = sweep.directory / STATE_FILE
-    if state_path.is_file():
-        held = json.loads(state_path.read_text()).get("parent_run_id")
-        if held != parent_run_id:
+    held = sweep_state.read_in(sweep.directory)
+    if held is not None:
+        if held.parent_run_id != parent_run_id:
             raise ConfigError(
-                f"{sweep.directory} holds another sweep (MLflow parent run {held}) than the "
+                f"{sweep.directory} holds another sweep (MLflow parent run "
+                f"{held.parent_run_id}) than the "
                 f"archive {archive / sweep.settings.name} (parent run {parent_run_id}): move "
                 "the sweep directory away to continue the archived protocol, or the archive "
                 "away to keep this sweep")
         return
-    sweep.directory.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": uri,
-                                      "sweep_file": str(sweep.path.resolve()),
-                                      ARCHIVED_STATE_KEY: str(archive)}, indent=2))
+    sweep_state.write(sweep_state.path_in(sweep.directory), SweepState(
+        parent_run_id, tracking_uri=uri, sweep_file=str(sweep.path.resolve()),
+        from_archive=str(archive)))
 
 
 class PeriodicExport:
@@ -298,9 +293,9 @@ class PeriodicExport:
     not after its whole sweep. A failed export is logged and tried again; it never stops the
     training."""
 
-    def __init__(self, sweeps: list[Sweep], uri: str, archive: Path, interval_s: float = 120.0,
-                 log: Callable[[str], None] = print) -> None:
-        self.sweeps, self.uri, self.archive, self.log = sweeps, uri, archive, log
+    def __init__(self, sweeps: list[Sweep], uri: str, archive: Path,
+                 interval_s: float = 120.0) -> None:
+        self.sweeps, self.uri, self.archive = sweeps, uri, archive
         self.interval_s = interval_s
         self.exports = 0                   # completed passes over all sweeps
         self._stop = threading.Event()
@@ -310,14 +305,14 @@ class PeriodicExport:
     def export_once(self) -> None:
         try:
             for sweep in self.sweeps:
-                export_sweep(sweep, self.uri, self.archive, self.log)
+                export_sweep(sweep, self.uri, self.archive)
             self.exports += 1
             self._last_error = ""
         except Exception as exc:  # noqa: BLE001 - the runs matter more than their copy
             message = f"{type(exc).__name__}: {exc}"
             if message != self._last_error:     # once, not every interval
-                self.log(f"[htl-ray] archive: export failed (tried again in "
-                         f"{self.interval_s:.0f} s): {message}")
+                logger.info(f"[htl-ray] archive: export failed (tried again in "
+                            f"{self.interval_s:.0f} s): {message}")
             self._last_error = message
 
     def _loop(self) -> None:

@@ -14,9 +14,11 @@ from mlflow.tracking import MlflowClient
 from htl_ray import tracking
 from htl_ray.archive import ORIGIN_TAG, export_sweep, import_sweep
 from htl_ray.config import ConfigError
-from htl_ray.reproduce import setting_status
+from htl_ray.protocol.status import setting_status
+from htl_ray.tune import state as sweep_state
+from htl_ray.tune.child_runs import PlannedRun, finished_elsewhere
 from htl_ray.tune.space import load_sweep
-from htl_ray.tune.sweep import ARCHIVED_STATE_KEY, STATE_FILE, _finished_in_mlflow
+from htl_ray.tune.state import STATE_FILE
 
 
 def _sweep(tmp_path, synth_dataset, uri, where):
@@ -77,7 +79,7 @@ def swept(tmp_path, synth_dataset, tracking_uri):
 def test_export_writes_the_results_of_a_finished_sweep_once(swept, tmp_path, tracking_uri):
     sweep, parent = swept
     archive = tmp_path / "archive"
-    count = export_sweep(sweep, tracking_uri, archive, log=lambda s: None)
+    count = export_sweep(sweep, tracking_uri, archive)
     files = sorted((archive / "arch-sweep").glob("*.json"))
     assert count.runs == 5 and len(files) == 5               # not the run still training
     records = {json.loads(f.read_text())["run_name"]: json.loads(f.read_text()) for f in files}
@@ -90,7 +92,7 @@ def test_export_writes_the_results_of_a_finished_sweep_once(swept, tmp_path, tra
     assert (archive / "arch-sweep" / "enrichment.csv").read_text().startswith("attribute")
     # terminated runs are not rewritten: the committed files stay as they are
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert export_sweep(sweep, tracking_uri, archive, log=lambda s: None).unchanged == 5
+    assert export_sweep(sweep, tracking_uri, archive).unchanged == 5
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 
@@ -114,36 +116,34 @@ def test_an_unfinished_sweep_archives_the_trials_that_ended(tmp_path, synth_data
     sweep.directory.mkdir(parents=True)
     (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
     archive = tmp_path / "a"
-    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 4
+    assert export_sweep(sweep, uri, archive).runs == 4
     assert {f.stem for f in (archive / "arch-sweep").glob("*.json")} == \
         {parent, done, stopped, failed}
-    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 0
+    assert export_sweep(sweep, uri, archive).runs == 0
     # imported elsewhere and exported from there: the same files (the parent has no end yet)
     other_uri = fresh_store(tmp_path / 'other.db')
     other = _sweep(tmp_path, synth_dataset, other_uri, "there")
-    assert import_sweep(other, other_uri, archive, log=lambda s: None).runs == 4
+    assert import_sweep(other, other_uri, archive).runs == 4
     before = {f.name: f.read_text() for f in (archive / "arch-sweep").glob("*.json")}
-    assert export_sweep(other, other_uri, archive, log=lambda s: None).runs == 0
+    assert export_sweep(other, other_uri, archive).runs == 0
     assert {f.name: f.read_text() for f in (archive / "arch-sweep").glob("*.json")} == before
     # the sweep ends (t5 finished on resume): the parent gains its best configuration
     MlflowClient(uri).log_param(parent, "best.htl.lam", "1.5")
-    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 2   # parent, t4
+    assert export_sweep(sweep, uri, archive).runs == 2   # parent, t4
     record = json.loads((archive / "arch-sweep" / f"{parent}.json").read_text())
     assert record["params"]["best.htl.lam"] == "1.5" and record["status"] == "KILLED"
     assert (archive / "arch-sweep" / f"{cut}.json").is_file()
 
 
 def test_periodic_export_archives_while_training_and_survives_a_failure(
-        swept, tmp_path, tracking_uri):
+        swept, tmp_path, tracking_uri, capsys):
     import time
 
     from htl_ray.archive import PeriodicExport
 
     sweep, _ = swept
     archive = tmp_path / "periodic"
-    lines: list[str] = []
-    with PeriodicExport([sweep], tracking_uri, archive, interval_s=0.2,
-                        log=lines.append) as exporter:
+    with PeriodicExport([sweep], tracking_uri, archive, interval_s=0.2) as exporter:
         deadline = time.time() + 30
         while exporter.exports == 0 and time.time() < deadline:
             time.sleep(0.05)
@@ -151,10 +151,12 @@ def test_periodic_export_archives_while_training_and_survives_a_failure(
     # an export that fails is logged once, not every interval, and stops nothing
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the archive directory should be")
-    failing = PeriodicExport([sweep], tracking_uri, blocked, interval_s=0.1, log=lines.append)
+    failing = PeriodicExport([sweep], tracking_uri, blocked, interval_s=0.1)
+    capsys.readouterr()
     failing.export_once()
     failing.export_once()
     assert failing.exports == 0
+    lines = capsys.readouterr().out.splitlines()
     assert sum("archive: export failed" in line for line in lines) == 1
 
 
@@ -163,19 +165,20 @@ def elsewhere(swept, tmp_path, synth_dataset, tracking_uri, fresh_store):
     """The swept sweep's archive, and the same sweep file pointed at another MLflow store and
     sweep directory: the next sitting's machine."""
     archive = tmp_path / "archive"
-    export_sweep(swept[0], tracking_uri, archive, log=lambda s: None)
+    export_sweep(swept[0], tracking_uri, archive)
     other_uri = fresh_store(tmp_path / 'other.db')
     return archive, _sweep(tmp_path, synth_dataset, other_uri, "there"), other_uri
 
 
 def test_import_elsewhere_gives_the_same_protocol_status(swept, elsewhere, tmp_path,
-                                                         tracking_uri):
+                                                         tracking_uri, capsys):
     (sweep, parent), (archive, other, other_uri) = swept, elsewhere
-    logs: list[str] = []
-    assert import_sweep(other, other_uri, archive, log=logs.append).runs == 5
-    assert "5 run(s) of arch-sweep imported" in logs[0]
+    capsys.readouterr()
+    assert import_sweep(other, other_uri, archive).runs == 5
+    assert "5 run(s) of arch-sweep imported" in capsys.readouterr().out.splitlines()[0]
     state = json.loads((other.directory / STATE_FILE).read_text())
-    assert state[ARCHIVED_STATE_KEY] == str(archive) and state["parent_run_id"] != parent
+    assert state["from_archive"] == str(archive) and state["parent_run_id"] != parent
+    assert sweep_state.read(other.directory / STATE_FILE).from_archive == str(archive)
     here, there = setting_status(sweep, tracking_uri), setting_status(other, other_uri)
     assert there.parent_run_id == state["parent_run_id"]
     assert there.trials_finished == here.trials_finished == 2   # the early-stopped one counts
@@ -193,20 +196,21 @@ def test_import_elsewhere_gives_the_same_protocol_status(swept, elsewhere, tmp_p
         == [(0, pytest.approx(0.76)), (1, 0.81)]
     assert (other.directory / "report" / "enrichment.csv").is_file()
     # twice adds nothing; exported from there, the archive is the same files, same content
-    assert import_sweep(other, other_uri, archive, log=logs.append).runs == 0
+    assert import_sweep(other, other_uri, archive).runs == 0
     again = tmp_path / "again"
-    export_sweep(other, other_uri, again, log=lambda s: None)
+    export_sweep(other, other_uri, again)
     for f in sorted((archive / "arch-sweep").glob("*")):
         assert (again / "arch-sweep" / f.name).read_text() == f.read_text()
 
 
 def test_an_imported_confirmation_run_is_finished_unless_its_config_differs(elsewhere):
     archive, other, other_uri = elsewhere
-    import_sweep(other, other_uri, archive, log=lambda s: None)
+    import_sweep(other, other_uri, archive)
     parent = json.loads((other.directory / STATE_FILE).read_text())["parent_run_id"]
 
     def finished(group, seed, cfg):
-        return _finished_in_mlflow(other, group, seed, cfg, f"confirm-{group}-s{seed}", parent)
+        return finished_elsewhere(other, PlannedRun(f"confirm-{group}-s{seed}", group, seed, cfg),
+                                  parent_run_id=parent)
 
     runs_dir = str(other.directory / "runs")
     plan = other.config_for({"htl.lam": 1.5}, ["run.seed=0", f"run.storage_path={runs_dir}"])
@@ -215,7 +219,8 @@ def test_an_imported_confirmation_run_is_finished_unless_its_config_differs(else
     assert found is not None and found != finished("erm", 0, erm)
     assert finished("best", 1, plan) is None
     # another sweep's run of the same name (an earlier attempt in the same store) is not it
-    assert _finished_in_mlflow(other, "best", 0, plan, "x", "another-parent") is None
+    assert finished_elsewhere(other, PlannedRun("x", "best", 0, plan),
+                              parent_run_id="another-parent") is None
     changed = other.config_for({"htl.lam": 2.0}, ["run.seed=0"])
     with pytest.raises(ConfigError, match=r"confirm-best-s0.*htl.lam"):
         finished("best", 0, changed)
@@ -230,17 +235,17 @@ def test_bad_and_conflicting_archives_are_refused_by_name(elsewhere):
     other.directory.mkdir(parents=True)
     (other.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": "local-sweep"}))
     with pytest.raises(ConfigError, match="holds another sweep .*local-sweep"):
-        import_sweep(other, other_uri, archive, log=lambda s: None)
+        import_sweep(other, other_uri, archive)
     broken = archive / "arch-sweep" / "broken.json"
     broken.write_text('{"run_id": "x"')
     with pytest.raises(ConfigError, match="broken.json: not a readable archived run"):
-        import_sweep(other, other_uri, archive, log=lambda s: None)
+        import_sweep(other, other_uri, archive)
     broken.write_text("[]")
     with pytest.raises(ConfigError, match="broken.json: expected an archived run"):
-        import_sweep(other, other_uri, archive, log=lambda s: None)
+        import_sweep(other, other_uri, archive)
     broken.write_text(json.dumps({"run_id": "x", "format": 1}))
     with pytest.raises(ConfigError, match=r"broken.json: .*missing \['metrics'"):
-        import_sweep(other, other_uri, archive, log=lambda s: None)
+        import_sweep(other, other_uri, archive)
 
 
 def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
@@ -260,16 +265,16 @@ def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
     sweep.directory.mkdir(parents=True)
     (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
     archive = tmp_path / "archive"
-    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 3
+    assert export_sweep(sweep, uri, archive).runs == 3
     record = json.loads((archive / "arch-sweep" / f"{parent}.json").read_text())
     assert record["status"] == "KILLED"                 # elsewhere: an interrupted sweep
     # scored later (`htl-ray evaluate`): same status and end time, but now a result
     tracking.log_metrics(uri, unscored, {"best/test/dice": 0.8}, step=1)
-    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 1
+    assert export_sweep(sweep, uri, archive).runs == 1
     assert (archive / "arch-sweep" / f"{unscored}.json").is_file()
     # the parent ends: written again, with its final status
     MlflowClient(uri).set_terminated(parent, "FINISHED")
-    assert export_sweep(sweep, uri, archive, log=lambda s: None).runs == 1
+    assert export_sweep(sweep, uri, archive).runs == 1
     assert json.loads((archive / "arch-sweep" / f"{parent}.json").read_text())["status"] \
         == "FINISHED"
     # an archive that lost its parent's file cannot be continued, and says so
@@ -277,4 +282,4 @@ def test_mid_sitting_the_running_parent_is_archived_and_unscored_runs_wait(
     other_uri = fresh_store(tmp_path / 'other.db')
     other = _sweep(tmp_path, synth_dataset, other_uri, "there")
     with pytest.raises(ConfigError, match="arch-sweep: 3 archived runs but not their sweep's"):
-        import_sweep(other, other_uri, archive, log=lambda s: None)
+        import_sweep(other, other_uri, archive)

@@ -1,6 +1,6 @@
 """Ablations in a sweep file: parsed and checked before Ray starts, planned as the chosen
 configuration with one thing changed, scored on val only; counted and paired by seed from a
-real MLflow store. (Trained end to end, archived and reported in tests/test_reproduce.py.)"""
+real MLflow store. (Trained end to end, archived and reported in tests/test_protocol_runner.py.)"""
 
 from __future__ import annotations
 
@@ -152,8 +152,10 @@ def test_status_and_table_count_distinct_seeds_of_the_variant_as_named_now(tmp_p
 
     from scipy import stats
 
-    from htl_ray.reproduce import ablation_lines, setting_status
-    from htl_ray.tune.sweep import STATE_FILE, _finished_in_mlflow
+    from htl_ray.protocol.page import ablation_lines
+    from htl_ray.protocol.status import setting_status
+    from htl_ray.tune.child_runs import finished_elsewhere
+    from htl_ray.tune.state import STATE_FILE
 
     path = _write(tmp_path, {"r1": ["htl.refresh_every=1"], "soft": ["htl.weighting=soft"],
                              "reweight": ["htl.attention=reweight"]}, ablation_seeds=2,
@@ -216,12 +218,13 @@ def test_status_and_table_count_distinct_seeds_of_the_variant_as_named_now(tmp_p
     # the protocol keeps a finished (imported) run of the planned variant, and refuses one
     # whose values differ instead of counting it as the variant's
     base_raw = sweep.base.to_dict()
-    plan = {name: cfg for name, _, _, cfg in ablation_plan(sweep, best, base_raw)}
-    assert _finished_in_mlflow(sweep, "r1", 1, plan["ablation-r1-s1"], "ablation-r1-s1",
-                               parent, "ablation") == r1[1]
-    assert _finished_in_mlflow(sweep, "soft", 1, plan["ablation-soft-s1"], "ablation-soft-s1",
-                               parent, "ablation") is None            # failed: train it
+    plan = {planned.name: planned for planned in ablation_plan(sweep, best, base_raw)}
+
+    def finished(name):
+        return finished_elsewhere(sweep, plan[name], parent_run_id=parent, role="ablation")
+
+    assert finished("ablation-r1-s1") == r1[1]
+    assert finished("ablation-soft-s1") is None                      # failed: train it
     with pytest.raises(ConfigError, match=r"ablation-r1-s0, finished elsewhere\) was trained "
                                           r"with another configuration .*htl.refresh_every"):
-        _finished_in_mlflow(sweep, "r1", 0, plan["ablation-r1-s0"], "ablation-r1-s0", parent,
-                            "ablation")
+        finished("ablation-r1-s0")

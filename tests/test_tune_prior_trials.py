@@ -24,9 +24,9 @@ from htl_ray.tune.prior_trials import (
     told_value,
     typed_params,
 )
+from htl_ray.tune.search import make_scheduler
 from htl_ray.tune.space import load_sweep
 from htl_ray.tune.study import TrialRecord
-from htl_ray.tune.sweep import make_scheduler
 
 SPACE = {"htl.lam": optuna.distributions.FloatDistribution(0.5, 4.0),
          "htl.attention": optuna.distributions.CategoricalDistribution(["reweight",

@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from htl_ray.tune import load_sweep, run_sweep
-from htl_ray.tune.sweep import STATE_FILE
+from htl_ray.tune.state import STATE_FILE
 
 
 def _children(client: MlflowClient, parent_run_id: str, status: str | None = None):
@@ -48,7 +48,7 @@ def _tiny_sweep_file(tmp_path: Path, synth_dataset, tracking_uri: str, epochs: i
 
 def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, synth_dataset,
                                                                tmp_path, tracking_uri,
-                                                               fresh_store):
+                                                               fresh_store, capsys):
     sweep_file = _tiny_sweep_file(tmp_path, synth_dataset, tracking_uri, epochs=2, trials=2)
     directory = tmp_path / "sweeps" / "tiny"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
@@ -72,10 +72,9 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
     done_before = {r.data.tags["htl.trial_id"] for r in _children(client, parent, "FINISHED")}
     assert len(done_before) == 1
     _continue_elsewhere(sweep_file, tmp_path, tracking_uri, parent,
-                        fresh_store(tmp_path / "there.db"))
+                        fresh_store(tmp_path / "there.db"), capsys)
 
-    lines: list[str] = []
-    outcome = run_sweep(load_sweep(sweep_file), resume=True, log=lines.append)
+    outcome = run_sweep(load_sweep(sweep_file), resume=True)
     assert outcome.parent_run_id == parent
     assert client.get_run(parent).info.status == "FINISHED"
     children = _children(client, parent, "FINISHED")
@@ -111,7 +110,7 @@ def test_sweep_killed_and_resumed_runs_every_trial_exactly_once(ray_cluster, syn
 
 
 def _continue_elsewhere(sweep_file: Path, tmp_path: Path, uri: str, parent: str,
-                        there: str) -> None:
+                        there: str, capsys) -> None:
     """The machine is lost after one trial ended: its archive continues the sweep on another
     machine (MLflow store, sweep directory), which trains only the missing trial — the one the
     uninterrupted search would have drawn next — and chooses the best of both."""
@@ -120,12 +119,13 @@ def _continue_elsewhere(sweep_file: Path, tmp_path: Path, uri: str, parent: str,
     from htl_ray.archive import ORIGIN_TAG, export_sweep, import_sweep
 
     archive = tmp_path / "archive"
-    export_sweep(load_sweep(sweep_file), uri, archive, log=lambda s: None)
+    export_sweep(load_sweep(sweep_file), uri, archive)
     other = load_sweep(sweep_file, [f"tracking.uri={there}",
                                     f"sweep.storage_path={tmp_path / 'there'}"])
-    import_sweep(other, there, archive, log=lambda s: None)
-    lines: list[str] = []
-    outcome = run_sweep(other, resume=True, log=lines.append)
+    import_sweep(other, there, archive)
+    capsys.readouterr()
+    outcome = run_sweep(other, resume=True)
+    lines = capsys.readouterr().out.splitlines()
     assert any("1 trial(s) ended elsewhere (archive), 1 still to run" in x for x in lines)
     client = MlflowClient(there)
     trials = _children(client, outcome.parent_run_id, "FINISHED")
@@ -148,84 +148,21 @@ def _continue_elsewhere(sweep_file: Path, tmp_path: Path, uri: str, parent: str,
     assert "2 (2 finished" in (tmp_path / "there" / "tiny" / "summary" /
                                "study_summary.md").read_text()
     # ... and the new trial and the parent's choice reach the archive under the original ids
-    export_sweep(other, there, archive, log=lambda s: None)
+    export_sweep(other, there, archive)
     files = {f.stem: json.loads(f.read_text()) for f in (archive / "tiny").glob("*.json")}
     assert len(files) == 3 and new.info.run_id in files
     assert files[parent]["params"]["best.htl.lam"] == best.params["best.htl.lam"]
 
 
-def test_a_confirmation_run_on_disk_with_other_settings_is_refused_unless_only_speed_differs(
-        tmp_path):
-    import json
-
-    import pytest
-
-    from htl_ray.config import ConfigError, load_config
-    from htl_ray.tune.sweep import _same_config_or_refuse
-
-    planned = load_config(None, ["htl.method=htl", "htl.lam=2.0", "run.name=confirm-best-s0"])
-    state = tmp_path / "confirm-best-s0" / "htl_run.json"
-    state.parent.mkdir()
-    # trained earlier with a slower scorer, more restarts allowed, under another run name and
-    # tracking server: the same run
-    state.write_text(json.dumps({"config": load_config(None, [
-        "htl.method=htl", "htl.lam=2.0", "htl.scorer_threads=1", "htl.scorer_batch_size=8",
-        "train.max_failures=2", "run.name=old",
-        "tracking.uri=sqlite:///elsewhere.db"]).to_dict()}))
-    _same_config_or_refuse(state, planned)
-    # trained with another λ: mixing its seeds with new ones would compare two configurations
-    state.write_text(json.dumps({"config": load_config(None, [
-        "htl.method=htl", "htl.lam=1.0"]).to_dict()}))
-    with pytest.raises(ConfigError, match=r"confirm-best-s0: .*\(htl.lam differ\)"):
-        _same_config_or_refuse(state, planned)
-
-
-def test_a_ctrl_c_during_the_last_asha_trial_is_an_interruption_not_the_end():
-    """Under ASHA an unfinished trial is either stopped (its run closed as it stopped) or cut
-    short by a Ctrl-C (its run still open): only the second leaves the sweep unfinished, so
-    its best-so-far is not recorded as final and --resume trains the trial on."""
-    from htl_ray.tune.study import TrialRecord
-    from htl_ray.tune.sweep import was_interrupted
-
-    def rec(tid: str, finished: bool, error: str | None = None) -> TrialRecord:
-        return TrialRecord(tid, tid, {}, [0.5], finished, error)
-
-    done, stopped, last = rec("a", True), rec("b", False), rec("c", False)
-    failed = rec("d", False, "boom")
-    assert was_interrupted([done, stopped, last], 4, "asha", True, set())   # one never began
-    assert was_interrupted([done, stopped, last], 3, "asha", True, {"c"})
-    assert not was_interrupted([done, stopped, last], 3, "asha", True, set())
-    assert not was_interrupted([done, failed, stopped], 3, "asha", True, {"d"})
-    # Tune state saved before the callback existed: stops leave their runs open too
-    assert not was_interrupted([done, stopped, last], 3, "asha", False, {"b", "c"})
-    # a trial cut short before its first epoch: no scheduler could have stopped it
-    fresh = TrialRecord("e", "e", {}, [], False)
-    assert was_interrupted([done, stopped, fresh], 3, "asha", False, set())
-    # FIFO stops nothing: any trial that neither finished nor failed was cut short
-    assert was_interrupted([done, last], 2, "fifo", False, set())
-    assert not was_interrupted([done, failed], 2, "fifo", True, set())
-
-
-def test_a_restored_search_counts_only_the_archived_trials_it_was_told():
-    from htl_ray.tune.study import TrialRecord
-    from htl_ray.tune.sweep import TOLD_STATE_KEY, told_and_not
-
-    a, b, c = (TrialRecord(t, t, {}, [0.5], True) for t in "abc")
-    counted, ignored = told_and_not([a, b, c], {TOLD_STATE_KEY: ["a", "c"]})
-    assert [r.trial_id for r in counted] == ["a", "c"] and ignored == [b]
-    # the machine that ran the sweep from the start was told none: imports are not its trials
-    assert told_and_not([a], {}) == ([], [a])
-
-
 def test_a_trial_that_failed_elsewhere_runs_again_with_its_values(ray_cluster, synth_dataset,
                                                                   tmp_path, tracking_uri,
-                                                                  fresh_store):
+                                                                  fresh_store, capsys):
     """`--resume` retries a trial that failed on its own machine; continued elsewhere from the
     archive, the failed trial runs again too — same values, first epoch — and its archived run
     stops counting, here and on any machine that imports the archive afterwards."""
     from htl_ray import tracking
     from htl_ray.archive import export_sweep, import_sweep
-    from htl_ray.reproduce import setting_status
+    from htl_ray.protocol.status import setting_status
     from htl_ray.tune.prior_trials import archived_trials
 
     sweep_file = _tiny_sweep_file(tmp_path, synth_dataset, tracking_uri, epochs=1, trials=1)
@@ -242,14 +179,15 @@ def test_a_trial_that_failed_elsewhere_runs_again_with_its_values(ray_cluster, s
     lost.directory.mkdir(parents=True)
     (lost.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
     archive = tmp_path / "archive"
-    export_sweep(lost, tracking_uri, archive, log=lambda s: None)
+    export_sweep(lost, tracking_uri, archive)
 
     there = fresh_store(tmp_path / "there.db")
     other = load_sweep(sweep_file, [f"tracking.uri={there}",
                                     f"sweep.storage_path={tmp_path / 'there'}"])
-    import_sweep(other, there, archive, log=lambda s: None)
-    lines: list[str] = []
-    outcome = run_sweep(other, resume=True, log=lines.append)
+    import_sweep(other, there, archive)
+    capsys.readouterr()
+    outcome = run_sweep(other, resume=True)
+    lines = capsys.readouterr().out.splitlines()
     assert any("1 of them failed there and run again" in x for x in lines), lines
     client = MlflowClient(there)
     runs = _children(client, outcome.parent_run_id)
@@ -263,11 +201,11 @@ def test_a_trial_that_failed_elsewhere_runs_again_with_its_values(ray_cluster, s
         tmp_path / "there" / "tiny" / "summary" / "study_summary.md").read_text()
     assert setting_status(other, there).trials_finished == 1
     # the archive learns it: a third machine counts the new trial and does not retry the old
-    export_sweep(other, there, archive, log=lambda s: None)
+    export_sweep(other, there, archive)
     third = fresh_store(tmp_path / "third.db")
     again = load_sweep(sweep_file, [f"tracking.uri={third}",
                                     f"sweep.storage_path={tmp_path / 'third'}"])
-    import_sweep(again, third, archive, log=lambda s: None)
+    import_sweep(again, third, archive)
     parent3 = json.loads((again.directory / STATE_FILE).read_text())["parent_run_id"]
     assert [r.trial_id for r in archived_trials(again, third, parent3)] == \
         [new.data.tags["htl.trial_id"]]

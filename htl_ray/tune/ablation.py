@@ -13,15 +13,17 @@ the confirmation runs. Its val Dice is paired by seed with the chosen configurat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from htl_ray.config import ExperimentConfig
 from htl_ray.tracking.schema import ABLATION_ROLE as ROLE
+from htl_ray.tune.child_runs import PlannedRun, train_child_runs
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import TrialRecord
-from htl_ray.tune.sweep import train_child_runs
+
+logger = logging.getLogger(__name__)
 
 
 def ablation_run_name(name: str, seed: int) -> str:
@@ -55,28 +57,29 @@ def matches_variant(sweep: Sweep, name: str, params: dict[str, str]) -> bool:
 
 
 def ablation_plan(sweep: Sweep, best_params: dict[str, Any], base_raw: dict[str, Any]
-                  ) -> list[tuple[str, str, int, ExperimentConfig]]:
+                  ) -> list[PlannedRun]:
     """(run name, variant, seed, config) of every ablation run, variant-major: each variant's
     seeds together, in the sweep file's order. A variant that is the chosen configuration
     already (`same_as_chosen`) has nothing to train and is left out."""
     same = same_as_chosen(sweep, best_params)
-    return [(ablation_run_name(name, seed), name, seed, sweep.config_for(best_params, [
-                *overrides, "train.evaluate_test=false", f"run.seed={seed}",
-                f"run.name={ablation_run_name(name, seed)}"], base_raw))
+    return [PlannedRun(ablation_run_name(name, seed), name, seed, sweep.config_for(
+                best_params, [*overrides, "train.evaluate_test=false", f"run.seed={seed}",
+                              f"run.name={ablation_run_name(name, seed)}"], base_raw))
             for name, overrides in sweep.ablations.items() if name not in same
             for seed in range(sweep.settings.ablation_seeds)]
 
 
-def run_ablations(sweep: Sweep, best: TrialRecord, base_raw: dict[str, Any],
-                  parent_run_id: str, runs_dir: Path, log: Callable[[str], None],
+def run_ablations(sweep: Sweep, best: TrialRecord, *, base_raw: dict[str, Any],
+                  parent_run_id: str, runs_dir: Path,
                   on_trained: Callable[[], None] | None = None) -> dict[str, list[str]]:
     """Train the `ablation_plan` (finished runs kept, unfinished ones resumed)."""
     plan = ablation_plan(sweep, best.params, base_raw)
     for name in same_as_chosen(sweep, best.params):
-        log(f"[htl-ray] ablation {name}: {', '.join(sweep.ablations[name])} is what the sweep "
-            "chose: nothing to train (the confirmation runs are this variant)")
+        logger.info(f"[htl-ray] ablation {name}: {', '.join(sweep.ablations[name])} is what "
+                    "the sweep chose: nothing to train (the confirmation runs are this variant)")
     if plan:
-        log(f"[htl-ray] sweep {sweep.settings.name}: {len(sweep.ablations)} ablation(s) of "
-            f"the chosen configuration ({', '.join(sweep.ablations)}), "
-            f"{sweep.settings.ablation_seeds} seed(s) each, scored on val only")
-    return train_child_runs(sweep, plan, ROLE, best, parent_run_id, runs_dir, log, on_trained)
+        logger.info(f"[htl-ray] sweep {sweep.settings.name}: {len(sweep.ablations)} "
+                    f"ablation(s) of the chosen configuration ({', '.join(sweep.ablations)}), "
+                    f"{sweep.settings.ablation_seeds} seed(s) each, scored on val only")
+    return train_child_runs(sweep, plan, role=ROLE, best=best, parent_run_id=parent_run_id,
+                            runs_dir=runs_dir, on_trained=on_trained)

@@ -29,9 +29,9 @@ from typing import Any
 
 from htl_ray.config import ConfigError
 from htl_ray.tracking.outcome import TrialOutcome, trial_outcome
+from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import (
     ORIGIN_TAG,
-    PARENT_TAG,
     RETRIED_TAG,
     ROLE_TAG,
     SAMPLED_TAG_PREFIX,
@@ -119,9 +119,8 @@ def archived_trials(sweep: Sweep, uri: str, parent_run_id: str,
 
     client = tracking_client(uri)
     parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id],
-                              f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
-                              f"tags.`{ROLE_TAG}` = 'trial'", max_results=50000)
+    runs = search(client, parent.info.experiment_id,
+                  RunQuery(parent_run_id=parent_run_id, role=TRIAL_ROLE))
     metric = sweep.settings.metric
     out = []
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):   # the order they began

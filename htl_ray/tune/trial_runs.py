@@ -17,10 +17,10 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from htl_ray.tracking import client as tracking_client
+from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import (
     INTERRUPTED_TAG,
     ORPHANED_TAG,
-    PARENT_TAG,
     STOPPED_EARLY_TAG,
     TRIAL_TAG,
 )
@@ -31,10 +31,8 @@ from htl_ray.tune.trial import (
 
 def _open_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None):
     parent = client.get_run(parent_run_id)
-    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    if trial_id is not None:
-        query += f" and tags.`{TRIAL_TAG}` = '{trial_id}'"
-    return client.search_runs([parent.info.experiment_id], query)
+    return search(client, parent.info.experiment_id,
+                  RunQuery(parent_run_id=parent_run_id, status="RUNNING", trial_id=trial_id))
 
 
 def _close(client: MlflowClient, run_id: str, tag: str) -> None:
@@ -46,7 +44,7 @@ class CloseStoppedTrialRuns(Callback):
     """Tune calls `on_trial_complete` for a trial that returned on its own (its last result
     carries FINISHED_KEY: its run already ended FINISHED) and for one the scheduler stopped,
     never for one an interruption cut short; so a stop is told apart from a Ctrl-C even when
-    both happen in the same sitting (`tune.sweep.was_interrupted`).
+    both happen in the same sitting (`tune.search.was_interrupted`).
 
     Tune pickles its callbacks into the sweep's saved state and restores them on `--resume`:
     this class must keep its import path and hold only plain values."""

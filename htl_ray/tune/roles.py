@@ -1,0 +1,30 @@
+"""What a sweep's child runs and its parent run must hold to count, by role.
+
+A sweep's runs are told apart by their `htl.role` tag (`tracking.schema`): its parent run,
+its trials, and after the search the confirmation runs (scored on test) and the ablation runs
+(scored on val only). The archive, the protocol's status and the sweep itself read these rules
+here.
+"""
+
+from __future__ import annotations
+
+from htl_ray.tracking.schema import ABLATION_ROLE, CONFIRM_ROLE
+
+RUN_KIND = {CONFIRM_ROLE: "confirmation", ABLATION_ROLE: "ablation"}
+SCORED_ROLES = tuple(RUN_KIND)        # a sweep's child runs that count once scored
+
+BEST_PREFIX = "best."   # the parent run's params of its chosen configuration (`summarise`)
+
+
+def scored_key(role: str) -> str:
+    """The metric a finished child run of `role` must hold: confirmation runs are scored on
+    test, ablation runs on val only."""
+    return "best/val/dice" if role == ABLATION_ROLE else "best/test/dice"
+
+
+def best_params(params: dict[str, str]) -> dict[str, str]:
+    """The configuration a sweep's parent run records as chosen (`tune.summary.summarise`,
+    once every trial has ended), keyed without the prefix; empty while the sweep is
+    unfinished."""
+    return {k.removeprefix(BEST_PREFIX): v for k, v in params.items()
+            if k.startswith(BEST_PREFIX)}

@@ -1,0 +1,76 @@
+"""A child run kept from before must have trained the configuration planned now.
+
+A confirmation or ablation run already on disk, or finished elsewhere and imported from the
+protocol archive, is kept instead of trained again; if the sweep's best configuration changed
+since (more trials, other settings), mixing its old seeds with new ones would compare two
+configurations under one name. These checks refuse that, naming what differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig
+from htl_ray.tracking.schema import CONFIRM_ROLE, DATASET_TAG, ORIGIN_TAG
+from htl_ray.train.checkpoints import read_run_state
+from htl_ray.tune.roles import RUN_KIND
+
+# run identity, tracking, how fast the HTL scorer runs (and how long it may take to start), how
+# often a lost worker is restarted:
+# none of them changes what a run trains
+IGNORED_ON_RESUME = ("run.", "tracking.", *RESULT_NEUTRAL_KEYS)
+
+# where the data and an initial checkpoint lie on the machine that trained a run
+MACHINE_PATHS = ("data.path", "model.init_checkpoint")
+
+
+def refuse_changed_run_dir(state_file: Path, cfg: ExperimentConfig,
+                           role: str = CONFIRM_ROLE) -> None:
+    """A confirmation (or ablation) run already on disk (its run state `state_file`) must be
+    the run planned now (`cfg`)."""
+    if not state_file.is_file():
+        return
+    from htl_ray.config import from_dict
+
+    old = from_dict(read_run_state(state_file.parent)["config"]).flat()
+    new = cfg.flat()
+    differ = differing(old, new, set(old) | set(new), IGNORED_ON_RESUME)
+    if differ:
+        raise ConfigError(
+            f"{state_file.parent}: this {RUN_KIND[role]} run {changed(differ)} Move the "
+            f"sweep's runs/{role}-* directories away (or restore the settings) to train the "
+            "new configuration")
+
+
+def refuse_changed_mlflow_run(run, cfg: ExperimentConfig, name: str) -> None:
+    """A run finished elsewhere must have run the configuration planned now: the params it
+    recorded (keys newer than it are not compared) and, when the data is here, its dataset."""
+    from htl_ray.data.schema import read_manifest
+
+    old = run.data.params
+    new = {k: str(v) for k, v in cfg.flat().items()}
+    differ = differing(old, new, set(old) & set(new), IGNORED_ON_RESUME + MACHINE_PATHS)
+    try:                                                   # the data, wherever it lies here
+        here = read_manifest(cfg.data.path).get("fingerprint")
+    except FileNotFoundError:
+        here = None
+    if here and run.data.tags.get(DATASET_TAG) not in (None, here):
+        differ.insert(0, f"the dataset ({DATASET_TAG})")
+    if differ:
+        raise ConfigError(
+            f"MLflow run {run.info.run_id} ({name}, finished elsewhere) {changed(differ)} "
+            "To train the new configuration, continue without the archive in a fresh MLflow "
+            "store and sweep directory (tracking.uri, sweep.storage_path), or delete the "
+            f"imported runs (tag {ORIGIN_TAG})")
+
+
+def differing(old: dict[str, Any], new: dict[str, Any], keys: set[str],
+              ignored: tuple[str, ...]) -> list[str]:
+    return sorted(k for k in keys if not k.startswith(ignored) and old.get(k) != new.get(k))
+
+
+def changed(differ: list[str]) -> str:
+    listed = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
+    return (f"was trained with another configuration than the one planned now ({listed} "
+            "differ): the sweep's best configuration or its settings changed.")

@@ -1,0 +1,44 @@
+"""The confirmation plan: the chosen configuration and its comparators, over seeds, in the
+order the verdict reads them."""
+
+from __future__ import annotations
+
+import yaml
+
+from htl_ray.tune.child_runs import PlannedRun
+from htl_ray.tune.confirm import VERDICT_GROUPS, confirm_run_name, confirmation_plan
+from htl_ray.tune.space import load_sweep
+
+
+def _write(tmp_path, space, sweep=None, **top):
+    body = {"overrides": ["train.epochs=3"], "sweep": sweep or {"name": "s"}, "space": space,
+            **top}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(tmp_path):
+    sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0.5, "high": 4},
+                                         "htl.q": {"type": "float", "low": 0.05, "high": 0.4}},
+                              {"name": "s", "comparators": ["erm", "random", "el2n"]},
+                              overrides=["train.epochs=3", "htl.method=htl"]))
+    plan = confirmation_plan(sweep, {"htl.lam": 2.5, "htl.q": 0.3}, 2, sweep.base.to_dict())
+    assert [(name, group, seed) for name, group, seed, _ in plan] == [
+        # the verdict's groups first (best vs ERM and the placebo), seed-major; then the rest
+        ("confirm-best-s0", "best", 0), ("confirm-erm-s0", "erm", 0),
+        ("confirm-random-s0", "random", 0), ("confirm-best-s1", "best", 1),
+        ("confirm-erm-s1", "erm", 1), ("confirm-random-s1", "random", 1),
+        ("confirm-el2n-s0", "el2n", 0), ("confirm-el2n-s1", "el2n", 1)]
+    assert set(VERDICT_GROUPS) == {g for _, g, _, _ in plan[:6]}
+    for name, group, seed, cfg in plan:
+        assert cfg.run.name == name and cfg.run.seed == seed and cfg.train.epochs == 3
+        assert (cfg.htl.lam, cfg.htl.q) == (2.5, 0.3)               # the sweep's choice
+        assert cfg.htl.method == ("htl" if group == "best" else group)
+    assert all(isinstance(p, PlannedRun) for p in plan)
+    assert plan[0].name == confirm_run_name("best", 0) and plan[0].config.run.seed == 0
+    default = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
+    # an ERM sweep (the default method): its best config is the ERM group already
+    assert default.base.htl.method == "erm"
+    assert [g for _, g, _, _ in confirmation_plan(default, {"htl.lam": 0.5}, 1,
+                                                  default.base.to_dict())] == ["best"]
