@@ -43,8 +43,10 @@ PAGES = ("reference/cli.md", "reference/config.md", "reference/tracking.md",
 # ---------------------------------------------------------------- helpers
 
 def _cell(text: Any) -> str:
-    """Text fit for one Markdown table cell."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text fit for one Markdown table cell: one line, and `|`, `<` (`<id>` would be taken
+    for an HTML tag) and `*` taken literally."""
+    return (" ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;")
+            .replace("*", "\\*"))
 
 
 def _code(text: Any) -> str:
@@ -96,20 +98,25 @@ def _arg_value(action: argparse.Action) -> str:
         return " \\| ".join(_code(c) for c in action.choices)
     meta = action.metavar or (action.dest.upper() if action.option_strings else "")
     typ = getattr(action.type, "__name__", "")
-    typ = {"int": "integer", "float": "number", "str": "text"}.get(typ, typ.lstrip("_"))
+    typ = {"int": "integer", "float": "number", "str": "text", "_positive_int": "integer ≥ 1",
+           }.get(typ, typ.lstrip("_").replace("_", " "))
     text = _code(meta) if meta else ""
     if typ and typ != "text":
         text = f"{text} ({typ})" if text else typ
     if action.nargs in ("*", "+"):
-        text += " …" if action.nargs == "+" else " … (any number)"
+        text = ((text + " ") if text else "") + ("one or more" if action.nargs == "+"
+                                                  else "any number")
     return text or "text"
 
 
 def _arg_default(action: argparse.Action) -> str:
-    if action.required or (not action.option_strings and action.nargs not in ("?", "*")):
+    if not action.option_strings:           # a positional: required unless ? or *
+        return "—" if action.nargs in ("?", "*") else "required"
+    if action.required:
         return "required"
     default = action.default
-    if action.nargs == 0 or default in (None, argparse.SUPPRESS, False):
+    if action.nargs == 0 or default is None or default is argparse.SUPPRESS \
+            or default is False:
         return "—"
     if isinstance(default, (list, tuple)):
         return _code(",".join(str(v) for v in default)) if default else "—"
