@@ -3,23 +3,15 @@ order the verdict reads them."""
 
 from __future__ import annotations
 
-import yaml
+from sweep_files import write_sweep
 
 from htl_ray.tune.child_runs import PlannedRun
 from htl_ray.tune.confirm import VERDICT_GROUPS, confirm_run_name, confirmation_plan
 from htl_ray.tune.space import load_sweep
 
 
-def _write(tmp_path, space, sweep=None, **top):
-    body = {"overrides": ["train.epochs=3"], "sweep": sweep or {"name": "s"}, "space": space,
-            **top}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
-
-
 def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(tmp_path):
-    sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0.5, "high": 4},
+    sweep = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0.5, "high": 4},
                                          "htl.q": {"type": "float", "low": 0.05, "high": 0.4}},
                               {"name": "s", "comparators": ["erm", "random", "el2n"]},
                               overrides=["train.epochs=3", "htl.method=htl"]))
@@ -37,7 +29,7 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
         assert cfg.htl.method == ("htl" if group == "best" else group)
     assert all(isinstance(p, PlannedRun) for p in plan)
     assert plan[0].name == confirm_run_name("best", 0) and plan[0].config.run.seed == 0
-    default = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
+    default = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
     # an ERM sweep (the default method): its best config is the ERM group already
     assert default.base.htl.method == "erm"
     assert [g for _, g, _, _ in confirmation_plan(default, {"htl.lam": 0.5}, 1,

@@ -4,20 +4,12 @@ runs end to end in tests/test_tune_sweep.py.)"""
 
 from __future__ import annotations
 
-import yaml
+from sweep_files import write_sweep
 
 from htl_ray.tune.search import make_scheduler, told_and_not, was_interrupted
 from htl_ray.tune.space import load_sweep
 from htl_ray.tune.state import SweepState
 from htl_ray.tune.study import TrialRecord
-
-
-def _write(tmp_path, space, sweep=None, **top):
-    body = {"overrides": ["train.epochs=3"], "sweep": sweep or {"name": "s"}, "space": space,
-            **top}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
 
 
 def test_a_ctrl_c_during_the_last_asha_trial_is_an_interruption_not_the_end():
@@ -59,7 +51,7 @@ def test_asha_stops_weak_trials_at_its_rung_but_never_at_the_last_epoch(tmp_path
 
     from ray.tune.schedulers import TrialScheduler
 
-    sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+    sweep = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                               {"name": "s", "scheduler": "asha", "grace_period": 2,
                                "reduction_factor": 2},
                               overrides=["train.epochs=6"]))

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import optuna.distributions as od
 import pytest
-import yaml
+from sweep_files import write_sweep
 
 from htl_ray.config import ConfigError
 from htl_ray.tune.space import load_sweep
 
 
-def _write(tmp_path, space, sweep=None, **top):
-    body = {"overrides": ["train.epochs=3"], "sweep": sweep or {"name": "s"}, "space": space,
-            **top}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
-
-
 def test_space_becomes_optuna_distributions_and_trial_overrides(tmp_path):
-    sweep = load_sweep(_write(tmp_path, {
+    sweep = load_sweep(write_sweep(tmp_path, {
         "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "htl.refresh_every": {"type": "int", "low": 1, "high": 3},
         "htl.attention": {"type": "categorical", "choices": ["reweight", "oversample"]},
@@ -37,14 +29,14 @@ def test_space_becomes_optuna_distributions_and_trial_overrides(tmp_path):
 
 
 def test_command_line_overrides_reach_the_base_config_and_the_sweep_settings(tmp_path):
-    sweep = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}),
+    sweep = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}),
                        ["train.lr=0.01", "sweep.num_samples=3", "sweep.scheduler=asha"])
     assert sweep.base.train.lr == 0.01 and sweep.base.train.epochs == 3
     assert sweep.settings.num_samples == 3 and sweep.settings.scheduler == "asha"
 
 
 def test_max_sparsity_sets_evenly_spaced_levels(tmp_path):
-    sweep = load_sweep(_write(tmp_path, {"htl.max_sparsity": {"type": "float", "low": 0.5,
+    sweep = load_sweep(write_sweep(tmp_path, {"htl.max_sparsity": {"type": "float", "low": 0.5,
                                                               "high": 0.9}}))
     assert len(sweep.base.htl.sparsities) == 3
     assert sweep.config_for({"htl.max_sparsity": 0.9}).htl.sparsities == [0.3, 0.6, 0.9]
@@ -68,14 +60,14 @@ def test_max_sparsity_sets_evenly_spaced_levels(tmp_path):
 ])
 def test_bad_sweep_files_name_the_key(tmp_path, space, sweep, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        load_sweep(_write(tmp_path, space, sweep))
+        load_sweep(write_sweep(tmp_path, space, sweep))
 
 
 def test_missing_base_and_file_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="sweep file not found"):
         load_sweep(tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match="base: config file not found: nope.yaml"):
-        load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+        load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                           base="nope.yaml"))
 
 
@@ -89,14 +81,14 @@ def test_the_shipped_sweep_file_is_valid():
 
 
 def test_comparators_are_methods_that_fit_the_setting(tmp_path):
-    default = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
+    default = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
     assert default.settings.comparators == ["erm"]
     # a comparator that is not a method is refused by name; loss and EL2N fit the semi
     # setting (pseudo-labels where an image has no mask)
     with pytest.raises(ConfigError, match="comparators: expected a list of distinct htl.method"):
-        load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+        load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                           {"name": "s", "comparators": ["erm", "jtt"]}))
-    semi = load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+    semi = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                              {"name": "s", "comparators": ["erm", "loss", "el2n"]},
                              overrides=["supervision.setting=semi",
                                         "supervision.label_fraction=0.25"]))
@@ -106,6 +98,6 @@ def test_comparators_are_methods_that_fit_the_setting(tmp_path):
 def test_asha_grace_period_must_leave_a_last_epoch(tmp_path):
     with pytest.raises(ConfigError, match="sweep.grace_period: ASHA judges trials after this "
                                           "many epochs; expected 1 to train.epochs − 1 .5."):
-        load_sweep(_write(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+        load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                           {"name": "s", "scheduler": "asha", "grace_period": 6},
                           overrides=["train.epochs=6"]))
