@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 import typing
 from typing import Any
 
@@ -44,9 +45,11 @@ PAGES = ("reference/cli.md", "reference/config.md", "reference/tracking.md",
 
 def _cell(text: Any) -> str:
     """Text fit for one Markdown table cell: one line, and `|`, `<` (`<id>` would be taken
-    for an HTML tag) and `*` taken literally."""
-    return (" ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;")
-            .replace("*", "\\*"))
+    for an HTML tag) and `*` taken literally (code spans are literal already)."""
+    parts = re.split(r"(`[^`]*`)", " ".join(str(text).split()))
+    return "".join(part if part.startswith("`") else
+                   part.replace("|", "\\|").replace("<", "&lt;").replace("*", "\\*")
+                   for part in parts)
 
 
 def _code(text: Any) -> str:
