@@ -99,6 +99,14 @@ def test_every_directory_layout_is_described():
         assert layout and all(path and meaning for path, meaning in layout.items()), module
 
 
+def test_every_module_that_defines_a_layout_is_in_the_reference():
+    package = REPO / "htl_ray"
+    defining = {".".join(path.relative_to(REPO).with_suffix("").parts)
+                for path in package.rglob("*.py")
+                if re.search(r"^LAYOUT\b", path.read_text(), flags=re.M)}
+    assert defining - {m for m, *_ in reference.LAYOUT_MODULES} == set()
+
+
 def test_the_readme_is_a_newcomers_page():
     text = (REPO / "README.md").read_text()
     assert len(text.encode()) <= README_LIMIT
