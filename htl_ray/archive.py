@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import htl_ray.tune.state as sweep_state
 from htl_ray.config import ConfigError
 from htl_ray.tracking.outcome import is_settled, trial_outcome
 from htl_ray.tracking.queries import RunQuery, search
@@ -37,7 +38,6 @@ from htl_ray.tracking.schema import (
     SWEEP_ROLE,
     TRIAL_ROLE,
 )
-from htl_ray.tune import state as sweep_state
 from htl_ray.tune.roles import BEST_PREFIX, SCORED_ROLES, best_params, scored_key
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.state import SweepState

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+import htl_ray.tune.state as sweep_state
 from htl_ray import tracking
 from htl_ray.archive import ORIGIN_TAG, export_sweep, import_sweep
 from htl_ray.config import ConfigError
 from htl_ray.protocol.status import setting_status
-from htl_ray.tune import state as sweep_state
 from htl_ray.tune.child_runs import PlannedRun, finished_elsewhere
 from htl_ray.tune.space import load_sweep
 from htl_ray.tune.state import STATE_FILE

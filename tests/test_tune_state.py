@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
+import htl_ray.tune.state as state
 from htl_ray.config import ConfigError
-from htl_ray.tune import state
 from htl_ray.tune.state import LAYOUT, STATE_FILE, SweepState
 
 
@@ -85,6 +85,12 @@ def test_readers_never_see_half_a_file_while_it_is_updated(tmp_path):
 
 
 def test_the_layout_names_every_file_the_sweep_writes():
+    from htl_ray.tune.ablation import ablation_run_name
+    from htl_ray.tune.confirm import confirm_run_name
+    from htl_ray.tune.search import TUNE_DIR
+
     assert STATE_FILE in LAYOUT and all(isinstance(v, str) and v for v in LAYOUT.values())
-    assert {"tune/", "summary/", "runs/trial-<trial id>/", "runs/confirm-<group>-s<seed>/",
-            "runs/ablation-<variant>-s<seed>/"} <= set(LAYOUT)
+    # spelled as the code names them
+    assert {f"{TUNE_DIR}/", "summary/", "runs/trial-<trial id>/",
+            f"runs/{confirm_run_name('<group>', '<seed>')}/",
+            f"runs/{ablation_run_name('<variant>', '<seed>')}/"} <= set(LAYOUT)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import htl_ray.tune.parent as parent
+import htl_ray.tune.state as state
 from htl_ray.tracking.schema import INTERRUPTED_TAG
-from htl_ray.tune import parent, state
 from htl_ray.tune.prior_trials import (
     archived_trials,
     fill_rungs,

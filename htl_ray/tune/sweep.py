@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import htl_ray.tune.parent as parent
+import htl_ray.tune.state as state
 from htl_ray.config import ConfigError, ExperimentConfig
-from htl_ray.tune import parent, state
 from htl_ray.tune.ablation import run_ablations
 from htl_ray.tune.confirm import VERDICT_GROUPS, confirm_run_name, run_confirmation
 from htl_ray.tune.parent import archived_best
