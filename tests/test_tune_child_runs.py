@@ -41,7 +41,8 @@ def _run(uri, planned: PlannedRun, sweep_name, parent, metrics, role="confirm", 
 
 def test_a_scored_run_of_this_sweep_finished_elsewhere_is_found(tmp_path, tracking_uri):
     sweep = _sweep(tmp_path, tracking_uri)
-    best, erm = confirmation_plan(sweep, {"htl.lam": 1.5}, 1, sweep.base.to_dict())
+    best, erm = confirmation_plan(sweep, {"htl.lam": 1.5}, seeds=1,
+                                  base_raw=sweep.base.to_dict())
     assert finished_elsewhere(sweep, best, parent_run_id="p") is None     # no experiment yet
     scored = {"best/test/dice": 0.8}
     # not it: another sweep whose name a loose filter would match, another parent, unscored

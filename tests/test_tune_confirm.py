@@ -15,7 +15,8 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
                                          "htl.q": {"type": "float", "low": 0.05, "high": 0.4}},
                               {"name": "s", "comparators": ["erm", "random", "el2n"]},
                               overrides=["train.epochs=3", "htl.method=htl"]))
-    plan = confirmation_plan(sweep, {"htl.lam": 2.5, "htl.q": 0.3}, 2, sweep.base.to_dict())
+    plan = confirmation_plan(sweep, {"htl.lam": 2.5, "htl.q": 0.3}, seeds=2,
+                             base_raw=sweep.base.to_dict())
     assert [(name, group, seed) for name, group, seed, _ in plan] == [
         # the verdict's groups first (best vs ERM and the placebo), seed-major; then the rest
         ("confirm-best-s0", "best", 0), ("confirm-erm-s0", "erm", 0),
@@ -32,5 +33,5 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
     default = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}}))
     # an ERM sweep (the default method): its best config is the ERM group already
     assert default.base.htl.method == "erm"
-    assert [g for _, g, _, _ in confirmation_plan(default, {"htl.lam": 0.5}, 1,
-                                                  default.base.to_dict())] == ["best"]
+    assert [g for _, g, _, _ in confirmation_plan(default, {"htl.lam": 0.5}, seeds=1,
+                                                  base_raw=default.base.to_dict())] == ["best"]

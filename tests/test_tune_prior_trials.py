@@ -50,7 +50,7 @@ def test_a_continued_search_suggests_what_the_uninterrupted_one_would_have():
                TrialRecord("t1", "t1", drawn[1], [0.3, 0.4], False)]
     assert [told_value(r, "max") for r in records] == [0.6, 0.4]
     continued, sampler = _search()
-    assert tell_searcher(continued, sampler, dict(SPACE), records, "max") == 2
+    assert tell_searcher(continued, sampler, records, space=dict(SPACE), mode="max") == 2
     assert continued.suggest("n0") == drawn[2]
     assert continued.suggest("n0") not in drawn[:2]
     told = continued._ot_study.get_trials()
@@ -74,14 +74,14 @@ def test_a_failed_trial_runs_again_first_and_the_search_then_goes_on_as_before()
     assert told_value(records[1], "max") is None
     assert retry_points(records) == [drawn[1]]
     continued, sampler = _search(points=retry_points(records))
-    assert tell_searcher(continued, sampler, dict(SPACE), records, "max") == 1
+    assert tell_searcher(continued, sampler, records, space=dict(SPACE), mode="max") == 1
     assert continued.suggest("r0") == drawn[1]          # the failed trial, again
     assert continued.suggest("n0") == drawn[2]          # then what would have come next
     states = [t.state.name for t in continued._ot_study.get_trials()]
     assert states.count("COMPLETE") == 1 and "FAIL" not in states
     # without its retry point the failed trial's values would never run again
     no_retry, sampler = _search()
-    tell_searcher(no_retry, sampler, dict(SPACE), records, "max")
+    tell_searcher(no_retry, sampler, records, space=dict(SPACE), mode="max")
     assert no_retry.suggest("n0") == drawn[2]
 
 

@@ -17,23 +17,27 @@ def test_a_ctrl_c_during_the_last_asha_trial_is_an_interruption_not_the_end():
     short by a Ctrl-C (its run still open): only the second leaves the sweep unfinished, so
     its best-so-far is not recorded as final and --resume trains the trial on."""
 
+    def interrupted(records, num_samples, scheduler, stops_closed, open_ids) -> bool:
+        return was_interrupted(records, num_samples=num_samples, scheduler=scheduler,
+                               stops_closed=stops_closed, open_ids=open_ids)
+
     def rec(tid: str, finished: bool, error: str | None = None) -> TrialRecord:
         return TrialRecord(tid, tid, {}, [0.5], finished, error)
 
     done, stopped, last = rec("a", True), rec("b", False), rec("c", False)
     failed = rec("d", False, "boom")
-    assert was_interrupted([done, stopped, last], 4, "asha", True, set())   # one never began
-    assert was_interrupted([done, stopped, last], 3, "asha", True, {"c"})
-    assert not was_interrupted([done, stopped, last], 3, "asha", True, set())
-    assert not was_interrupted([done, failed, stopped], 3, "asha", True, {"d"})
+    assert interrupted([done, stopped, last], 4, "asha", True, set())   # one never began
+    assert interrupted([done, stopped, last], 3, "asha", True, {"c"})
+    assert not interrupted([done, stopped, last], 3, "asha", True, set())
+    assert not interrupted([done, failed, stopped], 3, "asha", True, {"d"})
     # Tune state saved before the callback existed: stops leave their runs open too
-    assert not was_interrupted([done, stopped, last], 3, "asha", False, {"b", "c"})
+    assert not interrupted([done, stopped, last], 3, "asha", False, {"b", "c"})
     # a trial cut short before its first epoch: no scheduler could have stopped it
     fresh = TrialRecord("e", "e", {}, [], False)
-    assert was_interrupted([done, stopped, fresh], 3, "asha", False, set())
+    assert interrupted([done, stopped, fresh], 3, "asha", False, set())
     # FIFO stops nothing: any trial that neither finished nor failed was cut short
-    assert was_interrupted([done, last], 2, "fifo", False, set())
-    assert not was_interrupted([done, failed], 2, "fifo", True, set())
+    assert interrupted([done, last], 2, "fifo", False, set())
+    assert not interrupted([done, failed], 2, "fifo", True, set())
 
 
 def test_a_restored_search_counts_only_the_archived_trials_it_was_told():

@@ -24,7 +24,7 @@ def confirm_run_name(group: str, seed: int) -> str:
     return f"{CONFIRM_ROLE}-{group}-s{seed}"
 
 
-def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], seeds: int,
+def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], *, seeds: int,
                       base_raw: dict[str, Any]) -> list[PlannedRun]:
     """(run name, group, seed, config) of every confirmation run: the best config and the same
     config with each comparator's `htl.method` (default: erm only), seeds 0..N−1 — a placebo
@@ -52,7 +52,7 @@ def run_confirmation(sweep: Sweep, best: TrialRecord, *, seeds: int, base_raw: d
                      on_trained: Callable[[], None] | None = None) -> dict[str, list[str]]:
     """Train the `confirmation_plan` as child runs of the sweep. Runs already finished are
     kept; unfinished ones resume; `on_trained` is called after each run trained."""
-    plan = confirmation_plan(sweep, best.params, seeds, base_raw)
+    plan = confirmation_plan(sweep, best.params, seeds=seeds, base_raw=base_raw)
     return train_child_runs(sweep, plan, role=CONFIRM_ROLE, best=best,
                             parent_run_id=parent_run_id, runs_dir=runs_dir,
                             on_trained=on_trained)

@@ -151,7 +151,7 @@ def told_value(record: TrialRecord, mode: str) -> float | None:
     return record.value(mode) if record.finished else record.history[-1]
 
 
-def tell_searcher(searcher, sampler, space: dict[str, Any], records: list[TrialRecord],
+def tell_searcher(searcher, sampler, records: list[TrialRecord], *, space: dict[str, Any],
                   mode: str) -> int:
     """Add the records (in the order they started) to a new `OptunaSearch` as evaluated points,
     and advance its seeded `sampler` past them: replaying one ask per record draws what the

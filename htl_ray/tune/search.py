@@ -102,7 +102,8 @@ def build_tuner(sweep: Sweep, *, base_raw: dict[str, Any], uri: str, parent_run_
     optuna_search = OptunaSearch(space=dict(sweep.space), metric=s.metric, mode=s.mode,
                                  sampler=sampler,
                                  points_to_evaluate=retry_points(list(prior)) or None)
-    told = tell_searcher(optuna_search, sampler, dict(sweep.space), list(prior), s.mode)
+    told = tell_searcher(optuna_search, sampler, list(prior), space=dict(sweep.space),
+                         mode=s.mode)
     searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrency)
     scheduler = make_scheduler(sweep)
     fill_rungs(scheduler, list(prior), s.mode)
@@ -138,7 +139,7 @@ def trial_records(results, sweep: Sweep) -> list[TrialRecord]:
     return out
 
 
-def was_interrupted(records: list[TrialRecord], num_samples: int, scheduler: str,
+def was_interrupted(records: list[TrialRecord], *, num_samples: int, scheduler: str,
                     stops_closed: bool, open_ids: set[str]) -> bool:
     """Whether the search returned because of a Ctrl-C (Tune saves its state and returns):
     fewer trials than asked for; or a trial that neither finished nor failed — under FIFO, or
@@ -208,10 +209,11 @@ def run_search(sweep: Sweep, *, base_raw: dict[str, Any], uri: str, parent_run_i
     else:
         records = []
     ended = sum(r.finished or bool(r.error) for r in records)
-    interrupted = was_interrupted(records, remaining, s.scheduler, stops_closed,
-                                  open_trial_ids(uri, parent_run_id))
-    closed = close_open_trial_runs(uri, parent_run_id, interrupted,
-                                   {r.trial_id for r in records})
+    interrupted = was_interrupted(records, num_samples=remaining, scheduler=s.scheduler,
+                                  stops_closed=stops_closed,
+                                  open_ids=open_trial_ids(uri, parent_run_id))
+    closed = close_open_trial_runs(uri, parent_run_id, interrupted=interrupted,
+                                   known={r.trial_id for r in records})
     records = told + records
     stopped = sum(not r.finished and not r.error for r in records) if not interrupted else 0
     if stopped:

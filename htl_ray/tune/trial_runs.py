@@ -70,7 +70,7 @@ def open_trial_ids(uri: str, parent_run_id: str) -> set[str]:
     return {r.data.tags.get(TRIAL_TAG) for r in _open_runs(tracking_client(uri), parent_run_id)}
 
 
-def close_open_trial_runs(uri: str, parent_run_id: str, interrupted: bool,
+def close_open_trial_runs(uri: str, parent_run_id: str, *, interrupted: bool,
                           known: set[str]) -> dict[str, int]:
     """After the search: close every trial run still RUNNING, as interrupted (the sweep was),
     stopped early (a sweep restored without the callback, or a stop the callback could not
