@@ -26,14 +26,13 @@ import htl_ray.tune.state as state
 from htl_ray.config import ConfigError, ExperimentConfig
 from htl_ray.tune.ablation import run_ablations
 from htl_ray.tune.confirm import VERDICT_GROUPS, confirm_run_name, run_confirmation
-from htl_ray.tune.parent import archived_best
 from htl_ray.tune.roles import SCORED_ROLES, best_params, scored_key
 from htl_ray.tune.search import TUNE_DIR, max_concurrent, run_search
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.state import STATE_FILE, SweepState
 from htl_ray.tune.study import TrialRecord
 
-# what other modules import from here (the protocol: htl_ray.reproduce)
+# what other modules import from here (htl_ray.protocol)
 __all__ = ["SCORED_ROLES", "STATE_FILE", "VERDICT_GROUPS", "SweepOutcome", "best_params",
            "confirm_run_name", "run_sweep", "scored_key"]
 
@@ -108,7 +107,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0, ablate: b
         if held is not None and held.from_archive and not (directory / TUNE_DIR).is_dir() \
                 and parent.has_best(uri, parent_run_id):
             # swept on another machine (htl_ray.archive): its trials are results, not state
-            best = archived_best(sweep, uri, parent_run_id)
+            best = parent.archived_best(sweep, uri, parent_run_id)
             logger.info(f"[htl-ray] sweep {s.name} was run elsewhere (archive "
                         f"{held.from_archive}); best trial {best.name}: its confirmation runs")
             outcome = SweepOutcome(directory, parent_run_id, uri, best, [])
