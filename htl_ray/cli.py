@@ -270,14 +270,14 @@ def _print_ui_hint(uri: str) -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from htl_ray.reproduce import run_protocol
+    from htl_ray.protocol import run_protocol
 
     overrides = list(args.overrides)
     if args.set_from:
         from htl_ray.config import read_yaml_list
 
         overrides = [*read_yaml_list(args.set_from, "--set-from"), *overrides]
-    complete = run_protocol(args.sweeps, args.seeds, args.results,
+    complete = run_protocol(args.sweeps, seeds=args.seeds, results=args.results,
                             report_only=args.report_only, overrides=overrides,
                             archive=args.archive, ablate=not args.no_ablations)
     print(f"\n=== htl-ray: reproduction protocol {'complete' if complete else 'in progress'}"

@@ -11,18 +11,22 @@ to both arms cancels. Intervals are Student-t 95% intervals over seeds (or over 
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from htl_ray.analysis.stats import mean_ci, paired_difference
 from htl_ray.config import RESULT_NEUTRAL_KEYS
 from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table, short_value
+from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import ROLE_TAG, SWEEP_ROLE
+
+logger = logging.getLogger(__name__)
 
 SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.label_seed",
                        "tracking.uri", "tracking.experiment",
@@ -30,20 +34,6 @@ SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.
 # what is not part of a configuration's identity
 NOT_CONFIGURATION = SEED_LIKE | frozenset(RESULT_NEUTRAL_KEYS)
 METRICS = ("dice", "iou", "thresholded_jaccard", "worst_group_dice")
-
-
-def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of a Student-t interval; the interval is NaN with fewer than 2 values."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v == v], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - half, m + half
 
 
 def run_metrics(metrics: dict[str, float], split: str = "val") -> dict[str, float]:
@@ -57,8 +47,11 @@ def run_metrics(metrics: dict[str, float], split: str = "val") -> dict[str, floa
     return out
 
 
-def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
-    """FINISHED runs of `experiment` as rows: run_id, name, seed, params (dict), metrics."""
+def load_runs(uri: str, experiment: str, filter_string: str = "", *,
+              query: RunQuery | None = None) -> pd.DataFrame:
+    """FINISHED runs of `experiment` that match `query` and the user's own MLflow
+    `filter_string` (`htl-ray compare --filter`), as rows: run_id, name, seed, params (dict),
+    metrics."""
     from htl_ray.tracking import client as tracking_client
     from htl_ray.tracking import redact
 
@@ -68,9 +61,15 @@ def load_runs(uri: str, experiment: str, filter_string: str = "") -> pd.DataFram
         names = sorted(e.name for e in client.search_experiments())
         raise UserError(f"MLflow experiment {experiment!r} not found in {redact(uri)} "
                          f"(experiments there: {', '.join(names) or 'none'})")
-    query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
+    query = replace(query or RunQuery(), status="FINISHED")
+    if filter_string:
+        found = [run for run in client.search_runs(
+            [exp.experiment_id], f"{query.filter_string()} and {filter_string}",
+            max_results=50000) if query.matches(run)]
+    else:
+        found = search(client, exp.experiment_id, query)
     rows = []
-    for run in client.search_runs([exp.experiment_id], query, max_results=50000):
+    for run in found:
         if run.data.tags.get(ROLE_TAG) == SWEEP_ROLE:
             continue                                  # a sweep's parent run is not a training run
         params = dict(run.data.params)
@@ -121,6 +120,10 @@ def _matches(params: dict[str, str], baseline: dict[str, str]) -> bool:
     return all(params.get(k) == v for k, v in baseline.items())
 
 
+def _by_seed(runs: pd.DataFrame, metric: str) -> list[tuple[str, float]]:
+    return list(zip(runs["seed"], runs[metric], strict=True))
+
+
 def compare(runs: pd.DataFrame, split: str = "val",
             baseline: dict[str, str] | None = None) -> Comparison:
     """Group `runs` (from `load_runs`) by configuration and compare each group to its baseline."""
@@ -155,7 +158,7 @@ def compare(runs: pd.DataFrame, split: str = "val",
         row = {"configuration": label(c), "n": len(sub),
                "seeds": ",".join(sorted(map(str, sub["seed"])))}
         for m in METRICS:
-            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = mean_ci(sub[m])
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = mean_ci(sub[m]).as_tuple()
         repeated = sorted(str(v) for v, k in sub["seed"].value_counts().items() if k > 1)
         if repeated:
             notes.append(f"{row['configuration']}: seed(s) {', '.join(repeated)} ran more than "
@@ -166,14 +169,13 @@ def compare(runs: pd.DataFrame, split: str = "val",
                 c.get(k) != config_params[bg].get(k)
                 for k in set(c) | set(config_params[bg])), bg))
         row["baseline"] = label(config_params[b]) if b is not None else ""
-        pairs = (sub.merge(runs[runs["group"] == b], on="seed", suffixes=("", "_b"))
-                 if b is not None else pd.DataFrame())
-        row["pairs"] = len(pairs)
+        base = runs[runs["group"] == b]        # none without a baseline group: no pairs
         for m in METRICS:
-            diffs = (pairs[m] - pairs[f"{m}_b"]) if len(pairs) else []
-            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = mean_ci(diffs)
-        if b is not None and len(pairs) < len(sub):
-            notes.append(f"{row['configuration']}: {len(sub) - len(pairs)} run(s) have no "
+            paired = paired_difference(_by_seed(sub, m), _by_seed(base, m))
+            row["pairs"] = paired.pairs           # the same seeds pair for every metric
+            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = paired.difference.as_tuple()
+        if b is not None and row["pairs"] < len(sub):
+            notes.append(f"{row['configuration']}: {len(sub) - row['pairs']} run(s) have no "
                          "baseline run with the same seed and are left out of the differences")
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -182,18 +184,17 @@ def compare(runs: pd.DataFrame, split: str = "val",
                                                   *METRICS]], notes=notes)
 
 
-def write_comparison(result: Comparison, out_dir: Path, log: Callable[[str], None] = print
-                     ) -> tuple[Path, Path]:
+def write_comparison(result: Comparison, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv = out_dir / "compare.md", out_dir / "compare.csv"
     md.write_text(result.markdown() + "\n")
     result.table.to_csv(csv, index=False)
     result.runs.to_csv(out_dir / "runs.csv", index=False)
-    log(f"[htl-ray] wrote {md}, {csv} and {out_dir / 'runs.csv'}")
+    logger.info(f"[htl-ray] wrote {md}, {csv} and {out_dir / 'runs.csv'}")
     return md, csv
 
 
-def paired_images(a: pd.DataFrame, b: pd.DataFrame,
+def paired_images(a: pd.DataFrame, b: pd.DataFrame, *,
                   metrics: tuple[str, ...] = ("dice", "iou", "thresholded_jaccard"),
                   n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per-image paired differences a − b of two per-image tables indexed by image id: mean

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from htl_ray import tracking
 from htl_ray.cli import main
-from htl_ray.compare import compare, load_runs, mean_ci, run_metrics
+from htl_ray.compare import compare, load_runs, run_metrics
 
 T2 = 4.302652729911275            # Student t, 97.5% quantile, 2 degrees of freedom
 
@@ -38,15 +38,6 @@ def runs_uri(tracking_uri):
     _log_run(tracking_uri, "htl", "4.0", 0, 0.70, [0.5])
     _log_run(tracking_uri, "htl", "4.0", 1, 0.10, [0.1], status="FAILED")   # not compared
     return tracking_uri
-
-
-def test_mean_ci_is_the_student_t_interval():
-    m, lo, hi = mean_ci([0.03, 0.04, 0.02])
-    assert m == pytest.approx(0.03)
-    assert hi - m == pytest.approx(T2 * 0.01 / math.sqrt(3))
-    assert m - lo == pytest.approx(hi - m)
-    single = mean_ci([0.5])
-    assert single[0] == 0.5 and math.isnan(single[1])
 
 
 def test_run_metrics_prefer_the_best_epoch_and_take_the_worst_group():
@@ -169,3 +160,14 @@ def test_paired_images_differences_with_a_bootstrap_interval_over_images(tmp_pat
     with pytest.raises(ValueError, match="val_per_sample.parquet missing: score the run on "
                                          "that split first with `htl-ray evaluate"):
         run_per_image(run, "val")
+
+
+def test_load_runs_takes_a_typed_query_beside_the_users_own_filter(runs_uri):
+    from htl_ray.tracking.queries import RunQuery
+
+    htl = RunQuery(params={"htl.method": "htl"})
+    runs = load_runs(runs_uri, "cmp", query=htl)
+    assert sorted(runs["seed"]) == ["0", "0", "1", "2"]           # not the FAILED run
+    assert list(load_runs(runs_uri, "cmp", "params.`htl.lam` = '4.0'", query=htl)["seed"]) \
+        == ["0"]
+    assert load_runs(runs_uri, "cmp", "params.`htl.lam` = '1.0'", query=htl).empty

@@ -1,0 +1,124 @@
+"""The protocol's results page (`htl_ray.protocol.page`): the generated block spliced between
+its marks, the method table, the verdicts and the goal, rendered from data; no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from htl_ray.analysis.stats import MeanCI, Reading, Verdict
+from htl_ray.protocol.page import BEGIN, END, goal_lines, method_table, verdict_lines, write_results
+
+nan = math.nan
+
+
+def _verdicts(diffs: dict[tuple[str, str], tuple[float, float, float]]
+              ) -> dict[tuple[str, str], Verdict]:
+    return {(b, m): Verdict(b, m, MeanCI(*d)) for (b, m), d in diffs.items()}
+
+
+def test_write_results_replaces_only_the_generated_block(tmp_path):
+    page = tmp_path / "results.md"
+    write_results(page, "first")
+    assert page.read_text() == f"{BEGIN}\nfirst\n{END}\n"
+    page.write_text("# Notes\n\nby hand\n\n" + page.read_text() + "\n## After\n\nmore\n")
+    write_results(page, "second")
+    text = page.read_text()
+    assert text.startswith("# Notes\n\nby hand\n\n" + BEGIN + "\nsecond\n" + END)
+    assert text.endswith("## After\n\nmore\n") and "first" not in text
+
+
+def test_misordered_marks_are_left_alone_and_a_fresh_block_appended(tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text(f"intro\n{END}\nmiddle\n{BEGIN}\nstale, no end mark\n")
+    write_results(page, "fresh")
+    text = page.read_text()
+    assert text.startswith(f"intro\n{END}\nmiddle\n{BEGIN}\nstale, no end mark\n")
+    assert text.endswith(f"{BEGIN}\nfresh\n{END}\n")
+
+
+def _run(method, seed, dice, thr):
+    metrics = {} if dice is None else {"best/test/dice": dice, "best/test/iou": dice - 0.1,
+                                       "best/test/thresholded_jaccard": thr}
+    return {"run_id": f"{method}{seed}", "name": f"{method} s{seed}", "seed": str(seed),
+            "params": {"htl.method": method, "run.seed": str(seed), "htl.lam": "2"},
+            "metrics": metrics}
+
+
+def test_method_table_over_seeds_with_a_missing_arm_and_an_unscored_run():
+    """2 seeds: means with CIs, paired Δ; a comparator with no finished run yet leaves its
+    columns empty; a run without test metrics does not count as a seed."""
+    runs = pd.DataFrame([_run("htl", 0, 0.80, 0.70), _run("htl", 1, 0.84, 0.74),
+                         _run("erm", 0, 0.78, 0.66), _run("erm", 1, 0.80, 0.68),
+                         _run("erm", 2, None, None)])
+    table, verdicts = method_table(runs, ["erm", "random"])
+    assert list(table["method"]) == ["htl", "erm"]
+    assert list(table["seeds"]) == [2, 2]
+    htl = table.set_index("method").loc["htl"]
+    # mean 0.82, half-width t(0.975, 1) · sd 0.02√2 / √2 = 12.706 · 0.02
+    assert htl["dice"] == "0.820 [0.566, 1.074]"
+    assert htl["Δthr-J vs ERM"].startswith("+5.0 [")          # (4 + 6) / 2 points
+    assert htl["ΔDice vs ERM"] == "+3.0 [-9.7, +15.7]"         # 2 and 4 points
+    d = verdicts[("ERM", "thresholded_jaccard")].difference
+    assert d.mean == pytest.approx(0.05) and d.low < d.mean < d.high
+    assert verdicts[("ERM", "dice")].reading is Reading.LEVEL
+    assert verdicts[("random", "dice")].reading is Reading.MISSING    # no placebo run yet
+    assert set(table["Δthr-J vs random"]) == {"–"}           # no placebo run yet: pending
+
+
+def test_two_htl_configurations_in_one_sweep_are_refused():
+    runs = pd.DataFrame([_run("htl", 0, 0.80, 0.70), _run("erm", 0, 0.78, 0.66)])
+    other = _run("htl", 0, 0.81, 0.71)
+    other["params"] = {**other["params"], "htl.lam": "3"}
+    other["run_id"] = "htl0b"
+    with pytest.raises(ValueError, match="two HTL configurations"):
+        method_table(pd.concat([runs, pd.DataFrame([other])], ignore_index=True), ["erm"])
+
+
+def test_verdicts_read_the_confidence_interval_against_the_two_point_goal():
+    lines = verdict_lines(_verdicts({
+        ("ERM", "thresholded_jaccard"): (0.031, 0.012, 0.05),
+        ("ERM", "dice"): (0.008, 0.001, 0.015),
+        ("random", "thresholded_jaccard"): (0.01, -0.02, 0.04),
+        ("random", "dice"): (-0.03, -0.05, -0.01),
+        ("loss", "dice"): (0.05, nan, nan),
+        ("el2n", "dice"): (nan, nan, nan),            # no pair yet: no line
+    }).values())
+    assert lines == [
+        "HTL − ERM, thresholded Jaccard: +3.1 points [+1.2, +5.0]: **better, meeting the "
+        "≥ 2-point goal**",
+        "HTL − ERM, Dice: +0.8 points [+0.1, +1.5]: better, but by less than the 2-point goal",
+        "HTL − random, thresholded Jaccard: +1.0 points [-2.0, +4.0]: no significant "
+        "difference (the 95% CI includes 0)",
+        "HTL − random, Dice: -3.0 points [-5.0, -1.0]: **significantly worse**",
+        "HTL − loss, Dice: +5.0 points (one seed pair: no CI)"]
+
+
+def test_the_goal_needs_both_baselines_beaten_on_one_metric_with_cis_above_zero():
+    # supervised: ahead of ERM by 3 points (CI > 0) but not of the placebo: not met
+    supervised = _verdicts({("ERM", "thresholded_jaccard"): (0.03, 0.01, 0.05),
+                            ("random", "thresholded_jaccard"): (0.03, -0.01, 0.07),
+                            ("ERM", "dice"): (0.0, -0.01, 0.01),
+                            ("random", "dice"): (0.0, -0.01, 0.01)})
+    # weak: Dice ahead of both by ≥ 2 with CIs > 0 (thr-J is not): met on Dice
+    weak = _verdicts({("ERM", "thresholded_jaccard"): (0.01, 0.005, 0.02),
+                      ("random", "thresholded_jaccard"): (0.03, 0.01, 0.05),
+                      ("ERM", "dice"): (0.021, 0.001, 0.04),
+                      ("random", "dice"): (0.025, 0.002, 0.05)})
+    assert goal_lines([("supervised", supervised, True), ("weak", weak, True)]) == [
+        "**The goal** — HTL ahead of both ERM and the random placebo by ≥ 2 points of "
+        "thresholded Jaccard or Dice, 95% CIs excluding 0, in at least one setting: **met** in "
+        "weak (Dice). Significantly worse than ERM or the placebo: nowhere.", ""]
+    # ahead of both by 1.9 points: below the goal; one seed pair: no interval, no claim;
+    # a CI below 0 is named
+    short = _verdicts({("ERM", "dice"): (0.019, 0.01, 0.03),
+                       ("random", "dice"): (0.03, 0.01, 0.05),
+                       ("ERM", "thresholded_jaccard"): (-0.03, -0.05, -0.01)})
+    one_seed = _verdicts({("ERM", "dice"): (0.05, nan, nan), ("random", "dice"): (0.05, nan, nan)})
+    text = goal_lines([("supervised", short, True), ("semi", one_seed, False)])[0]
+    assert "**not met** in any setting so far." in text
+    assert "Significantly worse than ERM or the placebo: supervised: HTL − ERM, thr-J." in text
+    assert text.endswith("Still without every seed of HTL, ERM and the placebo: semi.")
+    assert "so far" not in goal_lines([("weak", supervised, True)])[0]

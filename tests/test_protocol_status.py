@@ -1,0 +1,71 @@
+"""What MLflow holds of a protocol setting (`htl_ray.protocol.status`), read from a real SQLite
+MLflow store with runs made by hand; no Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+
+@pytest.mark.parametrize("sweep_ended", [True, False])
+def test_trials_cut_short_count_once_their_sweep_has_ended(tmp_path, tracking_uri,
+                                                           sweep_ended):
+    """A trial ASHA stopped just before a Ctrl-C was tagged interrupted by older code; once the
+    sweep has ended (its parent records best.* params) Tune runs none of its trials again, so
+    it has ended too. A run Tune re-ran as a new trial (orphaned) never counts."""
+    from htl_ray import tracking
+    from htl_ray.protocol.page import setting_section
+    from htl_ray.protocol.status import setting_status
+    from htl_ray.tune.space import load_sweep
+    from htl_ray.tune.sweep import STATE_FILE
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={tmp_path / 'data'}", f"tracking.uri={tracking_uri}",
+                      "tracking.experiment=count", "train.epochs=8"],
+        "sweep": {"name": "count", "num_samples": 3, "storage_path": str(tmp_path)},
+        "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}}}))
+    sweep = load_sweep(path)
+    client = MlflowClient(tracking_uri)
+    tags = {"htl.sweep": "count"}
+    parent = tracking.start_run(tracking_uri, "count", "sweep", {"sweep.num_samples": 3},
+                                {**tags, "htl.role": "sweep"})
+    if sweep_ended:
+        client.log_param(parent, "best.htl.lam", "1.5")
+    for name, status, flag, epochs in (("done", "FINISHED", None, 8),
+                                       ("cut", "KILLED", "htl.interrupted", 4),
+                                       ("ghost", "KILLED", "htl.orphaned", 8)):
+        run = tracking.start_run(tracking_uri, "count", name, {"train.epochs": 8},
+                                 {**tags, "htl.role": "trial", "mlflow.parentRunId": parent,
+                                  **({flag: "true"} if flag else {})})
+        for step in range(epochs):
+            tracking.log_metrics(tracking_uri, run, {"val/dice": 0.5}, step)
+        client.set_terminated(run, status)
+    sweep.directory.mkdir(parents=True)
+    (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    status = setting_status(sweep, tracking_uri)
+    assert status.trials_finished == (2 if sweep_ended else 1)
+    assert status.parent_run_id == parent and status.trials_asked == 3
+    assert status.best_params == ({"htl.lam": "1.5"} if sweep_ended else {})
+    # no confirmation run yet: the setting's compute is a running total
+    assert "; compute so far " in setting_section(sweep, uri=tracking_uri, seeds=1)[0]
+
+
+def test_a_sweep_not_started_has_no_runs(tmp_path, tracking_uri):
+    from htl_ray.protocol.status import groups, setting_status
+    from htl_ray.tune.space import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={tmp_path / 'data'}", f"tracking.uri={tracking_uri}"],
+        "sweep": {"name": "fresh", "num_samples": 4, "storage_path": str(tmp_path),
+                  "comparators": ["erm", "random"]},
+        "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}}}))
+    sweep = load_sweep(path)
+    status = setting_status(sweep, tracking_uri)
+    assert (status.parent_run_id, status.trials_finished, status.trials_asked) == (None, 0, 4)
+    assert groups(sweep) == ["best", "erm", "random"]
+    assert not status.complete(groups(sweep), 1) and status.complete([], 1)
