@@ -7,7 +7,6 @@ of an abandoned sweep of the same name in the same store.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -28,7 +27,8 @@ from htl_ray.tracking.schema import (
 from htl_ray.tune.ablation import matches_variant, same_as_chosen
 from htl_ray.tune.prior_trials import typed_params
 from htl_ray.tune.space import Sweep
-from htl_ray.tune.sweep import SCORED_ROLES, STATE_FILE, best_params, scored_key
+from htl_ray.tune.state import read_in
+from htl_ray.tune.sweep import SCORED_ROLES, best_params, scored_key
 
 
 @dataclass
@@ -82,10 +82,10 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
 
     status = SettingStatus(sweep.settings.name, sweep.base.supervision.setting,
                            trials_asked=sweep.settings.num_samples)
-    state = sweep.directory / STATE_FILE
-    if not state.is_file():
+    state = read_in(sweep.directory)
+    if state is None:
         return status
-    status.parent_run_id = json.loads(state.read_text())["parent_run_id"]
+    status.parent_run_id = state.parent_run_id
     client = tracking_client(uri)
     exp = client.get_experiment_by_name(sweep.base.tracking.experiment)
     if exp is None:
