@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import init_ray, quiet, workdir
+from _common import init_ray, workdir
 
 from htl_ray.config import AugmentConfig
 from htl_ray.data.augment import augment_batch
@@ -113,7 +113,7 @@ def main() -> None:
     root = workdir("data-path")
     shutil.rmtree(root, ignore_errors=True)
     data = root / "synthetic"
-    synthesize(data, n=args.n, size=args.size, seed=0, log=quiet)
+    synthesize(data, n=args.n, size=args.size, seed=0)
     torch.set_num_threads(args.threads)
     init_ray()
     readers = {"Ray Data read tasks": 0, "driver read": None}    # name: driver_read_max_bytes

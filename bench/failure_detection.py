@@ -109,9 +109,9 @@ def score_all(root: Path, run: Path, datasets: dict[str, Path]):
 
     from htl_ray.cluster import init_ray
     from htl_ray.htl.offline import score_checkpoint
-    from htl_ray.train.checkpoints import best_of_run
+    from htl_ray.run_dir import RunDir
 
-    best = best_of_run(run)[0]
+    best = RunDir(run).best_checkpoint()[0]
     tables = {}
     for name, data, split in SPLITS:
         dest = root / "scores" / f"{best.name}_{name}.parquet"

@@ -45,7 +45,7 @@ def synthetic(args) -> dict[str, float]:
     data = root / "synthetic"
     if data.exists():
         shutil.rmtree(data)
-    synthesize(data, n=args.n, size=args.size, seed=args.seed, log=quiet)
+    synthesize(data, n=args.n, size=args.size, seed=args.seed)
     outcome = train(data, root, "synth", args.epochs)
     table, _, _ = score_checkpoint(outcome.best_checkpoint, data, split="train",
                                    out=root / "train_scores.parquet")
@@ -74,7 +74,7 @@ def isic_failure(args) -> float | None:
     root = workdir("detection-isic")
     data = root / "isic64"
     if not (data / "manifest.json").is_file():
-        ingest(IsicLayout(), src, data, size=64, log=quiet)
+        ingest(IsicLayout(), src, data, size=64)
     outcome = train(data, root, "isic", args.isic_epochs)
     _, summary, _ = score_checkpoint(outcome.best_checkpoint, data, split="val")
     print(f"\nISIC val (64x64, {args.isic_epochs} epochs, val dice "

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from _common import PeakRss, isic_dir, workdir
 
+from htl_ray.checkpoints import save_checkpoint
 from htl_ray.config import ModelConfig
 from htl_ray.inference import MASK_SUFFIX, load_rgb, probability_at, to_input_size, to_tensor
 from htl_ray.models import create_model
 from htl_ray.predict.actor import write_png
 from htl_ray.quality import DEFAULT_RISK, RISKS, quality_signals
-from htl_ray.train.checkpoints import save_checkpoint
 
 DRIVER = """
 import json, resource, sys, time

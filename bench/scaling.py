@@ -61,7 +61,7 @@ def dataset(root, n_train: int, size: int):
     out = root / f"synthetic-{n_train}"
     shutil.rmtree(out, ignore_errors=True)
     n = n_train + 60
-    synthesize(out, n=n, size=size, seed=0, fractions=(n_train / n, 40 / n, 20 / n), log=quiet)
+    synthesize(out, n=n, size=size, seed=0, fractions=(n_train / n, 40 / n, 20 / n))
     return out
 
 

@@ -147,7 +147,7 @@ def main() -> None:
     data = root / "synthetic"
     if data.exists():
         shutil.rmtree(data)
-    synthesize(data, n=args.n, size=args.size, seed=0, log=quiet)
+    synthesize(data, n=args.n, size=args.size, seed=0)
     init_ray()
     ratio, plain, pool = scoring_ratio(data, args.threads, args.repeats, args.actors)
     print(f"plain in-process scoring: {plain:.1f} images/s; actor pool: {pool:.1f} images/s "
@@ -164,7 +164,7 @@ def main() -> None:
         small = root / "synthetic-train"
         if small.exists():
             shutil.rmtree(small)
-        synthesize(small, n=args.train_n, size=args.train_size, seed=0, log=quiet)
+        synthesize(small, n=args.train_n, size=args.train_size, seed=0)
         walls = refresh_ratio(small, root, args.epochs)
         print(f"training, {args.epochs} epochs, refresh every epoch: ERM {walls['erm']:.1f}s, "
               f"HTL sync {walls['sync']:.1f}s, HTL async {walls['async']:.1f}s")

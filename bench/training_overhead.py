@@ -94,7 +94,7 @@ def main() -> None:
     root = workdir("training-overhead")
     data = root / "synthetic"
     shutil.rmtree(root, ignore_errors=True)
-    synthesize(data, n=args.n, size=args.size, seed=0, log=quiet)
+    synthesize(data, n=args.n, size=args.size, seed=0)
     cfg = load_config(None, [
         f"data.path={data}", f"run.storage_path={root / 'runs'}", "run.name=overhead",
         f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"train.epochs={args.epochs}",

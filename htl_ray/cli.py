@@ -133,19 +133,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from htl_ray.run_dir import RunDir
     from htl_ray.tracking import redact
-    from htl_ray.tracking.outbox import OUTBOX_DIR, flush_run
-    from htl_ray.train.trainer import run_state
+    from htl_ray.tracking.outbox import flush_run
 
-    state = run_state(args.run)
-    uri, run_id = args.tracking_uri or state["tracking_uri"], state["mlflow_run_id"]
+    state = RunDir(args.run).require_state()
+    uri, run_id = args.tracking_uri or state.tracking_uri, state.mlflow_run_id
     left = flush_run(args.run, uri, run_id)    # one short probe when the server is down
     if left:
         print(f"MLflow {redact(uri)} did not take everything: still pending "
               + ", ".join(f"{n} from {w}" for w, n in left.items())
-              + f" in {Path(args.run) / OUTBOX_DIR}; run this again when it answers")
+              + f" in {RunDir(args.run).outbox_dir}; run this again when it answers")
         return 1
     from htl_ray.tracking import check_reachable
     from htl_ray.tracking import client as tracking_client

@@ -12,7 +12,7 @@ import torch
 
 from htl_ray.config import ConfigError, ModelConfig
 from htl_ray.errors import first_line
-from htl_ray.train.checkpoints import CHECKPOINT_FILE, RUN_STATE_FILE, best_of_run
+from htl_ray.run_dir import CHECKPOINT_FILE, RunDir
 
 INIT_KEY = "model.init_checkpoint"
 
@@ -90,9 +90,8 @@ def initial_checkpoint_file(path: str | Path) -> Path:
     file, a checkpoint directory → its checkpoint.pt, a file → itself. A run pins this file
     when it starts, so its weights do not change if the source run trains on."""
     file = Path(path)
-    if file.is_dir() and not (file / CHECKPOINT_FILE).is_file() \
-            and (file / RUN_STATE_FILE).is_file():
-        best = best_of_run(file)
+    if file.is_dir() and not (file / CHECKPOINT_FILE).is_file() and RunDir(file).has_state():
+        best = RunDir(file).best_checkpoint()
         if best is None:
             raise ConfigError(f"{INIT_KEY}: run directory {file} holds no checkpoint yet")
         file = best[0]

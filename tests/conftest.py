@@ -66,7 +66,7 @@ def synth_dataset(tmp_path_factory) -> Path:
     from htl_ray.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth") / "ds"
-    synthesize(out, n=200, size=48, seed=0, log=lambda s: None)
+    synthesize(out, n=200, size=48, seed=0)
     return out
 
 

@@ -72,9 +72,8 @@ def world(tmp_path_factory, silent_server) -> Path:
     from htl_ray.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("world")
-    synthesize(root / "ds", n=40, size=24, seed=0, log=lambda s: None)
-    synthesize(root / "ds_no_test", n=20, size=24, seed=0, fractions=(0.5, 0.5, 0.0),
-               log=lambda s: None)
+    synthesize(root / "ds", n=40, size=24, seed=0)
+    synthesize(root / "ds_no_test", n=20, size=24, seed=0, fractions=(0.5, 0.5, 0.0))
     # a dataset whose records file was cut short, one whose manifest was
     for name in ("ds_cut_records", "ds_cut_manifest"):
         shutil.copytree(root / "ds", root / name)

@@ -1,14 +1,7 @@
 import torch
 
-from htl_ray.train.checkpoints import (
-    CHECKPOINT_FILE,
-    PER_SAMPLE_FILE,
-    best_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_state,
-    save_checkpoint,
-)
+from htl_ray.checkpoints import load_checkpoint, resume_state, save_checkpoint
+from htl_ray.run_dir import CHECKPOINT_FILE, RunDir
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
@@ -20,7 +13,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     for epoch in (0, 2, 1):
         save_checkpoint(tmp_path / f"checkpoint_{epoch}", model, opt, sched, epoch,
                         {"val/dice": 0.1 * epoch})
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_2"
+    assert RunDir(tmp_path).latest_checkpoint() == tmp_path / "checkpoint_2"
     state = load_checkpoint(tmp_path / "checkpoint_2")       # torch.load(weights_only=True)
     fresh = torch.nn.Linear(3, 2)
     fresh.load_state_dict(state["model"])
@@ -61,19 +54,3 @@ def test_resume_takes_the_newest_loadable_checkpoint_on_disk_over_the_registered
     assert resume_state(None, tmp_path / "elsewhere") is None
     # a fresh run (empty run dir, nothing registered) starts from scratch
     assert resume_state(None, tmp_path) is None
-
-
-def test_best_checkpoint_is_read_from_disk_with_its_metrics(tmp_path):
-    assert best_checkpoint(tmp_path, "val/dice") is None
-    for name, epoch, dice in (("a", 0, 0.5), ("b", 1, 0.8), ("c", 2, 0.8), ("d", 3, 0.6)):
-        _save(tmp_path / f"checkpoint_{name}", epoch, dice)
-    directory, metrics = best_checkpoint(tmp_path, "val/dice")
-    assert directory == tmp_path / "checkpoint_c"           # ties go to the later epoch
-    assert metrics == {"epoch": 2, "val/dice": 0.8}
-    assert best_checkpoint(tmp_path, "val/iou") is None      # no checkpoint has that metric
-    # the report needs per-image metrics: only checkpoints holding that file compete
-    (tmp_path / "checkpoint_b" / PER_SAMPLE_FILE).write_bytes(b"")
-    (tmp_path / "checkpoint_d" / PER_SAMPLE_FILE).write_bytes(b"")
-    assert best_checkpoint(tmp_path, "val/dice", require=PER_SAMPLE_FILE)[0] == \
-        tmp_path / "checkpoint_b"
-    assert best_checkpoint(tmp_path, "val/dice", require="missing.file") is None

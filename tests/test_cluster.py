@@ -35,7 +35,7 @@ from htl_ray.cluster import (
     tracking_warnings,
 )
 from htl_ray.config import ConfigError, load_config
-from htl_ray.train.checkpoints import CHECKPOINT_FILE
+from htl_ray.run_dir import CHECKPOINT_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from htl_ray.checkpoints import save_checkpoint
 from htl_ray.cli import main
 from htl_ray.config import ModelConfig
 from htl_ray.errors import UserError
 from htl_ray.htl.offline import failure_summary, score_checkpoint
 from htl_ray.models import create_model
-from htl_ray.train.checkpoints import save_checkpoint
 
 CFG = ModelConfig(decoder_channels=[32, 16, 8, 8, 4])
 
@@ -56,7 +56,7 @@ def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, ca
 def test_architecture_falls_back_to_the_runs_config(tmp_path):
     import json
 
-    from htl_ray.train.checkpoints import model_config_of
+    from htl_ray.checkpoints import model_config_of
 
     ckpt = tmp_path / "run" / "checkpoint_1"
     ckpt.mkdir(parents=True)

@@ -13,7 +13,7 @@ from htl_ray.config import ConfigError, load_config
 from htl_ray.data.schema import read_manifest
 from htl_ray.htl.coordinator import load_versions, version_path, weights_checksum
 from htl_ray.models import create_model
-from htl_ray.train.checkpoints import read_meta
+from htl_ray.run_dir import read_meta
 from htl_ray.train.trainer import config_for_resume, run_dir_of, run_training
 
 HTL = ["data.batch_size=8", "model.decoder_channels=[32,16,8,8,4]", "train.lr=0.003",

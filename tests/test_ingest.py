@@ -13,8 +13,6 @@ from htl_ray.data.ingest import IngestError, ingest
 from htl_ray.data.layouts import FolderLayout, IsicLayout, LayoutError, Ph2Layout
 from htl_ray.data.schema import decode_mask, read_table
 
-QUIET = dict(log=lambda s: None)
-
 
 def _lesion_image(path: Path, w: int = 40, h: int = 30, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
@@ -33,7 +31,7 @@ def _mask(path: Path, w: int = 40, h: int = 30, values=(0, 255)) -> None:
 
 
 def test_real_isic_folder_reports_exactly_its_known_quirks(isic_dir, tmp_path):
-    result = ingest(IsicLayout(), isic_dir, tmp_path / "isic", size=32, **QUIET)
+    result = ingest(IsicLayout(), isic_dir, tmp_path / "isic", size=32)
     report = json.loads((tmp_path / "isic" / "report.json").read_text())
     assert report["total_images"] == 2005 and report["usable"] == 2005
     assert report["quarantined"] == 0
@@ -56,7 +54,7 @@ def test_real_isic_folder_reports_exactly_its_known_quirks(isic_dir, tmp_path):
     assert [(Path(x["file"]).name, x["reason"]) for xs in report["ignored"].values()
             for x in xs] == [("NOTICE.md", "not_read_by_layout")]
     # same input, same fingerprint
-    again = ingest(IsicLayout(), isic_dir, tmp_path / "again", size=32, **QUIET)
+    again = ingest(IsicLayout(), isic_dir, tmp_path / "again", size=32)
     assert again["manifest"]["fingerprint"] == result["manifest"]["fingerprint"]
 
 
@@ -97,7 +95,7 @@ def bad_folder(tmp_path) -> Path:
 def test_every_bad_case_is_named_in_the_report(bad_folder, tmp_path):
     out = tmp_path / "out"
     layout = FolderLayout("{id}.png", "meta.csv", {"id": "name", "age": "Age", "sex": "Sex"})
-    ingest(layout, bad_folder, out, size=16, **QUIET)
+    ingest(layout, bad_folder, out, size=16)
     report = json.loads((out / "report.json").read_text())
     ids = {reason: sorted(x["id"] for x in items) for reason, items in report["issues"].items()}
     assert ids == {
@@ -136,7 +134,7 @@ def test_zero_usable_records_is_a_clear_nonzero_exit(tmp_path, capsys):
     (src / "masks").mkdir()
     (src / "images" / "a.jpg").write_bytes(b"garbage")
     with pytest.raises(IngestError, match="no usable records"):
-        ingest(FolderLayout(), src, tmp_path / "o", **QUIET)
+        ingest(FolderLayout(), src, tmp_path / "o")
     code = main(["data", "ingest", "--layout", "folder", str(src), "--out", str(tmp_path / "o2")])
     assert code == 2
     assert "no usable records" in capsys.readouterr().err
@@ -167,7 +165,7 @@ def test_ph2_layout(tmp_path):
         _mask(case / f"{name}_lesion" / f"{name}_lesion.bmp", 76, 57)
     (root / "IMD009" / "IMD009_Dermoscopic_Image").mkdir(parents=True)
     _lesion_image(root / "IMD009" / "IMD009_Dermoscopic_Image" / "IMD009.bmp", 76, 57)
-    ingest(Ph2Layout(), tmp_path, tmp_path / "out", size=16, fractions=(0.5, 0.5, 0.0), **QUIET)
+    ingest(Ph2Layout(), tmp_path, tmp_path / "out", size=16, fractions=(0.5, 0.5, 0.0))
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["usable"] == 2 and report["counts"] == {"missing_mask": 1}
     df = read_table(tmp_path / "out")
@@ -219,7 +217,7 @@ def test_the_original_size_mask_is_kept_for_original_resolution_scoring(tmp_path
     Image.fromarray(mask).save(src / "masks" / "a.png")
     _lesion_image(src / "images" / "b.png", 16, 16)
     _mask(src / "masks" / "b.png", 16, 16)
-    ingest(FolderLayout(), src, tmp_path / "out", size=16, fractions=(0, 0, 1), **QUIET)
+    ingest(FolderLayout(), src, tmp_path / "out", size=16, fractions=(0, 0, 1))
     rows = pd.read_parquet(tmp_path / "out" / RECORDS_FILE).set_index("id")
     assert np.array_equal(decode_mask_png(rows.loc["a", "orig_mask"]), mask > 0)
     assert rows.loc["b", "orig_mask"] is None          # stored at its original size already
@@ -241,7 +239,7 @@ def test_isic_layout_with_downsampled_names_and_one_hot_diagnosis(tmp_path):
     (src / "dx.csv").write_text("image,MEL,NV,BCC\nISIC_0000000_downsampled,1.0,0.0,0.0\n"
                                 "ISIC_0000001,0.0,1.0,0.0\nISIC_0000002,0.0,0.0,0.0\n")
     ingest(IsicLayout("meta.csv", "dx.csv"), src, tmp_path / "o", size=16,
-           fractions=(0.34, 0.33, 0.33), **QUIET)
+           fractions=(0.34, 0.33, 0.33))
     df = read_table(tmp_path / "o").set_index("id")
     assert df.loc["ISIC_0000000", "diagnosis"] == "MEL" and df.loc["ISIC_0000000", "age"] == 45
     assert df.loc["ISIC_0000001", "diagnosis"] == "NV" and pd.isna(df.loc["ISIC_0000001", "sex"])
@@ -292,7 +290,7 @@ def unusual_folder(tmp_path) -> Path:
 
 def test_unusual_encodings_are_converted_and_hostile_files_quarantined(unusual_folder, tmp_path):
     out = tmp_path / "out"
-    ingest(FolderLayout("{id}.png"), unusual_folder, out, size=16, **QUIET)
+    ingest(FolderLayout("{id}.png"), unusual_folder, out, size=16)
     report = json.loads((out / "report.json").read_text())
     issues = {reason: sorted(x["id"] for x in items) for reason, items in report["issues"].items()}
     assert issues == {"unreadable_image": ["bomb", "truncated"]}
@@ -315,7 +313,7 @@ def test_metadata_path_outside_the_data_folder_is_refused(bad_folder, tmp_path):
     secret.write_text("name,Age\ngood0,40\n")
     layout = FolderLayout("{id}.png", "../secret.csv", {"id": "name", "age": "Age"})
     with pytest.raises(LayoutError, match="metadata file is outside the data folder"):
-        ingest(layout, bad_folder, tmp_path / "out", size=16, **QUIET)
+        ingest(layout, bad_folder, tmp_path / "out", size=16)
     assert not (tmp_path / "out").exists()
 
 
@@ -349,7 +347,7 @@ def test_every_file_under_src_is_used_quarantined_or_listed_with_why(tmp_path):
     os.symlink(src / "cycle_a", src / "cycle_b")
     (src / "meta.csv").write_text("id,age,,\nok,30,,\n")        # empty trailing columns
 
-    ingest(FolderLayout(metadata_csv="meta.csv"), src, tmp_path / "out", size=16, **QUIET)
+    ingest(FolderLayout(metadata_csv="meta.csv"), src, tmp_path / "out", size=16)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     issues = {reason: sorted(x["id"] for x in xs) for reason, xs in report["issues"].items()}
     assert issues == {"unsupported_format": ["phone"], "tiny_image": ["tiny"],

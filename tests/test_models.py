@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from htl_ray.checkpoints import save_checkpoint
 from htl_ray.config import ConfigError, ModelConfig
 from htl_ray.models import create_model, load_initial_weights, state_checksum
-from htl_ray.train.checkpoints import save_checkpoint
 
 
 @pytest.mark.parametrize("arch", ["unet", "fpn", "deeplabv3plus"])

@@ -246,7 +246,7 @@ def test_evaluate_register_and_resource_mistakes_are_one_error_line(trained, tmp
     from htl_ray.data.synth import synthesize
 
     run_dir = str(trained["outcome"].run_dir)
-    synthesize(tmp_path / "s48", n=20, size=48, seed=0, fractions=(0, 0, 1), log=lambda _: None)
+    synthesize(tmp_path / "s48", n=20, size=48, seed=0, fractions=(0, 0, 1))
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "x.png")
     cases = [

@@ -15,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from htl_ray import tracking
+from htl_ray.checkpoints import save_checkpoint
 from htl_ray.cli import main
 from htl_ray.config import load_config
 from htl_ray.data.schema import read_table
@@ -22,8 +23,9 @@ from htl_ray.htl.coordinator import version_path
 from htl_ray.models import create_model
 from htl_ray.report import build_report
 from htl_ray.report.render import SECTIONS
-from htl_ray.train.checkpoints import PER_SAMPLE_FILE, save_checkpoint
-from htl_ray.train.trainer import RUN_STATE_FILE, run_dir_of
+from htl_ray.run_dir import PER_SAMPLE_FILE
+from htl_ray.run_dir import STATE_FILE as RUN_STATE_FILE
+from htl_ray.train.trainer import run_dir_of
 
 
 def _make_run(dataset, tmp_path, uri, name, versions: int, dice_shift: float = 0.0):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from htl_ray.train.checkpoints import CHECKPOINT_FILE, load_checkpoint
+from htl_ray.checkpoints import load_checkpoint
+from htl_ray.run_dir import CHECKPOINT_FILE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "htl_ray"
 

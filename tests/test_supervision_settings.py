@@ -14,13 +14,14 @@ import torch
 from conftest import pids_titled
 from mlflow.tracking import MlflowClient
 
+from htl_ray.checkpoints import load_checkpoint
 from htl_ray.config import load_config
 from htl_ray.data.loading import split_dataset
 from htl_ray.htl.coordinator import load_versions, version_path
+from htl_ray.run_dir import read_meta
 from htl_ray.supervision import SETTINGS
 from htl_ray.supervision.labels import mask_boxes
 from htl_ray.supervision.settings import repeats_for_share
-from htl_ray.train.checkpoints import load_checkpoint, read_meta
 from htl_ray.train.trainer import run_training
 
 

@@ -24,7 +24,7 @@ def test_planted_flags_follow_the_rules_and_hard_groups_are_harder():
 
 
 def test_synthesize_writes_the_dataset_schema(tmp_path):
-    synthesize(tmp_path / "s", n=40, size=32, seed=0, log=lambda s: None)
+    synthesize(tmp_path / "s", n=40, size=32, seed=0)
     df = read_table(tmp_path / "s", columns=["id", "image", "mask", "height", "width",
                                              "split", "planted_hard", "sex"])
     assert len(df) == 40 and set(df.split) <= {"train", "val", "test"}

@@ -66,10 +66,11 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     import torch
     from mlflow.tracking import MlflowClient
 
+    from htl_ray.checkpoints import load_checkpoint, save_checkpoint
     from htl_ray.config import ConfigError, ModelConfig, load_config
     from htl_ray.models import create_model
-    from htl_ray.train.checkpoints import load_checkpoint, save_checkpoint
-    from htl_ray.train.trainer import evaluate_run, run_state, run_training
+    from htl_ray.run_dir import RunDir
+    from htl_ray.train.trainer import evaluate_run, run_training
 
     small = [16, 8, 8, 4, 4]
     torch.manual_seed(123)
@@ -104,7 +105,7 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     # pinned to the file it loaded, in MLflow and in the run state that --resume reads
     pinned = str(tmp_path / "pretrained" / "checkpoint.pt")
     assert run.data.tags["htl.init_checkpoint_file"] == pinned
-    assert run_state(outcome.run_dir)["init_checkpoint_file"] == pinned
+    assert RunDir(outcome.run_dir).state().init_checkpoint_file == pinned
 
     # held out: the best checkpoint scored once on every test image, none of another split
     import pandas as pd
@@ -144,7 +145,8 @@ def test_resume_paths_come_from_the_run_directory_not_the_working_directory(synt
     import pytest
 
     from htl_ray.config import ConfigError, load_config
-    from htl_ray.train.trainer import RUN_STATE_FILE, _state_config, config_for_resume
+    from htl_ray.run_dir import STATE_FILE as RUN_STATE_FILE
+    from htl_ray.train.trainer import _state_config, config_for_resume
 
     start, other = tmp_path / "start", tmp_path / "other"
     start.mkdir(), other.mkdir()
@@ -201,7 +203,7 @@ def test_resume_of_a_copied_run_from_another_directory_continues_the_copy(
 
     from htl_ray.cli import main
     from htl_ray.config import load_config
-    from htl_ray.train.checkpoints import checkpoints_on_disk
+    from htl_ray.run_dir import RunDir
     from htl_ray.train.loop import InjectedFault
     from htl_ray.train.trainer import run_training
 
@@ -226,8 +228,8 @@ def test_resume_of_a_copied_run_from_another_directory_continues_the_copy(
     assert f"resuming run {copy}: from the checkpoint of epoch 0 (epoch 2 of 2 next)" in out
     assert f"this run was started in {original} and is now in {copy}" in out
     assert "this is a copy" in out
-    assert [int(m["epoch"]) for m, _ in checkpoints_on_disk(copy)] == [1, 0]
-    assert [int(m["epoch"]) for m, _ in checkpoints_on_disk(original)] == [0]
+    assert [int(m["epoch"]) for m, _ in RunDir(copy).checkpoints()] == [1, 0]
+    assert [int(m["epoch"]) for m, _ in RunDir(original).checkpoints()] == [0]
     assert list(other.iterdir()) == []                 # no new run, store or data here
     client = MlflowClient(f"sqlite:///{start / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("htl-ray").experiment_id])

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from htl_ray.data.schema import (
 from htl_ray.data.split import assign_splits, validate_fractions
 from htl_ray.errors import UserError
 from htl_ray.paths import check_writable_dir
+
+logger = logging.getLogger(__name__)
 
 # reason → (what it means, is the record quarantined?)
 REASONS: dict[str, tuple[str, bool]] = {
@@ -173,14 +176,14 @@ def fingerprint(rows: list[dict[str, Any]], params: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def finalize_dataset(rows: list[dict[str, Any]], out: Path, report: IngestReport,
-                     params: dict[str, Any], fractions: Sequence[float], seed: int,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def finalize_dataset(rows: list[dict[str, Any]], out: Path, report: IngestReport, *,
+                     params: dict[str, Any], fractions: Sequence[float], seed: int
+                     ) -> dict[str, Any]:
     """Assign splits, write records, manifest and report. Shared by ingest and synth."""
     if not rows:
         out.mkdir(parents=True, exist_ok=True)
         (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
-        log(report.summary())
+        logger.info(report.summary())
         raise IngestError(f"no usable records in {report.source} (layout {report.layout}); "
                           f"see {out / REPORT_FILE} for why each record was rejected")
     splits = assign_splits([r["id"] for r in rows], [r.get("lesion_id") for r in rows],
@@ -200,14 +203,14 @@ def finalize_dataset(rows: list[dict[str, Any]], out: Path, report: IngestReport
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
     (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
-    log(report.summary())
-    log(f"  wrote {out} (fingerprint {manifest['fingerprint'][:12]})")
+    logger.info(report.summary())
+    logger.info(f"  wrote {out} (fingerprint {manifest['fingerprint'][:12]})")
     return manifest
 
 
-def ingest(layout: Layout, src: str | Path, out: str | Path, size: int = 256,
+def ingest(layout: Layout, src: str | Path, out: str | Path, *, size: int = 256,
            fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-           allow_empty_masks: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+           allow_empty_masks: bool = False) -> dict[str, Any]:
     """Read `src` with `layout`, validate, resize to size×size and write a Parquet dataset."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -273,10 +276,12 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, size: int = 256,
                 report.add("no_metadata", cand.id, "no metadata row for this image")
         rows.append(row)
         if i % 250 == 0:
-            log(f"  ... {i}/{len(disc.candidates)} images read ({time.time() - t0:.0f}s)")
+            logger.info(f"  ... {i}/{len(disc.candidates)} images read "
+                        f"({time.time() - t0:.0f}s)")
 
     report.metadata_summary = metadata_summary(rows, disc.stats)
     params = {"layout": layout.name, "size": size, "fractions": list(fractions), "seed": seed,
               "allow_empty_masks": allow_empty_masks}
-    manifest = finalize_dataset(rows, out, report, params, fractions, seed, log)
+    manifest = finalize_dataset(rows, out, report, params=params, fractions=fractions,
+                                seed=seed)
     return {"manifest": manifest, "report": report}

@@ -12,7 +12,8 @@ Everything is drawn from one `numpy.random.Generator(seed)`, so a seed gives ide
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from htl_ray.data.images import lesion_contrast
 from htl_ray.data.ingest import IngestReport, finalize_dataset
 from htl_ray.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 SITES = ("anterior torso", "posterior torso", "lower extremity", "upper extremity",
          "head/neck", "palms/soles")
@@ -140,9 +143,8 @@ def generate(n: int, size: int, seed: int = 0, repeat_fraction: float = 0.05) ->
     return rows
 
 
-def synthesize(out: str | Path, n: int = 400, size: int = 64, seed: int = 0,
-               fractions: Sequence[float] = (0.7, 0.15, 0.15),
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+def synthesize(out: str | Path, *, n: int = 400, size: int = 64, seed: int = 0,
+               fractions: Sequence[float] = (0.7, 0.15, 0.15)) -> dict[str, Any]:
     """Generate and write a synthetic dataset in the ingest schema (with manifest and report)."""
     from htl_ray.data.images import check_dataset_size
     from htl_ray.data.split import validate_fractions
@@ -163,5 +165,6 @@ def synthesize(out: str | Path, n: int = 400, size: int = 64, seed: int = 0,
                         f"(head/neck small+hair, age>=80 low contrast)")
     params = {"layout": "synthetic", "n": n, "size": size, "seed": seed,
               "fractions": list(fractions)}
-    manifest = finalize_dataset(rows, Path(out), report, params, fractions, seed, log)
+    manifest = finalize_dataset(rows, Path(out), report, params=params, fractions=fractions,
+                                seed=seed)
     return {"manifest": manifest, "report": report}

@@ -25,13 +25,11 @@ import pandas as pd
 from htl_ray.htl.attention import attention_weights, method_scores
 from htl_ray.htl.scorer import ScoringSpec, score_dataset
 from htl_ray.htl.scoring import ema
-
-HTL_DIR = "htl"
-SNAPSHOT_DIR = "snapshots"
+from htl_ray.run_dir import RunDir
 
 
 def snapshot_path(run_dir: str | Path, version: int) -> Path:
-    return Path(run_dir) / HTL_DIR / SNAPSHOT_DIR / f"v{version:04d}.pt"
+    return RunDir(run_dir).snapshot_file(version)
 
 
 def load_population(run_dir: str | Path, size: int) -> list[dict[str, Any]]:
@@ -39,19 +37,17 @@ def load_population(run_dir: str | Path, size: int) -> list[dict[str, Any]]:
     coordinator scores with the same PIE population as the one it replaces."""
     import torch
 
-    paths = sorted((Path(run_dir) / HTL_DIR / SNAPSHOT_DIR).glob("v*.pt"))[-size:] if size else []
+    paths = RunDir(run_dir).snapshot_files()[-size:] if size else []
     return [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
 
 
 def version_path(run_dir: str | Path, version: int) -> Path:
-    return Path(run_dir) / HTL_DIR / f"v{version:04d}.parquet"
+    return RunDir(run_dir).htl_version_file(version)
 
 
 def load_versions(run_dir: str | Path) -> dict[int, pd.DataFrame]:
-    out = {}
-    for p in sorted((Path(run_dir) / HTL_DIR).glob("v*.parquet")):
-        out[int(p.stem[1:])] = pd.read_parquet(p)
-    return out
+    """Every published version's table, by version number."""
+    return {v: pd.read_parquet(p) for v, p in RunDir(run_dir).htl_version_files().items()}
 
 
 def weights_checksum(ids: np.ndarray, weights: np.ndarray) -> float:
@@ -75,7 +71,7 @@ class RefreshCoordinator:
                  seed: int, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
                  delay_s: float = 0.0):
         self.run_dir = Path(run_dir)
-        (self.run_dir / HTL_DIR).mkdir(parents=True, exist_ok=True)
+        RunDir(self.run_dir).htl_dir.mkdir(parents=True, exist_ok=True)
         self.dataset = train_dataset
         self.spec = spec
         self.htl = htl

@@ -15,17 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from htl_ray.checkpoints import load_checkpoint, model_config_of
 from htl_ray.config import DEFAULT_SPARSITIES
 from htl_ray.data.loading import split_dataset
 from htl_ray.errors import UserError
 from htl_ray.htl.scorer import ScoringSpec, score_dataset
 from htl_ray.metrics import ISIC_JACCARD_THRESHOLD, auroc
-from htl_ray.train.checkpoints import (
-    CHECKPOINT_FILE,
-    load_checkpoint,
-    model_config_of,
-    read_meta,
-)
+from htl_ray.run_dir import CHECKPOINT_FILE, read_meta
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -20,10 +20,10 @@ import pandas as pd
 from htl_ray.analysis.enrichment import enrichment, htl_set_evolution
 from htl_ray.analysis.groups import GROUP_ATTRIBUTES
 from htl_ray.analysis.metric_frame import metric_frame
+from htl_ray.checkpoints import load_checkpoint
 from htl_ray.report.figures import gallery, score_histogram
 from htl_ray.report.inputs import RunInputs, load_run
 from htl_ray.report.render import html_table, markdown_summary, page, section
-from htl_ray.train.checkpoints import load_checkpoint
 
 INTERSECTIONS = (("sex", "age_bin"),)
 SIGNIFICANT = 0.05
@@ -167,7 +167,7 @@ def build_report(run_dir: str | Path, baseline_dir: str | Path | None = None,
     header = ('<table class="kv">' + "".join(f"<tr><td>{k}</td><td>{html.escape(str(v))}</td>"
                                              "</tr>" for k, v in [
         ("run directory", run.run_dir), ("setting", run.config.supervision.setting),
-        ("HTL method", run.config.htl.method), ("MLflow run", run.state.get("mlflow_run_id")),
+        ("HTL method", run.config.htl.method), ("MLflow run", run.state.mlflow_run_id),
         ("baseline", baseline.run_dir if baseline else "none")]) + "</table>"
         + "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>")
     sections = [
@@ -200,7 +200,7 @@ def build_report(run_dir: str | Path, baseline_dir: str | Path | None = None,
 def _log_to_mlflow(run: RunInputs, out: Path, log) -> None:
     from htl_ray import tracking
 
-    run_id, uri = run.state.get("mlflow_run_id"), run.state.get("tracking_uri")
+    run_id, uri = run.state.mlflow_run_id, run.state.tracking_uri
     if not (run_id and uri):
         return
     try:

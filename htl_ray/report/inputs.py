@@ -16,22 +16,17 @@ import numpy as np
 import pandas as pd
 
 from htl_ray.analysis.groups import add_group_columns
+from htl_ray.checkpoints import load_checkpoint
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.schema import RECORDS_FILE, read_table
-from htl_ray.train.checkpoints import (
-    PER_SAMPLE_FILE,
-    best_checkpoint,
-    load_checkpoint,
-    read_meta,
-    read_run_state,
-)
+from htl_ray.run_dir import PER_SAMPLE_FILE, STATE_FILE, RunDir, RunState, read_meta
 
 
 @dataclass
 class RunInputs:
     run_dir: Path
     config: ExperimentConfig
-    state: dict[str, Any]                 # htl_run.json: MLflow run id, tracking URI
+    state: RunState                       # htl_run.json: MLflow run id, tracking URI
     best_checkpoint: Path
     best_epoch: int
     val: pd.DataFrame                     # per-image validation metrics + group columns
@@ -48,7 +43,7 @@ class RunInputs:
 def best_evaluated_checkpoint(run_dir: Path, metric: str) -> tuple[Path, int]:
     """The run's best checkpoint among those with per-image validation metrics (the report's
     tables need them), and its epoch."""
-    best = best_checkpoint(run_dir, metric, require=PER_SAMPLE_FILE)
+    best = RunDir(run_dir).best_checkpoint(metric, require=PER_SAMPLE_FILE)
     if best is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint with {metric} and {PER_SAMPLE_FILE}; "
                                 "is this a finished `htl-ray train` run directory?")
@@ -79,15 +74,13 @@ def _score_offline(cfg: ExperimentConfig, state_dict: dict[str, Any], log) -> pd
 
 def load_run(run_dir: str | Path, log=print) -> RunInputs:
     from htl_ray.htl.coordinator import load_versions
-    from htl_ray.train.trainer import RUN_STATE_FILE
 
     run_dir = Path(run_dir).resolve()
-    state_file = run_dir / RUN_STATE_FILE
-    if not state_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no {RUN_STATE_FILE}); pass "
+    state = RunDir(run_dir).state()
+    if state is None:
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no {STATE_FILE}); pass "
                                 "the directory `htl-ray train` printed")
-    state = read_run_state(run_dir)
-    cfg = from_dict(state["config"])
+    cfg = from_dict(state.config)
     if not (Path(cfg.data.path) / RECORDS_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: the run's dataset {cfg.data.path} is not here "
                                 "(the report reads images and metadata from it)")

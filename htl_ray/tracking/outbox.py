@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from htl_ray.errors import UserError
+from htl_ray.run_dir import RunDir
 
-OUTBOX_DIR = "mlflow_outbox"
 # flushed in this order by the driver and by `htl-ray sync`: the run's end goes last
 WRITERS = ("rank0", "coordinator", "driver")
 _CLIENT_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -93,7 +93,7 @@ class TrackingOutbox:
         """`send_each=False`: writes are only kept; `flush` (or `flush_run`) sends them."""
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
-        self.path = Path(run_dir) / OUTBOX_DIR / f"{writer}.jsonl"
+        self.path = RunDir(run_dir).outbox_dir / f"{writer}.jsonl"
         self.uri, self.run_id, self.writer, self.log = uri, run_id, writer, log
         self.send_each = send_each
         self.down_since: float | None = None

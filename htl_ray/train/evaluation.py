@@ -115,10 +115,10 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, cfg: ExperimentConfig,
     metrics are then named `external/<name>/...` — at training and original resolution; the
     table is written beside the checkpoint. Runs where it is called (the driver), with the
     threads torch finds there."""
+    from htl_ray.checkpoints import load_checkpoint
     from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
     from htl_ray.data.schema import has_column
     from htl_ray.models import create_model
-    from htl_ray.train.checkpoints import load_checkpoint
 
     directory = Path(checkpoint_dir)
     dataset = Path(data) if data is not None else Path(cfg.data.path)

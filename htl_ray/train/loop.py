@@ -16,40 +16,35 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 
+from htl_ray.checkpoints import resume_state, save_checkpoint
+from htl_ray.collectives import barrier, gather
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import iter_decoded
 from htl_ray.device import placement
 from htl_ray.errors import UserError
-from htl_ray.htl.attention import ATTENTION, oversample_counts
-from htl_ray.htl.coordinator import weights_checksum
+from htl_ray.htl.attention import ATTENTION
+from htl_ray.htl.client import HtlClient
 from htl_ray.losses import weighted_mean
 from htl_ray.models import create_model, load_initial_weights, state_checksum
+from htl_ray.run_dir import PER_SAMPLE_FILE, RunDir, read_meta
 from htl_ray.supervision import SETTINGS
 from htl_ray.tracking.outbox import TrackingOutbox
-from htl_ray.train.checkpoints import (
-    PER_SAMPLE_FILE,
-    read_meta,
-    resume_state,
-    save_checkpoint,
-)
 from htl_ray.train.evaluation import evaluate, split_metrics
+from htl_ray.train.optimization import make_optimizer, make_scheduler
 
 
 class NonFiniteTraining(UserError):
     """The loss or the checkpoint metric stopped being a number: the run cannot recover, and
     finishing it would log a model that predicts nothing as a result."""
-
-
-DIVERGED_FILE = "diverged.json"     # in the run directory: why a run stopped at an epoch
 
 
 def diverged(name: str, value: float, epoch: int, cfg, loop_config: dict[str, Any]) -> bool:
@@ -66,8 +61,8 @@ def diverged(name: str, value: float, epoch: int, cfg, loop_config: dict[str, An
     import ray.train
 
     if ray.train.get_context().get_world_rank() == 0:
-        path = Path(loop_config["run_dir"]) / DIVERGED_FILE
-        path.write_text(json.dumps({"epoch": epoch, "name": name, "message": message}))
+        RunDir(loop_config["run_dir"]).diverged_file.write_text(
+            json.dumps({"epoch": epoch, "name": name, "message": message}))
     return True
 
 
@@ -75,122 +70,8 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by tests that interrupt a run after a given epoch."""
 
 
-def make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
-    registry = {
-        "adamw": lambda: torch.optim.AdamW(params, lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay),
-        "adam": lambda: torch.optim.Adam(params, lr=cfg.train.lr,
-                                         weight_decay=cfg.train.weight_decay),
-        "sgd": lambda: torch.optim.SGD(params, lr=cfg.train.lr, momentum=0.9,
-                                       weight_decay=cfg.train.weight_decay),
-    }
-    return registry[cfg.train.optimizer]()
-
-
-def make_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer):
-    if cfg.train.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
-    return None
-
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-def _broadcast(obj: Any) -> Any:
-    """Rank 0's value on every rank."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
-
-
-class HtlState:
-    """The HTL version in use on this rank, its id → weight map, and pending refreshes."""
-
-    def __init__(self, cfg: ExperimentConfig, coordinator: Any, version: int):
-        self.cfg = cfg
-        self.coordinator = coordinator
-        self.version = version
-        self.resumed_version: int | None = version if version else None
-        self.pending: int | None = None
-        self.weights: dict[str, float] = {}
-        self.checksum = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.coordinator is not None
-
-    def adopt(self, rank: int) -> float:
-        """At an epoch start: rank 0 picks the version, every rank adopts it. Returns the time
-        this rank waited for the coordinator."""
-        import ray
-
-        t0 = time.time()
-        if rank == 0:
-            if self.resumed_version is not None:
-                chosen = self.resumed_version          # a resumed run keeps its version
-            else:
-                if not self.cfg.htl.asynchronous:
-                    # synchronous: the refresh submitted after the last epoch must be in; after
-                    # a worker-group restart this rank does not know it, so wait for them all
-                    ray.get(self.coordinator.wait_for.remote(self.pending)
-                            if self.pending is not None else self.coordinator.drain.remote())
-                error = ray.get(self.coordinator.error.remote())
-                if error:
-                    raise RuntimeError(f"HTL refresh failed:\n{error}")
-                chosen = ray.get(self.coordinator.latest_version.remote())
-        else:
-            chosen = None
-        self.resumed_version = None
-        chosen = _broadcast(chosen)
-        if chosen != self.version or (chosen and not self.weights):
-            ids, w = ray.get(self.coordinator.weights.remote(chosen))
-            self.weights = dict(zip(ids.tolist(), w.tolist(), strict=True))
-            self.checksum = weights_checksum(ids, w)
-        self.version = chosen
-        return time.time() - t0
-
-    def refreshes_after(self, epoch: int) -> bool:
-        """Whether rank 0 hands the coordinator a snapshot at the end of `epoch`."""
-        return (epoch + 1) % self.cfg.htl.refresh_every == 0 \
-            and epoch + 1 < self.cfg.train.epochs
-
-    def catch_up(self, model: torch.nn.Module, epoch: int) -> None:
-        """Rank 0, resumed from the checkpoint of `epoch`: the refresh due after it must exist.
-        A restarted worker group finds it pending or done in the surviving coordinator; a
-        restarted driver lost it with the old coordinator, so the restored model — the very
-        snapshot — is submitted again. With synchronous refresh the next epoch then waits for
-        it and trains with it, exactly as without the interruption."""
-        import ray
-
-        if not self.refreshes_after(epoch):
-            return
-        found = ray.get(self.coordinator.version_of_epoch.remote(epoch))
-        if found is None:
-            self.submit(model, epoch)
-        else:
-            self.pending = found
-        if not self.cfg.htl.asynchronous:
-            self.resumed_version = None
-
-    def submit(self, model: torch.nn.Module, epoch: int) -> None:
-        import ray
-
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        self.pending = ray.get(self.coordinator.submit.remote([ray.put(state)], epoch))
-
-    def batch_weights(self, ids: np.ndarray) -> np.ndarray:
-        return np.array([self.weights.get(str(i), 1.0) for i in ids], dtype=np.float64)
-
-
-def _gather(obj: Any) -> list[Any]:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
-    return [obj]
 
 
 def _say(message: str) -> None:
@@ -216,15 +97,46 @@ def _tracked(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k != "epoch"}
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+@dataclass
+class EpochTraining:
+    """What one epoch of training on this rank measured."""
+
+    loss_sum: float = 0.0          # Σ loss·batch size
+    seen: int = 0                  # samples trained on (oversampled copies counted)
+    attended: int = 0              # samples with an HTL weight above 1
+    data_wait_s: float = 0.0       # blocked on the Ray Data iterator (decoding in its thread)
+    data_prep_s: float = 0.0       # attention sampling, augmentation, placement in this loop
+    lr: float = 0.0                # the learning rate the epoch trained with
+    seconds: float = 0.0
+
+
+@dataclass
+class Worker:
+    """One rank's training run: what the steps of `train_loop_per_worker` share."""
+
+    cfg: ExperimentConfig
+    loop_config: dict[str, Any]
+    rank: int
+    world: int
+    place: Any                     # device.Placement
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    objective: Any                 # supervision.Objective
+    start_epoch: int = 0
+    best: float = -math.inf
+    htl_version: int = 0
+    resumed_from: Path | None = None
+    htl: HtlClient | None = None
+    outbox: TrackingOutbox | None = None
+
+
+def set_up_worker(loop_config: dict[str, Any]) -> Worker:
+    """Seeds, threads, the model on this rank's device, its optimiser, schedule and objective."""
     import ray.train
     import ray.train.torch
 
     cfg = from_dict(loop_config["config"])
-    tracking_uri: str = loop_config["tracking_uri"]
-    mlflow_run_id: str = loop_config["mlflow_run_id"]
-    fault_after_epoch: int | None = loop_config.get("fault_after_epoch")
-
     _quiet_ray_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -232,166 +144,218 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(math.floor(cpus))))
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed + rank)
-
     # on its device before the optimizer exists, so restored optimizer state lands there too
     place = placement(ray.train.torch.get_device(), cfg.train.precision, cfg.train.memory_format)
     model = place.prepare(create_model(cfg.model))
-    optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = make_scheduler(cfg, optimizer)
-    objective = SETTINGS[cfg.supervision.setting](cfg)
-    start_epoch, best, htl_version = 0, -math.inf, 0
+    optimizer = make_optimizer(cfg.train, model.parameters())
+    return Worker(cfg=cfg, loop_config=loop_config, rank=rank, world=world, place=place,
+                  model=model, optimizer=optimizer,
+                  scheduler=make_scheduler(cfg.train, optimizer),
+                  objective=SETTINGS[cfg.supervision.setting](cfg))
+
+
+def restore_or_initialise(w: Worker) -> None:
+    """Continue from this run's newest loadable checkpoint, or start from
+    `model.init_checkpoint` (pinned by the driver), or from the random init."""
+    import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as registered:
-        resumed = resume_state(registered, loop_config["run_dir"])
+        resumed = resume_state(registered, w.loop_config["run_dir"])
     if resumed:
         directory, state = resumed
-        objective.restore(state, model)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        htl_version = int(state.get("htl_version", 0))
-        if rank == 0:
+        w.objective.restore(state, w.model)
+        w.optimizer.load_state_dict(state["optimizer"])
+        if w.scheduler is not None and state.get("scheduler"):
+            w.scheduler.load_state_dict(state["scheduler"])
+        w.start_epoch = int(state["epoch"]) + 1
+        w.htl_version = int(state.get("htl_version", 0))
+        w.resumed_from = Path(directory)
+        if w.rank == 0:
             _say(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']} ({directory})")
-    elif loop_config.get("init_checkpoint_file"):
-        # model.init_checkpoint, pinned by the driver; never over a checkpoint of this run
-        load_initial_weights(model, loop_config["init_checkpoint_file"])
-    if rank == 0:
-        _say(f"[htl-ray] workers compute on {place.describe()}")
+    elif w.loop_config.get("init_checkpoint_file"):
+        # never over a checkpoint of this run
+        load_initial_weights(w.model, w.loop_config["init_checkpoint_file"])
+    if w.rank == 0:
+        _say(f"[htl-ray] workers compute on {w.place.describe()}")
 
-    model = ray.train.torch.prepare_model(model)
-    objective.attach(_unwrap(model))
-    device = place.device
-    train_shard = ray.train.get_dataset_shard("train")
-    val_iter = ray.train.get_dataset_shard("val")
-    htl = HtlState(cfg, loop_config.get("coordinator"), htl_version)
-    if resumed and htl.enabled and rank == 0:
-        htl.catch_up(objective.snapshot_model(_unwrap(model)), start_epoch - 1)
-    # rank 0 writes to MLflow; kept on disk until the tracking server takes it
-    outbox = TrackingOutbox(loop_config["run_dir"], tracking_uri, mlflow_run_id, "rank0", _say) \
-        if rank == 0 else None
-    if resumed and outbox is not None:
+
+def connect(w: Worker) -> None:
+    """Wrap the model for DDP, join the HTL coordinator, and (rank 0) open the outbox that
+    keeps MLflow writes on disk until the tracking server takes them."""
+    import ray.train.torch
+
+    w.model = ray.train.torch.prepare_model(w.model)
+    w.objective.attach(_unwrap(w.model))
+    w.htl = HtlClient(w.loop_config.get("coordinator"), htl=w.cfg.htl,
+                      epochs=w.cfg.train.epochs, version=w.htl_version)
+    if w.resumed_from is not None and w.htl.enabled and w.rank == 0:
+        w.htl.catch_up(w.objective.snapshot_model(_unwrap(w.model)), w.start_epoch - 1)
+    if w.rank == 0:
+        w.outbox = TrackingOutbox(w.loop_config["run_dir"], w.loop_config["tracking_uri"],
+                                  w.loop_config["mlflow_run_id"], "rank0", _say)
+    if w.resumed_from is not None and w.outbox is not None:
         # the resumed epoch's metrics again, with their first timestamp: stored once, and sent
         # if the previous worker group died between its checkpoint upload and its MLflow write
-        meta = read_meta(directory)
+        meta = read_meta(w.resumed_from)
         if "logged_at_ms" in meta:
-            outbox.metrics(_tracked(meta["metrics"]), step=int(meta["epoch"]),
-                           ts=meta["logged_at_ms"])
+            w.outbox.metrics(_tracked(meta["metrics"]), step=int(meta["epoch"]),
+                             ts=meta["logged_at_ms"])
+
+
+def train_epoch(w: Worker, train_shard: Any, epoch: int) -> EpochTraining:
+    """One pass over this rank's shard, with the adopted HTL weights when the epoch attends."""
+    cfg, device = w.cfg, w.place.device
+    t0 = time.time()
+    attend = w.htl.attends(epoch)
     attention = ATTENTION[cfg.htl.attention]
-
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t0 = time.time()
-        wait_s = htl.adopt(rank) if htl.enabled else 0.0
-        attend = htl.enabled and epoch >= cfg.htl.warmup_epochs and htl.version > 0
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
-        rng = np.random.default_rng([cfg.run.seed, epoch, rank])
-        losses, seen, attended = [], 0, 0
-        # is the data path starving training? wait: blocked on the iterator (which decodes in
-        # Ray Data's thread); prep: attention sampling, augmentation, placement in this loop
-        data_wait = data_prep = 0.0
+    w.model.train()
+    gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + w.rank)
+    rng = np.random.default_rng([cfg.run.seed, epoch, w.rank])
+    out = EpochTraining(lr=w.optimizer.param_groups[0]["lr"])
+    t_next = time.perf_counter()
+    for x, y, batch in iter_decoded(       # decoded while the previous step trains
+            train_shard, batch_size=cfg.data.batch_size,
+            local_shuffle_buffer_size=max(4 * cfg.data.batch_size, 64),
+            local_shuffle_seed=cfg.run.seed * 7919 + epoch * 31 + w.rank):
+        t_batch = time.perf_counter()
+        out.data_wait_s += t_batch - t_next
+        w_loss, rows = None, np.arange(len(batch["id"]))
+        if attend:
+            weights = w.htl.batch_weights(batch["id"])
+            out.attended += int((weights > 1.0).sum())
+            rows, w_rows = attention.batch(weights, rng)
+            x, y = x[rows], y[rows]
+            w_loss = torch.as_tensor(w_rows, dtype=torch.float32, device=device)
+        # augmented where it trains: on a GPU, augmenting on the host bounded the step
+        # (bench/gpu_throughput.py); on the CPU this order changes nothing
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = augment_batch(x, y, cfg.data.augment, gen)
+        x = w.place.inputs(x)
+        out.data_prep_s += time.perf_counter() - t_batch
+        with w.place.autocast():
+            per_sample = w.objective.per_sample_loss(w.model, x, y, batch, rows, epoch, gen)
+        loss = weighted_mean(per_sample, w_loss)
+        w.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        w.optimizer.step()
+        w.objective.after_step(_unwrap(w.model))
+        out.loss_sum += float(loss.detach()) * len(x)
+        out.seen += len(x)
         t_next = time.perf_counter()
-        for x, y, batch in iter_decoded(       # decoded while the previous step trains
-                train_shard, batch_size=cfg.data.batch_size,
-                local_shuffle_buffer_size=max(4 * cfg.data.batch_size, 64),
-                local_shuffle_seed=cfg.run.seed * 7919 + epoch * 31 + rank):
-            t_batch = time.perf_counter()
-            data_wait += t_batch - t_next
-            w_loss, idx = None, np.arange(len(batch["id"]))
-            if attend:
-                w = htl.batch_weights(batch["id"])
-                attended += int((w > 1.0).sum())
-                w_loss_np, w_sample = attention.split(w)
-                idx = np.repeat(np.arange(len(w)), oversample_counts(w_sample, rng)) \
-                    if cfg.htl.attention != "reweight" else np.arange(len(w))
-                if len(idx) == 0:      # every rank must still step once per batch (DDP)
-                    idx, w_loss_np = np.array([0]), np.zeros(len(w))
-                x, y = x[idx], y[idx]
-                w_loss = torch.as_tensor(w_loss_np[idx], dtype=torch.float32, device=device)
-            # augmented where it trains: on a GPU, augmenting on the host bounded the step
-            # (bench/gpu_throughput.py); on the CPU this order changes nothing
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            x, y = augment_batch(x, y, cfg.data.augment, gen)
-            x = place.inputs(x)
-            data_prep += time.perf_counter() - t_batch
-            with place.autocast():
-                per_sample = objective.per_sample_loss(model, x, y, batch, idx, epoch, gen)
-            loss = weighted_mean(per_sample, w_loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            objective.after_step(_unwrap(model))
-            losses.append(float(loss.detach()) * len(x))
-            seen += len(x)
-            t_next = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        train_time = time.time() - t0
+    if w.scheduler is not None:
+        w.scheduler.step()
+    out.seconds = time.time() - t0
+    return out
 
-        local = evaluate(objective.eval_model(model), val_iter, cfg.data.val_batch_size, rank,
-                         world, place)
-        table = pd.concat(_gather(local), ignore_index=True).sort_values("id").reset_index(
-            drop=True)
-        loss_sum = _gather((sum(losses), seen))
-        total_loss = sum(a for a, _ in loss_sum) / max(1, sum(b for _, b in loss_sum))
-        checksums = _gather(state_checksum(_unwrap(model)))
+
+def validate(w: Worker, val_iter: Any) -> pd.DataFrame:
+    """Every validation image's metrics, the same table on every rank: each rank evaluates
+    rows i ≡ rank (mod world) and the results are all-gathered."""
+    local = evaluate(w.objective.eval_model(w.model), val_iter, w.cfg.data.val_batch_size,
+                     w.rank, w.world, w.place)
+    return pd.concat(gather(local), ignore_index=True).sort_values("id").reset_index(drop=True)
+
+
+def train_loss(trained: list[EpochTraining]) -> float:
+    """The mean per-sample training loss over every rank's samples."""
+    return sum(t.loss_sum for t in trained) / max(1, sum(t.seen for t in trained))
+
+
+def epoch_metrics(w: Worker, epoch: int, trained: list[EpochTraining], table: pd.DataFrame,
+                  *, checksums: list[float], wait_s: float, attend: bool) -> dict[str, Any]:
+    """The epoch's metrics from every rank's training (`trained`, gathered) and the
+    validation table; the same dict on every rank (time/epoch_s is added by `report`)."""
+    mine = trained[w.rank]
+    metrics = {"epoch": epoch, "train/loss": train_loss(trained),
+               "train/samples": float(sum(t.seen for t in trained)),
+               "time/train_epoch_s": mine.seconds,
+               # rank 0's: blocked on the Ray Data iterator; decoding + augmenting
+               "time/data_wait_s": trained[0].data_wait_s,
+               "time/data_prep_s": trained[0].data_prep_s,
+               "lr": mine.lr,
+               "weights_checksum": checksums[0],
+               "weights_checksum_max_abs_diff": float(max(checksums) - min(checksums))}
+    htl_sums = gather(w.htl.checksum)
+    if w.htl.enabled:
+        metrics.update({"htl/version_in_use": float(w.htl.version), "htl/wait_s": wait_s,
+                        "htl/attention_active": float(attend),
+                        "htl/weights_checksum": htl_sums[0],
+                        "htl/weights_checksum_max_abs_diff": float(max(htl_sums)
+                                                                   - min(htl_sums)),
+                        "htl/attended_samples": float(sum(t.attended for t in trained))})
+    metrics.update(split_metrics(table, "val"))
+    w.best = max(w.best, metrics.get(w.cfg.train.checkpoint_metric, -math.inf))
+    metrics["val/best_" + w.cfg.train.checkpoint_metric.split("/")[-1]] = w.best
+    return metrics
+
+
+def report(w: Worker, epoch: int, metrics: dict[str, Any], table: pd.DataFrame,
+           *, started: float) -> None:
+    """Rank 0 writes the checkpoint (weights, optimiser, per-image validation table), reports
+    it to Ray Train, and only then logs the metrics; other ranks report the metrics alone."""
+    import ray.train
+
+    metrics["time/epoch_s"] = time.time() - started
+    if w.rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    cfg = w.cfg
+    logged_at = int(time.time() * 1000)
+    _say(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} loss {metrics['train/loss']:.4f} "
+         f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
+         f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
+         f"({metrics['time/epoch_s']:.1f}s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(tmp, w.objective.eval_model(_unwrap(w.model)), w.optimizer, w.scheduler,
+                        epoch, metrics,
+                        extra={"htl_version": w.htl.version, "logged_at_ms": logged_at,
+                               "model_config": dataclasses.asdict(cfg.model),
+                               "input_size": w.loop_config.get("input_size"),
+                               "setting": cfg.supervision.setting},
+                        extra_state=w.objective.checkpoint_state(_unwrap(w.model)))
+        table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    # only now, with the checkpoint in storage: if this worker group dies during the upload,
+    # the resumed run trains this epoch again and MLflow holds it once. An outage never stops
+    # training (the outbox keeps what it cannot send).
+    w.outbox.metrics(_tracked(metrics), step=epoch, ts=logged_at)
+
+
+def inject_fault_if_asked(w: Worker, epoch: int) -> None:
+    """The test hook `fault_after_epoch`: fail after the epoch is complete on every rank (rank
+    0's checkpoint uploaded and its metrics tracked), as a crash between epochs would find it."""
+    if w.loop_config.get("fault_after_epoch") == epoch:
+        barrier()
+        raise InjectedFault(f"injected fault after epoch {epoch}")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Every rank: set up, resume, then per epoch adopt the HTL version, train, validate, stop
+    if diverged, hand the coordinator a snapshot when a refresh is due, and report."""
+    import ray.train
+
+    w = set_up_worker(loop_config)
+    restore_or_initialise(w)
+    connect(w)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_iter = ray.train.get_dataset_shard("val")
+    for epoch in range(w.start_epoch, w.cfg.train.epochs):
+        started = time.time()
+        wait_s = w.htl.adopt(w.rank)
+        attend = w.htl.attends(epoch)
+        trained = gather(train_epoch(w, train_shard, epoch))
+        table = validate(w, val_iter)
+        checksums = gather(state_checksum(_unwrap(w.model)))
         # the same values on every rank (gathered), so every rank stops here together, before
         # a checkpoint or an HTL refresh of weights that are no longer numbers (the last step
         # of an epoch can break the weights while its loss was still finite)
-        if diverged("train/loss", total_loss, epoch, cfg, loop_config) \
-                or diverged("weights (sum of |w|)", checksums[0], epoch, cfg, loop_config):
+        if diverged("train/loss", train_loss(trained), epoch, w.cfg, loop_config) \
+                or diverged("weights (sum of |w|)", checksums[0], epoch, w.cfg, loop_config):
             return
-        if htl.enabled and rank == 0 and htl.refreshes_after(epoch):
-            htl.submit(objective.snapshot_model(_unwrap(model)), epoch)
-        htl_sums = _gather(htl.checksum)
-        metrics = {"epoch": epoch, "train/loss": total_loss,
-                   "train/samples": float(sum(b for _, b in loss_sum)),
-                   "time/train_epoch_s": train_time, "time/epoch_s": time.time() - t0,
-                   # rank 0's: blocked on the Ray Data iterator; decoding + augmenting
-                   "time/data_wait_s": data_wait, "time/data_prep_s": data_prep,
-                   "lr": lr,
-                   "weights_checksum": checksums[0],
-                   "weights_checksum_max_abs_diff": float(max(checksums) - min(checksums))}
-        if htl.enabled:
-            attended_all = sum(_gather(attended))
-            metrics.update({"htl/version_in_use": float(htl.version), "htl/wait_s": wait_s,
-                            "htl/attention_active": float(attend),
-                            "htl/weights_checksum": htl_sums[0],
-                            "htl/weights_checksum_max_abs_diff": float(max(htl_sums)
-                                                                       - min(htl_sums)),
-                            "htl/attended_samples": float(attended_all)})
-        metrics.update(split_metrics(table, "val"))
-        best = max(best, metrics.get(cfg.train.checkpoint_metric, -math.inf))
-        metrics["val/best_" + cfg.train.checkpoint_metric.split("/")[-1]] = best
-
-        if rank == 0:
-            logged_at = int(time.time() * 1000)
-            _say(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} loss {total_loss:.4f} "
-                 f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
-                 f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
-                 f"({metrics['time/epoch_s']:.1f}s)")
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, objective.eval_model(_unwrap(model)), optimizer, scheduler,
-                                epoch, metrics,
-                                extra={"htl_version": htl.version, "logged_at_ms": logged_at,
-                                       "model_config": dataclasses.asdict(cfg.model),
-                                       "input_size": loop_config.get("input_size"),
-                                       "setting": cfg.supervision.setting},
-                                extra_state=objective.checkpoint_state(_unwrap(model)))
-                table.to_parquet(os.path.join(tmp, PER_SAMPLE_FILE), index=False)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            # only now, with the checkpoint in storage: if this worker group dies during the
-            # upload, the resumed run trains this epoch again and MLflow holds it once. An
-            # outage never stops training (the outbox keeps what it cannot send).
-            outbox.metrics(_tracked(metrics), step=epoch, ts=logged_at)
-        else:
-            ray.train.report(metrics, checkpoint=None)
-
-        if fault_after_epoch is not None and epoch == fault_after_epoch:
-            # after the epoch is complete on every rank (rank 0's checkpoint uploaded and its
-            # metrics tracked), as a crash between epochs would find it
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
-            raise InjectedFault(f"injected fault after epoch {epoch}")
+        if w.rank == 0 and w.htl.refreshes_after(epoch):
+            w.htl.submit(w.objective.snapshot_model(_unwrap(w.model)), epoch)
+        metrics = epoch_metrics(w, epoch, trained, table, checksums=checksums, wait_s=wait_s,
+                                attend=attend)
+        report(w, epoch, metrics, table, started=started)
+        inject_fault_if_asked(w, epoch)

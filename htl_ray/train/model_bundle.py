@@ -10,28 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from htl_ray.checkpoints import load_checkpoint, model_config_of
 from htl_ray.config import ConfigError
 from htl_ray.inference import ModelBundle
-from htl_ray.train.checkpoints import (
-    CHECKPOINT_FILE,
-    RUN_STATE_FILE,
-    best_of_run,
-    load_checkpoint,
-    model_config_of,
-    read_meta,
-    read_run_state,
-)
+from htl_ray.run_dir import CHECKPOINT_FILE, STATE_FILE, RunDir, read_meta
 
 MODEL_ARTIFACT = "model"             # runs:/<run id>/model
-MODEL_DIR = "mlflow_model"           # in the run directory, before it is logged
 
 
 def _run_state(run_dir: Path) -> dict[str, Any]:
     """The run's state for a model's identity; an unreadable one counts as none."""
     try:
-        return read_run_state(run_dir)
+        state = RunDir(run_dir).state()
     except (OSError, ValueError):
         return {}
+    return state.to_json() if state else {}
 
 
 def input_size_of(meta: dict[str, Any], state: dict[str, Any]) -> tuple[int, int]:
@@ -77,12 +70,12 @@ def checkpoint_of(path: Path) -> Path:
         return path.parent
     if (path / CHECKPOINT_FILE).is_file():
         return path
-    if (path / RUN_STATE_FILE).is_file():
-        best = best_of_run(path)
+    if RunDir(path).has_state():
+        best = RunDir(path).best_checkpoint()
         if best is None:
             raise ConfigError(f"MODEL: run directory {path} holds no checkpoint yet")
         return best[0]
-    raise ConfigError(f"MODEL: {path} is neither a run directory ({RUN_STATE_FILE}), a "
+    raise ConfigError(f"MODEL: {path} is neither a run directory ({STATE_FILE}), a "
                       f"checkpoint directory ({CHECKPOINT_FILE}) nor an MLflow Model (MLmodel)")
 
 
@@ -93,7 +86,7 @@ def save_run_model(run_dir: Path, checkpoint_dir: Path) -> Path:
 
     from htl_ray.mlflow_model import save_mlflow_model
 
-    dest = run_dir / MODEL_DIR
+    dest = RunDir(run_dir).model_dir
     if dest.exists():
         shutil.rmtree(dest)
     return save_mlflow_model(bundle_from_checkpoint(checkpoint_dir), dest)
@@ -110,13 +103,13 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
     from htl_ray.tracking import client as tracking_client
 
     run_dir = Path(run_dir).resolve()
-    state = read_run_state(run_dir)
-    if not state.get("mlflow_run_id"):
-        raise ConfigError(f"register: {run_dir}: no {RUN_STATE_FILE} there; not a run directory")
-    uri = absolute_uri(tracking_uri) if tracking_uri else state["tracking_uri"]
-    run_id = state["mlflow_run_id"]
+    state = RunDir(run_dir).state()
+    if state is None or not state.mlflow_run_id:
+        raise ConfigError(f"register: {run_dir}: no {STATE_FILE} there; not a run directory")
+    uri = absolute_uri(tracking_uri) if tracking_uri else state.tracking_uri
+    run_id = state.mlflow_run_id
     check_reachable(uri, existing=True, key="--tracking-uri" if tracking_uri else
-                    f"the run's tracking URI (in {run_dir / RUN_STATE_FILE})")
+                    f"the run's tracking URI (in {RunDir(run_dir).state_file})")
     client = tracking_client(uri)      # no global MLflow state (see predict)
     try:
         run = client.get_run(run_id)
@@ -127,7 +120,7 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
     try:
         logged = {a.path for a in client.list_artifacts(run_id, MODEL_ARTIFACT)}
         if f"{MODEL_ARTIFACT}/MLmodel" not in logged:
-            best = best_of_run(run_dir)
+            best = RunDir(run_dir).best_checkpoint()
             if best is None:
                 raise ConfigError(f"register: {run_dir} holds no checkpoint")
             log(f"[htl-ray] the run has no logged MLflow Model yet: logging the one of its "

@@ -20,6 +20,8 @@ from typing import Any
 from htl_ray.cluster import join_cluster, uses_refresh
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
+from htl_ray.run_dir import CHECKPOINT_FILE, META_FILE, PER_SAMPLE_FILE, RunDir, RunState
+from htl_ray.run_dir import STATE_FILE as RUN_STATE_FILE  # noqa: F401 - transitional (tune/)
 from htl_ray.supervision import SETTINGS
 from htl_ray.tracking.schema import (
     BEST_CHECKPOINT_TAG,
@@ -34,22 +36,13 @@ from htl_ray.tracking.schema import (
     SETTING_TAG,
     VERSION_TAG_PREFIX,
 )
-from htl_ray.train.checkpoints import (
-    CHECKPOINT_FILE,
-    META_FILE,
-    PER_SAMPLE_FILE,
-    RUN_STATE_FILE,
-    best_checkpoint,
-    best_of_run,
-    read_run_state,
-)
 from htl_ray.train.evaluation import (
     TEST_SPLIT,
     VAL_META_COLUMNS,
     evaluate_checkpoint,
     per_sample_file,
 )
-from htl_ray.train.loop import DIVERGED_FILE, NonFiniteTraining, train_loop_per_worker
+from htl_ray.train.loop import NonFiniteTraining, train_loop_per_worker
 from htl_ray.train.model_bundle import MODEL_ARTIFACT, save_run_model
 from htl_ray.train.preflight import preflight
 
@@ -68,16 +61,6 @@ class TrainingOutcome:
 
 def run_dir_of(cfg: ExperimentConfig) -> Path:
     return (Path(cfg.run.storage_path) / cfg.run.name).resolve()
-
-
-def run_state(run_dir: str | Path, asked_by: str = "") -> dict[str, Any]:
-    """What a run directory records of its run (config, MLflow run id and URI); `asked_by`
-    (e.g. "--resume") starts the error a missing record raises."""
-    state = read_run_state(run_dir)
-    if not state:
-        raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{run_dir}: no {RUN_STATE_FILE} "
-                          "there; not a run directory")
-    return state
 
 
 # config paths a run records; a relative one is resolved against the run directory's origin
@@ -121,12 +104,12 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
     from htl_ray.tracking import absolute_uri, sqlite_path
 
     run_dir = Path(run_dir).absolute()
-    state = run_state(run_dir, "--resume")
+    state = RunDir(run_dir).require_state("--resume")
     moved = [k for k, _ in map(parse_override, overrides or []) if k in LOCATION_KEYS]
     if moved:
         raise ConfigError(f"{moved[0]}: a resumed run stays in the directory given to --resume "
                           f"({run_dir}); move or copy that directory instead")
-    raw = copy.deepcopy(state["config"])
+    raw = copy.deepcopy(state.config)
     run = raw.get("run", {})
     origin = _origin(run_dir, str(run.get("storage_path", ".")), str(run.get("name", "")))
     given = dict(map(parse_override, overrides or []))
@@ -142,7 +125,7 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
         value = raw.get(section, {}).get(key)
         if value and not Path(value).is_absolute() and f"{section}.{key}" not in given:
             raw[section][key] = against_origin(f"{section}.{key}", value)
-    uri = state.get("tracking_uri") or raw.get("tracking", {}).get("uri")
+    uri = state.tracking_uri or raw.get("tracking", {}).get("uri")
     db = sqlite_path(uri) if uri else None
     if db is not None and not db.is_absolute() and "tracking.uri" not in given:
         uri = absolute_uri(f"sqlite:///{against_origin('tracking.uri', str(db))}")
@@ -151,26 +134,25 @@ def config_for_resume(run_dir: str | Path, overrides: list[str] | None = None) -
     return from_dict(apply_overrides(raw, overrides or []))
 
 
-def describe_resume(run_dir: Path, state: dict[str, Any], uri: str, run_id: str,
+def describe_resume(run_dir: Path, state: RunState, uri: str, run_id: str, *,
                     epochs: int) -> list[str]:
     """What `--resume` continues, said before anything trains: the directory, the epoch it
     starts from, the MLflow run, and whether the directory moved (or is a copy)."""
     from htl_ray.tracking import redact
-    from htl_ray.train.checkpoints import checkpoints_on_disk
-
-    found = checkpoints_on_disk(run_dir)
+    found = RunDir(run_dir).checkpoints()
     epoch = int(found[0][0]["epoch"]) if found else None
     lines = [f"[htl-ray] resuming run {run_dir}: "
              + (f"from the checkpoint of epoch {epoch} (epoch {epoch + 2} of "
                 f"{epochs} next)" if epoch is not None
                 else "no checkpoint yet, so from epoch 1")
              + f"; MLflow run {run_id} in {redact(uri)}"]
-    was = state.get("run_dir")
+    was = state.run_dir
     if was and Path(was) != run_dir:
         try:
-            copy = read_run_state(was).get("mlflow_run_id") == run_id
+            original = RunDir(was).state()
         except ValueError:
-            copy = False
+            original = None
+        copy = original is not None and original.mlflow_run_id == run_id
         lines.append(f"[htl-ray] this run was started in {was} and is now in {run_dir}: it "
                      "continues here" + (f" ({was} still exists: this is a copy, and both log "
                                           f"to MLflow run {run_id})" if copy else ""))
@@ -212,11 +194,11 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
 
     manifest = preflight(cfg)
     run_dir = run_dir_of(cfg)
-    state = read_run_state(run_dir)
+    state = RunDir(run_dir).state()
     if state and not resume:
         raise ConfigError(f"run.name: run directory {run_dir} already holds a run; resume it "
                           f"with `htl-ray train --resume {run_dir}` or choose another run.name")
-    init_file = state.get("init_checkpoint_file") if state else None
+    init_file = state.init_checkpoint_file if state else None
     if cfg.model.init_checkpoint and not state:
         from htl_ray.models import create_model, initial_checkpoint_file, load_initial_weights
 
@@ -227,8 +209,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         init_file = str(initial_checkpoint_file(cfg.model.init_checkpoint))
         load_initial_weights(create_model(cfg.model), init_file)
         log(f"[htl-ray] model starts from the weights in {init_file}")
-    if resume and state.get("tracking_uri"):
-        uri = tracking.absolute_uri(cfg.tracking.uri or state["tracking_uri"])  # the run's store
+    if resume and state and state.tracking_uri:
+        uri = tracking.absolute_uri(cfg.tracking.uri or state.tracking_uri)  # the run's store
     else:
         uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     join_cluster(cfg, uri, log)          # may refuse the run: before an MLflow run exists
@@ -236,8 +218,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     fingerprint = manifest.get("fingerprint", "unknown")
     size = manifest.get("params", {}).get("size")
     input_size = [int(size), int(size)] if size else None      # what predict resizes to
-    if resume and state.get("mlflow_run_id"):
-        run_id = state["mlflow_run_id"]
+    if resume and state and state.mlflow_run_id:
+        run_id = state.mlflow_run_id
         from htl_ray.tracking import client as tracking_client
         from htl_ray.tracking.outbox import flush_run
 
@@ -246,7 +228,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         # the code that trains from here on: a resumed run may run other code than it began with
         tracking.set_tags(uri, run_id, {f"{RESUMED_COMMIT_PREFIX}{int(time.time())}":
                                         tracking.git_commit()})
-        for line in describe_resume(run_dir, state, uri, run_id, cfg.train.epochs):
+        for line in describe_resume(run_dir, state, uri, run_id, epochs=cfg.train.epochs):
             log(line)
     else:
         tags = {GIT_COMMIT_TAG: tracking.git_commit(), DATASET_TAG: fingerprint,
@@ -257,14 +239,13 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         tags.update({f"{VERSION_TAG_PREFIX}{k}": v for k, v in tracking.package_versions().items()})
         display_name = tags.pop("mlflow.runName", cfg.run.name)
         run_id = tracking.start_run(uri, cfg.tracking.experiment, display_name, flat, tags)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / DIVERGED_FILE).unlink(missing_ok=True)    # a resumed run tries again
-    (run_dir / RUN_STATE_FILE).write_text(json.dumps(
-        {"mlflow_run_id": run_id, "tracking_uri": uri, "run_dir": str(run_dir),
-         "config": _state_config(cfg, run_dir, uri),
-         "dataset_fingerprint": fingerprint, "init_checkpoint_file": init_file,
-         "input_size": input_size}, indent=2))
-    dump_config(cfg, run_dir / "config.yaml")
+    where = RunDir(run_dir)
+    where.write_state(RunState(mlflow_run_id=run_id, tracking_uri=uri, run_dir=str(run_dir),
+                               config=_state_config(cfg, run_dir, uri),
+                               dataset_fingerprint=fingerprint, init_checkpoint_file=init_file,
+                               input_size=input_size))
+    where.diverged_file.unlink(missing_ok=True)          # a resumed run tries again
+    dump_config(cfg, where.config_file)
 
     try:
         t0 = time.time()
@@ -316,10 +297,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                     ray.kill(coordinator)
         if result.error:
             raise _user_cause(result.error) or result.error
-        if (run_dir / DIVERGED_FILE).is_file():
-            note = json.loads((run_dir / DIVERGED_FILE).read_text())
+        if where.diverged_file.is_file():
+            note = json.loads(where.diverged_file.read_text())
             raise NonFiniteTraining(note["message"])
-        best = best_checkpoint(run_dir, cfg.train.checkpoint_metric)
+        best = where.best_checkpoint(cfg.train.checkpoint_metric)
         best_ckpt, best_metrics = best if best is not None else (None, {})
         test_metrics = {}
         if cfg.train.evaluate_test and best_ckpt is not None \
@@ -397,8 +378,8 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     from htl_ray.tracking.outbox import TrackingOutbox, flush_run
 
     run_dir = Path(run_dir).resolve()
-    state = run_state(run_dir, "evaluate:")
-    cfg = from_dict(state["config"])
+    state = RunDir(run_dir).require_state("evaluate:")
+    cfg = from_dict(state.config)
     if name is not None and data is None:
         raise ConfigError("--name names the site of --data; give the dataset with --data")
     site = None
@@ -407,7 +388,7 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
         if split != TEST_SPLIT:            # a site's val and test must not overwrite each other
             site = f"{site}_{split}"
         _check_external(Path(data), split, run_dir, state)
-    best = best_of_run(run_dir)
+    best = RunDir(run_dir).best_checkpoint()
     if best is None:
         raise ConfigError(f"evaluate: {run_dir} holds no checkpoint to evaluate")
     from htl_ray.cluster import init_ray
@@ -415,7 +396,7 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     init_ray(log)
     t0 = time.time()
     metrics, table = evaluate_checkpoint(best[0], cfg, split, data=data, name=site)
-    uri, run_id = state["tracking_uri"], state["mlflow_run_id"]
+    uri, run_id = state.tracking_uri, state.mlflow_run_id
     box = TrackingOutbox(run_dir, uri, run_id, "driver", log, send_each=False)
     prefix = "" if data is not None else "best/"
     box.metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=0)
@@ -438,7 +419,7 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
     return metrics
 
 
-def _check_external(data: Path, split: str, run_dir: Path, state: dict[str, Any]) -> None:
+def _check_external(data: Path, split: str, run_dir: Path, state: RunState) -> None:
     """An external dataset must exist, hold the split, and be stored at the training size."""
     from htl_ray.data.schema import read_manifest
     from htl_ray.train.model_bundle import input_size_of
@@ -452,7 +433,7 @@ def _check_external(data: Path, split: str, run_dir: Path, state: dict[str, Any]
         raise ConfigError(f"--data: {data} has no rows in the {split!r} split (split counts "
                           f"{manifest.get('split_counts')}); choose it with --split")
     size = manifest.get("params", {}).get("size")
-    own = input_size_of({}, state)
+    own = input_size_of({}, state.to_json())
     if size is not None and [size, size] != list(own):
         raise ConfigError(f"--data: {data} is stored at {size}x{size}, the run trained at "
                           f"{own[0]}x{own[1]}; ingest it again with --size {own[0]}")
@@ -489,7 +470,7 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
         # the best epoch's validation metrics beside the per-epoch history: what comparisons use
         box.metrics({f"best/{k}": v for k, v in best_metrics.items() if k.startswith("val/")}
                     | {f"best/{k}": v for k, v in (test_metrics or {}).items()}, step=0)
-        box.artifact(run_dir / "config.yaml")
+        box.artifact(RunDir(run_dir).config_file)
         for name, dest in ((CHECKPOINT_FILE, "best_checkpoint"), (META_FILE, "best_checkpoint"),
                            (PER_SAMPLE_FILE, "evaluation"),
                            (per_sample_file(TEST_SPLIT), "evaluation")):
@@ -508,6 +489,6 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
     if pending:
         log(f"[htl-ray] warning: the run is over ({status}) but MLflow has not taken {pending} "
             f"write(s) (metrics, artifacts, the end of the run); they are kept in "
-            f"{run_dir / 'mlflow_outbox'}. Send them when the server is back: "
+            f"{RunDir(run_dir).outbox_dir}. Send them when the server is back: "
             f"htl-ray sync {run_dir}")
     return pending
