@@ -29,10 +29,10 @@ LAYOUT_MODULES: tuple[tuple[str, str, str, bool], ...] = (
      "command through `data.path` or a DATA argument", False),
     ("htl_ray.run_dir", "Run directory",
      "written by `htl-ray train` at `run.storage_path/run.name`; read by `--resume`, "
-     "`evaluate`, `report`, `predict`, `register`, `sync`", True),
+     "`evaluate`, `report`, `predict`, `register`, `sync`", False),
     ("htl_ray.tune.state", "Sweep directory",
      "written by `htl-ray tune` and `htl-ray reproduce` at `sweep.storage_path/sweep.name`",
-     True),
+     False),
     ("htl_ray.predict.runner", "Prediction folder",
      "written by `htl-ray predict --out`", False),
 )

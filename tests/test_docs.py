@@ -92,7 +92,8 @@ def test_every_mlflow_tag_role_and_metric_has_a_meaning():
 
 def test_every_directory_layout_is_described():
     found, missing = reference.layouts()
-    assert {m for m, *_ in found} >= {"htl_ray.data.schema", "htl_ray.predict.runner"}
+    assert {m for m, *_ in found} >= {"htl_ray.data.schema", "htl_ray.run_dir",
+                                      "htl_ray.tune.state", "htl_ray.predict.runner"}
     optional = {m for m, _, _, opt in reference.LAYOUT_MODULES if opt}
     assert set(missing) <= optional
     for module, _, _, layout in found:
