@@ -138,5 +138,11 @@ def test_a_real_store_matches_quotes_and_dotted_tag_names_exactly(tmp_path, fres
         found = search(client, [exp], RunQuery(sweep=name))
         assert {r.info.run_id for r in found} == {ids[name, "trial"], ids[name, "confirm"]}
     assert search(client, exp, RunQuery(sweep="it's", params={"run.seed": 2})) == []
+    # a user's own filter is added to the query's, also to one the grammar cannot say
+    for name in ("it's", "both ' \""):
+        assert [r.info.run_id for r in search(client, exp, RunQuery(sweep=name),
+                                               user_filter=f"tags.`{ROLE_TAG}` = 'confirm'")] \
+            == [ids[name, "confirm"]]
+    assert search(client, exp, RunQuery(sweep="x"), user_filter="params.`run.seed` = '2'") == []
     assert len(search(client, exp, RunQuery(parent_run_id="parent"))) == 2 * len(names) + 0
     assert len(search(client, exp, RunQuery(parent_run_id="parent"), max_results=3)) == 3

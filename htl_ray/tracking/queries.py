@@ -117,11 +117,16 @@ class RunQuery:
 
 
 def search(client, experiment_ids: str | Iterable[str], query: RunQuery, *,
-           max_results: int | None = None, order_by: list[str] | None = None) -> list:
+           max_results: int | None = None, order_by: list[str] | None = None,
+           user_filter: str = "") -> list:
     """The runs of `experiment_ids` that match `query` exactly, in MLflow's order (newest
-    first unless `order_by`), all of them (every page) or the first `max_results`."""
+    first unless `order_by`), all of them (every page) or the first `max_results`.
+    `user_filter` is an MLflow filter string a user gave (`htl-ray compare --filter`), added
+    as it is: MLflow reports its mistakes."""
     ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
     filter_string, exact = query.filter_string(), query.exact()
+    if user_filter.strip():
+        filter_string = " and ".join(p for p in (filter_string, user_filter.strip()) if p)
     out: list = []
     token = None
     while max_results is None or len(out) < max_results:
