@@ -4,7 +4,8 @@
 - every config key, from the dataclasses of `htl_ray.config` (type, default, allowed values
   and the `help` metadata of each field);
 - every MLflow tag, role and metric name, from `htl_ray.tracking.schema`;
-- every directory htl-ray writes, from the `LAYOUT` dict of the module that owns it.
+- every directory htl-ray writes, from the `LAYOUT` dict of the module that owns it;
+- every module of the package, with the first paragraph of its docstring.
 
 `docs/hooks.py` adds these pages to the MkDocs build (`make docs`); nothing here is written
 to the repository. Imports are light: the parser, the config and the schema do not import
@@ -38,7 +39,7 @@ LAYOUT_MODULES: tuple[tuple[str, str, str, bool], ...] = (
 )
 
 PAGES = ("reference/cli.md", "reference/config.md", "reference/tracking.md",
-         "reference/layouts.md")
+         "reference/layouts.md", "reference/modules.md")
 
 
 # ---------------------------------------------------------------- helpers
@@ -373,7 +374,39 @@ def layouts_page() -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- modules
+
+def modules() -> list[tuple[str, str]]:
+    """(module, first sentence of its docstring) of every module of the package, read from
+    the source (nothing is imported)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        first = " ".join(doc.split("\n\n")[0].split())
+        out.append((name, first))
+    return out
+
+
+def modules_page() -> str:
+    lines = ["# Modules", "",
+             "Generated from the source when this site is built: every module of the "
+             "`htl_ray` package with the first paragraph of its docstring. How they fit "
+             "together: [architecture](../design/architecture.md).", "",
+             "| module | what it is |", "|---|---|"]
+    for name, first in modules():
+        lines.append(f"| {_code(name)} | {_cell(first)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def pages() -> dict[str, str]:
     """{path under docs/: Markdown} of every generated page."""
     return {"reference/cli.md": cli_page(), "reference/config.md": config_page(),
-            "reference/tracking.md": tracking_page(), "reference/layouts.md": layouts_page()}
+            "reference/tracking.md": tracking_page(), "reference/layouts.md": layouts_page(),
+            "reference/modules.md": modules_page()}
