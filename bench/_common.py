@@ -20,10 +20,6 @@ def workdir(name: str) -> Path:
     return root
 
 
-def quiet(_: str) -> None:
-    return None
-
-
 def init_ray(num_cpus: int | None = None) -> None:
     import ray
     from ray.data import DataContext

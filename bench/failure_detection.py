@@ -116,7 +116,7 @@ def score_all(root: Path, run: Path, datasets: dict[str, Path]):
     for name, data, split in SPLITS:
         dest = root / "scores" / f"{best.name}_{name}.parquet"
         if not dest.is_file():
-            init_ray(print)
+            init_ray()
             print(f"scoring {name} ({datasets[data].name}, {split} split) ...", flush=True)
             score_checkpoint(best, datasets[data], split=split, out=dest, batch_size=16)
         tables[name] = pd.read_parquet(dest)

@@ -19,7 +19,7 @@ import shutil
 import time
 
 import numpy as np
-from _common import init_ray, isic_dir, quiet, workdir
+from _common import init_ray, isic_dir, workdir
 
 from htl_ray.config import load_config
 from htl_ray.data.ingest import ingest
@@ -37,7 +37,7 @@ def train(data, root, name, epochs, extra=()):
                              f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
                              f"train.epochs={epochs}", "train.lr=0.003", "data.batch_size=8",
                              "model.decoder_channels=[64,32,16,8,4]", *extra])
-    return run_training(cfg, log=quiet)
+    return run_training(cfg)
 
 
 def synthetic(args) -> dict[str, float]:

@@ -42,10 +42,10 @@ DRIVER = """
 import json, resource, sys, time
 from htl_ray.cluster import init_ray
 from htl_ray.predict import predict
-init_ray(lambda _: None)
+init_ray()
 t0 = time.perf_counter()
-out = predict(sys.argv[1], sys.argv[2], sys.argv[3], log=lambda _: None,
-              cpus_per_actor=float(sys.argv[4]) or None, batch_size=int(sys.argv[5]))
+out = predict(sys.argv[1], sys.argv[2], sys.argv[3], cpus_per_actor=float(sys.argv[4]) or None,
+              batch_size=int(sys.argv[5]))
 print(json.dumps({"seconds": time.perf_counter() - t0, "images": len(out.table),
                   "driver_peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """

@@ -20,7 +20,7 @@ import shutil
 import time
 
 import torch
-from _common import PeakRss, init_ray, linear_fit, quiet, workdir
+from _common import PeakRss, init_ray, linear_fit, workdir
 
 from htl_ray.config import ModelConfig, load_config
 from htl_ray.data.loading import split_dataset
@@ -73,7 +73,7 @@ def epoch_time(data, root, n_train: int) -> float:
         f"run.name=n{n_train}-{int(time.time())}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
         "train.epochs=2", "data.batch_size=16", "scaling.num_workers=1",
         "scaling.resources_per_worker={CPU: 1}", "scaling.torch_threads=1"])
-    outcome = run_training(cfg, log=quiet)
+    outcome = run_training(cfg)
     history = tracking_client(outcome.tracking_uri).get_metric_history(outcome.mlflow_run_id,
                                                                     "time/train_epoch_s")
     return max(history, key=lambda m: m.step).value

@@ -23,7 +23,7 @@ import shutil
 import time
 
 import torch
-from _common import init_ray, quiet, workdir
+from _common import init_ray, workdir
 
 from htl_ray.config import ModelConfig, load_config
 from htl_ray.data.loading import decode_batch, split_dataset
@@ -125,7 +125,7 @@ def refresh_ratio(data, root, epochs: int) -> dict[str, float]:
             f"htl.asynchronous={'true' if mode == 'async' else 'false'}",
             "model.decoder_channels=[64,32,16,8,4]", "htl.scorer_batch_size=64"])
         t0 = time.perf_counter()
-        run_training(cfg, log=quiet)
+        run_training(cfg)
         walls[mode] = time.perf_counter() - t0
     return walls
 

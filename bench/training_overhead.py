@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from _common import init_ray, quiet, workdir
+from _common import init_ray, workdir
 
 from htl_ray.config import load_config
 from htl_ray.data.augment import augment_batch
@@ -73,7 +73,7 @@ def plain_epochs(cfg, epochs: int, threads: int) -> list[float]:
 def ray_epochs(cfg) -> dict[str, list[float]]:
     from htl_ray.tracking import client as tracking_client
 
-    outcome = run_training(cfg, log=quiet)
+    outcome = run_training(cfg)
     client = tracking_client(outcome.tracking_uri)
 
     def history(key: str) -> list[float]:

@@ -24,7 +24,7 @@ from htl_ray.run_dir import (
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, *, epoch: int,
                     metrics: dict[str, float], extra: dict[str, Any] | None = None,
                     extra_state: dict[str, Any] | None = None) -> Path:
     """`extra` goes to meta.json (plain values); `extra_state` into checkpoint.pt (tensors,

@@ -173,7 +173,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     table, summary, dest = score_checkpoint(
         args.checkpoint, args.data, split=args.split, sparsities=args.sparsities,
         pruning=args.pruning, actors=args.actors, batch_size=args.batch_size, out=args.out,
-        labels=not args.no_labels, start_ray=lambda: init_ray(print))
+        labels=not args.no_labels, start_ray=init_ray)
     print(f"scored {summary['n']} images of split '{args.split}' with the checkpoint of epoch "
           f"{summary['epoch']}: mean h {summary['mean_h']:.4f}")
     print("measured sparsity: " + ", ".join(

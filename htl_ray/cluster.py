@@ -13,12 +13,14 @@ logging, and the user may have put the file on the shared filesystem deliberatel
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from htl_ray.config import ConfigError, ExperimentConfig
 from htl_ray.errors import first_line
+
+logger = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
 DASHBOARD_PORT = 8265                               # a local cluster's, unless it is taken
@@ -135,7 +137,7 @@ def tracking_warnings(uri: str, view: ClusterView) -> list[str]:
             "(or MLFLOW_TRACKING_URI)"]
 
 
-def check_cluster(cfg: ExperimentConfig, uri: str, log,
+def check_cluster(cfg: ExperimentConfig, uri: str, *,
                   view: ClusterView | None = None) -> ClusterView:
     """All cluster-dependent checks of a run (against the connected cluster unless `view` is
     given); refusals raise ConfigError, risks are logged as warnings. Returns the view."""
@@ -143,18 +145,18 @@ def check_cluster(cfg: ExperimentConfig, uri: str, log,
     check_shared_storage(cfg, view)
     check_resources(cfg, view)
     for message in tracking_warnings(uri, view):
-        log(f"[htl-ray] WARNING: {message}")
+        logger.warning(f"[htl-ray] WARNING: {message}")
     gpus = gpus_needed(cfg)
     if gpus > view.gpus + 1e-9:
-        log(f"[htl-ray] WARNING: this run asks for {gpus:g} GPUs (trainers "
-            f"{'with' if cfg.scaling.use_gpu else 'without'} scaling.use_gpu, plus "
-            f"htl.scorer_gpus per scorer actor) but the cluster has {view.gpus:g} now; it waits "
-            "for the autoscaler to add GPU nodes (Ctrl-C to stop), or set scaling.use_gpu=false "
-            "and htl.scorer_gpus=0 to run on CPUs")
+        logger.warning(f"[htl-ray] WARNING: this run asks for {gpus:g} GPUs (trainers "
+                       f"{'with' if cfg.scaling.use_gpu else 'without'} scaling.use_gpu, plus "
+                       f"htl.scorer_gpus per scorer actor) but the cluster has {view.gpus:g} "
+                       "now; it waits for the autoscaler to add GPU nodes (Ctrl-C to stop), or "
+                       "set scaling.use_gpu=false and htl.scorer_gpus=0 to run on CPUs")
     return view
 
 
-def init_ray(log: Callable[[str], None]) -> None:
+def init_ray() -> None:
     """Join RAY_ADDRESS (a cluster, or a `ray job submit` job) or start a local cluster.
 
     A local cluster gets the dashboard on 127.0.0.1 (8265, or a free port when another Ray
@@ -172,7 +174,7 @@ def init_ray(log: Callable[[str], None]) -> None:
     from htl_ray.interrupts import reinstall_after_ray_init
 
     if address:
-        log(f"[htl-ray] connecting to Ray at {address}")
+        logger.info(f"[htl-ray] connecting to Ray at {address}")
         check_ray_address(address)
         try:
             ray.init(address=address, configure_logging=False)
@@ -183,7 +185,7 @@ def init_ray(log: Callable[[str], None]) -> None:
     else:
         port = free_local_port(DASHBOARD_PORT)
         url = f"http://127.0.0.1:{port}"
-        log(f"[htl-ray] starting a local Ray cluster (dashboard on {url})")
+        logger.info(f"[htl-ray] starting a local Ray cluster (dashboard on {url})")
         # Set before the raylet starts, so that every worker inherits it (and this process
         # keeps it while it drives this cluster). Without it, the State API in a worker (Ray
         # Train's placement-group cleaner) looks for "the" Ray instance on the machine and,
@@ -193,8 +195,9 @@ def init_ray(log: Callable[[str], None]) -> None:
         os.environ[API_SERVER_ADDRESS_VAR] = url
         other = _cluster_on_this_machine()
         if other:
-            log(f"[htl-ray] note: a Ray cluster also runs on this machine ({other}); this run "
-                f"starts its own. To run on that one instead: RAY_ADDRESS={other}")
+            logger.info(f"[htl-ray] note: a Ray cluster also runs on this machine ({other}); "
+                        f"this run starts its own. To run on that one instead: "
+                        f"RAY_ADDRESS={other}")
         # address="local": a new cluster of this process's own, even when a `ray start`
         # instance runs on the machine (a bare ray.init() would join that one instead)
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
@@ -252,11 +255,11 @@ def free_local_port(preferred: int) -> int:
     raise OSError("no free TCP port on 127.0.0.1")
 
 
-def join_cluster(cfg: ExperimentConfig, uri: str, log: Callable[[str], None]) -> ClusterView:
+def join_cluster(cfg: ExperimentConfig, uri: str) -> ClusterView:
     """Everything a run or a sweep checks before it creates anything in MLflow: the tracking
     store answers, Ray is up (joined or started), and the cluster can hold the run."""
     from htl_ray import tracking
 
     tracking.check_reachable(uri)
-    init_ray(log)
-    return check_cluster(cfg, uri, log)
+    init_ray()
+    return check_cluster(cfg, uri)

@@ -11,27 +11,43 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 ROOT = "htl_ray"
 
 
 class _CurrentStdout(logging.Handler):
-    """Writes each message to whatever ``sys.stdout`` is at the time of the call."""
+    """Writes each message to `stream`, or to whatever ``sys.stdout`` is at the time."""
+
+    def __init__(self, stream: TextIO | None = None):
+        super().__init__()
+        self.stream = stream
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stdout.write(self.format(record) + "\n")
-            sys.stdout.flush()
+            out = self.stream or sys.stdout
+            out.write(self.format(record) + "\n")
+            out.flush()
         except Exception:  # noqa: BLE001 - logging must never break the run
             self.handleError(record)
 
 
-def show_progress(level: int = logging.INFO) -> None:
-    """Print htl-ray's progress lines (INFO and above) on stdout, once per process."""
+def show_progress(level: int = logging.INFO, *, stream: TextIO | None = None,
+                  prefix: str = "") -> None:
+    """Print htl-ray's progress lines (INFO and above) on stdout, once per process.
+
+    `stream`: always this one instead. A Ray Train worker passes ``sys.__stdout__``: Ray Train
+    patches `print` in workers to log *and*, when MLflow has wrapped sys.stdout, to print as
+    well — every line twice; the process's own stdout bypasses the patch (Ray still forwards
+    it to the driver's console). `prefix` starts every line (a sweep trial's name, so that
+    the lines of trials running side by side can be told apart); called again, the newest
+    stream and prefix apply."""
     root = logging.getLogger(ROOT)
-    if not any(isinstance(h, _CurrentStdout) for h in root.handlers):
-        handler = _CurrentStdout()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = next((h for h in root.handlers if isinstance(h, _CurrentStdout)), None)
+    if handler is None:
+        handler = _CurrentStdout(stream)
         root.addHandler(handler)
+    handler.stream = stream
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
     root.setLevel(level)
     root.propagate = False      # not twice when the application also logs to the console

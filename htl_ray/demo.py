@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +19,8 @@ from pathlib import Path
 from htl_ray.config import load_config
 from htl_ray.data.schema import MANIFEST_FILE
 from htl_ray.data.synth import synthesize
+
+logger = logging.getLogger(__name__)
 
 DEMO_N, DEMO_SIZE = 400, 64
 # (attribute, group) of the report's enrichment table where the synthetic data plants hardness
@@ -45,8 +47,7 @@ def planted_found(enrichment, significant: float = 0.05) -> list[str]:
             for r in rows.itertuples() if (r.attribute, r.group) in PLANTED_GROUPS]
 
 
-def run_demo(overrides: list[str] | None = None,
-             log: Callable[[str], None] = print) -> DemoOutcome:
+def run_demo(overrides: list[str] | None = None) -> DemoOutcome:
     from htl_ray.predict import predict
     from htl_ray.report import build_report
     from htl_ray.train.trainer import run_training
@@ -56,16 +57,16 @@ def run_demo(overrides: list[str] | None = None,
     cfg = load_config(demo_config_path(), [f"run.name=demo-{stamp}", *(overrides or [])])
     data = Path(cfg.data.path)
     if not (data / MANIFEST_FILE).is_file():
-        log(f"[htl-ray] generating synthetic data in {data} ({DEMO_N} images, "
-            f"{DEMO_SIZE}x{DEMO_SIZE}, planted hard groups: "
-            + ", ".join(PLANTED_GROUPS.values()) + ")")
-        synthesize(data, n=DEMO_N, size=DEMO_SIZE, seed=cfg.run.seed, log=log)
-    log("\n[htl-ray] demo 1/3: training with HTL attention")
-    training = run_training(cfg, log=log)
-    log("\n[htl-ray] demo 2/3: the HTL report (who is hard?)")
-    report = build_report(training.run_dir, log=log)
-    log("\n[htl-ray] demo 3/3: predicting the test split with the quality-control risk")
+        logger.info(f"[htl-ray] generating synthetic data in {data} ({DEMO_N} images, "
+                    f"{DEMO_SIZE}x{DEMO_SIZE}, planted hard groups: "
+                    + ", ".join(PLANTED_GROUPS.values()) + ")")
+        synthesize(data, n=DEMO_N, size=DEMO_SIZE, seed=cfg.run.seed)
+    logger.info("\n[htl-ray] demo 1/3: training with HTL attention")
+    training = run_training(cfg)
+    logger.info("\n[htl-ray] demo 2/3: the HTL report (who is hard?)")
+    report = build_report(training.run_dir)
+    logger.info("\n[htl-ray] demo 3/3: predicting the test split with the quality-control risk")
     predictions = predict(training.run_dir, data, training.run_dir / "predictions",
-                          split="test", log=log)
+                          split="test")
     return DemoOutcome(training=training, report=report, predictions=predictions,
                        planted_found=planted_found(report.enrichment))

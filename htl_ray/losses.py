@@ -79,7 +79,7 @@ LOSSES: dict[str, Callable[[float, float, float], BceDiceLoss]] = {
 }
 
 
-def make_loss(name: str, bce_weight: float = 1.0, dice_weight: float = 1.0,
+def make_loss(name: str, *, bce_weight: float = 1.0, dice_weight: float = 1.0,
               gamma: float = 2.0) -> BceDiceLoss:
     if name not in LOSSES:
         raise ValueError(f"train.loss={name!r}: expected one of {sorted(LOSSES)}")

@@ -11,8 +11,8 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     opt.step()
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5)
     for epoch in (0, 2, 1):
-        save_checkpoint(tmp_path / f"checkpoint_{epoch}", model, opt, sched, epoch,
-                        {"val/dice": 0.1 * epoch})
+        save_checkpoint(tmp_path / f"checkpoint_{epoch}", model, opt, sched, epoch=epoch,
+                        metrics={"val/dice": 0.1 * epoch})
     assert RunDir(tmp_path).latest_checkpoint() == tmp_path / "checkpoint_2"
     state = load_checkpoint(tmp_path / "checkpoint_2")       # torch.load(weights_only=True)
     fresh = torch.nn.Linear(3, 2)
@@ -27,7 +27,8 @@ def _save(directory, epoch, dice):
     model = torch.nn.Linear(3, 2)
     torch.nn.init.constant_(model.weight, float(epoch))
     opt = torch.optim.AdamW(model.parameters())
-    save_checkpoint(directory, model, opt, None, epoch, {"epoch": epoch, "val/dice": dice})
+    save_checkpoint(directory, model, opt, None, epoch=epoch,
+                    metrics={"epoch": epoch, "val/dice": dice})
 
 
 def test_resume_takes_the_newest_loadable_checkpoint_on_disk_over_the_registered_one(tmp_path):

@@ -69,13 +69,14 @@ def test_sqlite_tracking_warns_on_several_nodes_only():
     assert tracking_warnings("http://head:5000", ClusterView(nodes=2, cpus=8, gpus=1)) == []
 
 
-def test_gpu_need_counts_trainers_and_scorer_shares():
+def test_gpu_need_counts_trainers_and_scorer_shares(capsys):
     cfg = load_config(REPO / "experiments" / "gpu_isic256_htl.yaml")
     assert gpus_needed(cfg) == 2 * 0.75 + 2 * 0.25
     assert gpus_needed(_cfg("htl.method=htl", "htl.scorer_gpus=0.5")) == 0.5   # CPU trainers
     assert gpus_needed(_cfg("scaling.use_gpu=true", "scaling.num_workers=3")) == 3.0
-    lines = []
-    check_cluster(cfg, "http://head:5000", lines.append, view=ClusterView(2, 16, 1))
+    capsys.readouterr()
+    check_cluster(cfg, "http://head:5000", view=ClusterView(2, 16, 1))
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "asks for 2 GPUs" in lines[0] and "has 1 now" in lines[0]
 
 
@@ -266,8 +267,10 @@ def test_kuberay_job_runs_a_valid_htl_ray_command_that_fits_its_worker_pods():
 WORKER_STATE_QUERY = """
 import ray
 from htl_ray.cluster import init_ray
+from htl_ray.console import show_progress
 
-init_ray(print)
+show_progress()
+init_ray()
 
 
 @ray.remote(num_cpus=0)

@@ -1,33 +1,18 @@
 """Each comparator changes the weights it should, and no others."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from coordinators import N
+from coordinators import coordinator as _coordinator
+from coordinators import score_table as _table
 
 from htl_ray.htl.attention import (
     ATTENTION,
     attention_weights,
-    method_scores,
     oversample_counts,
 )
-from htl_ray.htl.coordinator import RefreshCoordinator
-from htl_ray.htl.scorer import ScoringSpec
 from htl_ray.losses import make_loss
-
-N = 20
-
-
-def _table():
-    rng = np.random.default_rng(0)
-    return pd.DataFrame({"id": [f"s{i:02d}" for i in range(N)], "h": rng.random(N),
-                         "h_gt": rng.random(N), "loss": rng.random(N), "el2n": rng.random(N)})
-
-
-def _coordinator(tmp_path, method, **htl):
-    cfg = {"method": method, "lam": 2.0, "q": 0.25, "tau": None, "weighting": "hard",
-           "beta": 0.5, "gt_aware": False, "population": 1, **htl}
-    return RefreshCoordinator(str(tmp_path), None, ScoringSpec(model={}), cfg, seed=0)
 
 
 @pytest.mark.parametrize("method, column", [("htl", "h"), ("loss", "loss"), ("el2n", "el2n")])
@@ -83,17 +68,6 @@ def test_gt_aware_and_soft_and_tau_variants(tmp_path):
     assert np.allclose(w, expected / expected.mean())
 
 
-def test_ema_across_refreshes(tmp_path):
-    coord = _coordinator(tmp_path, "htl", beta=0.5)
-    first = coord._finish(_table(), 1, 0)
-    coord.tables[1] = first
-    second_raw = _table().assign(h=0.0)
-    second = coord._finish(second_raw, 2, 1)
-    assert np.allclose(second.h, 0.5 * first.h)              # h_t = β h_{t−1} + (1−β) h_new
-    assert np.allclose(second.h_raw, 0.0)
-    assert np.allclose(method_scores(second, "htl", 0, 2), second.h)
-
-
 def test_attention_strategies_and_oversampling():
     w = np.array([0.5, 1.0, 2.0])
     assert ATTENTION["reweight"].split(w)[0].tolist() == w.tolist()
@@ -102,60 +76,6 @@ def test_attention_strategies_and_oversampling():
     assert np.allclose(lw * sw, w)
     counts = np.stack([oversample_counts(w, np.random.default_rng(i)) for i in range(4000)])
     assert np.allclose(counts.mean(0), w, atol=0.05)          # expected copies = weight
-
-
-def test_a_restarted_coordinator_restores_its_pie_population(ray_cluster, tmp_path):
-    import ray
-
-    states = [{"w": torch.full((3,), float(v))} for v in range(1, 4)]
-    first = _coordinator(tmp_path, "htl", population=2)
-    for version, state in enumerate(states, start=1):
-        first.population.append(ray.put(state))
-        first._keep_snapshot(state, version)
-    kept = sorted(p.name for p in (tmp_path / "htl" / "snapshots").iterdir())
-    assert kept == ["v0002.pt", "v0003.pt"]                 # only the last M = 2 stay on disk
-    restarted = _coordinator(tmp_path, "htl", population=2)
-    restored = [ray.get(ref)["w"][0].item() for ref in restarted.population]
-    assert restored == [2.0, 3.0]                          # same members, oldest first
-    assert not (tmp_path / "htl" / "snapshots" / "v0001.pt").exists()
-    assert len(_coordinator(tmp_path / "other", "htl", population=1).population) == 0
-
-
-def test_refreshes_score_one_at_a_time_and_publish_in_order(tmp_path, monkeypatch):
-    """Two refreshes submitted back to back (async refresh slower than R epochs): the second
-    waits for the first, so they never split the scorer's CPUs, and its EMA sees v1."""
-    import threading
-    import time
-
-    from htl_ray.htl import coordinator as module
-
-    active, peak = [0], [0]
-    counter = threading.Lock()
-
-    def fake_score(dataset, refs, spec):
-        with counter:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.3)
-        with counter:
-            active[0] -= 1
-        return _table()
-
-    monkeypatch.setattr(module, "score_dataset", fake_score)
-    coord = _coordinator(tmp_path, "htl")
-    threads = []
-    for version in (1, 2):
-        coord.timeline[version] = {"submitted": time.time(), "epoch": float(version)}
-        t = threading.Thread(target=coord._refresh, args=(version, [], version))
-        threads.append(t)
-        t.start()
-        time.sleep(0.05)
-    for t in threads:
-        t.join(10)
-    assert not coord.errors and peak[0] == 1 and coord.versions() == [1, 2]
-    assert coord.timeline[2]["started"] >= coord.timeline[1]["finished"]
-    # v2's h is the EMA of v1's and its own (the same raw scores here: unchanged)
-    assert np.allclose(coord.tables[2]["h"], _table()["h"])
 
 
 @pytest.mark.parametrize("method", ["loss", "el2n"])

@@ -35,7 +35,7 @@ def test_score_command_writes_the_table(ray_cluster, synth_dataset, tmp_path, ca
     model.segmentation_head[0].bias.data.fill_(0.0)
     opt = torch.optim.AdamW(model.parameters())
     ckpt = tmp_path / "checkpoint_x"
-    save_checkpoint(ckpt, model, opt, None, 3, {}, extra={"model_config":
+    save_checkpoint(ckpt, model, opt, None, epoch=3, metrics={}, extra={"model_config":
                                                            dataclasses.asdict(CFG)})
     table, summary, dest = score_checkpoint(ckpt, synth_dataset, split="val",
                                             sparsities=(0.5,), out=tmp_path / "s.parquet")

@@ -40,7 +40,7 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
     cfg = _cfg(synth_dataset, tmp_path, tracking_uri, "sync", "train.epochs=3",
                "htl.asynchronous=false")
     with pytest.raises(Exception, match="injected fault after epoch 1"):
-        run_training(cfg, fault_after_epoch=1, log=lambda s: None)
+        run_training(cfg, fault_after_epoch=1)
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("htl-ray").experiment_id])
     rid = run.info.run_id
@@ -51,7 +51,7 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
     saved = sorted(read_meta(p.parent)["epoch"] for p in run_dir.glob("checkpoint_*/meta.json"))
     assert saved == [0, 1]
     with pytest.raises(ConfigError, match="already holds a run"):
-        run_training(cfg, log=lambda s: None)              # no silent overwrite
+        run_training(cfg)              # no silent overwrite
     # synchronous: epoch 1 waited for version 1 (submitted after epoch 0) and attended it
     assert _values(client, rid, "htl/version_in_use") == {0: 0.0, 1: 1.0}
     assert _values(client, rid, "htl/attended_samples")[1] > 0
@@ -71,7 +71,7 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
 
     # the refresh after epoch 1 lost, as when a driver dies while its coordinator scores
     version_path(run_dir, 2).unlink()
-    resumed = run_training(config_for_resume(run_dir), resume=True, log=lambda s: None)
+    resumed = run_training(config_for_resume(run_dir), resume=True)
     assert resumed.mlflow_run_id == rid and resumed.metrics["epoch"] == 2
     # epochs 0 and 1 were not trained again: one value per step, and epoch 2 was added
     for key in ("val/dice", "train/loss"):
@@ -115,7 +115,7 @@ def test_sync_refresh_same_weights_on_every_rank_and_resume_keeps_version(
 def test_epochs_advance_while_an_asynchronous_refresh_runs(ray_cluster, synth_dataset,
                                                            tmp_path, tracking_uri):
     cfg = _cfg(synth_dataset, tmp_path, tracking_uri, "async", "train.epochs=2")
-    outcome = run_training(cfg, refresh_delay_s=10.0, log=lambda s: None)
+    outcome = run_training(cfg, refresh_delay_s=10.0)
     client = MlflowClient(tracking_uri)
     rid = outcome.mlflow_run_id
     epoch_done = {s: m.timestamp for s, m in _hist(client, rid, "val/dice").items()}

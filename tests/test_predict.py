@@ -63,7 +63,7 @@ def trained(ray_cluster, tmp_path_factory, _mlflow_store_template):
                              f"run.storage_path={root / 'runs'}", "run.name=small",
                              "scaling.num_workers=1", "train.epochs=1", "train.lr=0.01",
                              "data.batch_size=8", f"model.decoder_channels={SMALL}"])
-    outcome = run_training(cfg, log=lambda _: None)
+    outcome = run_training(cfg)
     return {"root": root, "site": site, "uri": uri, "outcome": outcome, "data": root / "ds"}
 
 

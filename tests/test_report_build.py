@@ -42,7 +42,7 @@ def _make_run(dataset, tmp_path, uri, name, versions: int, dice_shift: float = 0
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for epoch, score in ((0, 0.4), (1, 0.6)):
         ckpt = run_dir / f"checkpoint_{epoch}"
-        save_checkpoint(ckpt, model, opt, None, epoch, {"val/dice": score})
+        save_checkpoint(ckpt, model, opt, None, epoch=epoch, metrics={"val/dice": score})
         val = read_table(dataset, split="val")
         rng = np.random.default_rng(epoch)
         val["dice"] = np.clip(0.8 - 0.4 * val["planted_hard"] + dice_shift
@@ -81,7 +81,7 @@ def test_report_has_every_section_and_image_and_finds_the_planted_group(
     run_dir, run_id = _make_run(synth_dataset, tmp_path, tracking_uri, "htl", versions=2)
     base_dir, _ = _make_run(synth_dataset, tmp_path, tracking_uri, "erm", versions=2,
                             dice_shift=-0.1)
-    report = build_report(run_dir, base_dir, top=4, log=lambda s: None)
+    report = build_report(run_dir, base_dir, top=4)
     parser = _Parser()
     parser.feed(report.html_path.read_text())
     assert parser.sections == list(SECTIONS)

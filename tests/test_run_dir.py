@@ -15,7 +15,8 @@ from htl_ray.run_dir import LAYOUT, PER_SAMPLE_FILE, STATE_FILE, RunDir, RunStat
 def _save(directory, epoch, dice):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())
-    save_checkpoint(directory, model, opt, None, epoch, {"epoch": epoch, "val/dice": dice})
+    save_checkpoint(directory, model, opt, None, epoch=epoch,
+                    metrics={"epoch": epoch, "val/dice": dice})
 
 
 def test_best_checkpoint_is_read_from_disk_with_its_metrics(tmp_path):

@@ -62,13 +62,14 @@ def test_semi_hides_masks_on_the_driver_and_supervised_uses_the_same_subset(
 
 
 def test_semi_epoch_repeats_labeled_rows_to_the_requested_share(ray_cluster, synth_dataset,
-                                                               tmp_path):
+                                                               tmp_path, capsys):
     raw = split_dataset(synth_dataset, "train")
     cfg = _cfg(synth_dataset, tmp_path, "supervision.setting=semi",
                "supervision.label_fraction=0.25")
     scored = SETTINGS["semi"].prepare_train(cfg, raw)
-    lines: list[str] = []
-    epoch = SETTINGS["semi"].epoch_rows(cfg, scored, lines.append).to_pandas()
+    capsys.readouterr()
+    epoch = SETTINGS["semi"].epoch_rows(cfg, scored).to_pandas()
+    lines = capsys.readouterr().out.splitlines()
     n = scored.count()
     n_lab = round(0.25 * n)
     counts = epoch.groupby("id").size()
@@ -83,7 +84,7 @@ def test_semi_epoch_repeats_labeled_rows_to_the_requested_share(ray_cluster, syn
     assert "repeated ×3" in lines[0]
     natural = _cfg(synth_dataset, tmp_path, "supervision.setting=semi",
                    "supervision.label_fraction=0.25", "supervision.labeled_share=0")
-    assert SETTINGS["semi"].epoch_rows(natural, scored, lines.append) is scored
+    assert SETTINGS["semi"].epoch_rows(natural, scored) is scored
 
 
 def test_repeats_for_share():
@@ -120,7 +121,7 @@ RUN = ["data.batch_size=8", "model.decoder_channels=[32,16,8,8,4]", "train.lr=0.
 
 def _run(synth_dataset, tmp_path, tracking_uri, name, *extra):
     cfg = _cfg(synth_dataset, tmp_path, f"run.name={name}", *RUN, *extra, uri=tracking_uri)
-    outcome = run_training(cfg, log=lambda s: None)
+    outcome = run_training(cfg)
     client = MlflowClient(tracking_uri)
     run = client.get_run(outcome.mlflow_run_id)
     return outcome, run

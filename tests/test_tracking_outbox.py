@@ -19,11 +19,10 @@ def _steps(client, run_id, key):
 
 
 def test_writes_during_an_outage_are_kept_and_sent_once_when_the_server_answers(
-        mlflow_server, tmp_path):
+        mlflow_server, tmp_path, capsys):
     uri = mlflow_server.uri
     run_id = tracking.start_run(uri, "outbox", "r", {"a": 1}, {})
-    lines: list[str] = []
-    box = TrackingOutbox(tmp_path / "run", uri, run_id, "rank0", lines.append)
+    box = TrackingOutbox(tmp_path / "run", uri, run_id, "rank0")
     assert box.metrics({"loss": 1.0}, step=0)
     assert not box.path.exists()                         # sent: nothing kept
 
@@ -37,6 +36,7 @@ def test_writes_during_an_outage_are_kept_and_sent_once_when_the_server_answers(
     # bounded: MLflow's own client would retry each call with back-off for about 4 minutes
     assert time.time() - t0 < 60
     assert [e["kind"] for e in box.pending()] == ["metrics", "artifact", "metrics"]
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and str(box.path) in lines[0] and "training goes on" in lines[0]
     # nothing reached the store meanwhile
     assert _steps(MlflowClient(mlflow_server.store), run_id, "loss") == {0: 1.0}
@@ -47,6 +47,7 @@ def test_writes_during_an_outage_are_kept_and_sent_once_when_the_server_answers(
     assert _steps(client, run_id, "loss") == {0: 1.0, 1: 0.5, 2: 0.25, 3: 0.125}
     assert "nan" not in client.get_run(run_id).data.metrics          # NaNs are not sent
     assert [a.path for a in client.list_artifacts(run_id, "htl")] == ["htl/v0001.parquet"]
+    lines = capsys.readouterr().out.splitlines()
     assert not box.path.exists() and "answers again: sent the 4 write(s)" in lines[-1]
 
     # the same write again with its first timestamp is stored once (a resumed rank 0 does this)
@@ -64,7 +65,7 @@ def test_writes_during_an_outage_are_kept_and_sent_once_when_the_server_answers(
 
 
 def test_a_run_goes_on_through_an_outage_and_sync_sends_what_it_kept(
-        ray_cluster, synth_dataset, mlflow_server, tmp_path):
+        ray_cluster, synth_dataset, mlflow_server, tmp_path, capsys):
     from htl_ray.cli import main
     from htl_ray.config import load_config
     from htl_ray.train.trainer import run_training
@@ -92,8 +93,9 @@ def test_a_run_goes_on_through_an_outage_and_sync_sends_what_it_kept(
 
     killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
     killer.start()
-    lines: list[str] = []
-    outcome = run_training(cfg, log=lines.append)
+    capsys.readouterr()
+    outcome = run_training(cfg)
+    lines = capsys.readouterr().out.splitlines()
     killer.join(timeout=5)
     run_id = killed["run_id"]
     assert outcome.mlflow_run_id == run_id

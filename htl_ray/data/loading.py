@@ -34,7 +34,7 @@ def uncompressed_bytes(path: str | Path) -> int:
     return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
 
 
-def split_dataset(dataset_dir: str | Path, split: str, limit: int = 0,
+def split_dataset(dataset_dir: str | Path, split: str, *, limit: int = 0,
                   columns: list[str] | None = None,
                   driver_read_max_bytes: int | None = None) -> ray.data.Dataset:
     """A materialised Ray Dataset of one split, rows in file order.

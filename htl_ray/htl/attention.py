@@ -50,7 +50,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
-def method_scores(table: pd.DataFrame, method: str, seed: int, version: int,
+def method_scores(table: pd.DataFrame, method: str, *, seed: int, version: int,
                   gt_aware: bool = False) -> np.ndarray | None:
     """The score that ranks samples for `method` (None for erm / focal)."""
     m = METHODS[method]
@@ -96,7 +96,7 @@ WEIGHTINGS: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
 }
 
 
-def attention_weights(scores: np.ndarray | None, lam: float, q: float | None = 0.2,
+def attention_weights(scores: np.ndarray | None, *, lam: float, q: float | None = 0.2,
                       tau: float | None = None, weighting: str = "hard",
                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(weights renormalised to mean 1, selected mask)."""

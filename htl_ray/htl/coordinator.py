@@ -70,6 +70,9 @@ class RefreshCoordinator:
     def __init__(self, run_dir: str, train_dataset: Any, spec: ScoringSpec, htl: dict[str, Any],
                  seed: int, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
                  delay_s: float = 0.0):
+        from htl_ray.console import show_progress
+
+        show_progress()              # the outbox's lines reach the driver's console
         self.run_dir = Path(run_dir)
         RunDir(self.run_dir).htl_dir.mkdir(parents=True, exist_ok=True)
         self.dataset = train_dataset
@@ -218,13 +221,14 @@ class RefreshCoordinator:
             smoothed = ema(np.where(fresh, table["h"], prev_h), table["h"].to_numpy(),
                            htl.get("beta", 0.5))
             table["h"] = smoothed
-        scores = method_scores(table, htl["method"], self.seed, version,
-                               htl.get("gt_aware", False))
+        scores = method_scores(table, htl["method"], seed=self.seed, version=version,
+                               gt_aware=htl.get("gt_aware", False))
         if scores is None:
             table["weight"], table["selected"] = 1.0, False
         else:
-            w, sel = attention_weights(scores, htl["lam"], htl.get("q"), htl.get("tau"),
-                                       htl.get("weighting", "hard"),
+            w, sel = attention_weights(scores, lam=htl["lam"], q=htl.get("q"),
+                                       tau=htl.get("tau"),
+                                       weighting=htl.get("weighting", "hard"),
                                        seed=self.seed * 7919 + version)
             table["weight"], table["selected"] = w, sel
             table["attention_score"] = scores

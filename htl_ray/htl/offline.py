@@ -50,7 +50,7 @@ def failure_summary(table: pd.DataFrame, score: str = "h") -> dict[str, Any]:
     return out
 
 
-def score_checkpoint(checkpoint: str | Path, dataset: str | Path, split: str = "val",
+def score_checkpoint(checkpoint: str | Path, dataset: str | Path, *, split: str = "val",
                      sparsities: tuple[float, ...] = DEFAULT_SPARSITIES,
                      pruning: str = "l1_unstructured", actors: int = 1,
                      batch_size: int = 32, out: str | Path | None = None,

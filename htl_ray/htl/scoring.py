@@ -124,7 +124,7 @@ def ema(previous: np.ndarray | None, new: np.ndarray, beta: float) -> np.ndarray
     return beta * np.asarray(previous, dtype=np.float64) + (1 - beta) * np.asarray(new)
 
 
-def select_htl(scores: np.ndarray, q: float | None = 0.2, tau: float | None = None,
+def select_htl(scores: np.ndarray, *, q: float | None = 0.2, tau: float | None = None,
                seed: int = 0) -> np.ndarray:
     """Boolean HTL set: h ≥ τ when τ is given, else the top-q fraction by h (ties broken by a
     seeded random order so the set has exactly round(q·N) members)."""

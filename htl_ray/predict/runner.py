@@ -11,10 +11,10 @@ the same command again predicts only the images without a mask and a row.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from htl_ray.inference import MASK_SUFFIX, PROBABILITY_SUFFIX, ModelBundle
 from htl_ray.predict.actor import PredictorActor, PredictSpec
 from htl_ray.predict.inputs import Inputs, discover
 from htl_ray.quality import DEFAULT_RISK, RISKS, SIGNALS
+
+logger = logging.getLogger(__name__)
 
 TABLE_FILE = "predictions.parquet"
 CSV_FILE = "predictions.csv"
@@ -186,8 +188,8 @@ def _dataset_rows(source: Path, split: str, todo: set[str]):
 class Progress:
     """One line every few seconds: images done of all, rate, unreadable so far."""
 
-    def __init__(self, total: int, log: Callable[[str], None], every_s: float = 5.0):
-        self.total, self.log, self.every_s = total, log, every_s
+    def __init__(self, total: int, every_s: float = 5.0):
+        self.total, self.every_s = total, every_s
         self.done = self.errors = 0
         self.t0 = self.last = time.time()
 
@@ -198,8 +200,8 @@ class Progress:
         if now - self.last >= self.every_s or self.done >= self.total:
             self.last = now
             rate = self.done / max(now - self.t0, 1e-9)
-            self.log(f"[htl-ray] predict: {self.done}/{self.total} images ({rate:.1f}/s)"
-                     + (f", {self.errors} unreadable" if self.errors else ""))
+            logger.info(f"[htl-ray] predict: {self.done}/{self.total} images ({rate:.1f}/s)"
+                        + (f", {self.errors} unreadable" if self.errors else ""))
 
 
 def default_cpus_per_actor(actors: int) -> float:
@@ -216,8 +218,8 @@ def default_cpus_per_actor(actors: int) -> float:
 def predict(model: str | Path, source: str | Path, out: str | Path, *, split: str | None = None,
             risk: str = DEFAULT_RISK, review_threshold: float | None = None,
             probabilities: bool = False, actors: int = 1, cpus_per_actor: float | None = None,
-            gpus_per_actor: float = 0.0, batch_size: int = 8, tracking_uri: str | None = None,
-            log: Callable[[str], None] = print) -> PredictionOutcome:
+            gpus_per_actor: float = 0.0, batch_size: int = 8, tracking_uri: str | None = None
+            ) -> PredictionOutcome:
     """Predict every image of `source` (a folder, or a dataset split) with `model` into `out`."""
     if risk not in RISKS:
         raise ConfigError(f"--risk {risk}: expected one of {', '.join(RISKS)}")
@@ -235,7 +237,7 @@ def predict(model: str | Path, source: str | Path, out: str | Path, *, split: st
                         review_threshold=review_threshold, probabilities=probabilities,
                         actors=actors, cpus_per_actor=cpus_per_actor,
                         gpus_per_actor=gpus_per_actor, batch_size=batch_size,
-                        tracking_uri=tracking_uri, log=log)
+                        tracking_uri=tracking_uri)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()                       # a failed start leaves no empty folder behind
@@ -243,8 +245,8 @@ def predict(model: str | Path, source: str | Path, out: str | Path, *, split: st
 
 
 def _predict(model, source, out: Path, inputs: Inputs, *, split, risk, review_threshold,
-             probabilities, actors, cpus_per_actor, gpus_per_actor, batch_size, tracking_uri,
-             log) -> PredictionOutcome:
+             probabilities, actors, cpus_per_actor, gpus_per_actor, batch_size, tracking_uri
+             ) -> PredictionOutcome:
     from htl_ray.predict.source import load_model
 
     bundle = load_model(model, tracking_uri)
@@ -262,18 +264,19 @@ def _predict(model, source, out: Path, inputs: Inputs, *, split, risk, review_th
     todo = [r for r in inputs.rows if r["id"] not in done and r.get("path") not in known_bad]
     unreadable: list[dict[str, Any]] = [known_bad[r["path"]] for r in inputs.rows
                                         if r["id"] not in done and r.get("path") in known_bad]
-    log(f"[htl-ray] predict: {len(inputs.rows)} images in {source}"
-        + (f" ({split} split)" if split else "") + f"; {len(inputs.rows) - len(todo)} already "
-        f"in {out}, {len(todo)} to predict; risk {risk} (review at >= {spec.review_threshold})")
+    logger.info(f"[htl-ray] predict: {len(inputs.rows)} images in {source}"
+                + (f" ({split} split)" if split else "")
+                + f"; {len(inputs.rows) - len(todo)} already in {out}, {len(todo)} to predict; "
+                f"risk {risk} (review at >= {spec.review_threshold})")
     for note in inputs.notes:
-        log(f"[htl-ray] note: {note}")
+        logger.info(f"[htl-ray] note: {note}")
     new_rows = 0
     if todo:
         new_rows, unreadable_now = _run_pool(bundle, spec, inputs, todo, source, split,
-                                             cpus_per_actor, out, settings, log)
+                                             cpus_per_actor, out, settings)
         unreadable += unreadable_now
     return _finish(out, inputs, bundle, unreadable, new_rows, len(done & {r["id"] for r in
-                                                                          inputs.rows}), log)
+                                                                          inputs.rows}))
 
 
 def check_room(spec: PredictSpec) -> None:
@@ -295,7 +298,7 @@ def check_room(spec: PredictSpec) -> None:
 
 
 def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list[dict],
-              source, split, cpus_per_actor, out: Path, settings: dict[str, Any], log):
+              source, split, cpus_per_actor, out: Path, settings: dict[str, Any]):
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -303,7 +306,7 @@ def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list
     from htl_ray.cluster import init_ray
     from htl_ray.htl.scorer import ScorerUnschedulable, wait_for_room
 
-    init_ray(log)
+    init_ray()
     spec.cpus_per_actor = cpus_per_actor or default_cpus_per_actor(spec.pool_size)
     check_room(spec)
     if inputs.kind == "dataset":
@@ -326,7 +329,7 @@ def _run_pool(bundle: ModelBundle, spec: PredictSpec, inputs: Inputs, todo: list
                           f"{spec.start_timeout_s:g} s: the cluster's resources are held "
                           "elsewhere; ask for fewer with --actors / --cpus-per-actor, or "
                           "wait for the other work to end") from None
-    progress = Progress(len(todo), log)
+    progress = Progress(len(todo))
     unreadable: list[dict[str, str]] = []
     n = 0
     identity = {k: bundle.identity.get(k) for k in IDENTITY_COLUMNS}
@@ -384,7 +387,7 @@ def _plain(value):
 
 
 def _finish(out: Path, inputs: Inputs, bundle: ModelBundle, unreadable, new_rows: int,
-            skipped_done: int, log) -> PredictionOutcome:
+            skipped_done: int) -> PredictionOutcome:
     rows = read_rows(out)
     ids = {r["id"] for r in inputs.rows}
     current = rows["id"].astype(str).isin(ids) if not rows.empty else None
@@ -411,17 +414,17 @@ def _finish(out: Path, inputs: Inputs, bundle: ModelBundle, unreadable, new_rows
               "not_in_input_any_more": stale, "model": bundle.identity}
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     review = int(table["review"].sum()) if "review" in table else 0
-    log(f"[htl-ray] predict: {new_rows} predicted now, {skipped_done} already there, "
-        f"{len(unreadable)} unreadable, {len(inputs.skipped)} passed over (not images); "
-        f"{review} of {len(table)} flagged for review")
+    logger.info(f"[htl-ray] predict: {new_rows} predicted now, {skipped_done} already there, "
+                f"{len(unreadable)} unreadable, {len(inputs.skipped)} passed over (not images); "
+                f"{review} of {len(table)} flagged for review")
     if stale:
-        log(f"[htl-ray] {len(stale)} image(s) predicted earlier are no longer in INPUT (e.g. "
-            f"{stale[0]['source']}): left out of the table, their masks kept; listed in "
-            f"{out / REPORT_FILE} under not_in_input_any_more")
+        logger.info(f"[htl-ray] {len(stale)} image(s) predicted earlier are no longer in "
+                    f"INPUT (e.g. {stale[0]['source']}): left out of the table, their masks "
+                    f"kept; listed in {out / REPORT_FILE} under not_in_input_any_more")
     for item in unreadable[:10]:
-        log(f"[htl-ray]   unreadable: {item['reason']}")
+        logger.info(f"[htl-ray]   unreadable: {item['reason']}")
     if len(unreadable) > 10:
-        log(f"[htl-ray]   ... {len(unreadable) - 10} more in {out / REPORT_FILE}")
+        logger.info(f"[htl-ray]   ... {len(unreadable) - 10} more in {out / REPORT_FILE}")
     return PredictionOutcome(out_dir=out, predicted=new_rows, skipped_done=skipped_done,
                              unreadable=unreadable, passed_over=inputs.skipped, table=table,
                              review=review)

@@ -11,7 +11,7 @@ MLflow run under `report/`.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from htl_ray.checkpoints import load_checkpoint
 from htl_ray.report.figures import gallery, score_histogram
 from htl_ray.report.inputs import RunInputs, load_run
 from htl_ray.report.render import html_table, markdown_summary, page, section
+
+logger = logging.getLogger(__name__)
 
 INTERSECTIONS = (("sex", "age_bin"),)
 SIGNIFICANT = 0.05
@@ -122,10 +124,9 @@ def worst_table(run: RunInputs, baseline: RunInputs | None) -> pd.DataFrame:
 
 
 def build_report(run_dir: str | Path, baseline_dir: str | Path | None = None,
-                 out_dir: str | Path | None = None, top: int = 8,
-                 log: Callable[[str], None] = print) -> Report:
-    run = load_run(run_dir, log)
-    baseline = load_run(baseline_dir, log) if baseline_dir else None
+                 out_dir: str | Path | None = None, *, top: int = 8) -> Report:
+    run = load_run(run_dir)
+    baseline = load_run(baseline_dir) if baseline_dir else None
     out = Path(out_dir) if out_dir else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     title = f"HTL report: {run.name}" + (f" vs {baseline.name}" if baseline else "")
@@ -192,12 +193,13 @@ def build_report(run_dir: str | Path, baseline_dir: str | Path | None = None,
     md_path.write_text(markdown_summary(title, facts, enriched.round(4), perf_md,
                                         worst.round(4)))
     enr.to_csv(out / "enrichment.csv", index=False)
-    _log_to_mlflow(run, out, log)
-    log(f"[htl-ray] report: {html_path} ({html_path.stat().st_size / 1e6:.1f} MB) and {md_path}")
+    _log_to_mlflow(run, out)
+    logger.info(f"[htl-ray] report: {html_path} ({html_path.stat().st_size / 1e6:.1f} MB) and "
+                f"{md_path}")
     return Report(html_path, md_path, enr, perf, worst)
 
 
-def _log_to_mlflow(run: RunInputs, out: Path, log) -> None:
+def _log_to_mlflow(run: RunInputs, out: Path) -> None:
     from htl_ray import tracking
 
     run_id, uri = run.state.mlflow_run_id, run.state.tracking_uri
@@ -206,7 +208,7 @@ def _log_to_mlflow(run: RunInputs, out: Path, log) -> None:
     try:
         for name in ("report.html", "report.md", "enrichment.csv"):
             tracking.log_artifact(uri, run_id, out / name, "report")
-        log(f"[htl-ray] report logged to MLflow run {run_id} (artifacts/report)")
+        logger.info(f"[htl-ray] report logged to MLflow run {run_id} (artifacts/report)")
     except Exception as exc:               # the files are written; tracking is a copy
-        log(f"[htl-ray] warning: could not log the report to MLflow ({exc}); files kept")
+        logger.warning(f"[htl-ray] warning: could not log the report to MLflow ({exc}); files kept")
 

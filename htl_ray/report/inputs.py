@@ -8,6 +8,7 @@ computed the same way, and the report says which source it used.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from htl_ray.checkpoints import load_checkpoint
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.schema import RECORDS_FILE, read_table
 from htl_ray.run_dir import PER_SAMPLE_FILE, STATE_FILE, RunDir, RunState, read_meta
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,7 +55,7 @@ def best_evaluated_checkpoint(run_dir: Path, metric: str) -> tuple[Path, int]:
     return directory, int(read_meta(directory)["epoch"] if epoch is None else epoch)
 
 
-def _score_offline(cfg: ExperimentConfig, state_dict: dict[str, Any], log) -> pd.DataFrame:
+def _score_offline(cfg: ExperimentConfig, state_dict: dict[str, Any]) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     from htl_ray.htl.scorer import ScoringSpec, score_in_process
@@ -62,17 +65,17 @@ def _score_offline(cfg: ExperimentConfig, state_dict: dict[str, Any], log) -> pd
                          columns=["id", "image", "mask", "height", "width"],
                          filters=[("split", "==", "train")]).to_pydict()
     batch = {k: np.asarray(v, dtype=object) for k, v in rows.items()}
-    log(f"[htl-ray] report: scoring {len(batch['id'])} training images with the best "
-        f"checkpoint and its pruned copies (sparsities {cfg.htl.sparsities})")
+    logger.info(f"[htl-ray] report: scoring {len(batch['id'])} training images with the best "
+                f"checkpoint and its pruned copies (sparsities {cfg.htl.sparsities})")
     spec = ScoringSpec(model=cfg.to_dict()["model"], sparsities=tuple(cfg.htl.sparsities),
                        method=cfg.htl.pruning, with_labels=False, batch_size=64)
     table = score_in_process(batch, state_dict, spec)
-    table["selected"] = select_htl(table["h"].to_numpy(), cfg.htl.q, cfg.htl.tau,
+    table["selected"] = select_htl(table["h"].to_numpy(), q=cfg.htl.q, tau=cfg.htl.tau,
                                    seed=cfg.run.seed)
     return table
 
 
-def load_run(run_dir: str | Path, log=print) -> RunInputs:
+def load_run(run_dir: str | Path) -> RunInputs:
     from htl_ray.htl.coordinator import load_versions
 
     run_dir = Path(run_dir).resolve()
@@ -93,7 +96,7 @@ def load_run(run_dir: str | Path, log=print) -> RunInputs:
         htl = versions[last][["id", "h", "selected"]].copy()
         source = f"the run's last HTL refresh (version {last} of {len(versions)})"
     else:
-        htl = _score_offline(cfg, load_checkpoint(ckpt)["model"], log)[["id", "h", "selected"]]
+        htl = _score_offline(cfg, load_checkpoint(ckpt)["model"])[["id", "h", "selected"]]
         source = (f"scored for this report with the best checkpoint (epoch {epoch + 1}), "
                   f"label-free, top q = {cfg.htl.q}")
     train_meta = dataset[dataset["split"] == "train"]

@@ -10,6 +10,7 @@ Worker side, an `Objective` turns a batch into a per-image loss so HTL weights a
 
 from __future__ import annotations
 
+import logging
 import zlib
 from typing import Any, ClassVar
 
@@ -32,6 +33,8 @@ from htl_ray.supervision.mean_teacher import (
     make_teacher,
     semi_per_sample_loss,
 )
+
+logger = logging.getLogger(__name__)
 
 LABELED = "labeled"
 
@@ -105,8 +108,9 @@ class Objective:
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
-        self.loss_fn = make_loss(cfg.train.loss, cfg.train.bce_weight, cfg.train.dice_weight,
-                                 cfg.train.focal_gamma)
+        self.loss_fn = make_loss(cfg.train.loss, bce_weight=cfg.train.bce_weight,
+                                 dice_weight=cfg.train.dice_weight,
+                                 gamma=cfg.train.focal_gamma)
 
     # driver side ---------------------------------------------------------------
     @classmethod
@@ -133,7 +137,7 @@ class Objective:
         return ds.filter(expr=col("id").is_in(sorted(keep))).materialize()
 
     @classmethod
-    def epoch_rows(cls, cfg: ExperimentConfig, ds, log=print):
+    def epoch_rows(cls, cfg: ExperimentConfig, ds):
         """The rows one epoch iterates: `prepare_train`'s dataset (what HTL scores), or a
         rebalanced version of it. Ids may repeat here, never in what is scored."""
         return ds
@@ -197,7 +201,7 @@ class SemiSupervised(Objective):
                               batch_format="numpy").materialize()
 
     @classmethod
-    def epoch_rows(cls, cfg: ExperimentConfig, ds, log=print):
+    def epoch_rows(cls, cfg: ExperimentConfig, ds):
         """Repeat labeled rows to about `labeled_share` of the epoch, shuffled once (seeded) so
         that every batch carries its share of masks: at the natural share f = 0.25 a batch of
         16 averages 4 masked images, and the supervised signal per step is noisy and thin."""
@@ -210,8 +214,9 @@ class SemiSupervised(Objective):
         if times == 1:
             return ds
         rows = n_all - n_lab + n_lab * times
-        log(f"[htl-ray] semi: {n_lab} labeled rows repeated ×{times} → {n_lab * times / rows:.0%} "
-            f"of {rows} rows per epoch (supervision.labeled_share={share})")
+        logger.info(f"[htl-ray] semi: {n_lab} labeled rows repeated ×{times} → "
+                    f"{n_lab * times / rows:.0%} of {rows} rows per epoch "
+                    f"(supervision.labeled_share={share})")
         return (ds.map_batches(repeat_labeled, fn_kwargs={"times": times},
                                batch_format="numpy")
                 .random_shuffle(seed=label_seed(cfg)).materialize())

@@ -16,6 +16,7 @@ the first failing call (unless the user set MLflow's variables).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from typing import Any
 
 from htl_ray.errors import UserError
 from htl_ray.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
 
 # flushed in this order by the driver and by `htl-ray sync`: the run's end goes last
 WRITERS = ("rank0", "coordinator", "driver")
@@ -88,13 +91,13 @@ class TrackingOutbox:
     """The writes of one process to one MLflow run, kept in `RUN_DIR/mlflow_outbox/WRITER.jsonl`
     until they are sent. Only one process writes a given file at a time."""
 
-    def __init__(self, run_dir: str | Path, uri: str, run_id: str, writer: str,
-                 log: Callable[[str], None] = print, send_each: bool = True):
+    def __init__(self, run_dir: str | Path, uri: str, run_id: str, writer: str, *,
+                 send_each: bool = True):
         """`send_each=False`: writes are only kept; `flush` (or `flush_run`) sends them."""
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {WRITERS}, got {writer!r}")
         self.path = RunDir(run_dir).outbox_dir / f"{writer}.jsonl"
-        self.uri, self.run_id, self.writer, self.log = uri, run_id, writer, log
+        self.uri, self.run_id, self.writer = uri, run_id, writer
         self.send_each = send_each
         self.down_since: float | None = None
         bound_client_retries()
@@ -164,24 +167,24 @@ class TrackingOutbox:
                 from htl_ray.redact import redact
 
                 self.down_since = time.time()
-                self.log(f"[htl-ray] warning: MLflow {redact(self.uri)} is not answering "
-                         f"({redact(str(exc))[:200]}); training goes on, and {len(entries) - sent}"
-                         f" write(s) are kept in {self.path} and sent when it answers again")
+                logger.warning(f"[htl-ray] warning: MLflow {redact(self.uri)} is not answering "
+                               f"({redact(str(exc))[:200]}); training goes on, and "
+                               f"{len(entries) - sent} write(s) are kept in {self.path} and "
+                               "sent when it answers again")
             return False
         self._keep([])
         if self.down_since is not None:
-            self.log(f"[htl-ray] MLflow answers again: sent the {sent} write(s) pending since "
-                     f"{time.strftime('%H:%M:%S', time.localtime(self.down_since))}")
+            logger.info(f"[htl-ray] MLflow answers again: sent the {sent} write(s) pending "
+                        f"since {time.strftime('%H:%M:%S', time.localtime(self.down_since))}")
             self.down_since = None
         return True
 
 
-def flush_run(run_dir: str | Path, uri: str, run_id: str,
-              log: Callable[[str], None] = print) -> dict[str, int]:
+def flush_run(run_dir: str | Path, uri: str, run_id: str) -> dict[str, int]:
     """Send every writer's pending writes of a run (rank 0, coordinator, then driver, whose
     last write ends the run); returns how many are still pending per writer."""
     left: dict[str, int] = {}
-    boxes = [TrackingOutbox(run_dir, uri, run_id, writer, log) for writer in WRITERS]
+    boxes = [TrackingOutbox(run_dir, uri, run_id, writer) for writer in WRITERS]
     # a server that does not answer costs one short /health probe, not MLflow's retries
     down = any(box.pending() for box in boxes) and not _reachable(uri)
     for writer, box in zip(WRITERS, boxes, strict=True):

@@ -60,7 +60,7 @@ def original_metrics(probs: np.ndarray, batch: dict[str, np.ndarray]) -> list[di
     return rows
 
 
-def evaluate(model: torch.nn.Module, val_iter, batch_size: int, rank: int,
+def evaluate(model: torch.nn.Module, val_iter, *, batch_size: int, rank: int,
              world: int, place: Placement | None = None,
              original: bool = False) -> pd.DataFrame:
     """Per-image metrics for the rows this rank owns (row index mod world) of a Ray Dataset or
@@ -128,7 +128,8 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, cfg: ExperimentConfig,
     original = has_column(dataset, "orig_mask")
     columns = TRAIN_COLUMNS + VAL_META_COLUMNS + (ORIGINAL_COLUMNS if original else [])
     ds = split_dataset(dataset, split, columns=columns)
-    table = evaluate(model, ds, cfg.data.val_batch_size, rank=0, world=1, original=original)
+    table = evaluate(model, ds, batch_size=cfg.data.val_batch_size, rank=0, world=1,
+                     original=original)
     if table.empty:
         raise UserError(f"{'--data' if data is not None else 'data.path'}: {dataset} has no "
                          f"rows in the {split!r} split")

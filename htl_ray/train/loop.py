@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -27,6 +28,7 @@ import torch
 from htl_ray.checkpoints import resume_state, save_checkpoint
 from htl_ray.collectives import barrier, gather
 from htl_ray.config import ExperimentConfig, from_dict
+from htl_ray.console import show_progress
 from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import iter_decoded
 from htl_ray.device import placement
@@ -41,13 +43,16 @@ from htl_ray.tracking.outbox import TrackingOutbox
 from htl_ray.train.evaluation import evaluate, split_metrics
 from htl_ray.train.optimization import make_optimizer, make_scheduler
 
+logger = logging.getLogger(__name__)
+
 
 class NonFiniteTraining(UserError):
     """The loss or the checkpoint metric stopped being a number: the run cannot recover, and
     finishing it would log a model that predicts nothing as a result."""
 
 
-def diverged(name: str, value: float, epoch: int, cfg, loop_config: dict[str, Any]) -> bool:
+def diverged(name: str, value: float, *, epoch: int, cfg: ExperimentConfig,
+             loop_config: dict[str, Any]) -> bool:
     """True (after leaving the reason) when `value` is not a number any more. The caller
     returns: every rank sees the same gathered value, so all stop at this epoch without a
     report, and the driver raises NonFiniteTraining from the note rank 0 leaves in the run
@@ -74,22 +79,15 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _say(message: str) -> None:
-    """One line to the driver's console. Ray Train patches `print` in workers to log *and*,
-    when MLflow has wrapped sys.stdout, to print as well — every line twice; writing to the
-    process's own stdout bypasses the patch (Ray still forwards it to the driver)."""
-    print(message, file=sys.__stdout__, flush=True)
-
-
 def _quiet_ray_logs() -> None:
     """Ray Train logs every report at INFO (whole metric dicts); keep worker output readable."""
-    import logging
 
     from ray.data import DataContext
     from ray.train.v2._internal.execution import context as v2_context
 
     logging.getLogger(v2_context.__file__).setLevel(logging.WARNING)
     DataContext.get_current().enable_progress_bars = False
+    show_progress(stream=sys.__stdout__)        # this module's lines (console.py says why)
 
 
 def _tracked(metrics: dict[str, Any]) -> dict[str, float]:
@@ -172,12 +170,13 @@ def restore_or_initialise(w: Worker) -> None:
         w.htl_version = int(state.get("htl_version", 0))
         w.resumed_from = Path(directory)
         if w.rank == 0:
-            _say(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']} ({directory})")
+            logger.info(f"[htl-ray] resuming from checkpoint of epoch {state['epoch']} "
+                        f"({directory})")
     elif w.loop_config.get("init_checkpoint_file"):
         # never over a checkpoint of this run
         load_initial_weights(w.model, w.loop_config["init_checkpoint_file"])
     if w.rank == 0:
-        _say(f"[htl-ray] workers compute on {w.place.describe()}")
+        logger.info(f"[htl-ray] workers compute on {w.place.describe()}")
 
 
 def connect(w: Worker) -> None:
@@ -193,7 +192,7 @@ def connect(w: Worker) -> None:
         w.htl.catch_up(w.objective.snapshot_model(_unwrap(w.model)), w.start_epoch - 1)
     if w.rank == 0:
         w.outbox = TrackingOutbox(w.loop_config["run_dir"], w.loop_config["tracking_uri"],
-                                  w.loop_config["mlflow_run_id"], "rank0", _say)
+                                  w.loop_config["mlflow_run_id"], "rank0")
     if w.resumed_from is not None and w.outbox is not None:
         # the resumed epoch's metrics again, with their first timestamp: stored once, and sent
         # if the previous worker group died between its checkpoint upload and its MLflow write
@@ -252,8 +251,9 @@ def train_epoch(w: Worker, train_shard: Any, epoch: int) -> EpochTraining:
 def validate(w: Worker, val_iter: Any) -> pd.DataFrame:
     """Every validation image's metrics, the same table on every rank: each rank evaluates
     rows i ≡ rank (mod world) and the results are all-gathered."""
-    local = evaluate(w.objective.eval_model(w.model), val_iter, w.cfg.data.val_batch_size,
-                     w.rank, w.world, w.place)
+    local = evaluate(w.objective.eval_model(w.model), val_iter,
+                     batch_size=w.cfg.data.val_batch_size, rank=w.rank, world=w.world,
+                     place=w.place)
     return pd.concat(gather(local), ignore_index=True).sort_values("id").reset_index(drop=True)
 
 
@@ -302,13 +302,14 @@ def report(w: Worker, epoch: int, metrics: dict[str, Any], table: pd.DataFrame,
         return
     cfg = w.cfg
     logged_at = int(time.time() * 1000)
-    _say(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} loss {metrics['train/loss']:.4f} "
-         f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
-         f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
-         f"({metrics['time/epoch_s']:.1f}s)")
+    logger.info(f"[htl-ray] epoch {epoch + 1}/{cfg.train.epochs} "
+                f"loss {metrics['train/loss']:.4f} "
+                f"val dice {metrics['val/dice']:.4f} iou {metrics['val/iou']:.4f} "
+                f"thr-jaccard {metrics['val/thresholded_jaccard']:.4f} "
+                f"({metrics['time/epoch_s']:.1f}s)")
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(tmp, w.objective.eval_model(_unwrap(w.model)), w.optimizer, w.scheduler,
-                        epoch, metrics,
+                        epoch=epoch, metrics=metrics,
                         extra={"htl_version": w.htl.version, "logged_at_ms": logged_at,
                                "model_config": dataclasses.asdict(cfg.model),
                                "input_size": w.loop_config.get("input_size"),
@@ -350,8 +351,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # the same values on every rank (gathered), so every rank stops here together, before
         # a checkpoint or an HTL refresh of weights that are no longer numbers (the last step
         # of an epoch can break the weights while its loss was still finite)
-        if diverged("train/loss", train_loss(trained), epoch, w.cfg, loop_config) \
-                or diverged("weights (sum of |w|)", checksums[0], epoch, w.cfg, loop_config):
+        if diverged("train/loss", train_loss(trained), epoch=epoch, cfg=w.cfg,
+                    loop_config=loop_config) \
+                or diverged("weights (sum of |w|)", checksums[0], epoch=epoch, cfg=w.cfg,
+                            loop_config=loop_config):
             return
         if w.rank == 0 and w.htl.refreshes_after(epoch):
             w.htl.submit(w.objective.snapshot_model(_unwrap(w.model)), epoch)

@@ -7,6 +7,7 @@ same functions, so a model has one description wherever it is stored.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from htl_ray.checkpoints import load_checkpoint, model_config_of
 from htl_ray.config import ConfigError
 from htl_ray.inference import ModelBundle
 from htl_ray.run_dir import CHECKPOINT_FILE, STATE_FILE, RunDir, read_meta
+
+logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"             # runs:/<run id>/model
 
@@ -92,8 +95,8 @@ def save_run_model(run_dir: Path, checkpoint_dir: Path) -> Path:
     return save_mlflow_model(bundle_from_checkpoint(checkpoint_dir), dest)
 
 
-def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = None,
-                 log=print) -> tuple[str, str]:
+def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = None
+                 ) -> tuple[str, str]:
     """Register RUN_DIR's MLflow Model (`runs:/<id>/model`) in the model registry under
     `name` (in `tracking_uri`, default the run's own store); a run that finished before runs
     logged their model gets it logged first. Returns (name, version)."""
@@ -123,8 +126,8 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
             best = RunDir(run_dir).best_checkpoint()
             if best is None:
                 raise ConfigError(f"register: {run_dir} holds no checkpoint")
-            log(f"[htl-ray] the run has no logged MLflow Model yet: logging the one of its "
-                f"best checkpoint ({best[0].name})")
+            logger.info(f"[htl-ray] the run has no logged MLflow Model yet: logging the one of its "
+                        f"best checkpoint ({best[0].name})")
             client.log_artifacts(run_id, str(save_run_model(run_dir, best[0])), MODEL_ARTIFACT)
         try:
             client.create_registered_model(name)
@@ -134,14 +137,14 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
         same = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         if same:
             version = max(same, key=lambda v: int(v.version))
-            log(f"[htl-ray] runs:/{run_id}/{MODEL_ARTIFACT} is already registered as "
-                f"models:/{name}/{version.version}; no new version made")
+            logger.info(f"[htl-ray] runs:/{run_id}/{MODEL_ARTIFACT} is already registered as "
+                        f"models:/{name}/{version.version}; no new version made")
             return name, str(version.version)
         version = client.create_model_version(
             name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id)
     except MlflowException as exc:
         raise ConfigError(f"register {name!r}: MLflow at {redact(uri)} refused: "
                           f"{exc.message.splitlines()[0][:300]}") from None
-    log(f"[htl-ray] registered runs:/{run_id}/{MODEL_ARTIFACT} as models:/{name}/"
-        f"{version.version} in {redact(uri)}")
+    logger.info(f"[htl-ray] registered runs:/{run_id}/{MODEL_ARTIFACT} as models:/{name}/"
+                f"{version.version} in {redact(uri)}")
     return name, str(version.version)

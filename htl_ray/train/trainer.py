@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ from htl_ray.train.evaluation import (
 from htl_ray.train.loop import NonFiniteTraining, train_loop_per_worker
 from htl_ray.train.model_bundle import MODEL_ARTIFACT, save_run_model
 from htl_ray.train.preflight import preflight
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,8 +161,8 @@ def describe_resume(run_dir: Path, state: RunState, uri: str, run_id: str, *,
     return lines
 
 
-def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, run_id: str,
-                      delay_s: float = 0.0):
+def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, *, uri: str,
+                      run_id: str, delay_s: float = 0.0):
     import ray
 
     from htl_ray.htl.coordinator import RefreshCoordinator, spec_from_config
@@ -178,8 +180,7 @@ def start_coordinator(cfg: ExperimentConfig, run_dir: Path, train_ds, uri: str, 
 def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                  fault_after_epoch: int | None = None, refresh_delay_s: float = 0.0,
                  tags: dict[str, str] | None = None, callbacks: list | None = None,
-                 log_model: bool = True,
-                 log: Callable[[str], None] = print) -> TrainingOutcome:
+                 log_model: bool = True) -> TrainingOutcome:
     """Train `cfg` with Ray Train; returns where the results are. Raises on failure (the MLflow
     run is then marked FAILED and the checkpoints already written stay in the run directory).
 
@@ -208,12 +209,12 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         cfg.model.init_checkpoint = str(Path(cfg.model.init_checkpoint).resolve())
         init_file = str(initial_checkpoint_file(cfg.model.init_checkpoint))
         load_initial_weights(create_model(cfg.model), init_file)
-        log(f"[htl-ray] model starts from the weights in {init_file}")
+        logger.info(f"[htl-ray] model starts from the weights in {init_file}")
     if resume and state and state.tracking_uri:
         uri = tracking.absolute_uri(cfg.tracking.uri or state.tracking_uri)  # the run's store
     else:
         uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
-    join_cluster(cfg, uri, log)          # may refuse the run: before an MLflow run exists
+    join_cluster(cfg, uri)          # may refuse the run: before an MLflow run exists
     flat = cfg.flat()
     fingerprint = manifest.get("fingerprint", "unknown")
     size = manifest.get("params", {}).get("size")
@@ -223,13 +224,13 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         from htl_ray.tracking import client as tracking_client
         from htl_ray.tracking.outbox import flush_run
 
-        flush_run(run_dir, uri, run_id, log)   # writes an outage kept back, its end included
+        flush_run(run_dir, uri, run_id)   # writes an outage kept back, its end included
         tracking_client(uri).update_run(run_id, status="RUNNING")
         # the code that trains from here on: a resumed run may run other code than it began with
         tracking.set_tags(uri, run_id, {f"{RESUMED_COMMIT_PREFIX}{int(time.time())}":
                                         tracking.git_commit()})
         for line in describe_resume(run_dir, state, uri, run_id, epochs=cfg.train.epochs):
-            log(line)
+            logger.info(line)
     else:
         tags = {GIT_COMMIT_TAG: tracking.git_commit(), DATASET_TAG: fingerprint,
                 RUN_DIR_TAG: str(run_dir), SETTING_TAG: cfg.supervision.setting,
@@ -249,21 +250,24 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
 
     try:
         t0 = time.time()
-        train_ds = split_dataset(cfg.data.path, "train", cfg.data.limit_train)
+        train_ds = split_dataset(cfg.data.path, "train", limit=cfg.data.limit_train)
         setting = SETTINGS[cfg.supervision.setting]
         score_ds = setting.prepare_train(cfg, train_ds)
-        train_ds = setting.epoch_rows(cfg, score_ds, log)
+        train_ds = setting.epoch_rows(cfg, score_ds)
         val_ds = split_dataset(cfg.data.path, "val", columns=TRAIN_COLUMNS + VAL_META_COLUMNS)
-        log(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
-            f"({time.time() - t0:.1f}s); {setting.describe(cfg)}; "
-            f"{cfg.scaling.num_workers} workers; MLflow {tracking.redact(uri)} run {run_id}")
+        logger.info(f"[htl-ray] data: {train_ds.count()} train / {val_ds.count()} val rows "
+                    f"({time.time() - t0:.1f}s); {setting.describe(cfg)}; "
+                    f"{cfg.scaling.num_workers} workers; MLflow {tracking.redact(uri)} run "
+                    f"{run_id}")
         coordinator = None
         if uses_refresh(cfg):
-            coordinator = start_coordinator(cfg, run_dir, score_ds, uri, run_id, refresh_delay_s)
-            log(f"[htl-ray] HTL: method {cfg.htl.method}, {cfg.htl.attention} "
-                f"({cfg.htl.weighting}, λ={cfg.htl.lam}, q={cfg.htl.q}), refresh every "
-                f"{cfg.htl.refresh_every} epochs ({'async' if cfg.htl.asynchronous else 'sync'}), "
-                f"sparsities {cfg.htl.sparsities}")
+            coordinator = start_coordinator(cfg, run_dir, score_ds, uri=uri, run_id=run_id,
+                                            delay_s=refresh_delay_s)
+            logger.info(f"[htl-ray] HTL: method {cfg.htl.method}, {cfg.htl.attention} "
+                        f"({cfg.htl.weighting}, λ={cfg.htl.lam}, q={cfg.htl.q}), refresh every "
+                        f"{cfg.htl.refresh_every} epochs "
+                        f"({'async' if cfg.htl.asynchronous else 'sync'}), "
+                        f"sparsities {cfg.htl.sparsities}")
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri,
@@ -305,15 +309,15 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         test_metrics = {}
         if cfg.train.evaluate_test and best_ckpt is not None \
                 and manifest.get("split_counts", {}).get(TEST_SPLIT):
-            test_metrics = held_out_metrics(best_ckpt, cfg, log)
+            test_metrics = held_out_metrics(best_ckpt, cfg)
     except BaseException:
         # the FAILED mark waits in the outbox if the tracking server is down: it must not
         # replace the error the user needs to see
-        finish_tracking(run_dir, uri, run_id, "FAILED", log=log)
+        finish_tracking(run_dir, uri, run_id, "FAILED")
         raise
 
-    pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best, log, test_metrics,
-                              log_model=log_model)
+    pending = finish_tracking(run_dir, uri, run_id, "FINISHED", best=best,
+                              test_metrics=test_metrics, log_model=log_model)
     return TrainingOutcome(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=uri,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
                            best_metrics=dict(best_metrics), tracking_pending=pending,
@@ -329,18 +333,18 @@ def _user_cause(error: BaseException) -> BaseException | None:
     return found if isinstance(found, UserError) else None
 
 
-def held_out_metrics(best_ckpt: Path, cfg: ExperimentConfig,
-                     log: Callable[[str], None] = print) -> dict[str, float]:
+def held_out_metrics(best_ckpt: Path, cfg: ExperimentConfig) -> dict[str, float]:
     """The best checkpoint on the test split; a failure here is reported, not raised: the
     trained run and its checkpoints are complete, and `htl-ray evaluate RUN_DIR` can retry."""
     t0 = time.time()
     try:
         metrics, table = evaluate_checkpoint(best_ckpt, cfg, TEST_SPLIT)
     except Exception as exc:  # noqa: BLE001 - the run's results must still be tracked
-        log(f"[htl-ray] warning: test-split evaluation of {best_ckpt} failed ({exc}); the run "
-            f"is kept; retry with `htl-ray evaluate {best_ckpt.parent}`")
+        logger.warning(f"[htl-ray] warning: test-split evaluation of {best_ckpt} failed "
+                       f"({exc}); the run is kept; retry with "
+                       f"`htl-ray evaluate {best_ckpt.parent}`")
         return {}
-    log(_split_line(TEST_SPLIT, metrics, len(table), best_ckpt, time.time() - t0))
+    logger.info(_split_line(TEST_SPLIT, metrics, len(table), best_ckpt, time.time() - t0))
     return metrics
 
 
@@ -367,9 +371,8 @@ def external_name(data: str | Path, name: str | None) -> str:
     return site
 
 
-def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Path | None = None,
-                 name: str | None = None, log: Callable[[str], None] = print
-                 ) -> dict[str, float]:
+def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *,
+                 data: str | Path | None = None, name: str | None = None) -> dict[str, float]:
     """`htl-ray evaluate RUN_DIR`: a finished run's best checkpoint on `split` of its own
     dataset, logged to its MLflow run as `best/<split>/*` (for runs trained with
     train.evaluate_test off, or before it existed) — or on `split` of another dataset `data`
@@ -393,11 +396,11 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
         raise ConfigError(f"evaluate: {run_dir} holds no checkpoint to evaluate")
     from htl_ray.cluster import init_ray
 
-    init_ray(log)
+    init_ray()
     t0 = time.time()
     metrics, table = evaluate_checkpoint(best[0], cfg, split, data=data, name=site)
     uri, run_id = state.tracking_uri, state.mlflow_run_id
-    box = TrackingOutbox(run_dir, uri, run_id, "driver", log, send_each=False)
+    box = TrackingOutbox(run_dir, uri, run_id, "driver", send_each=False)
     prefix = "" if data is not None else "best/"
     box.metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=0)
     shown = f"external/{site}" if site else split
@@ -409,13 +412,14 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *, data: str | Pa
                   f"{EXTERNAL_TAG_PREFIX}{site}.split": split,
                   f"{EXTERNAL_TAG_PREFIX}{site}.fingerprint":
                       read_manifest(data).get("fingerprint")})
-    left = sum(flush_run(run_dir, uri, run_id, log).values())
-    log(_split_line(shown, metrics, len(table), best[0], time.time() - t0)
-        + (f"; {left} MLflow write(s) pending: htl-ray sync {run_dir}" if left else ""))
+    left = sum(flush_run(run_dir, uri, run_id).values())
+    logger.info(_split_line(shown, metrics, len(table), best[0], time.time() - t0)
+                + (f"; {left} MLflow write(s) pending: htl-ray sync {run_dir}" if left else ""))
     if f"{shown}/original/dice" not in metrics:
-        log(f"[htl-ray] note: {data or cfg.data.path} keeps no original-size masks (ingested "
-            "before records schema 2), so these are training-resolution metrics only; ingest "
-            "it again for original-resolution ones (what the ISIC challenge scores)")
+        logger.info(f"[htl-ray] note: {data or cfg.data.path} keeps no original-size masks "
+                    "(ingested before records schema 2), so these are training-resolution "
+                    "metrics only; ingest it again for original-resolution ones (what the ISIC "
+                    "challenge scores)")
     return metrics
 
 
@@ -439,20 +443,20 @@ def _check_external(data: Path, split: str, run_dir: Path, state: RunState) -> N
                           f"{own[0]}x{own[1]}; ingest it again with --size {own[0]}")
 
 
-def _saved_model(run_dir: Path, checkpoint: Path, log: Callable[[str], None]) -> Path | None:
+def _saved_model(run_dir: Path, checkpoint: Path) -> Path | None:
     """The run's MLflow Model folder; a failure to build it is reported, not raised: the run
     and its checkpoints are complete, and `htl-ray register` builds it again."""
     try:
         return save_run_model(run_dir, checkpoint)
     except Exception as exc:  # noqa: BLE001 - the run's results must still be tracked
-        log(f"[htl-ray] warning: could not write the MLflow Model of {checkpoint} "
-            f"({type(exc).__name__}: {exc}); `htl-ray register {run_dir} NAME` tries again")
+        logger.warning(f"[htl-ray] warning: could not write the MLflow Model of {checkpoint} "
+                       f"({type(exc).__name__}: {exc}); `htl-ray register {run_dir} NAME` "
+                       "tries again")
         return None
 
 
-def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
+def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str, *,
                     best: tuple[Path, dict[str, float]] | None = None,
-                    log: Callable[[str], None] = print,
                     test_metrics: dict[str, float] | None = None,
                     log_model: bool = True) -> int:
     """End a run in MLflow: the writes rank 0 and the coordinator could not send, then (a
@@ -464,7 +468,7 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
     from htl_ray.tracking.outbox import TrackingOutbox, flush_run
 
     # kept only: flush_run sends them after the other writers', the end last
-    box = TrackingOutbox(run_dir, uri, run_id, "driver", log, send_each=False)
+    box = TrackingOutbox(run_dir, uri, run_id, "driver", send_each=False)
     if status == "FINISHED":
         best_ckpt, best_metrics = best if best is not None else (None, {})
         # the best epoch's validation metrics beside the per-epoch history: what comparisons use
@@ -480,15 +484,15 @@ def finish_tracking(run_dir: Path, uri: str, run_id: str, status: str,
         box.tags({BEST_CHECKPOINT_TAG: str(best_ckpt),
                   BEST_EPOCH_TAG: "none" if epoch is None else str(int(epoch))})
         if best_ckpt is not None and log_model:
-            model_dir = _saved_model(run_dir, best_ckpt, log)
+            model_dir = _saved_model(run_dir, best_ckpt)
             if model_dir is not None:
                 box.artifact(model_dir, MODEL_ARTIFACT)
     box.end(status)
-    left = flush_run(run_dir, uri, run_id, log)
+    left = flush_run(run_dir, uri, run_id)
     pending = sum(left.values())
     if pending:
-        log(f"[htl-ray] warning: the run is over ({status}) but MLflow has not taken {pending} "
-            f"write(s) (metrics, artifacts, the end of the run); they are kept in "
-            f"{RunDir(run_dir).outbox_dir}. Send them when the server is back: "
-            f"htl-ray sync {run_dir}")
+        logger.warning(f"[htl-ray] warning: the run is over ({status}) but MLflow has not "
+                       f"taken {pending} write(s) (metrics, artifacts, the end of the run); "
+                       f"they are kept in {RunDir(run_dir).outbox_dir}. Send them when the "
+                       f"server is back: htl-ray sync {run_dir}")
     return pending

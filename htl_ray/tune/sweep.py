@@ -84,7 +84,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, confirm: int = 0, ablate: b
     preflight(sweep.base)
     held = state.read(state_path) if resume else None
     uri = (held and held.tracking_uri) or tracking.resolve_tracking_uri(sweep.base.tracking.uri)
-    join_cluster(sweep.base, uri, logger.info)   # may refuse the sweep: before a parent run
+    join_cluster(sweep.base, uri)   # may refuse the sweep: before a parent run
     if held is not None:
         parent_run_id = held.parent_run_id
         parent.resume(uri, parent_run_id)

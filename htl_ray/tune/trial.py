@@ -38,7 +38,9 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep, runs_dir: 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from htl_ray.train.trainer import RUN_STATE_FILE, run_training
+    from htl_ray.console import show_progress
+    from htl_ray.run_dir import RunDir
+    from htl_ray.train.trainer import run_training
 
     trial_id = ray.tune.get_context().get_trial_id()
     name = trial_name(trial_id, params)
@@ -46,13 +48,14 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep, runs_dir: 
     cfg = sweep.config_for(params, [f"run.name=trial-{trial_id}",
                                     f"run.storage_path={runs_dir}",
                                     "train.evaluate_test=false"], base)
-    resume = (Path(runs_dir) / cfg.run.name / RUN_STATE_FILE).is_file()
+    resume = RunDir(Path(runs_dir) / cfg.run.name).has_state()
     tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name, TRIAL_TAG: trial_id,
             ROLE_TAG: TRIAL_ROLE, "mlflow.runName": name,
             # the values as sampled (JSON): a derived one (htl.max_sparsity) is no config key
             **{SAMPLED_TAG_PREFIX + k: json.dumps(v) for k, v in params.items()}}
+    show_progress(prefix=f"[{name}] ")        # this trial's lines, told apart from others'
     outcome = run_training(cfg, resume=resume, tags=tags, callbacks=[TuneReportCallback()],
-                           log_model=False, log=lambda s: print(f"[{name}] {s}"))
+                           log_model=False)
     best = outcome.best_metrics or outcome.metrics
     return {metric: best.get(metric, float("nan")), "mlflow_run_id": outcome.mlflow_run_id,
             "trial_name": name, FINISHED_KEY: 1}

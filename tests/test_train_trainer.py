@@ -83,14 +83,13 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
             "train.lr=1e-9", "train.weight_decay=0"]
     with pytest.raises(ConfigError, match="pretrained/checkpoint.pt does not fit this model"):
         run_training(load_config(None, [*base, "run.name=misfit",   # default decoder widths
-                                        f"model.init_checkpoint={tmp_path / 'pretrained'}"]),
-                     log=lambda _: None)
+                                        f"model.init_checkpoint={tmp_path / 'pretrained'}"]))
     assert not (tmp_path / "runs" / "misfit").exists() and not (tmp_path / "mlflow.db").exists()
 
     monkeypatch.chdir(tmp_path)               # a relative path, as users write it
     cfg = load_config(None, [*base, "run.name=warm", f"model.decoder_channels={small}",
                              "model.init_checkpoint=pretrained"])
-    outcome = run_training(cfg, log=lambda _: None)
+    outcome = run_training(cfg)
     trained = load_checkpoint(outcome.best_checkpoint)["model"]
     weights = [k for k, v in trained.items() if v.is_floating_point() and "bn" not in k
                and "running" not in k]
@@ -123,7 +122,7 @@ def test_a_run_starts_from_the_weights_of_model_init_checkpoint(ray_cluster, syn
     assert "evaluation/test_per_sample.parquet" in {
         a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "evaluation")}
     # `htl-ray evaluate` scores on the driver what the workers validated: the same numbers
-    val = evaluate_run(outcome.run_dir, "val", log=lambda _: None)
+    val = evaluate_run(outcome.run_dir, "val")
     assert val["val/dice"] == pytest.approx(outcome.best_metrics["val/dice"], abs=1e-6)
     assert val["val/thresholded_jaccard"] == pytest.approx(
         outcome.best_metrics["val/thresholded_jaccard"], abs=1e-6)
@@ -215,7 +214,7 @@ def test_resume_of_a_copied_run_from_another_directory_continues_the_copy(
                              "run.storage_path=runs", "run.name=r", "train.epochs=2",
                              "tracking.uri=sqlite:///mlflow.db", *SMALL])
     with pytest.raises(Exception) as crash:
-        run_training(cfg, fault_after_epoch=0, log=lambda _: None)
+        run_training(cfg, fault_after_epoch=0)
     assert "InjectedFault" in repr(crash.value) or isinstance(crash.value, InjectedFault)
     original = start / "runs" / "r"
     copy = tmp_path / "copies" / "r-copy"

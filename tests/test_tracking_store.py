@@ -63,7 +63,7 @@ def test_unreachable_tracking_server_fails_in_seconds_before_anything_starts(
     t0 = time.time()
     with pytest.raises(ConfigError, match=r"tracking.uri: MLflow server http://ann:\*\*\*@127"
                                           r".*is not reachable.*sqlite:///mlflow.db"):
-        run_training(cfg, log=lambda s: None)
+        run_training(cfg)
     assert time.time() - t0 < 10 and not run_dir_of(cfg).exists()
     with pytest.raises(ConfigError, match="folder of the SQLite store"):
         tracking.check_reachable(f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}")
