@@ -222,13 +222,13 @@ def paired_images(a: pd.DataFrame, b: pd.DataFrame, *,
 
 def run_per_image(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     """The per-image table of a run's best checkpoint on `split`, indexed by image id."""
-    from htl_ray.train.checkpoints import RUN_STATE_FILE, best_of_run
+    from htl_ray.run_dir import STATE_FILE, RunDir
     from htl_ray.train.evaluation import per_sample_file
 
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_STATE_FILE).is_file():
-        raise UserError(f"{run_dir}: not a run directory (no {RUN_STATE_FILE})")
-    best = best_of_run(run_dir)
+    if not RunDir(run_dir).has_state():
+        raise UserError(f"{run_dir}: not a run directory (no {STATE_FILE})")
+    best = RunDir(run_dir).best_checkpoint()
     if best is None:
         raise UserError(f"{run_dir}: no checkpoint")
     path = best[0] / per_sample_file(split)

@@ -131,7 +131,7 @@ def test_paired_images_differences_with_a_bootstrap_interval_over_images(tmp_pat
     import numpy as np
 
     from htl_ray.compare import paired_images, run_per_image
-    from htl_ray.train.checkpoints import META_FILE
+    from htl_ray.run_dir import META_FILE
 
     rng = np.random.default_rng(1)
     ids = [f"img{i}" for i in range(200)]

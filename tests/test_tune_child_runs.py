@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from htl_ray import tracking
 from htl_ray.config import ConfigError
+from htl_ray.run_dir import RunDir
 from htl_ray.tracking.schema import GROUP_TAG, PARENT_TAG, ROLE_TAG, SWEEP_TAG
 from htl_ray.tune.child_runs import PlannedRun, finished_elsewhere, finished_here
 from htl_ray.tune.confirm import confirmation_plan
@@ -63,4 +64,4 @@ def test_a_scored_run_of_this_sweep_finished_elsewhere_is_found(tmp_path, tracki
 
 
 def test_a_run_directory_without_a_run_state_is_not_finished(tmp_path):
-    assert finished_here(tmp_path / "confirm-best-s0" / "htl_run.json") is None
+    assert finished_here(RunDir(tmp_path / "confirm-best-s0")) is None

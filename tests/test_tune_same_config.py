@@ -9,14 +9,16 @@ from types import SimpleNamespace
 import pytest
 
 from htl_ray.config import ConfigError, load_config
+from htl_ray.run_dir import RunDir
 from htl_ray.tune.same_config import refuse_changed_mlflow_run, refuse_changed_run_dir
 
 
 def test_a_confirmation_run_on_disk_with_other_settings_is_refused_unless_only_speed_differs(
         tmp_path):
     planned = load_config(None, ["htl.method=htl", "htl.lam=2.0", "run.name=confirm-best-s0"])
-    state = tmp_path / "confirm-best-s0" / "htl_run.json"
-    refuse_changed_run_dir(state, planned)           # nothing on disk: nothing to refuse
+    run = RunDir(tmp_path / "confirm-best-s0")
+    state = run.state_file
+    refuse_changed_run_dir(run, planned)           # nothing on disk: nothing to refuse
     state.parent.mkdir()
     # trained earlier with a slower scorer, more restarts allowed, under another run name and
     # tracking server: the same run
@@ -24,15 +26,15 @@ def test_a_confirmation_run_on_disk_with_other_settings_is_refused_unless_only_s
         "htl.method=htl", "htl.lam=2.0", "htl.scorer_threads=1", "htl.scorer_batch_size=8",
         "train.max_failures=2", "run.name=old",
         "tracking.uri=sqlite:///elsewhere.db"]).to_dict()}))
-    refuse_changed_run_dir(state, planned)
+    refuse_changed_run_dir(run, planned)
     # trained with another λ: mixing its seeds with new ones would compare two configurations
     state.write_text(json.dumps({"config": load_config(None, [
         "htl.method=htl", "htl.lam=1.0"]).to_dict()}))
     with pytest.raises(ConfigError, match=r"confirm-best-s0: this confirmation run .*"
                                           r"\(htl.lam differ\)"):
-        refuse_changed_run_dir(state, planned)
+        refuse_changed_run_dir(run, planned)
     with pytest.raises(ConfigError, match=r"this ablation run .*runs/ablation-\*"):
-        refuse_changed_run_dir(state, planned, "ablation")
+        refuse_changed_run_dir(run, planned, "ablation")
 
 
 def _mlflow_run(params: dict[str, str], tags: dict[str, str] | None = None):

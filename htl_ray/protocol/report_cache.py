@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from htl_ray.train.checkpoints import RUN_STATE_FILE
+from htl_ray.run_dir import RunDir
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.sweep import confirm_run_name
 
@@ -44,10 +44,10 @@ def chosen_report(sweep: Sweep) -> ChosenReport | None:
     run, base = runs_dir / confirm_run_name("best", 0), runs_dir / confirm_run_name("erm", 0)
     out = sweep.directory / "report"
     cached = out / "enrichment.csv"
-    here = (run / RUN_STATE_FILE).is_file()
+    here = RunDir(run).has_state()
     if not here and not cached.is_file():
         return None
-    baseline = base if (base / RUN_STATE_FILE).is_file() else None
+    baseline = base if RunDir(base).has_state() else None
     if cached.is_file() and (not here or cached.stat().st_mtime >= _newest_file(run, baseline)):
         # the page is rewritten after every run: build it once; a seed-0 run trained on
         # another machine left its table in the protocol archive

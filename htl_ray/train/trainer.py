@@ -21,7 +21,6 @@ from htl_ray.cluster import join_cluster, uses_refresh
 from htl_ray.config import ConfigError, ExperimentConfig, dump_config, from_dict
 from htl_ray.data.loading import TRAIN_COLUMNS, split_dataset
 from htl_ray.run_dir import CHECKPOINT_FILE, META_FILE, PER_SAMPLE_FILE, RunDir, RunState
-from htl_ray.run_dir import STATE_FILE as RUN_STATE_FILE  # noqa: F401 - transitional (tune/)
 from htl_ray.supervision import SETTINGS
 from htl_ray.tracking.schema import (
     BEST_CHECKPOINT_TAG,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from htl_ray.config import ExperimentConfig
+from htl_ray.run_dir import RunDir
 from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import (
     CONFIRM_ROLE,
@@ -24,7 +25,6 @@ from htl_ray.tracking.schema import (
     SWEEP_TAG,
     TRIAL_TAG,
 )
-from htl_ray.train.checkpoints import read_run_state
 from htl_ray.tune.roles import scored_key
 from htl_ray.tune.same_config import refuse_changed_mlflow_run, refuse_changed_run_dir
 from htl_ray.tune.space import Sweep
@@ -47,13 +47,13 @@ def train_child_runs(sweep: Sweep, plan: list[PlannedRun], *, role: str, best: T
     finished here or elsewhere (imported from the archive) is kept, after checking it ran the
     config planned now; an unfinished one resumes from its checkpoint; `on_trained` is called
     after each run trained. Returns the MLflow run ids per group."""
-    from htl_ray.train.trainer import RUN_STATE_FILE, evaluate_run, run_training
+    from htl_ray.train.trainer import evaluate_run, run_training
 
     out: dict[str, list[str]] = {}
     for name, group, seed, cfg in plan:
-        state_file = runs_dir / name / RUN_STATE_FILE
-        refuse_changed_run_dir(state_file, cfg, role)
-        finished = finished_here(state_file)
+        run = RunDir(runs_dir / name)
+        refuse_changed_run_dir(run, cfg, role)
+        finished = finished_here(run)
         if not finished:
             # trained elsewhere and imported from the archive (scored, or not found) — also
             # when this machine had begun it and lost it: the finished one is kept
@@ -66,12 +66,12 @@ def train_child_runs(sweep: Sweep, plan: list[PlannedRun], *, role: str, best: T
                 continue
         if finished:
             logger.info(f"[htl-ray] {role} {name}: already finished (MLflow run {finished})")
-            if cfg.train.evaluate_test and not _has_test_metrics(state_file, finished):
-                evaluate_run(state_file.parent)       # its test evaluation had failed
+            if cfg.train.evaluate_test and not _has_test_metrics(run, finished):
+                evaluate_run(run.path)                # its test evaluation had failed
             out.setdefault(group, []).append(finished)
             continue
         logger.info(f"[htl-ray] {role} {name}: {group} config, seed {seed}")
-        outcome = run_training(cfg, resume=state_file.is_file(), tags={
+        outcome = run_training(cfg, resume=run.has_state(), tags={
             PARENT_TAG: parent_run_id, SWEEP_TAG: sweep.settings.name,
             ROLE_TAG: role, GROUP_TAG: group, TRIAL_TAG: best.trial_id,
             "mlflow.runName": f"{group} s{seed} ({best.name})"})
@@ -81,16 +81,16 @@ def train_child_runs(sweep: Sweep, plan: list[PlannedRun], *, role: str, best: T
     return out
 
 
-def finished_here(state_file: Path) -> str | None:
+def finished_here(run: RunDir) -> str | None:
     """The MLflow run id of the run directory's run when it FINISHED."""
-    if not state_file.is_file():
+    state = run.state()
+    if state is None:
         return None
     from htl_ray import tracking
 
-    state = read_run_state(state_file.parent)
-    run_id = state.get("mlflow_run_id")
-    if run_id and tracking.run_status(state["tracking_uri"], run_id) == "FINISHED":
-        return run_id
+    if state.mlflow_run_id and \
+            tracking.run_status(state.tracking_uri, state.mlflow_run_id) == "FINISHED":
+        return state.mlflow_run_id
     return None
 
 
@@ -117,8 +117,8 @@ def finished_elsewhere(sweep: Sweep, planned: PlannedRun, *, parent_run_id: str,
     return runs[0].info.run_id
 
 
-def _has_test_metrics(state_file: Path, run_id: str) -> bool:
+def _has_test_metrics(run: RunDir, run_id: str) -> bool:
     from htl_ray.tracking import client as tracking_client
 
-    uri = read_run_state(state_file.parent)["tracking_uri"]
+    uri = run.require_state().tracking_uri
     return scored_key(CONFIRM_ROLE) in tracking_client(uri).get_run(run_id).data.metrics

@@ -8,12 +8,11 @@ configurations under one name. These checks refuse that, naming what differs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig
+from htl_ray.run_dir import RunDir
 from htl_ray.tracking.schema import CONFIRM_ROLE, DATASET_TAG, ORIGIN_TAG
-from htl_ray.train.checkpoints import read_run_state
 from htl_ray.tune.roles import RUN_KIND
 
 # run identity, tracking, how fast the HTL scorer runs (and how long it may take to start), how
@@ -25,20 +24,21 @@ IGNORED_ON_RESUME = ("run.", "tracking.", *RESULT_NEUTRAL_KEYS)
 MACHINE_PATHS = ("data.path", "model.init_checkpoint")
 
 
-def refuse_changed_run_dir(state_file: Path, cfg: ExperimentConfig,
+def refuse_changed_run_dir(run: RunDir, cfg: ExperimentConfig,
                            role: str = CONFIRM_ROLE) -> None:
-    """A confirmation (or ablation) run already on disk (its run state `state_file`) must be
-    the run planned now (`cfg`)."""
-    if not state_file.is_file():
+    """A confirmation (or ablation) run already on disk (`run`) must be the run planned now
+    (`cfg`)."""
+    state = run.state()
+    if state is None:
         return
     from htl_ray.config import from_dict
 
-    old = from_dict(read_run_state(state_file.parent)["config"]).flat()
+    old = from_dict(state.config).flat()
     new = cfg.flat()
     differ = differing(old, new, set(old) | set(new), IGNORED_ON_RESUME)
     if differ:
         raise ConfigError(
-            f"{state_file.parent}: this {RUN_KIND[role]} run {changed(differ)} Move the "
+            f"{run.path}: this {RUN_KIND[role]} run {changed(differ)} Move the "
             f"sweep's runs/{role}-* directories away (or restore the settings) to train the "
             "new configuration")
 
