@@ -26,8 +26,6 @@ from htl_ray.interrupts import handle_sigterm_as_interrupt
 from htl_ray.tracking.schema import (
     ABLATION_ROLE,
     CONFIRM_ROLE,
-    ROLE_TAG,
-    SWEEP_TAG,
     TRIAL_ROLE,
 )
 
@@ -316,16 +314,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         resolve_tracking_uri,
         uri_key,
     )
+    from htl_ray.tracking.queries import RunQuery
 
-    filters = [args.filter] if args.filter else []
-    if args.sweep:
-        filters.append(f"tags.`{SWEEP_TAG}` = '{args.sweep}'")
-    if args.role:
-        filters.append(f"tags.`{ROLE_TAG}` = '{args.role}'")
     # an explicit --tracking-uri wins over MLFLOW_TRACKING_URI (as in predict and register)
     uri = absolute_uri(args.tracking_uri) if args.tracking_uri else resolve_tracking_uri()
     check_reachable(uri, existing=True, key=uri_key(args.tracking_uri))   # seconds, not minutes
-    runs = load_runs(uri, args.experiment, " and ".join(filters))
+    runs = load_runs(uri, args.experiment, args.filter or "",
+                     query=RunQuery(sweep=args.sweep, role=args.role))
     baseline = ({k: str(v) for k, v in map(parse_override, args.baseline)}
                 if args.baseline else None)
     result = compare(runs, split=args.split, baseline=baseline)

@@ -171,3 +171,29 @@ def test_load_runs_takes_a_typed_query_beside_the_users_own_filter(runs_uri):
     assert list(load_runs(runs_uri, "cmp", "params.`htl.lam` = '4.0'", query=htl)["seed"]) \
         == ["0"]
     assert load_runs(runs_uri, "cmp", "params.`htl.lam` = '1.0'", query=htl).empty
+
+
+def test_compare_cli_selects_a_sweeps_runs_of_one_role_by_their_tags(runs_uri, tmp_path,
+                                                                      capsys):
+    """--sweep and --role select by the schema's tags, a name with a quote included; --filter
+    narrows further."""
+    from htl_ray.tracking.schema import CONFIRM_ROLE, ROLE_TAG, SWEEP_TAG, TRIAL_ROLE
+
+    client = MlflowClient(runs_uri)
+    exp = client.get_experiment_by_name("cmp")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])
+    for run, role in zip(runs[:3], [CONFIRM_ROLE, CONFIRM_ROLE, TRIAL_ROLE], strict=True):
+        client.set_tag(run.info.run_id, SWEEP_TAG, "ben's sweep")
+        client.set_tag(run.info.run_id, ROLE_TAG, role)
+    out_dir = str(tmp_path / "o")
+    assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--sweep", "ben's sweep",
+                 "--role", CONFIRM_ROLE, "--out", out_dir]) == 0
+    assert "2 finished runs" in capsys.readouterr().out
+    assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--sweep", "ben's sweep",
+                 "--out", out_dir]) == 0
+    assert "3 finished runs" in capsys.readouterr().out
+    seed = runs[0].data.params["run.seed"]
+    assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--sweep", "ben's sweep",
+                 "--role", CONFIRM_ROLE, "--filter", f"params.`run.seed` = '{seed}'",
+                 "--out", out_dir]) == 0
+    assert "1 finished runs" in capsys.readouterr().out
