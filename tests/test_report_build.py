@@ -19,6 +19,7 @@ from htl_ray.checkpoints import save_checkpoint
 from htl_ray.cli import main
 from htl_ray.config import load_config
 from htl_ray.data.schema import read_table
+from htl_ray.errors import UserError
 from htl_ray.htl.coordinator import version_path
 from htl_ray.models import create_model
 from htl_ray.report import build_report
@@ -124,5 +125,5 @@ def test_a_run_without_refreshes_is_scored_for_the_report(synth_dataset, tmp_pat
 def test_not_a_run_directory_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="not a run directory"):
+    with pytest.raises(UserError, match="not a run directory"):
         build_report(tmp_path)

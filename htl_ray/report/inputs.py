@@ -20,6 +20,7 @@ from htl_ray.analysis.groups import add_group_columns
 from htl_ray.checkpoints import load_checkpoint
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.schema import RECORDS_FILE, read_table
+from htl_ray.errors import UserError
 from htl_ray.run_dir import PER_SAMPLE_FILE, STATE_FILE, RunDir, RunState, read_meta
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def best_evaluated_checkpoint(run_dir: Path, metric: str) -> tuple[Path, int]:
     tables need them), and its epoch."""
     best = RunDir(run_dir).best_checkpoint(metric, require=PER_SAMPLE_FILE)
     if best is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint with {metric} and {PER_SAMPLE_FILE}; "
+        raise UserError(f"{run_dir}: no checkpoint with {metric} and {PER_SAMPLE_FILE}; "
                                 "is this a finished `htl-ray train` run directory?")
     directory, metrics = best
     epoch = metrics.get("epoch")                  # the loop logs it; meta.json always has it
@@ -81,11 +82,11 @@ def load_run(run_dir: str | Path) -> RunInputs:
     run_dir = Path(run_dir).resolve()
     state = RunDir(run_dir).state()
     if state is None:
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no {STATE_FILE}); pass "
+        raise UserError(f"{run_dir}: not a run directory (no {STATE_FILE}); pass "
                                 "the directory `htl-ray train` printed")
     cfg = from_dict(state.config)
     if not (Path(cfg.data.path) / RECORDS_FILE).is_file():
-        raise FileNotFoundError(f"{run_dir}: the run's dataset {cfg.data.path} is not here "
+        raise UserError(f"{run_dir}: the run's dataset {cfg.data.path} is not here "
                                 "(the report reads images and metadata from it)")
     ckpt, epoch = best_evaluated_checkpoint(run_dir, cfg.train.checkpoint_metric)
     val = add_group_columns(pd.read_parquet(ckpt / PER_SAMPLE_FILE))
