@@ -68,6 +68,39 @@ def test_method_table_over_seeds_with_a_missing_arm_and_an_unscored_run():
     assert set(table["Δthr-J vs random"]) == {"–"}           # no placebo run yet: pending
 
 
+def test_method_table_pairs_each_method_with_erm_and_the_placebo():
+    """Three seeds of HTL, ERM, the placebo and loss: each Δ is the mean of the seed-paired
+    differences with its Student-t interval, in points; HTL's are the verdicts."""
+    t2 = 4.302652729911275                                   # t(0.975, 2)
+    dice = {"htl": [0.83, 0.86, 0.86], "erm": [0.80, 0.82, 0.84],
+            "random": [0.81, 0.84, 0.85], "loss": [0.70, 0.72, 0.74]}
+    runs = pd.DataFrame([_run(m, seed, d, d - 0.1) for m, values in dice.items()
+                         for seed, d in enumerate(values)])
+    table, verdicts = method_table(runs, ["erm", "random", "loss"])
+    assert list(table["method"]) == ["htl", "erm", "random", "loss"]
+    rows = table.set_index("method")
+    # HTL − ERM: 3, 4, 2 points; HTL − placebo: 2, 2, 1 points
+    half = 100 * t2 * 0.01 / 3 ** 0.5
+    assert rows.loc["htl", "ΔDice vs ERM"] == f"+3.0 [{3 - half:+.1f}, {3 + half:+.1f}]"
+    half = 100 * t2 * (1 / 3) ** 0.5 * 0.01 / 3 ** 0.5
+    assert rows.loc["htl", "ΔDice vs random"] == \
+        f"+1.7 [{5 / 3 - half:+.1f}, {5 / 3 + half:+.1f}]"
+    assert rows.loc["htl", "Δthr-J vs random"] == rows.loc["htl", "ΔDice vs random"]
+    assert rows.loc["erm", "ΔDice vs random"].startswith("-1.3 [")      # -1, -2, -1
+    assert rows.loc["random", "ΔDice vs random"] == "–"
+    assert rows.loc["loss", "ΔDice vs ERM"].startswith("-10.0 [")
+    assert rows.loc["loss", "dice"] == f"0.720 [{0.72 - t2 * 0.02 / 3 ** 0.5:.3f}, " \
+                                       f"{0.72 + t2 * 0.02 / 3 ** 0.5:.3f}]"
+    assert set(verdicts) == {(b, m) for b in ("ERM", "random")
+                             for m in ("dice", "thresholded_jaccard")}
+    placebo = verdicts[("random", "dice")]
+    assert placebo.difference.mean == pytest.approx(1 / 60)
+    assert placebo.reading is Reading.BELOW_GOAL               # CI above 0, below 2 points
+    assert verdicts[("ERM", "dice")].reading is Reading.MEETS_GOAL
+    assert verdict_lines(verdicts.values())[2].startswith(
+        "HTL − random, Dice: +1.7 points [+0.2, +3.1]: better, but by less than")
+
+
 def test_two_htl_configurations_in_one_sweep_are_refused():
     runs = pd.DataFrame([_run("htl", 0, 0.80, 0.70), _run("erm", 0, 0.78, 0.66)])
     other = _run("htl", 0, 0.81, 0.71)

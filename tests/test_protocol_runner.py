@@ -33,7 +33,7 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
                       "htl.method=htl", "htl.refresh_every=1", "htl.warmup_epochs=1",
                       "htl.asynchronous=false"],
         "sweep": {"name": "tiny-repro", "num_samples": 1, "max_concurrent": 1,
-                  "storage_path": str(tmp_path / "sweeps"), "comparators": ["erm", "random"]},
+                  "storage_path": str(tmp_path / "sweeps"), "comparators": ["erm"]},
         "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}},
         "ablations": {"refresh-every-2": ["htl.refresh_every=2"]},
     }))
@@ -44,8 +44,11 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
 
     _said(capsys)
     archive = tmp_path / "archive"
-    # one seed per method keeps this test short; intervals are tested in test_compare.py;
-    # without its ablations first: the protocol is complete once the verdict's runs are
+    # one seed per method and ERM alone beside HTL keep this test short (every training run
+    # costs about 30 s of start-up): intervals, the placebo's columns and the verdict against
+    # both baselines are tested with known numbers in test_protocol_page.py and
+    # test_analysis_stats.py; without its ablations first: the protocol is complete once the
+    # verdict's runs are
     assert run_protocol([sweep_file], seeds=1, results=page, archive=archive,
                         ablate=False) is True
     lines = _said(capsys)
@@ -58,8 +61,8 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     confirm = [r for r in runs if r.data.tags.get("htl.role") == "confirm"]
     assert len([r for r in runs if r.data.tags.get("htl.role") == "trial"]) == 1
     assert sorted((r.data.params["htl.method"], r.data.params["run.seed"]) for r in confirm) \
-        == [("erm", "0"), ("htl", "0"), ("random", "0")]
-    # the placebo and ERM runs got the lambda the sweep chose for HTL
+        == [("erm", "0"), ("htl", "0")]
+    # the ERM run got the lambda the sweep chose for HTL
     assert len({r.data.params["htl.lam"] for r in confirm}) == 1
     test_lam = confirm[0].data.params["htl.lam"]
     assert all("best/test/dice" in r.data.metrics for r in confirm)
@@ -77,25 +80,26 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     header = [c.strip() for c in table[0].strip("|").split("|")]
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
             for r in table[1:]}
-    assert list(rows)[:3] == ["htl", "erm", "random"]
+    assert list(rows)[:3] == ["htl", "erm", "variant"]     # then the ablations' table
     assert header[:6] == ["method", "seeds", "dice", "iou", "thresholded_jaccard",
                           "worst_group_dice"]
     # the table's numbers are the runs' test metrics, Δ = paired difference in points
     test = {r.data.params["htl.method"]: r.data.metrics for r in confirm}
     assert rows["htl"][2] == f"{test['htl']['best/test/dice']:.3f}"        # 1 seed: no CI
-    assert rows["random"][4] == f"{test['random']['best/test/thresholded_jaccard']:.3f}"
+    assert rows["erm"][4] == f"{test['erm']['best/test/thresholded_jaccard']:.3f}"
     key = "best/test/dice"
     assert rows["htl"][header.index("ΔDice vs ERM")] == \
         f"{100 * (test['htl'][key] - test['erm'][key]):+.1f}"
-    assert rows["htl"][header.index("ΔDice vs random")] == \
-        f"{100 * (test['htl'][key] - test['random'][key]):+.1f}"
-    col = header.index("Δthr-J vs ERM")
-    assert rows["erm"][col] == "–" and rows["random"][header.index("Δthr-J vs random")] == "–"
-    assert "HTL − ERM, thresholded Jaccard:" in block and "HTL − random, Dice:" in block
+    key = "best/test/thresholded_jaccard"
+    assert rows["htl"][header.index("Δthr-J vs ERM")] == \
+        f"{100 * (test['htl'][key] - test['erm'][key]):+.1f}"
+    assert rows["erm"][header.index("Δthr-J vs ERM")] == "–"
+    assert not any("random" in h for h in header)          # no placebo in this protocol
+    assert "HTL − ERM, thresholded Jaccard:" in block and "HTL − ERM, Dice:" in block
     report_html = tmp_path / "sweeps" / "tiny-repro" / "report" / "report.html"
     assert report_html.is_file()
-    # the page follows the protocol: rewritten after each of the 3 confirmation runs, and last
-    assert sum("results written to" in line for line in lines) == 4
+    # the page follows the protocol: rewritten after each of the 2 confirmation runs, and last
+    assert sum("results written to" in line for line in lines) == 3
     built = report_html.stat().st_mtime_ns
 
     # with its ablations (the default): the verdict's runs are skipped, the variant trains,
@@ -132,34 +136,34 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert report_html.stat().st_mtime_ns == built     # the runs did not change: report reused
 
     # another machine, a later sitting: a fresh MLflow store and sweep directory, and the
-    # archive as committed by a sitting that had not yet finished the placebo run
+    # archive as committed by a sitting that had not yet finished the ERM run
     records = {f: json.loads(f.read_text()) for f in (archive / "tiny-repro").glob("*.json")}
     assert sorted(r["tags"]["htl.role"] for r in records.values()) == \
-        ["ablation", "confirm", "confirm", "confirm", "sweep", "trial"]
-    placebo = next(f for f, r in records.items() if r["tags"].get("htl.group") == "random")
-    placebo.unlink()
+        ["ablation", "confirm", "confirm", "sweep", "trial"]
+    erm = next(f for f, r in records.items() if r["tags"].get("htl.group") == "erm")
+    erm.unlink()
     elsewhere = fresh_store(tmp_path / "elsewhere.db")
     moved = [f"tracking.uri={elsewhere}", f"sweep.storage_path={tmp_path / 'elsewhere'}"]
     page2 = tmp_path / "results2.md"
     assert run_protocol([sweep_file], seeds=1, results=page2, overrides=moved,
                         archive=archive) is True
     lines = _said(capsys)
-    assert any("5 run(s) of tiny-repro imported" in line for line in lines)
+    assert any("4 run(s) of tiny-repro imported" in line for line in lines)
     assert not any("ablations" in line for line in lines)   # imported, counted, not retrained
     assert any("sweep tiny-repro was run elsewhere" in line for line in lines)
     client2 = MlflowClient(elsewhere)
     runs2 = client2.search_runs([client2.get_experiment_by_name("repro").experiment_id])
     trained = [r for r in runs2 if ORIGIN_TAG not in r.data.tags]
     assert [(r.data.tags["htl.role"], r.data.params["htl.method"], r.info.status)
-            for r in trained] == [("confirm", "random", "FINISHED")]     # only what was missing
-    assert len(runs2) == 6 and trained[0].data.params["htl.lam"] == test_lam
+            for r in trained] == [("confirm", "erm", "FINISHED")]        # only what was missing
+    assert len(runs2) == 5 and trained[0].data.params["htl.lam"] == test_lam
     # ... and archived in turn, under its own run id, nested under the sweep's original id
     retrained = json.loads((archive / "tiny-repro" / f"{trained[0].info.run_id}.json")
                            .read_text())
     parent_origin = next(r["run_id"] for r in records.values()
                          if r["tags"]["htl.role"] == "sweep")
     assert retrained["tags"]["mlflow.parentRunId"] == parent_origin
-    assert len(list((archive / "tiny-repro").glob("*.json"))) == 6
+    assert len(list((archive / "tiny-repro").glob("*.json"))) == 5
     text2 = page2.read_text()
     assert "**Complete.**" in text2 and "1 of 1 trials finished" in text2
     assert "compute so far" not in text2 and "; compute " in text2
