@@ -62,14 +62,8 @@ def load_runs(uri: str, experiment: str, filter_string: str = "", *,
         raise UserError(f"MLflow experiment {experiment!r} not found in {redact(uri)} "
                          f"(experiments there: {', '.join(names) or 'none'})")
     query = replace(query or RunQuery(), status="FINISHED")
-    if filter_string:
-        found = [run for run in client.search_runs(
-            [exp.experiment_id], f"{query.filter_string()} and {filter_string}",
-            max_results=50000) if query.matches(run)]
-    else:
-        found = search(client, exp.experiment_id, query)
     rows = []
-    for run in found:
+    for run in search(client, exp.experiment_id, query, user_filter=filter_string):
         if run.data.tags.get(ROLE_TAG) == SWEEP_ROLE:
             continue                                  # a sweep's parent run is not a training run
         params = dict(run.data.params)
