@@ -54,9 +54,8 @@ def trained(ray_cluster, tmp_path_factory, _mlflow_store_template):
 
     root = tmp_path_factory.mktemp("predict")
     site = _write_site(root / "site", 40, seed=1, first_id=1)
-    quiet = {"log": lambda _: None}
     ingest(FolderLayout("{id}_segmentation.png"), site, root / "ds", size=32,
-           fractions=(0.6, 0.2, 0.2), **quiet)
+           fractions=(0.6, 0.2, 0.2))
     shutil.copyfile(_mlflow_store_template, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = load_config(None, [f"data.path={root / 'ds'}", f"tracking.uri={uri}",
