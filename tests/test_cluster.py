@@ -70,7 +70,9 @@ def test_sqlite_tracking_warns_on_several_nodes_only():
 
 
 def test_gpu_need_counts_trainers_and_scorer_shares(capsys):
-    cfg = load_config(REPO / "experiments" / "gpu_isic256_htl.yaml")
+    cfg = _cfg("htl.method=htl", "scaling.use_gpu=true", "scaling.num_workers=2",
+               "scaling.resources_per_worker={CPU: 4, GPU: 0.75}", "htl.scorer_actors=2",
+               "htl.scorer_gpus=0.25", "run.shared_storage=true")
     assert gpus_needed(cfg) == 2 * 0.75 + 2 * 0.25
     assert gpus_needed(_cfg("htl.method=htl", "htl.scorer_gpus=0.5")) == 0.5   # CPU trainers
     assert gpus_needed(_cfg("scaling.use_gpu=true", "scaling.num_workers=3")) == 3.0
@@ -78,6 +80,11 @@ def test_gpu_need_counts_trainers_and_scorer_shares(capsys):
     check_cluster(cfg, "http://head:5000", view=ClusterView(2, 16, 1))
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "asks for 2 GPUs" in lines[0] and "has 1 now" in lines[0]
+    # the shipped GPU experiment runs on the two single-GPU nodes cluster.yaml keeps up
+    shipped = load_config(REPO / "experiments" / "gpu_isic256_htl.yaml")
+    check_resources(shipped, ClusterView(nodes=2, cpus=16, gpus=2))
+    check_cluster(shipped, "http://head:5000", view=ClusterView(nodes=2, cpus=16, gpus=2))
+    assert capsys.readouterr().out == ""                     # nothing to warn about
 
 
 def test_trainers_and_scorers_must_fit_together():

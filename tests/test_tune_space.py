@@ -71,13 +71,25 @@ def test_missing_base_and_file_are_clear(tmp_path):
                           base="nope.yaml"))
 
 
-def test_the_shipped_sweep_file_is_valid():
+def test_every_corner_of_the_shipped_sweep_space_is_a_valid_configuration():
+    """Each value at the ends of each range (and each choice) of experiments/sweep_htl.yaml
+    makes a config the trials can train: a sweep never fails on a value it samples."""
     from pathlib import Path
 
+    import optuna.distributions as od
+
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "experiments" / "sweep_htl.yaml")
-    assert sweep.base.htl.method == "htl" and sweep.settings.num_samples == 8
-    assert set(sweep.space) == {"htl.lam", "htl.q", "htl.max_sparsity", "htl.attention",
-                                "train.lr"}
+    assert sweep.space and sweep.base.htl.method != "erm"       # it tunes an attending method
+    corners: dict[str, list] = {}
+    for key, dist in sweep.space.items():
+        corners[key] = list(dist.choices) if isinstance(dist, od.CategoricalDistribution) \
+            else [dist.low, dist.high]
+    for i in range(max(len(v) for v in corners.values())):
+        params = {k: v[i % len(v)] for k, v in corners.items()}
+        cfg = sweep.config_for(params, ["run.name=corner"])
+        assert cfg.htl.method == sweep.base.htl.method
+        for key in params.keys() & cfg.flat().keys():
+            assert cfg.flat()[key] == params[key], key
 
 
 def test_comparators_are_methods_that_fit_the_setting(tmp_path):
