@@ -108,6 +108,9 @@ def score_all(root: Path, run: Path, datasets: dict[str, Path]):
     import pandas as pd
 
     from htl_ray.cluster import init_ray
+    from htl_ray.console import show_progress
+
+    show_progress()                      # the cluster's and the scorer's progress lines
     from htl_ray.htl.offline import score_checkpoint
     from htl_ray.run_dir import RunDir
 

@@ -311,8 +311,8 @@ class PeriodicExport:
         except Exception as exc:  # noqa: BLE001 - the runs matter more than their copy
             message = f"{type(exc).__name__}: {exc}"
             if message != self._last_error:     # once, not every interval
-                logger.info(f"[htl-ray] archive: export failed (tried again in "
-                            f"{self.interval_s:.0f} s): {message}")
+                logger.warning(f"[htl-ray] archive: export failed (tried again in "
+                               f"{self.interval_s:.0f} s): {message}")
             self._last_error = message
 
     def _loop(self) -> None:

@@ -135,8 +135,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from htl_ray.tracking import redact
     from htl_ray.tracking.outbox import flush_run
 
-    state = RunDir(args.run).require_state()
-    uri, run_id = args.tracking_uri or state.tracking_uri, state.mlflow_run_id
+    uri, run_id = RunDir(args.run).mlflow_run()
+    uri = args.tracking_uri or uri
     left = flush_run(args.run, uri, run_id)    # one short probe when the server is down
     if left:
         print(f"MLflow {redact(uri)} did not take everything: still pending "

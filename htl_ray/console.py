@@ -1,8 +1,9 @@
 """Where htl-ray's progress lines go.
 
 Every module logs through its own `logging.getLogger(__name__)` (all under ``htl_ray``) instead
-of receiving a ``log=print`` callable; `show_progress` — called once by the command line, the
-demo and the test suite — prints those lines plain to the *current* ``sys.stdout``, so that a
+of receiving a ``log=print`` callable; `show_progress` — called once by the command line (the
+demo included), the test suite, Ray Train workers, the refresh coordinator and sweep trials —
+prints those lines plain to the *current* ``sys.stdout``, so that a
 redirected or captured stdout (pytest's ``capsys``, a notebook) receives them too. A library
 user who configures ``logging`` themselves gets them through their own handlers instead.
 """

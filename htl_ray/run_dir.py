@@ -60,11 +60,11 @@ LAYOUT: dict[str, str] = {
 class RunState:
     """`htl_run.json`: what a run directory records of its run."""
 
-    mlflow_run_id: str = ""
-    tracking_uri: str = ""
-    run_dir: str = ""                   # where the run was started (a copy lives elsewhere)
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    run_dir: str | None = None          # where the run was started (a copy lives elsewhere)
     config: dict[str, Any] = field(default_factory=dict)
-    dataset_fingerprint: str = "unknown"
+    dataset_fingerprint: str | None = None
     init_checkpoint_file: str | None = None
     input_size: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)   # keys this version does not know
@@ -102,8 +102,8 @@ class RunDir:
         return self.state_file.is_file()
 
     def state(self) -> RunState | None:
-        """The run's state; None when the directory holds no run. A file cut short or edited
-        into something else is one UserError naming it."""
+        """The run's state; None when the directory holds no run (no file, or an empty
+        record). A file cut short or edited into something else is one UserError naming it."""
         if not self.has_state():
             return None
         try:
@@ -113,7 +113,7 @@ class RunDir:
                             "a copy of the run directory") from None
         if not isinstance(raw, dict):
             raise UserError(f"{self.state_file}: not a run state (expected a JSON object)")
-        return RunState.from_json(raw)
+        return RunState.from_json(raw) if raw else None
 
     def require_state(self, asked_by: str = "") -> RunState:
         """The run's state, or one UserError saying this is not a run directory; `asked_by`
@@ -123,6 +123,16 @@ class RunDir:
             raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{self.path}: no {STATE_FILE} "
                             "there; not a run directory")
         return state
+
+    def mlflow_run(self, asked_by: str = "") -> tuple[str, str]:
+        """(tracking URI, MLflow run id) the run logs to, or one error saying the state does
+        not record them."""
+        state = self.require_state(asked_by)
+        if not state.tracking_uri or not state.mlflow_run_id:
+            raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{self.state_file}: records "
+                              "no MLflow run (tracking_uri and mlflow_run_id); was the run "
+                              "started by `htl-ray train`?")
+        return state.tracking_uri, state.mlflow_run_id
 
     def write_state(self, state: RunState) -> None:
         """Replace the state file atomically: a reader never sees half of it."""

@@ -83,3 +83,17 @@ def test_every_file_the_run_directory_writes_is_in_its_layout():
         rel = str(path.relative_to("/r"))
         assert rel in patterns, rel
     assert f"checkpoint_*/{PER_SAMPLE_FILE}" in LAYOUT
+
+
+def test_an_empty_record_is_no_run_and_a_state_without_its_mlflow_run_is_named(tmp_path):
+    (tmp_path / STATE_FILE).write_text("{}")
+    assert RunDir(tmp_path).state() is None
+    with pytest.raises(ConfigError, match="not a run directory"):
+        RunDir(tmp_path).require_state()
+    (tmp_path / STATE_FILE).write_text(json.dumps({"mlflow_run_id": "abc", "config": {}}))
+    state = RunDir(tmp_path).state()
+    assert state.tracking_uri is None and state.dataset_fingerprint is None
+    with pytest.raises(ConfigError, match=r"sync: .*htl_run.json: records no MLflow run"):
+        RunDir(tmp_path).mlflow_run("sync:")
+    RunDir(tmp_path).write_state(RunState(mlflow_run_id="abc", tracking_uri="sqlite:////m.db"))
+    assert RunDir(tmp_path).mlflow_run() == ("sqlite:////m.db", "abc")

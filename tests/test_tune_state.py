@@ -94,3 +94,13 @@ def test_the_layout_names_every_file_the_sweep_writes():
     assert {f"{TUNE_DIR}/", "summary/", "runs/trial-<trial id>/",
             f"runs/{confirm_run_name('<group>', '<seed>')}/",
             f"runs/{ablation_run_name('<variant>', '<seed>')}/"} <= set(LAYOUT)
+
+
+def test_an_empty_optional_field_reads_as_absent(tmp_path):
+    """Older versions wrote "" for a tracking URI they left to the config."""
+    path = tmp_path / STATE_FILE
+    path.write_text(json.dumps({"parent_run_id": "p", "tracking_uri": ""}))
+    assert state.read(path).tracking_uri is None
+    path.write_text(json.dumps({"parent_run_id": ""}))
+    with pytest.raises(ConfigError, match="parent_run_id"):
+        state.read(path)

@@ -66,7 +66,8 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
         try:
             refresh()
         except Exception as exc:  # noqa: BLE001
-            logger.info(f"[htl-ray] reproduce: could not rewrite {results} (runs go on): {exc}")
+            logger.warning(f"[htl-ray] reproduce: could not rewrite {results} (runs go on): "
+                           f"{exc}")
 
     if report_only:
         return refresh()
@@ -108,5 +109,5 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
         try:
             complete = refresh()
         except Exception as exc:  # noqa: BLE001 - never hide the error that stopped the run
-            logger.info(f"[htl-ray] reproduce: could not rewrite {results}: {exc}")
+            logger.warning(f"[htl-ray] reproduce: could not rewrite {results}: {exc}")
     return complete

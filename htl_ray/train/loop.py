@@ -202,10 +202,12 @@ def connect(w: Worker) -> None:
                              ts=meta["logged_at_ms"])
 
 
-def train_epoch(w: Worker, train_shard: Any, epoch: int) -> EpochTraining:
-    """One pass over this rank's shard, with the adopted HTL weights when the epoch attends."""
+def train_epoch(w: Worker, train_shard: Any, epoch: int, *, started: float | None = None
+                ) -> EpochTraining:
+    """One pass over this rank's shard, with the adopted HTL weights when the epoch attends.
+    `seconds` counts from `started` (the epoch's start, before the wait for an HTL version)."""
     cfg, device = w.cfg, w.place.device
-    t0 = time.time()
+    t0 = time.time() if started is None else started
     attend = w.htl.attends(epoch)
     attention = ATTENTION[cfg.htl.attention]
     w.model.train()
@@ -345,7 +347,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         started = time.time()
         wait_s = w.htl.adopt(w.rank)
         attend = w.htl.attends(epoch)
-        trained = gather(train_epoch(w, train_shard, epoch))
+        trained = gather(train_epoch(w, train_shard, epoch, started=started))
         table = validate(w, val_iter)
         checksums = gather(state_checksum(_unwrap(w.model)))
         # the same values on every rank (gathered), so every rank stops here together, before

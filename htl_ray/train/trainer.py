@@ -398,7 +398,7 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *,
     init_ray()
     t0 = time.time()
     metrics, table = evaluate_checkpoint(best[0], cfg, split, data=data, name=site)
-    uri, run_id = state.tracking_uri, state.mlflow_run_id
+    uri, run_id = RunDir(run_dir).mlflow_run("evaluate:")
     box = TrackingOutbox(run_dir, uri, run_id, "driver", send_each=False)
     prefix = "" if data is not None else "best/"
     box.metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=0)

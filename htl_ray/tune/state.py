@@ -96,7 +96,7 @@ def read_in(directory: Path) -> SweepState | None:
 def _from_json(path: Path, raw: dict[str, Any]) -> SweepState:
     def text(key: str, required: bool = False) -> str | None:
         value = raw.get(key)
-        if value is None and not required:
+        if (value is None or value == "") and not required:     # "" as older versions wrote
             return None
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: not a sweep state ({key!r} should be a string, "
