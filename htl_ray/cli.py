@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from htl_ray.config import HtlConfig, load_config
+from htl_ray.config import HtlConfig, RegistryNames, load_config
 from htl_ray.console import show_progress
 from htl_ray.errors import (
     REPORT_TO,
@@ -371,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          required=True)
     ing = data.add_parser("ingest", help="ingest an ISIC / PH2 / images+masks folder to Parquet")
     ing.add_argument("src", help="source folder")
-    ing.add_argument("--layout", required=True, choices=["isic", "ph2", "folder"])
+    ing.add_argument("--layout", required=True,
+                     choices=RegistryNames("htl_ray.data.layouts", "LAYOUTS"),
+                     help="how SRC is organised: isic (the challenge's folders and CSVs), ph2 "
+                          "(the PH2 release), folder (images + masks by --mask-pattern)")
     ing.add_argument("--out", required=True, help="output dataset folder")
     ing.add_argument("--size", type=int, default=256, help="training resolution (size×size)")
     ing.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15),
@@ -390,11 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     ing.set_defaults(func=_cmd_ingest)
 
     syn = data.add_parser("synth", help="generate the synthetic dataset with planted hard groups")
-    syn.add_argument("--out", required=True)
-    syn.add_argument("--n", type=_positive_int, default=400)
-    syn.add_argument("--size", type=int, default=64)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15))
+    syn.add_argument("--out", required=True, help="output dataset folder")
+    syn.add_argument("--n", type=_positive_int, default=400, help="images to generate")
+    syn.add_argument("--size", type=int, default=64, help="image side in pixels (size×size)")
+    syn.add_argument("--seed", type=int, default=0,
+                     help="seed of the images, their metadata and the split")
+    syn.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15),
+                     help="train,val,test shares")
     syn.set_defaults(func=_cmd_synth)
 
     tr = sub.add_parser("train", help="train a segmentation model with Ray Train")
@@ -415,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --data, on another dataset (external validation), logged as "
                         "external/<name>/*; at training and at original resolution")
     ev.add_argument("run", help="run directory (as printed by `htl-ray train`)")
-    ev.add_argument("--split", default="test", choices=["test", "val", "train"])
+    ev.add_argument("--split", default="test", choices=["test", "val", "train"],
+                    help="split of the run's dataset (or of --data) to score")
     ev.add_argument("--data", help="another ingested dataset (e.g. another site's images, "
                     "ingested with --fractions 0,0,1)")
     ev.add_argument("--name", help="site name for --data (default: the dataset folder's name)")
@@ -426,14 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "failure detector")
     sc.add_argument("checkpoint", help="checkpoint directory (or its checkpoint.pt)")
     sc.add_argument("data", help="dataset folder")
-    sc.add_argument("--split", default="val", choices=["train", "val", "test"])
+    sc.add_argument("--split", default="val", choices=["train", "val", "test"],
+                    help="split of DATA to score")
     htl = HtlConfig()               # the defaults of htl.sparsities, htl.pruning, ...
     sc.add_argument("--sparsities", type=_sparsities, default=tuple(htl.sparsities),
                     help="default: htl.sparsities' default")
     sc.add_argument("--pruning", default=htl.pruning,
-                    choices=HtlConfig.__dataclass_fields__["pruning"].metadata["choices"])
+                    choices=HtlConfig.__dataclass_fields__["pruning"].metadata["choices"],
+                    help="how the pruned copies are made (as htl.pruning)")
     sc.add_argument("--actors", type=_positive_int, default=1, help="scorer actors")
-    sc.add_argument("--batch-size", type=_positive_int, default=htl.scorer_batch_size)
+    sc.add_argument("--batch-size", type=_positive_int, default=htl.scorer_batch_size,
+                    help="images per scoring batch (as htl.scorer_batch_size)")
     sc.add_argument("--no-labels", action="store_true", help="score without ground truth")
     sc.add_argument("--out", help="output Parquet (default: beside the checkpoint)")
     sc.set_defaults(func=_cmd_score)
@@ -502,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "external/<name> (after `htl-ray evaluate RUN --data DATASET --name <name>` "
                     "of both runs)")
     pa.add_argument("--boot", type=_positive_int, default=10000, help="bootstrap resamples")
-    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     pa.set_defaults(func=_cmd_paired)
 
     rp = sub.add_parser("reproduce", help="the reproduction protocol: per setting, an HTL "

@@ -59,9 +59,9 @@ def test_every_command_and_every_option_is_in_the_cli_reference():
             names = action.option_strings or [(action.metavar or action.dest).upper()]
             for name in names:
                 assert name in section, (path, name)
-            if action.help:
-                shown = reference._cell(reference._arg_help(parser, action))
-                assert f"| {shown} |" in section, (path, action.dest)
+            assert action.help, f"htl-ray {' '.join(path)} {names[0]}: no help text"
+            shown = reference._cell(reference._arg_help(parser, action))
+            assert f"| {shown} |" in section, (path, action.dest)
 
 
 def test_every_config_key_is_documented_with_its_meaning():
