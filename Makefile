@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/htl-ray demo
 
+# two pytest-xdist workers, each with its own Ray session cluster; a module stays on one worker
+# (tests/conftest.py orders the longest modules first)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # each script prints its ratios as its last lines (docs/benchmarks.md: figures and machine)
 BENCHES := training_overhead data_path scorer scaling htl_detection predict gpu_throughput

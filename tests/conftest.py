@@ -27,6 +27,22 @@ ISIC_DIR = Path(os.environ.get(
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2018-task1-256"))
 
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadfile`: a module's tests,
+# and its module-scoped fixtures, stay on one worker), each with its own session cluster; a
+# free worker takes the next module in collection order. The longest modules go first, so
+# that none of them is left running alone at the end.
+SLOW_MODULES_FIRST = ("test_demo", "test_protocol_runner", "test_tune_sweep",
+                      "test_htl_training", "test_supervision_settings", "test_cluster",
+                      "test_tracking_outbox", "test_train_trainer", "test_predict",
+                      "test_bad_input", "test_htl_scorer", "test_tune_search")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))     # stable: in-module
+    #                                                                     order is kept
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
@@ -38,7 +54,10 @@ def ray_cluster():
         # placement-group cleaner) must find *this* cluster's dashboard, not another Ray
         # instance running on the machine, which it would otherwise take for "the" one and
         # conclude that the Train controller is dead
-        port = free_local_port(DASHBOARD_PORT + 17)
+        # under pytest-xdist each worker process has its own session cluster: start their
+        # port searches apart, so two clusters starting at once do not pick the same one
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+        port = free_local_port(DASHBOARD_PORT + 17 + 40 * worker)
         os.environ[API_SERVER_ADDRESS_VAR] = f"http://127.0.0.1:{port}"
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, configure_logging=False, log_to_driver=True)
