@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/htl-ray demo
 
-# two pytest-xdist workers, each with its own Ray session cluster; a module stays on one worker
-# (tests/conftest.py orders the longest modules first)
+# two pytest-xdist workers, each with its own Ray session cluster; a module stays on one worker,
+# and modules are handed out in collection order (tests/conftest.py puts the longest first;
+# xdist's default reorders them by their number of tests)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 # each script prints its ratios as its last lines (docs/benchmarks.md: figures and machine)
 BENCHES := training_overhead data_path scorer scaling htl_detection predict gpu_throughput
