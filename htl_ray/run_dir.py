@@ -119,6 +119,9 @@ class RunDir:
         """The run's state, or one UserError saying this is not a run directory; `asked_by`
         (e.g. "--resume") starts the message."""
         state = self.state()
+        if state is None and self.has_state():
+            raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{self.state_file}: records "
+                              "no run (an empty JSON object); not a run directory")
         if state is None:
             raise ConfigError(f"{asked_by + ' ' if asked_by else ''}{self.path}: no {STATE_FILE} "
                             "there; not a run directory")
