@@ -206,18 +206,19 @@ class MlflowServer:
     the same port and store."""
 
     def __init__(self, root: Path):
-        import socket
+        from ports import unused_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = unused_port()
         self.root = root
         self.store = f"sqlite:///{root / 'server.db'}"    # what the server writes, read directly
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
     def start(self, timeout_s: float = 300.0) -> None:
-        """Waits for `/health`: a loaded 2-core machine takes over 90 s to import the server."""
+        """Waits for `/health`: a loaded 2-core machine takes over 90 s to import the server.
+        Fails at once, with the server's log, if the server exits (its port taken meanwhile)
+        or something else answers on its port."""
+        import http.client
         import subprocess
         import sys
         import time
@@ -230,13 +231,19 @@ class MlflowServer:
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout_s
-        while time.time() < deadline:
+        while time.time() < deadline and self.proc.poll() is None:
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2):
                     return
+            except http.client.HTTPException as exc:      # not an HTTP server: not ours
+                self.stop()
+                raise RuntimeError(f"port {self.port} answers, but not as mlflow server: "
+                                   f"{type(exc).__name__}") from exc
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()}")
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start on port {self.port}: "
+                           f"{(self.root / 'server.log').read_text()[-4000:]}")
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

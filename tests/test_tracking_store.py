@@ -45,18 +45,16 @@ def test_credentials_in_uris_never_reach_params_tags_or_messages(tmp_path):
 
 def test_unreachable_tracking_server_fails_in_seconds_before_anything_starts(
         synth_dataset, tmp_path, monkeypatch):
-    import socket
     import time
 
     import pytest
+    from ports import unused_port
 
     from htl_ray.config import ConfigError, load_config
     from htl_ray.train.trainer import run_dir_of, run_training
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with socket.socket() as s:                       # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = unused_port()                             # a port nobody listens on
     uri = f"http://ann:s3cr3t@127.0.0.1:{port}"
     cfg = load_config(None, [f"data.path={synth_dataset}", f"tracking.uri={uri}",
                              f"run.storage_path={tmp_path / 'runs'}"])
