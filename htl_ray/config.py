@@ -167,7 +167,9 @@ class HtlConfig:
     weighting: str = _spec("hard", choices=RegistryNames("htl_ray.htl.attention", "WEIGHTINGS"),
                            help="hard: 1 + λ·1[HTL]; soft: 1 + λ·h/mean(h); renormalised to "
                                 "mean 1")
-    lam: float = _spec(1.0, lo=0, help="λ: extra weight of HTL samples")
+    lam: float = _spec(1.0, lo=-1, lo_open=True,
+                       help="λ: extra weight of HTL samples; in (−1, 0) they are down-weighted "
+                            "(hard weighting only)")
     q: float = _spec(0.2, lo=0, hi=1, lo_open=True, help="top-q fraction is HTL")
     tau: float | None = _spec(None, lo=0, hi=1, help="threshold on h instead of top-q")
     sparsities: list[float] = _spec(factory=lambda: list(DEFAULT_SPARSITIES),
@@ -420,6 +422,10 @@ def _check_cross_fields(cfg: ExperimentConfig) -> None:
     if cfg.supervision.setting == "weak" and cfg.supervision.label_fraction < 1.0:
         raise ConfigError("supervision.label_fraction: the weak setting boxes every image; "
                           "expected 1.0")
+    if cfg.htl.lam < 0 and cfg.htl.weighting != "hard":
+        raise ConfigError(f"htl.lam: λ < 0 (down-weighting, got {cfg.htl.lam}) needs "
+                          f"htl.weighting=hard, got {cfg.htl.weighting}: soft weights "
+                          "1 + λ·h/mean(h) would turn negative on the hardest samples")
     if cfg.htl.method == "focal" and cfg.train.loss != "focal_dice":
         cfg.train.loss = "focal_dice"       # the focal comparator is a loss, not a selection
 

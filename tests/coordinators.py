@@ -13,7 +13,8 @@ N = 20
 def score_table() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     return pd.DataFrame({"id": [f"s{i:02d}" for i in range(N)], "h": rng.random(N),
-                         "h_gt": rng.random(N), "loss": rng.random(N), "el2n": rng.random(N)})
+                         "h_gt": rng.random(N), "loss": rng.random(N), "el2n": rng.random(N),
+                         "tta": rng.random(N), "entropy": rng.random(N)})
 
 
 def coordinator(tmp_path, method, **htl) -> RefreshCoordinator:

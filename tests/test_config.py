@@ -48,7 +48,9 @@ def test_bad_values_name_the_key(raw, fragment):
     (["htl.sparsities=[]"], "htl.sparsities: expected at least one sparsity"),
     (["htl.q=0"], "htl.q: must be > 0, got 0"),
     (["htl.q=1.5"], "htl.q: must be <= 1, got 1.5"),
-    (["htl.lam=-0.5"], "htl.lam: must be >= 0, got -0.5"),
+    (["htl.lam=-1"], "htl.lam: must be > -1, got -1"),
+    (["htl.lam=-0.5", "htl.weighting=soft"], "htl.lam: λ < 0 (down-weighting, got -0.5) "
+                                             "needs htl.weighting=hard, got soft"),
     (["htl.beta=1"], "htl.beta: must be < 1, got 1"),
     (["htl.method=grad"], "htl.method: expected one of"),
     (["htl.sparsities=0.5"], "htl.sparsities: expected a list"),
@@ -148,3 +150,11 @@ def test_named_choices_are_read_from_the_registries_that_implement_them(monkeypa
         from_dict({"train": {"optimizer": "lion"}})
     monkeypatch.setitem(optimization.OPTIMIZERS, "lion", optimization.OPTIMIZERS["adam"])
     assert from_dict({"train": {"optimizer": "lion"}}).train.optimizer == "lion"
+
+
+def test_down_weighting_and_the_uncertainty_comparators_load():
+    """λ in (−1, 0) is down-weighting, accepted for any ranking method; tta and entropy are
+    methods like the others."""
+    for method in ("htl", "random", "loss", "el2n", "tta", "entropy"):
+        cfg = load_config(None, [f"htl.method={method}", "htl.lam=-0.5"])
+        assert (cfg.htl.method, cfg.htl.lam, cfg.htl.weighting) == (method, -0.5, "hard")

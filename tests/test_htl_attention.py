@@ -15,7 +15,8 @@ from htl_ray.htl.attention import (
 from htl_ray.losses import make_loss
 
 
-@pytest.mark.parametrize("method, column", [("htl", "h"), ("loss", "loss"), ("el2n", "el2n")])
+@pytest.mark.parametrize("method, column", [("htl", "h"), ("loss", "loss"), ("el2n", "el2n"),
+                                            ("tta", "tta"), ("entropy", "entropy")])
 def test_ranking_methods_upweight_exactly_their_top_q(tmp_path, method, column):
     table = _table()
     out = _coordinator(tmp_path, method)._finish(table, version=1, epoch=0)
@@ -122,3 +123,47 @@ def test_each_attention_strategy_trains_its_rows_with_their_loss_weights():
 
     rows, loss_w = ATTENTION["oversample"].batch(np.array([0.0, 0.0]), np.random.default_rng(0))
     assert rows.tolist() == [0] and loss_w.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("method, column", [("htl", "h"), ("loss", "loss"), ("tta", "tta"),
+                                            ("entropy", "entropy"), ("random", None)])
+def test_negative_lambda_down_weights_the_attended_set_and_renormalises(tmp_path, method,
+                                                                         column):
+    """λ = −0.6, q = 0.25 of 20: the 5 attended samples get 0.4, the 15 others 1, then all
+    are divided by their mean 0.85 — the others gain what the attended set loses; the placebo
+    down-weights a random set of the same size by the same λ."""
+    table = _table()
+    out = _coordinator(tmp_path, method, lam=-0.6)._finish(table, version=1, epoch=0)
+    w = out.set_index("id").weight
+    chosen = list(out.loc[out.selected, "id"])
+    assert len(chosen) == 5
+    if column is not None:
+        assert set(chosen) == set(table.nlargest(5, column).id)
+    mean = (15 * 1 + 5 * 0.4) / 20
+    assert np.allclose(w[chosen], 0.4 / mean) and np.allclose(w.drop(chosen), 1 / mean)
+    assert w.mean() == pytest.approx(1.0) and (w > 0).all()
+
+
+def test_lambda_must_stay_above_minus_one_and_soft_weights_take_no_negative_lambda():
+    scores = np.linspace(0, 1, 10)
+    for lam, weighting in ((-1.0, "hard"), (-1.5, "hard"), (-0.5, "soft")):
+        with pytest.raises(ValueError, match=r"htl.lam=.*λ > −1"):
+            attention_weights(scores, lam=lam, q=0.2, weighting=weighting)
+    # λ = 0 attends nothing: every weight 1, whichever set is selected
+    w, sel = attention_weights(scores, lam=0.0, q=0.2)
+    assert np.allclose(w, 1.0) and sel.sum() == 2
+    # λ just above −1: the attended set almost drops out, weights stay positive
+    w, sel = attention_weights(scores, lam=-0.99, q=0.5)
+    assert np.allclose(w[sel], 0.01 / 0.505) and np.allclose(w[~sel], 1 / 0.505)
+
+
+def test_down_weighting_by_oversampling_draws_the_attended_set_less_often():
+    """oversample: the rates are the weights, so an attended sample at λ = −0.5 (rate 2/3 of
+    an epoch's draws after renormalisation over q = 0.5) is drawn about a third less often."""
+    scores = np.arange(1000, dtype=float)
+    w, sel = attention_weights(scores, lam=-0.5, q=0.5)
+    assert np.allclose(w[sel], 0.5 / 0.75) and np.allclose(w[~sel], 1 / 0.75)
+    counts = oversample_counts(w, np.random.default_rng(0))
+    assert counts[sel].mean() == pytest.approx(2 / 3, abs=0.05)
+    assert counts[~sel].mean() == pytest.approx(4 / 3, abs=0.05)
+    assert counts.sum() == pytest.approx(1000, rel=0.05)

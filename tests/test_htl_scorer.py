@@ -194,3 +194,37 @@ def test_semi_scoring_reads_the_labeled_column_in_the_actor_and_in_process(ray_c
     assert (np.abs(as_labels["el2n"] - reference["el2n"]).to_numpy()[unlabeled] > 1e-4).all()
     with pytest.raises(KeyError, match=LABELED):
         score_in_process(batch, model.state_dict(), spec)
+
+
+@pytest.mark.parametrize("method", ["tta", "entropy"])
+def test_tta_and_entropy_methods_are_scored_beside_h_in_the_actor_and_in_process(
+        ray_cluster, synth_dataset, method):
+    """htl.method=tta / entropy: the scorer computes that signal of the dense model from the
+    same snapshot as h, equal to htl_ray.quality's own, and no other quality signal."""
+    from htl_ray.config import load_config
+    from htl_ray.data.loading import decode_batch
+    from htl_ray.htl.coordinator import spec_from_config
+    from htl_ray.quality import quality_signals
+
+    torch.manual_seed(2)
+    model = create_model(ModelConfig(**MODEL))
+    model.segmentation_head[0].bias.data.fill_(0.0)
+    state = model.state_dict()
+    cfg = load_config(None, [f"htl.method={method}", "htl.sparsities=[0.5]"])
+    assert spec_from_config(cfg).signals == (method,)
+    spec = dataclasses.replace(ScoringSpec(model=MODEL, sparsities=(0.5,), batch_size=16),
+                               signals=(method,))
+    rows = read_table(synth_dataset, columns=["id", "image", "mask", "height", "width"],
+                      split="val")
+    batch = {c: rows[c].to_numpy() for c in rows.columns}
+    plain = score_in_process(batch, state, spec)
+    pooled = score_dataset(split_dataset(synth_dataset, "val"), state, spec)
+    others = {"tta", "entropy", "uncertain"} - {method}
+    assert method in plain and not others & set(plain.columns)
+    np.testing.assert_allclose(pooled[method].to_numpy(), plain[method].to_numpy(), atol=1e-6)
+    images, _ = decode_batch(batch)
+    model.eval()
+    direct = quality_signals(model, images)[method]
+    order = np.argsort(rows["id"].to_numpy())
+    np.testing.assert_allclose(plain[method].to_numpy(), direct[order], atol=1e-6)
+    assert plain[method].between(0, 1).all() and plain[method].std() > 0

@@ -10,6 +10,13 @@ A *method* says which score ranks the samples (registry `METHODS`):
 | random | seeded uniform noise: the placebo, same λ and q |
 | loss   | the dense model's per-sample loss (JTT / OHEM style) |
 | el2n   | the dense model's per-sample EL2N        |
+| tta    | test-time-augmentation disagreement of the dense model (flips, 90° rotation) |
+| entropy| the dense model's mean predictive entropy |
+
+tta and entropy are the quality-control signals of `htl_ray.quality`, label-free like h: the
+scorer actors compute them beside h from the same snapshot, so each asks whether a simpler
+uncertainty estimate than pruning finds the images worth attending. Like loss and EL2N they
+are not smoothed across refreshes (the EMA is part of the HTL score's definition).
 
 (loss and EL2N in the semi setting: against the label where an image has one, else against the
 model's own mask — a pseudo-label, so the score is the model's uncertainty on that image. The
@@ -17,8 +24,10 @@ two are on different scales, so they are ranked within each group: `within_group
 
 Weights: the top-q fraction (or score ≥ τ) is the attended set; hard weights are
 `1 + λ·1[selected]`, soft weights `1 + λ·score/mean(score)`; both are renormalised to mean 1,
-so the loss scale is that of ERM. An *attention* strategy (registry `ATTENTION`) turns the
-weights into a loss weight and a sampling rate.
+so the loss scale is that of ERM. λ > 0 up-weights the attended set; λ in (−1, 0) down-weights
+it (hard weighting only: the hardest samples may be the mislabeled or ambiguous ones), still
+renormalised to mean 1, so the others gain what the attended set loses. An *attention*
+strategy (registry `ATTENTION`) turns the weights into a loss weight and a sampling rate.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ class Method:
     name: str
     score_column: str | None          # None: no attention
     needs_labels: bool = False
+    # quality-control signals (htl_ray.quality) the scorer must compute beside h
+    signals: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -47,6 +58,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("random", "random"),
     Method("loss", "loss", needs_labels=True),
     Method("el2n", "el2n", needs_labels=True),
+    Method("tta", "tta", signals=("tta",)),
+    Method("entropy", "entropy", signals=("entropy",)),
 )}
 
 
@@ -104,6 +117,8 @@ def attention_weights(scores: np.ndarray | None, *, lam: float, q: float | None 
         return np.ones(0), np.zeros(0, dtype=bool)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"htl.weighting={weighting!r}: expected one of {sorted(WEIGHTINGS)}")
+    if not lam > -1 or (lam < 0 and weighting != "hard"):
+        raise ValueError(f"htl.lam={lam}: expected λ > −1 (λ < 0 with hard weighting only)")
     scores = np.asarray(scores, dtype=np.float64)
     selected = select_htl(scores, q=q, tau=tau, seed=seed)
     w = WEIGHTINGS[weighting](scores, selected, lam)

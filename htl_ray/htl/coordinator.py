@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from htl_ray.htl.attention import attention_weights, method_scores
+from htl_ray.htl.attention import METHODS, attention_weights, method_scores
 from htl_ray.htl.scorer import ScoringSpec, score_dataset
 from htl_ray.htl.scoring import ema
 from htl_ray.run_dir import RunDir
@@ -272,4 +272,5 @@ def spec_from_config(cfg) -> ScoringSpec:
         batch_size=cfg.htl.scorer_batch_size, pool_size=cfg.htl.scorer_actors,
         cpus_per_actor=cfg.htl.scorer_cpus, gpus_per_actor=cfg.htl.scorer_gpus,
         threads=cfg.htl.scorer_threads, start_timeout_s=cfg.htl.scorer_start_timeout_s,
-        precision=cfg.train.precision, memory_format=cfg.train.memory_format)
+        precision=cfg.train.precision, memory_format=cfg.train.memory_format,
+        signals=METHODS[cfg.htl.method].signals)

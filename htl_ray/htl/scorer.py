@@ -50,6 +50,8 @@ class ScoringSpec:
     # `htl-ray score`: also the quality-control signals of the newest dense model (tta, entropy,
     # uncertain; htl_ray.quality) — four more forward passes, so not during training refreshes
     quality: bool = False
+    # during training, only the signals the method ranks by (htl.method=tta or entropy)
+    signals: tuple[str, ...] = ()
 
 
 class ScorerUnschedulable(RuntimeError):
@@ -90,11 +92,11 @@ class ScorerActor:
         with self.place.autocast():
             scores = score_population_batch(
                 self.population, self.place.inputs(images), *_labels(self.spec, batch, masks))
-        if self.spec.quality:
+        if self.spec.quality or self.spec.signals:
             dense = self.population[-1][0]
             with self.place.autocast():
-                scores.update(quality_signals(lambda x: dense(x).float(),
-                                              self.place.inputs(images)))
+                scores.update(signals_of(self.spec, lambda x: dense(x).float(),
+                                         self.place.inputs(images)))
         n = len(batch["id"])
         # measured once per actor; carried as columns so the caller can report it
         sparsity = {f"{SPARSITY_PREFIX}{s:.2f}": np.full(n, v) for s, v in self.sparsity.items()}
@@ -102,6 +104,16 @@ class ScorerActor:
 
 
 SPARSITY_PREFIX = "measured_sparsity_"
+
+
+def signals_of(spec: ScoringSpec, model, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The quality-control signals `spec` asks for, of the newest dense model: all of them
+    for `htl-ray score`, else only those the method ranks by (TTA's three extra forward
+    passes only when it is asked for)."""
+    if spec.quality:
+        return quality_signals(model, images)
+    out = quality_signals(model, images, tta="tta" in spec.signals)
+    return {k: v for k, v in out.items() if k in spec.signals}
 
 
 def _labels(spec: ScoringSpec, batch: dict[str, np.ndarray], masks: torch.Tensor
@@ -208,7 +220,7 @@ def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
         sub = {k: v[start:start + spec.batch_size] for k, v in batch.items()}
         images, masks = decode_batch(sub)
         scores = score_population_batch(population, images, *_labels(spec, sub, masks))
-        if spec.quality:
-            scores.update(quality_signals(population[0][0], images))
+        if spec.quality or spec.signals:
+            scores.update(signals_of(spec, population[0][0], images))
         parts.append(pd.DataFrame({"id": sub["id"], **scores}))
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)
