@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from htl_ray.analysis.stats import MeanCI, Reading, Verdict
-from htl_ray.protocol.page import BEGIN, END, goal_lines, method_table, verdict_lines, write_results
+from htl_ray.protocol.page import (
+    BEGIN,
+    END,
+    goal_lines,
+    group_effect_lines,
+    method_table,
+    verdict_lines,
+    write_results,
+)
 
 nan = math.nan
 
@@ -155,3 +163,56 @@ def test_the_goal_needs_both_baselines_beaten_on_one_metric_with_cis_above_zero(
     assert "Significantly worse than ERM or the placebo: supervised: HTL − ERM, thr-J." in text
     assert text.endswith("Still without every seed of HTL, ERM and the placebo: semi.")
     assert "so far" not in goal_lines([("weak", supervised, True)])[0]
+
+
+def _group_run(group, method, seed, dice):
+    """A confirmation run with per-group Dice: `dice` maps a metric name after its split
+    (`best/test/` or, as `htl-ray evaluate --data --name derm` logs it, `external/derm/`)."""
+    return {"run_id": f"{group}{seed}", "name": f"{group} s{seed}", "seed": str(seed),
+            "params": {"htl.method": method, "run.seed": str(seed)},
+            "tags": {"htl.group": group, "htl.method": method}, "metrics": dict(dice)}
+
+
+def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_external_dataset():
+    """Columns are method groups (`htl.group`), not methods: best and tta share
+    `htl.method=htl`; head/neck is enriched and ERM's worst site on test, anterior torso is
+    ERM's worst on the external dataset."""
+    hn, at = "group/site/head-neck/dice", "group/site/anterior_torso/dice"
+    runs = pd.DataFrame([
+        _group_run("erm", "erm", 0, {f"best/test/{hn}": 0.70, f"best/test/{at}": 0.80,
+                                     f"external/derm/{hn}": 0.60, f"external/derm/{at}": 0.50}),
+        _group_run("erm", "erm", 1, {f"best/test/{hn}": 0.72, f"best/test/{at}": 0.82,
+                                     f"external/derm/{hn}": 0.62, f"external/derm/{at}": 0.52}),
+        _group_run("best", "htl", 0, {f"best/test/{hn}": 0.73, f"external/derm/{hn}": 0.65,
+                                      f"external/derm/{at}": 0.52}),
+        _group_run("best", "htl", 1, {f"best/test/{hn}": 0.76, f"external/derm/{hn}": 0.62,
+                                      f"external/derm/{at}": 0.58}),
+        _group_run("random", "random", 0, {f"best/test/{hn}": 0.71}),
+        _group_run("tta", "htl", 0, {f"best/test/{hn}": 0.70}),
+        _group_run("tta", "htl", 1, {f"best/test/{hn}": 0.72})])
+    enrichment = pd.DataFrame({"attribute": ["site", "site"], "group": ["head/neck", "scalp"],
+                               "odds_ratio": [2.54, 3.0], "p_adjusted": [5e-5, 0.2]})
+    lines = group_effect_lines(runs, enrichment, methods=["best", "random", "loss"])
+    # best − ERM, head/neck: 3 and 4 points; half-width t(0.975, 1) · sd (0.5√2) / √2
+    # external, best − ERM: head/neck 5 and 0 points, anterior torso 2 and 6 points
+    intro = ("per group: Dice of each method group minus ERM's, paired by seed, in points "
+             "(×100), 95% Student-t CI over the seed pairs, n = pairs; groups enriched among "
+             "HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and each attribute's "
+             "worst group under ERM (`unknown` left out):")
+    assert lines == [
+        f"Test split, {intro}", "",
+        "| group | chosen as | ERM Dice | best − ERM | random − ERM | tta − ERM |\n"
+        "|---|---|---|---|---|---|\n"
+        "| site = head/neck | enriched (OR 2.5), worst for ERM | 0.710 | +3.5 [-2.9, +9.9] (n=2) "
+        "| +1.0 (n=1) | +0.0 [+0.0, +0.0] (n=2) |", "",
+        f"External test-only dataset `derm` (`htl-ray evaluate --data … --name derm`), {intro}",
+        "",
+        "| group | chosen as | ERM Dice | best − ERM | random − ERM | tta − ERM |\n"
+        "|---|---|---|---|---|---|\n"
+        "| site = head/neck | enriched (OR 2.5) | 0.610 | +2.5 [-29.3, +34.3] (n=2) | – | – |\n"
+        "| site = anterior_torso | worst for ERM | 0.510 | +4.0 [-21.4, +29.4] (n=2) | – | – |",
+        ""]
+    # no group Dice logged (runs scored before per-group metrics): one line, no table
+    bare = runs.assign(metrics=[{"best/test/dice": 0.8}] * len(runs))
+    assert group_effect_lines(bare, enrichment) == [
+        "Test split, per group: no group Dice to compare yet.", ""]

@@ -10,6 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from htl_ray.analysis.group_effects import (
+    BASELINE,
+    TEST,
+    ScoredRun,
+    external_names,
+    external_split,
+    group_effects,
+)
 from htl_ray.analysis.stats import MeanCI, Reading, Verdict, goal_met, mean_ci, paired_difference
 from htl_ray.compare import METRICS, compare
 from htl_ray.errors import UserError
@@ -23,7 +31,7 @@ from htl_ray.protocol.status import (
     val_by_seed,
 )
 from htl_ray.tables import markdown_table
-from htl_ray.tracking.schema import ABLATION_ROLE, CONFIRM_ROLE
+from htl_ray.tracking.schema import ABLATION_ROLE, CONFIRM_ROLE, GROUP_TAG
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.sweep import VERDICT_GROUPS
 
@@ -163,6 +171,56 @@ def enrichment_lines(sweep: Sweep) -> list[str]:
     return lines + [markdown_table(show)]
 
 
+def _run_group(row) -> str:
+    """A confirmation run's group (`htl.group`: best, erm, ...), from its tags where the rows
+    carry them, else its `htl.method` (the same name for every comparator but `best`)."""
+    tags = getattr(row, "tags", None)
+    if isinstance(tags, dict) and tags.get(GROUP_TAG):
+        return tags[GROUP_TAG]
+    return row.params.get("htl.method", "?")
+
+
+def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
+                       methods: list[str] | None = None) -> list[str]:
+    """Per-group effects (an average can hide a method helping exactly the images HTL attends
+    to, or costing those ERM serves worst): on the test split, and on each external test-only
+    dataset the runs were scored on, each method group's Dice minus ERM's on the groups
+    enriched among HTL samples and on each attribute's worst group under ERM, paired by seed.
+    `methods`: the column order (the setting's groups); other groups follow."""
+    scored = [ScoredRun(_run_group(r), str(r.seed), r.metrics) for r in runs.itertuples()]
+    order = [*(methods or []), *dict.fromkeys(r.group for r in scored)]
+    order = [m for m in dict.fromkeys(order) if any(r.group == m for r in scored)]
+    lines = []
+    for name in [None, *external_names(scored)]:
+        split = TEST if name is None else external_split(name)
+        effects = group_effects(scored, enrichment, split=split, methods=order)
+        where = ("Test split" if name is None else
+                 f"External test-only dataset `{name}` (`htl-ray evaluate --data … --name "
+                 f"{name}`)")
+        if effects.empty:
+            lines += [f"{where}, per group: no group Dice to compare yet.", ""]
+            continue
+        lines += [f"{where}, per group: Dice of each method group minus ERM's, paired by seed, "
+                  "in points (×100), 95% Student-t CI over the seed pairs, n = pairs; groups "
+                  "enriched among HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and "
+                  "each attribute's worst group under ERM (`unknown` left out):", ""]
+        rows = []
+        for (attribute, group), sub in effects.groupby(["attribute", "group"], sort=False):
+            first = sub.iloc[0]
+            chosen = first["chosen"].replace(
+                "enriched", f"enriched (OR {first['odds_ratio']:.1f})").replace(
+                "worst", "worst for ERM")
+            row = {"group": f"{attribute} = {group}", "chosen as": chosen,
+                   "ERM Dice": _fmt(first["baseline_dice"])}
+            for e in sub.itertuples():
+                row[f"{e.method} − ERM"] = "–" if e.pairs == 0 else (
+                    _fmt(e.difference, e.low, e.high, signed=True, points=True)
+                    + f" (n={e.pairs})")
+            rows.append(row)
+        lines += [markdown_table(pd.DataFrame(rows)), ""]
+    return lines
+
+
 def _by_seed(runs: dict[str, dict[str, float]], metric: str) -> list[tuple[str, float]]:
     return sorted((seed, m[metric]) for seed, m in runs.items())
 
@@ -260,6 +318,9 @@ def setting_section(sweep: Sweep, *, uri: str, seeds: int, ablate: bool = True
     if not status.complete(names, seeds):
         lines += ["*Incomplete: the numbers above cover the runs finished so far.*", ""]
     lines += [f"- {v}" for v in verdict_lines(status.verdict.values())] + [""]
+    report = chosen_report(sweep)
+    lines += group_effect_lines(runs, None if report is None else report.enrichment,
+                                methods=[g for g in names if g != BASELINE])
     lines += ablation_lines(sweep, uri, status, ablate=ablate)
     lines += enrichment_lines(sweep) + [""]
     return "\n".join(lines), status
