@@ -200,8 +200,6 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
     """Re-create the archived runs of `sweep` that this MLflow store lacks, and make the sweep
     directory point at the archived parent run (so the protocol goes on to its missing trials
     and confirmation runs instead of sweeping again)."""
-    from mlflow.entities import Metric, Param, RunTag
-
     from htl_ray import tracking
     from htl_ray.tracking import client as tracking_client
 
@@ -231,31 +229,9 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
             count.unchanged += 1
             continue
         tags = {k: local.get(v, v) for k, v in rec["tags"].items()}
-        stamp = rec.get("end_time") or rec.get("start_time") or 0
-        try:
-            params = [Param(k, str(v)) for k, v in rec["params"].items()]
-            metrics = [Metric(k, float(point[1]), int(point[2]) if len(point) > 2 else stamp,
-                              int(point[0]))
-                       for k, history in rec["metrics"].items() for point in history]
-        except (TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise ConfigError(f"{archive / sweep.settings.name / (rec['run_id'] + '.json')}: "
-                              f"params or metrics not as archived ({exc})") from None
-        run_id = client.create_run(exp_id, start_time=rec.get("start_time"), tags=tags,
-                                   run_name=rec.get("run_name")).info.run_id
-        try:
-            for i in range(0, len(params), 100):
-                client.log_batch(run_id, params=params[i:i + 100])
-            for i in range(0, len(metrics), 1000):
-                client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            # last: a run carries its origin only once it is whole
-            client.log_batch(run_id, tags=[RunTag(ORIGIN_TAG, rec["run_id"])])
-            if rec.get("end_time") is None:       # a parent archived while it ran: no end
-                client.update_run(run_id, status=rec["status"])   # (set_terminated: now)
-            else:
-                client.set_terminated(run_id, status=rec["status"], end_time=rec["end_time"])
-        except BaseException:
-            client.delete_run(run_id)         # half a run must not pass for an imported one
-            raise
+        run_id = create_run(client, exp_id, rec, tags=tags,
+                            last_tags={ORIGIN_TAG: rec["run_id"]},
+                            where=archive / sweep.settings.name / f"{rec['run_id']}.json")
         local[rec["run_id"]] = run_id
         count.runs += 1
     _point_sweep_at(sweep, uri, local[parents[0]["run_id"]], archive)
@@ -269,6 +245,44 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
                     f"imported from {archive / sweep.settings.name} into MLflow "
                     f"{tracking.redact(uri)}")
     return count
+
+
+def create_run(client, exp_id: str, rec: dict[str, Any], *, tags: dict[str, str],
+               last_tags: dict[str, str], where: Path | str) -> str:
+    """A run re-created in `exp_id` from an archive record (`_record`): its params, metric
+    histories with their timestamps, status and times, with `tags`; `last_tags` are set last, so
+    a run carries them only once it is whole (half a run is deleted)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    stamp = rec.get("end_time") or rec.get("start_time") or 0
+    try:
+        params = [Param(k, str(v)) for k, v in rec["params"].items()]
+        metrics = [Metric(k, float(point[1]), int(point[2]) if len(point) > 2 else stamp,
+                          int(point[0]))
+                   for k, history in rec["metrics"].items() for point in history]
+    except (TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ConfigError(f"{where}: params or metrics not as archived ({exc})") from None
+    run_id = client.create_run(exp_id, start_time=rec.get("start_time"), tags=tags,
+                               run_name=rec.get("run_name")).info.run_id
+    try:
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i:i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in last_tags.items()])
+        if rec.get("end_time") is None:       # a parent archived while it ran: no end
+            client.update_run(run_id, status=rec["status"])   # (set_terminated: now)
+        else:
+            client.set_terminated(run_id, status=rec["status"], end_time=rec["end_time"])
+    except BaseException:
+        client.delete_run(run_id)         # half a run must not pass for a whole one
+        raise
+    return run_id
+
+
+def run_record(client, run) -> dict[str, Any]:
+    """One run as the archive writes it (params, tags, metric histories, status, times)."""
+    return _record(client, run, {})
 
 
 def _point_sweep_at(sweep: Sweep, uri: str, parent_run_id: str, archive: Path) -> None:

@@ -265,6 +265,15 @@ def _print_ui_hint(uri: str) -> None:
           "--port 5000   (then browse http://127.0.0.1:5000)")
 
 
+def _block_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected lower-case letters, digits and "
+                                         "dashes (it names the page's marks)")
+    return text
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from htl_ray.protocol import run_protocol
 
@@ -275,7 +284,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         overrides = [*read_yaml_list(args.set_from, "--set-from"), *overrides]
     complete = run_protocol(args.sweeps, seeds=args.seeds, results=args.results,
                             report_only=args.report_only, overrides=overrides,
-                            archive=args.archive, ablate=not args.no_ablations)
+                            archive=args.archive, ablate=not args.no_ablations,
+                            block=args.block)
     print(f"\n=== htl-ray: reproduction protocol {'complete' if complete else 'in progress'}"
           f" ===\nresults: {args.results}"
           + ("" if complete else "\nrun the same command again to continue (finished runs "
@@ -528,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "JSON files, imported into MLflow first and written after every run; "
                     "commit it to continue the protocol on another machine (the make target "
                     "uses experiments/reproduce/archive)")
+    rp.add_argument("--block", type=_block_name, help="write the page's block of this name "
+                    "instead of the protocol's own (a later round beside the first on one "
+                    "page, e.g. --block round2)")
     rp.add_argument("--no-ablations", action="store_true", help="skip the sweep files' "
                     "ablations (variants of each chosen configuration, scored on val only; by "
                     "default they run after every setting's confirmation runs)")

@@ -38,6 +38,16 @@ from htl_ray.tune.sweep import VERDICT_GROUPS
 BEGIN = "<!-- htl-ray reproduce: begin (generated from MLflow by `htl-ray reproduce`; edits " \
         "inside these marks are replaced) -->"
 END = "<!-- htl-ray reproduce: end -->"
+TITLE = "Reproduction protocol: HTL attention vs ERM, the placebo and loss-based attention"
+
+
+def marks(block: str | None = None) -> tuple[str, str]:
+    """The (begin, end) marks of a generated block: the protocol's own, or those of a named
+    one (`htl-ray reproduce --block round2`: a later round beside the first on one page)."""
+    if block is None:
+        return BEGIN, END
+    return (BEGIN.replace("reproduce: begin", f"reproduce {block}: begin", 1),
+            END.replace("reproduce: end", f"reproduce {block}: end", 1))
 GOAL_BASELINES = ("ERM", "random")   # the goal: HTL ahead of both
 
 
@@ -327,7 +337,7 @@ def setting_section(sweep: Sweep, *, uri: str, seeds: int, ablate: bool = True
 
 
 def results_markdown(sweeps: list[Sweep], *, uri: str, seeds: int, command: str,
-                     ablate: bool = True) -> tuple[str, bool]:
+                     ablate: bool = True, title: str = TITLE) -> tuple[str, bool]:
     """The generated block of the results page, and whether every setting is complete (with
     `ablate`, its ablations too)."""
     from htl_ray import tracking
@@ -341,8 +351,7 @@ def results_markdown(sweeps: list[Sweep], *, uri: str, seeds: int, command: str,
                          status.complete([g for g in groups(sweep) if g in VERDICT_GROUPS],
                                          seeds)))
         complete &= status.finished(sweep, seeds, ablate)
-    head = ["## Reproduction protocol: HTL attention vs ERM, the placebo and loss-based "
-            "attention", "",
+    head = [f"## {title}", "",
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
             f"`{short_commit(tracking.git_commit())}` from MLflow `{tracking.redact(uri)}` by",
             "", "```bash", command, "```", "",
@@ -352,13 +361,15 @@ def results_markdown(sweeps: list[Sweep], *, uri: str, seeds: int, command: str,
     return "\n".join(head + sections), complete
 
 
-def write_results(path: Path, block: str) -> None:
-    """Replace the generated block of `path` (or append it), keeping the rest of the page."""
+def write_results(path: Path, block: str, *, name: str | None = None) -> None:
+    """Replace the generated block of `path` (or append it), keeping the rest of the page and
+    any other named block (`marks`)."""
+    begin_mark, end_mark = marks(name)
     text = path.read_text() if path.is_file() else ""
-    wrapped = f"{BEGIN}\n{block.rstrip()}\n{END}\n"
-    before, begin, rest = text.partition(BEGIN)
-    if begin and END in rest:
-        after = rest.split(END, 1)[1].lstrip("\n")
+    wrapped = f"{begin_mark}\n{block.rstrip()}\n{end_mark}\n"
+    before, begin, rest = text.partition(begin_mark)
+    if begin and end_mark in rest:
+        after = rest.split(end_mark, 1)[1].lstrip("\n")
         text = before + wrapped + (("\n" + after) if after else "")
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + wrapped

@@ -12,6 +12,7 @@ from pathlib import Path
 from htl_ray.errors import UserError
 from htl_ray.protocol.page import results_markdown, write_results
 from htl_ray.protocol.status import groups, setting_status
+from htl_ray.tune.reuse import import_reused
 from htl_ray.tune.space import load_sweep
 from htl_ray.tune.sweep import STATE_FILE, run_sweep
 
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Path,
                  report_only: bool = False, overrides: list[str] | None = None,
                  archive: str | Path | None = None, archive_every_s: float = 120.0,
-                 ablate: bool = True) -> bool:
+                 ablate: bool = True, block: str | None = None) -> bool:
     """Run (or continue) every setting's sweep and confirmation runs, regenerating the results
     page after each; then, with `ablate`, every setting's ablations (val only: after all the
     verdict's runs, which matter more). Returns whether the protocol is complete. With
@@ -29,7 +30,8 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     runs it holds are first imported into MLflow (from an earlier sitting on another machine)
     and every run that ended is written to it (`htl_ray.archive`), every `archive_every_s`
     seconds while the protocol trains and after each confirmation run: commit it to keep
-    them."""
+    them. With `block`, the page's block of that name is written (a later round beside the
+    first)."""
     from htl_ray import tracking
     from htl_ray.archive import PeriodicExport, export_sweep, import_sweep
 
@@ -42,21 +44,25 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     uri = tracking.resolve_tracking_uri(sweeps[0].base.tracking.uri)
     command = " ".join(["htl-ray reproduce", *map(str, sweep_files), f"--seeds {seeds}",
                         f"--results {results}", *([] if ablate else ["--no-ablations"]),
-                        *(f"--set {shlex.quote(o)}" for o in overrides or [])])
+                        *(f"--set {shlex.quote(o)}" for o in overrides or []),
+                        *([f"--block {block}"] if block else [])])
     results = Path(results)
     archive = Path(archive) if archive is not None else None
     if archive is not None:
         command += f" --archive {archive}"
         for sweep in sweeps:
             import_sweep(sweep, uri, archive)
+    for sweep in sweeps:               # an earlier round's runs that this one counts (`reuse:`)
+        import_reused(sweep, uri)
 
     def refresh() -> bool:
         if archive is not None:        # first: the runs matter more than the page
             for sweep in sweeps:
                 export_sweep(sweep, uri, archive)
-        block, complete = results_markdown(sweeps, uri=uri, seeds=seeds, command=command,
-                                           ablate=ablate)
-        write_results(results, block)
+        text, complete = results_markdown(
+            sweeps, uri=uri, seeds=seeds, command=command, ablate=ablate,
+            **({"title": f"Reproduction protocol, {block}"} if block else {}))
+        write_results(results, text, name=block)
         logger.info(f"[htl-ray] reproduce: results written to {results}")
         return complete
 

@@ -65,7 +65,7 @@ class SettingStatus:
 
 def groups(sweep: Sweep) -> list[str]:
     """The confirmation groups of a setting: the chosen HTL configuration and each comparator."""
-    return ["best", *sweep.settings.comparators]
+    return ["best", *sweep.comparator_groups]
 
 
 def short_commit(commit: str) -> str:

@@ -40,6 +40,10 @@ ORPHANED_TAG = "htl.orphaned"
 RETRIED_TAG = "htl.retried"
 # on a run imported from the protocol archive (htl_ray.archive): the run id it was trained as
 ORIGIN_TAG = "htl.archive.origin_run_id"
+# on a confirmation run copied from another sweep that trained the same configuration
+# (htl_ray.tune.reuse): that run's id (its archive origin)
+REUSED_TAG = "htl.reused_from"
+REUSED_SWEEP_TAG = "htl.reused_from_sweep"
 SAMPLED_TAG_PREFIX = "htl.sampled."   # + space key: the trial's sampled value, as JSON
 
 # ---- what each name means: the documentation's reference (docs: MLflow names) is generated
@@ -51,7 +55,7 @@ TAG_MEANINGS = {
                  "same one trained on the same pixels, labels, metadata and split",
     RUN_DIR_TAG: "the run directory (checkpoints, HTL tables, the MLflow outbox)",
     SETTING_TAG: "the supervision setting: supervised, semi or weak",
-    METHOD_TAG: "the attention method: erm, htl, random, loss, el2n or focal",
+    METHOD_TAG: "the attention method: erm, htl, random, loss, el2n, tta, entropy or focal",
     INIT_CHECKPOINT_TAG: "the checkpoint file the run's initial weights were read from "
                          "(model.init_checkpoint resolved to a file)",
     VERSION_TAG_PREFIX: "+ package name: the version of that package the run used",
@@ -79,6 +83,9 @@ TAG_MEANINGS = {
     RETRIED_TAG: "a trial run that failed elsewhere and that a continued search ran again: "
                  "it no longer counts as a trial",
     ORIGIN_TAG: "on a run imported from the protocol archive: the run id it was trained as",
+    REUSED_TAG: "on a confirmation run another sweep trained with the same configuration and "
+                "seed (a later round's `reuse:`): the id that run was trained as",
+    REUSED_SWEEP_TAG: "on such a reused run: the sweep that trained it",
     SAMPLED_TAG_PREFIX: "+ search-space key: the value the search sampled for a trial, as "
                         "JSON",
 }

@@ -25,6 +25,7 @@ from htl_ray.tracking.schema import (
     SWEEP_TAG,
     TRIAL_TAG,
 )
+from htl_ray.tune.reuse import reuse_run
 from htl_ray.tune.roles import scored_key
 from htl_ray.tune.same_config import refuse_changed_mlflow_run, refuse_changed_run_dir
 from htl_ray.tune.space import Sweep
@@ -63,6 +64,15 @@ def train_child_runs(sweep: Sweep, plan: list[PlannedRun], *, role: str, best: T
                 logger.info(f"[htl-ray] {role} {name}: finished elsewhere (MLflow run "
                             f"{finished})")
                 out.setdefault(group, []).append(finished)
+                continue
+            # or an earlier round trained it: the same configuration and seed (`reuse:`)
+            reused = None if role != CONFIRM_ROLE or run.has_state() else reuse_run(
+                sweep, PlannedRun(name, group, seed, cfg), parent_run_id=parent_run_id,
+                trial_id=best.trial_id)
+            if reused:
+                out.setdefault(group, []).append(reused)
+                if on_trained is not None:
+                    on_trained()
                 continue
         if finished:
             logger.info(f"[htl-ray] {role} {name}: already finished (MLflow run {finished})")

@@ -27,17 +27,18 @@ def confirm_run_name(group: str, seed: int) -> str:
 def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], *, seeds: int,
                       base_raw: dict[str, Any]) -> list[PlannedRun]:
     """(run name, group, seed, config) of every confirmation run: the best config and the same
-    config with each comparator's `htl.method` (default: erm only), seeds 0..N−1 — a placebo
-    or another score gets exactly the attention settings the sweep chose for HTL.
+    config with each comparator's `htl.method` (default: erm only) or overrides, seeds
+    0..N−1 — a placebo or another score gets exactly the attention settings the sweep chose for
+    HTL, unless the comparator's overrides say otherwise.
 
     Order: the verdict reads the best config against ERM and the placebo, so those groups run
     first, seed-major (a protocol interrupted after k seeds holds k complete paired
     comparisons); the other scores (loss, el2n) follow, seed-major too: with 5 groups and 3
     seeds the verdict's 9 runs come before the 6 others, not among them."""
-    # a comparator that is the best config's own method would be the best group again
-    own = sweep.config_for(best_params, None, base_raw).htl.method
-    groups = {"best": [], **{m: [f"htl.method={m}"] for m in sweep.settings.comparators
-                             if m != own}}
+    # a comparator that makes the best config again (its own method) would be the best group
+    chosen = sweep.config_for(best_params, None, base_raw).flat()
+    groups = {"best": [], **{g: extra for g, extra in sweep.comparator_groups.items()
+                             if sweep.config_for(best_params, extra, base_raw).flat() != chosen}}
     tiers = [[g for g in groups if g in VERDICT_GROUPS], [g for g in groups
                                                            if g not in VERDICT_GROUPS]]
     return [PlannedRun(confirm_run_name(group, seed), group, seed,

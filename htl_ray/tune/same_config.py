@@ -46,6 +46,19 @@ def refuse_changed_run_dir(run: RunDir, cfg: ExperimentConfig,
 def refuse_changed_mlflow_run(run, cfg: ExperimentConfig, name: str) -> None:
     """A run finished elsewhere must have run the configuration planned now: the params it
     recorded (keys newer than it are not compared) and, when the data is here, its dataset."""
+    differ = mlflow_run_differences(run, cfg)
+    if differ:
+        raise ConfigError(
+            f"MLflow run {run.info.run_id} ({name}, finished elsewhere) {changed(differ)} "
+            "To train the new configuration, continue without the archive in a fresh MLflow "
+            "store and sweep directory (tracking.uri, sweep.storage_path), or delete the "
+            f"imported runs (tag {ORIGIN_TAG})")
+
+
+def mlflow_run_differences(run, cfg: ExperimentConfig) -> list[str]:
+    """What an MLflow run trained differently from `cfg`: the config keys both know (not the
+    run's identity, tracking or speed, nor where the data lay), and the dataset when it is
+    here (its fingerprint); empty when nothing differs."""
     from htl_ray.data.schema import read_manifest
 
     old = run.data.params
@@ -57,12 +70,7 @@ def refuse_changed_mlflow_run(run, cfg: ExperimentConfig, name: str) -> None:
         here = None
     if here and run.data.tags.get(DATASET_TAG) not in (None, here):
         differ.insert(0, f"the dataset ({DATASET_TAG})")
-    if differ:
-        raise ConfigError(
-            f"MLflow run {run.info.run_id} ({name}, finished elsewhere) {changed(differ)} "
-            "To train the new configuration, continue without the archive in a fresh MLflow "
-            "store and sweep directory (tracking.uri, sweep.storage_path), or delete the "
-            f"imported runs (tag {ORIGIN_TAG})")
+    return differ
 
 
 def differing(old: dict[str, Any], new: dict[str, Any], keys: set[str],

@@ -20,6 +20,23 @@ An optional `ablations:` section names variants of the configuration the sweep w
 each a list of overrides (`htl.refresh_every=1`); `htl-ray reproduce` trains each on the train
 split and scores it on val only, after the confirmation runs: what else was tried, reported
 without reading the test split (`htl_ray.tune.ablation`).
+
+`sweep.comparators` is a list of `htl.method` values (each a group of that name: the chosen
+configuration with that method), or a mapping of group names to overrides applied on top of
+the chosen configuration — for a round whose sweep searches one thing (down-weighting, say)
+while its comparators keep another round's settings:
+
+    comparators:
+      erm: [htl.method=erm]
+      htl: [htl.method=htl, htl.lam=2.42]
+
+An optional `reuse:` section counts another sweep's finished confirmation runs as this one's
+where they trained the same configuration (`htl_ray.tune.reuse`):
+
+    reuse:
+      sweep: ../weak.yaml             # that sweep's file (relative to this one)
+      archive: ../archive             # where its runs are archived (optional)
+      groups: {erm: erm, htl: best}   # this sweep's group: that sweep's group
 """
 
 from __future__ import annotations
@@ -62,10 +79,28 @@ class SweepSettings:
     reduction_factor: int = 2
     storage_path: str = "sweeps"
     # --confirm: besides the best config, the same config with each of these htl.method values
-    # (erm = the baseline; random = the placebo; loss, el2n = other difficulty scores)
-    comparators: list[str] = field(default_factory=lambda: ["erm"])
+    # (erm = the baseline; random = the placebo; loss, el2n = other difficulty scores), or a
+    # mapping of group names to the overrides that make each comparator
+    comparators: list[str] | dict[str, list[str]] = field(default_factory=lambda: ["erm"])
     # ablations: seeds 0..N-1 of each variant (its Δ is paired with the chosen config's seeds)
     ablation_seeds: int = 1
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Another sweep whose finished confirmation runs count as this sweep's (`groups`: this
+    sweep's group → that sweep's group) where their configuration is the same."""
+
+    sweep_file: Path
+    archive: Path | None
+    groups: dict[str, str]
+
+
+def comparator_groups(comparators: list[str] | dict[str, list[str]]) -> dict[str, list[str]]:
+    """`sweep.comparators` as group name → overrides (a list names methods)."""
+    if isinstance(comparators, dict):
+        return {g: list(o) for g, o in comparators.items()}
+    return {m: [f"htl.method={m}"] for m in comparators}
 
 
 @dataclass
@@ -80,6 +115,12 @@ class Sweep:
     base_source: str = ""
     _list_choices: dict[str, bool] = field(default_factory=dict)
     ablations: dict[str, list[str]] = field(default_factory=dict)   # name → overrides
+    reuse: Reuse | None = None
+
+    @property
+    def comparator_groups(self) -> dict[str, list[str]]:
+        """Group name → the overrides that turn the chosen configuration into it."""
+        return comparator_groups(self.settings.comparators)
 
     @property
     def directory(self) -> Path:
@@ -163,11 +204,55 @@ def _settings(raw: Any, where: str) -> SweepSettings:
     from htl_ray.config import HtlConfig
 
     methods = HtlConfig.__dataclass_fields__["method"].metadata["choices"]
-    if not isinstance(s.comparators, list) or not all(m in methods for m in s.comparators) \
+    if isinstance(s.comparators, dict):
+        for group, overrides in s.comparators.items():
+            if not isinstance(group, str) or not ABLATION_NAME.fullmatch(group) \
+                    or group == "best":
+                raise ConfigError(f"{where}.comparators: group name {group!r}: expected "
+                                  "lower-case letters, digits and dashes, not `best` (it "
+                                  "names the run directories)")
+            if not isinstance(overrides, list) or not all(
+                    isinstance(o, str) and "=" in o for o in overrides):
+                raise ConfigError(f"{where}.comparators.{group}: expected a list of key=value "
+                                  f"overrides, got {overrides!r}")
+    elif not isinstance(s.comparators, list) or not all(m in methods for m in s.comparators) \
             or len(set(s.comparators)) < len(s.comparators):
         raise ConfigError(f"{where}.comparators: expected a list of distinct htl.method values "
-                          f"({', '.join(methods)}), got {s.comparators!r}")
+                          f"({', '.join(methods)}) or a mapping of group names to overrides, "
+                          f"got {s.comparators!r}")
     return s
+
+
+def _reuse(raw: Any, path: Path, groups: list[str]) -> Reuse | None:
+    """The `reuse:` section, its files found beside the sweep file, its groups checked against
+    both sweeps' confirmation groups."""
+    where = f"{path}: reuse"
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"sweep", "archive", "groups"} \
+            or not {"sweep", "groups"} <= set(raw):
+        raise ConfigError(f"{where}: expected a mapping with sweep (a sweep file), groups (this "
+                          f"sweep's group: that sweep's group) and optionally archive, got "
+                          f"{raw!r}")
+    source = path.parent / str(raw["sweep"])
+    if not source.is_file():
+        raise ConfigError(f"{where}.sweep: sweep file not found: {source}")
+    archive = path.parent / str(raw["archive"]) if raw.get("archive") is not None else None
+    if archive is not None and not archive.is_dir():
+        raise ConfigError(f"{where}.archive: not a folder: {archive}")
+    mapping = raw["groups"]
+    if not isinstance(mapping, dict) or not mapping:
+        raise ConfigError(f"{where}.groups: expected a mapping of this sweep's groups to that "
+                          f"sweep's, got {mapping!r}")
+    theirs = ["best", *comparator_groups(load_sweep(source).settings.comparators)]
+    for mine, other in mapping.items():
+        if mine not in groups:
+            raise ConfigError(f"{where}.groups: {mine!r} is not a confirmation group of this "
+                              f"sweep (it has {', '.join(groups)})")
+        if other not in theirs:
+            raise ConfigError(f"{where}.groups.{mine}: {other!r} is not a confirmation group of "
+                              f"{source} (it has {', '.join(theirs)})")
+    return Reuse(source, archive, {str(k): str(v) for k, v in mapping.items()})
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
@@ -175,10 +260,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     config, except `sweep.*` ones, which change the search settings (e.g. sweep.num_samples=4)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "sweep file")
-    unknown = sorted(set(raw) - {"base", "overrides", "sweep", "space", "ablations"})
+    unknown = sorted(set(raw) - {"base", "overrides", "sweep", "space", "ablations", "reuse"})
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} "
-                          "(expected base, overrides, sweep, space, ablations)")
+                          "(expected base, overrides, sweep, space, ablations, reuse)")
     base_path = raw.get("base")
     source = ""
     if base_path is not None and not isinstance(base_path, str):
@@ -221,6 +306,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
                   settings=_settings(raw.get("sweep"), f"{path}: sweep"), space=space,
                   base_source=source, _list_choices=lists,
                   ablations=_ablations(raw.get("ablations"), f"{path}: ablations"))
+    sweep.reuse = _reuse(raw.get("reuse"), path, ["best", *sweep.comparator_groups])
     # every corner of the space must be a valid config: try the low and high ends now
     same_at_corners: dict[str, int] = {}    # ablation → corners where it changes nothing
     for corner in (0, -1):
@@ -234,11 +320,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             raise ConfigError(f"{path}: sweep.grace_period: ASHA judges trials after this many "
                               f"epochs; expected 1 to train.epochs − 1 "
                               f"({sweep.base.train.epochs - 1}), got {s.grace_period}")
-        for method in sweep.settings.comparators:      # the --confirm runs, checked now
+        for group, extra in sweep.comparator_groups.items():   # the --confirm runs, now
             try:
-                sweep.config_for(params, [f"htl.method={method}"])
+                sweep.config_for(params, extra)
             except ConfigError as exc:
-                raise ConfigError(f"{path}: sweep.comparators: {method} does not fit the base "
+                raise ConfigError(f"{path}: sweep.comparators: {group} does not fit the base "
                                   f"config: {exc}") from None
         chosen = sweep.config_for(params).flat()
         for name, extra in sweep.ablations.items():      # and the ablation runs

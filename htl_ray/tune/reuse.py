@@ -1,0 +1,102 @@
+"""A later round counts an earlier round's confirmation runs where nothing differs.
+
+A second round of the protocol (its own sweep names and archive, so the first stays as it is)
+often re-runs some of the first round's groups with more seeds: ERM, the chosen HTL
+configuration, the placebo. Their seeds 0–2 were trained already. A sweep file's `reuse:`
+section (`htl_ray.tune.space.Reuse`) names the earlier sweep and which of its groups each of
+this sweep's groups is; a planned confirmation run is then copied from the earlier sweep's run
+of the same seed — a new MLflow run under this sweep's parent, with the earlier run's params,
+metric histories and times, tagged with where it came from (`REUSED_TAG`) — but only when the
+earlier run trained exactly the configuration planned now (`tune.same_config`), on the same
+data. Otherwise it is trained, and the log says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from htl_ray.tracking.queries import RunQuery, search
+from htl_ray.tracking.schema import (
+    CONFIRM_ROLE,
+    GROUP_TAG,
+    ORIGIN_TAG,
+    PARENT_TAG,
+    REUSED_SWEEP_TAG,
+    REUSED_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
+from htl_ray.tune.roles import scored_key
+from htl_ray.tune.same_config import mlflow_run_differences
+from htl_ray.tune.space import Sweep, load_sweep
+
+logger = logging.getLogger(__name__)
+
+
+def import_reused(sweep: Sweep, uri: str) -> None:
+    """Bring the earlier sweep's archived runs into this MLflow store (when its `reuse:` names
+    an archive), so that they can be found."""
+    from htl_ray.archive import import_sweep
+
+    if sweep.reuse is None or sweep.reuse.archive is None:
+        return
+    import_sweep(load_sweep(sweep.reuse.sweep_file), uri, sweep.reuse.archive)
+
+
+def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> str | None:
+    """The MLflow run id of a copy, under `parent_run_id`, of the earlier sweep's run of
+    `planned`'s group and seed; None when the group is not reused, the earlier run is not
+    there, or it trained another configuration (logged)."""
+    from htl_ray import tracking
+    from htl_ray.archive import create_run, run_record
+    from htl_ray.tracking import client as tracking_client
+
+    if sweep.reuse is None or planned.group not in sweep.reuse.groups:
+        return None
+    source = load_sweep(sweep.reuse.sweep_file)
+    cfg = planned.config
+    client = tracking_client(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(source.base.tracking.experiment)
+    if exp is None:
+        return None
+    query = RunQuery(status="FINISHED", sweep=source.settings.name, role=CONFIRM_ROLE,
+                     group=sweep.reuse.groups[planned.group],
+                     params={"run.seed": planned.seed})
+    runs = [r for r in search(client, exp.experiment_id, query, max_results=100)
+            if scored_key(CONFIRM_ROLE) in r.data.metrics]
+    if not runs:
+        return None
+    earlier = runs[0]
+    why = _differs(earlier, cfg)
+    where = f"{source.settings.name} run {earlier.info.run_name!r}"
+    if why:
+        logger.info(f"[htl-ray] confirm {planned.name}: not reused from {where}: {why}; "
+                    "training it")
+        return None
+    rec = run_record(client, earlier)
+    origin = earlier.data.tags.get(ORIGIN_TAG, earlier.info.run_id)
+    tags = {k: v for k, v in rec["tags"].items() if k != ORIGIN_TAG}
+    tags.update({SWEEP_TAG: sweep.settings.name, PARENT_TAG: parent_run_id,
+                 GROUP_TAG: planned.group, TRIAL_TAG: trial_id,
+                 "mlflow.runName": f"{planned.group} s{planned.seed} (reused)"})
+    rec = {**rec, "run_name": f"{planned.group} s{planned.seed} (reused)"}
+    exp_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment, cfg.tracking.uri)
+    run_id = create_run(client, exp_id, rec, tags=tags,
+                        last_tags={REUSED_TAG: origin,
+                                   REUSED_SWEEP_TAG: source.settings.name},
+                        where=Path(sweep.reuse.sweep_file))
+    logger.info(f"[htl-ray] confirm {planned.name}: reused from {where} (same configuration "
+                f"and seed; MLflow run {run_id})")
+    return run_id
+
+
+def _differs(run, cfg) -> str:
+    """Why `run` did not train `cfg` ('' when it did)."""
+    differ = mlflow_run_differences(run, cfg)
+    if not differ:
+        return ""
+    new = {k: str(v) for k, v in cfg.flat().items()}
+    shown = ", ".join(f"{k} {run.data.params.get(k)!r} → {new[k]!r}" if k in new else k
+                      for k in differ[:4])
+    return f"its configuration differs ({shown}{', ...' if len(differ) > 4 else ''})"
