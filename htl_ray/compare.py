@@ -51,7 +51,7 @@ def load_runs(uri: str, experiment: str, filter_string: str = "", *,
               query: RunQuery | None = None) -> pd.DataFrame:
     """FINISHED runs of `experiment` that match `query` and the user's own MLflow
     `filter_string` (`htl-ray compare --filter`), as rows: run_id, name, seed, params (dict),
-    metrics."""
+    metrics, tags (a sweep's groups are tags, and two groups may share a method)."""
     from htl_ray.tracking import client as tracking_client
     from htl_ray.tracking import redact
 
@@ -69,8 +69,8 @@ def load_runs(uri: str, experiment: str, filter_string: str = "", *,
         params = dict(run.data.params)
         rows.append({"run_id": run.info.run_id, "name": run.info.run_name,
                      "seed": params.get("run.seed", ""), "params": params,
-                     "metrics": dict(run.data.metrics)})
-    return pd.DataFrame(rows, columns=["run_id", "name", "seed", "params", "metrics"])
+                     "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)})
+    return pd.DataFrame(rows, columns=["run_id", "name", "seed", "params", "metrics", "tags"])
 
 
 def splits_logged(all_metrics) -> list[str]:

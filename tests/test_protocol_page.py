@@ -114,8 +114,34 @@ def test_two_htl_configurations_in_one_sweep_are_refused():
     other = _run("htl", 0, 0.81, 0.71)
     other["params"] = {**other["params"], "htl.lam": "3"}
     other["run_id"] = "htl0b"
-    with pytest.raises(ValueError, match="two HTL configurations"):
+    with pytest.raises(ValueError, match="two configurations of the chosen group"):
         method_table(pd.concat([runs, pd.DataFrame([other])], ignore_index=True), ["erm"])
+
+
+def _tagged(group, method, lam, seed, dice):
+    run = _run(method, seed, dice, dice - 0.1)
+    run["run_id"] = f"{group}{seed}"
+    run["params"] = {**run["params"], "htl.lam": lam}
+    run["tags"] = {"htl.group": group}
+    return run
+
+
+def test_method_table_keys_groups_by_their_tag_when_two_share_a_method():
+    """A second round: the chosen down-weighting variant (best: tta, λ < 0) beside the tta
+    and htl groups at round one's λ. Each group is its own row, in the sweep's group order;
+    best is named with its λ (a comparator group has its method's name); the verdicts are
+    best's, paired by seed with erm."""
+    runs = pd.DataFrame([
+        _tagged(g, m, lam, seed, dice + 0.01 * seed)
+        for g, m, lam, dice in (("best", "tta", "-0.5", 0.83), ("htl", "htl", "2.4", 0.80),
+                                ("tta", "tta", "2.4", 0.79), ("erm", "erm", "2.4", 0.81))
+        for seed in (0, 1)])
+    table, verdicts = method_table(runs, ["htl", "erm", "tta"])
+    assert list(table["method"]) == ["best (tta, λ=-0.50)", "htl", "erm", "tta"]
+    rows = table.set_index("method")
+    assert rows.loc["best (tta, λ=-0.50)", "ΔDice vs ERM"] == "+2.0 [+2.0, +2.0]"   # +2 twice
+    assert rows.loc["tta", "ΔDice vs ERM"] == "-2.0 [-2.0, -2.0]"
+    assert verdicts[("ERM", "dice")].difference.mean == pytest.approx(0.02)
 
 
 def test_verdicts_read_the_confidence_interval_against_the_two_point_goal():

@@ -62,24 +62,36 @@ def _fmt(m: float, lo: float = float("nan"), hi: float = float("nan"), signed: b
     return s if lo != lo else f"{s} [{format(lo * scale, f)}, {format(hi * scale, f)}]"
 
 
-def method_table(runs: pd.DataFrame, comparators: list[str]
+def method_table(runs: pd.DataFrame, comparators: list[str] | dict[str, list[str]]
                  ) -> tuple[pd.DataFrame, dict[tuple[str, str], Verdict]]:
-    """One row per method on the test split: mean [95% CI] over seeds of the four metrics, and
-    the paired differences (points) of Dice and thresholded Jaccard to ERM and to the placebo.
-    Also returns the verdicts of the HTL row's differences, by (baseline, metric)."""
-    method_of = {r.run_id: r.params.get("htl.method", "?") for r in runs.itertuples()}
+    """One row per confirmation group on the test split: mean [95% CI] over seeds of the four
+    metrics, and the paired differences (points) of Dice and thresholded Jaccard to ERM and to
+    the placebo. Also returns the verdicts of the chosen configuration's (`best`'s)
+    differences, by (baseline, metric). A group is its `htl.group` tag (rows without tags: its
+    method); `best` is shown as its method unless a comparator group has that name."""
+    names = list(comparators)
+    groups = [_run_group(r) for r in runs.itertuples()]
+    if "best" not in groups and "htl" not in names:       # rows without tags: best is htl
+        groups = ["best" if g == "htl" else g for g in groups]
+    label = {g: g for g in groups}
+    if "best" in label:
+        best_params = runs.params[[g == "best" for g in groups]].iloc[0]
+        method = best_params.get("htl.method", "?")
+        label["best"] = method if method not in label else (
+            f"best ({method}, λ={float(best_params.get('htl.lam', 'nan')):.2f})")
+    group_of = dict(zip(runs["run_id"], groups, strict=True))
     baselines = {"ERM": "erm", "random": "random"}
-    by_base = {name: compare(runs, "test", {"htl.method": m})
-               for name, m in baselines.items() if m in comparators}
+    by_base = {name: compare(runs, "test", _baseline_params(runs, groups, g))
+               for name, g in baselines.items() if g in names}
     first = next(iter(by_base.values())) if by_base else compare(runs, "test")
-    config_method = {c: method_of[r] for c, r in zip(first.runs["configuration"],
-                                                     first.runs["run_id"], strict=True)}
-    order = ["htl", *comparators]
+    config_group = {c: group_of[r] for c, r in zip(first.runs["configuration"],
+                                                   first.runs["run_id"], strict=True)}
+    order = ["best", *names]
     rows, verdicts = [], {}
     for _, r in first.table.iterrows():
-        method = config_method[r["configuration"]]
+        group = config_group[r["configuration"]]
         scored = first.runs[first.runs["configuration"] == r["configuration"]]["dice"]
-        row = {"method": method, "seeds": int(scored.notna().sum())}
+        row = {"method": label.get(group, group), "seeds": int(scored.notna().sum())}
         for m in METRICS:
             row[m] = _fmt(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
         for name, result in by_base.items():
@@ -87,16 +99,26 @@ def method_table(runs: pd.DataFrame, comparators: list[str]
             for m, short in (("dice", "Dice"), ("thresholded_jaccard", "thr-J")):
                 row[f"Δ{short} vs {name}"] = _fmt(t[f"d_{m}"], t[f"d_{m}_lo"],
                                                   t[f"d_{m}_hi"], signed=True, points=True)
-                if method == "htl":
+                if group == "best":
                     if (name, m) in verdicts:
-                        raise UserError("two HTL configurations among the confirmation runs "
-                                        "of one sweep; see `htl-ray compare --sweep`")
+                        raise UserError("two configurations of the chosen group among the "
+                                        "confirmation runs of one sweep; see `htl-ray compare "
+                                        "--sweep`")
                     verdicts[(name, m)] = Verdict(name, m, MeanCI(
                         t[f"d_{m}"], t[f"d_{m}_lo"], t[f"d_{m}_hi"]))
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table["_o"] = [order.index(m) if m in order else len(order) for m in table["method"]]
-    return table.sort_values("_o").drop(columns="_o").reset_index(drop=True), verdicts
+        rows.append((order.index(group) if group in order else len(order), row))
+    table = pd.DataFrame([row for _, row in sorted(rows, key=lambda x: x[0])])
+    return table.reset_index(drop=True), verdicts
+
+
+def _baseline_params(runs: pd.DataFrame, groups: list[str], group: str) -> dict[str, str]:
+    """The params that pick a baseline group's configuration out of the runs (`compare`'s
+    baseline): its method and λ (a group without runs yet: the method named like it)."""
+    if group not in groups:
+        return {"htl.method": group}
+    params = runs.params[[g == group for g in groups]].iloc[0]
+    return {"htl.method": params.get("htl.method", group), "htl.lam": params.get("htl.lam")} \
+        if params.get("htl.lam") is not None else {"htl.method": params.get("htl.method", group)}
 
 
 def _metric_label(metric: str, short: bool = False) -> str:
@@ -321,7 +343,7 @@ def setting_section(sweep: Sweep, *, uri: str, seeds: int, ablate: bool = True
     runs = confirmation_runs(sweep, uri, status.parent_run_id)
     if runs.empty:
         return "\n".join(lines + ["", "*No confirmation run finished yet.*", ""]), status
-    table, status.verdict = method_table(runs, sweep.settings.comparators)
+    table, status.verdict = method_table(runs, list(sweep.comparator_groups))
     lines += ["", "Test split (never seen by tuning), best-on-val checkpoint of each run; mean "
               "[95% Student-t CI] over seeds; Δ = paired difference per seed, in points "
               "(×100):", "", markdown_table(table), ""]
