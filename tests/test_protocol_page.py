@@ -14,6 +14,7 @@ from htl_ray.protocol.page import (
     END,
     goal_lines,
     group_effect_lines,
+    marks,
     method_table,
     verdict_lines,
     write_results,
@@ -36,6 +37,20 @@ def test_write_results_replaces_only_the_generated_block(tmp_path):
     text = page.read_text()
     assert text.startswith("# Notes\n\nby hand\n\n" + BEGIN + "\nsecond\n" + END)
     assert text.endswith("## After\n\nmore\n") and "first" not in text
+
+
+def test_a_named_block_lives_beside_the_protocols_own(tmp_path):
+    """`htl-ray reproduce --block round2`: a second round writes its own block and leaves
+    round one's as it is, in either order."""
+    page = tmp_path / "results.md"
+    write_results(page, "round one")
+    write_results(page, "round two", name="round2")
+    write_results(page, "round one again")
+    write_results(page, "round two again", name="round2")
+    begin2, end2 = marks("round2")
+    assert begin2 != BEGIN and end2 != END and "round2" in begin2 and "round2" in end2
+    assert page.read_text() == (f"{BEGIN}\nround one again\n{END}\n\n"
+                                f"{begin2}\nround two again\n{end2}\n")
 
 
 def test_misordered_marks_are_left_alone_and_a_fresh_block_appended(tmp_path):

@@ -35,3 +35,24 @@ def test_confirmation_runs_give_every_comparator_the_attention_the_sweep_chose(t
     assert default.base.htl.method == "erm"
     assert [g for _, g, _, _ in confirmation_plan(default, {"htl.lam": 0.5}, seeds=1,
                                                   base_raw=default.base.to_dict())] == ["best"]
+
+
+def test_comparator_groups_with_their_own_overrides_keep_another_rounds_settings(tmp_path):
+    """A round that searches down-weighting (λ < 0) while its comparators keep round one's λ:
+    every comparator group gets its overrides on top of the chosen configuration; one that
+    makes the chosen configuration again is not planned twice."""
+    sweep = load_sweep(write_sweep(
+        tmp_path, {"htl.lam": {"type": "float", "low": -0.9, "high": -0.2},
+                   "htl.method": {"type": "categorical", "choices": ["htl", "tta"]}},
+        {"name": "r2", "comparators": {"htl": ["htl.method=htl", "htl.lam=2.4"],
+                                       "erm": ["htl.method=erm", "htl.lam=2.4"],
+                                       "tta": ["htl.method=tta", "htl.lam=2.4"],
+                                       "same": ["htl.method=tta"]}},
+        overrides=["train.epochs=3", "htl.method=htl", "htl.q=0.3"]))
+    assert set(sweep.comparator_groups) == {"htl", "erm", "tta", "same"}
+    plan = confirmation_plan(sweep, {"htl.lam": -0.5, "htl.method": "tta"}, seeds=1,
+                             base_raw=sweep.base.to_dict())
+    got = {group: (cfg.htl.method, cfg.htl.lam, cfg.htl.q) for _, group, _, cfg in plan}
+    assert got == {"best": ("tta", -0.5, 0.3), "htl": ("htl", 2.4, 0.3),
+                   "erm": ("erm", 2.4, 0.3), "tta": ("tta", 2.4, 0.3)}     # no "same"
+    assert [g for _, g, _, _ in plan] == ["best", "erm", "htl", "tta"]     # verdict's first

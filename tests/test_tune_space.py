@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import optuna.distributions as od
 import pytest
 from sweep_files import write_sweep
@@ -113,3 +115,47 @@ def test_asha_grace_period_must_leave_a_last_epoch(tmp_path):
         load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
                           {"name": "s", "scheduler": "asha", "grace_period": 6},
                           overrides=["train.epochs=6"]))
+
+
+@pytest.mark.parametrize("comparators, message", [
+    ({"best": ["htl.method=erm"]}, "group name 'best'"),
+    ({"Erm": ["htl.method=erm"]}, "group name 'Erm'"),
+    ({"erm": "htl.method=erm"}, "comparators.erm: expected a list of key=value"),
+    ({"erm": ["htl.method=jtt"]}, "sweep.comparators: erm does not fit the base config: "
+                                  "htl.method: expected one of"),
+])
+def test_comparator_groups_are_named_and_checked_at_every_corner(tmp_path, comparators,
+                                                                 message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+                               {"name": "s", "comparators": comparators}))
+
+
+def test_reuse_names_an_earlier_sweep_and_maps_groups_both_ways(tmp_path):
+    earlier_dir = tmp_path / "one"
+    earlier_dir.mkdir()
+    write_sweep(earlier_dir, {"htl.lam": {"type": "float", "low": 0, "high": 1}},
+                {"name": "one", "comparators": ["erm", "random"]})
+    (tmp_path / "archive").mkdir()
+    space = {"htl.lam": {"type": "float", "low": -0.9, "high": -0.1}}
+    settings = {"name": "two", "comparators": {"erm": ["htl.method=erm"]}}
+
+    def sweep_with(reuse):
+        return load_sweep(write_sweep(tmp_path, space, settings, reuse=reuse))
+
+    reuse = sweep_with({"sweep": "one/sweep.yaml", "archive": "archive",
+                        "groups": {"erm": "erm", "best": "random"}}).reuse
+    assert reuse.sweep_file == tmp_path / "one" / "sweep.yaml"
+    assert reuse.archive == tmp_path / "archive" and reuse.groups == {"erm": "erm",
+                                                                      "best": "random"}
+    for bad, message in (
+            ({"sweep": "nope.yaml", "groups": {"erm": "erm"}}, "reuse.sweep: sweep file not found"),
+            ({"sweep": "one/sweep.yaml", "archive": "gone", "groups": {"erm": "erm"}},
+             "reuse.archive: not a folder"),
+            ({"sweep": "one/sweep.yaml", "groups": {"tta": "erm"}},
+             "'tta' is not a confirmation group of this sweep (it has best, erm)"),
+            ({"sweep": "one/sweep.yaml", "groups": {"erm": "loss"}},
+             "reuse.groups.erm: 'loss' is not a confirmation group of"),
+            ({"sweep": "one/sweep.yaml"}, "reuse: expected a mapping with sweep")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            sweep_with(bad)
