@@ -159,3 +159,13 @@ def test_reuse_names_an_earlier_sweep_and_maps_groups_both_ways(tmp_path):
             ({"sweep": "one/sweep.yaml"}, "reuse: expected a mapping with sweep")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             sweep_with(bad)
+
+
+def test_a_setting_may_set_its_own_confirmation_seeds(tmp_path):
+    space = {"htl.lam": {"type": "float", "low": 0, "high": 1}}
+    assert load_sweep(write_sweep(tmp_path, space)).confirm_seeds(6) == 6
+    assert load_sweep(write_sweep(tmp_path, space, {"name": "s", "seeds": 3})
+                      ).confirm_seeds(6) == 3
+    for bad in (0, "3", True):
+        with pytest.raises(ConfigError, match=r"sweep.seeds: expected a positive integer"):
+            load_sweep(write_sweep(tmp_path, space, {"name": "s", "seeds": bad}))

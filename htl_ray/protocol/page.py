@@ -366,21 +366,30 @@ def results_markdown(sweeps: list[Sweep], *, uri: str, seeds: int, command: str,
 
     sections, complete, hours, readings = [], True, 0.0, []
     for sweep in sweeps:
-        text, status = setting_section(sweep, uri=uri, seeds=seeds, ablate=ablate)
+        n_seeds = sweep.confirm_seeds(seeds)
+        text, status = setting_section(sweep, uri=uri, seeds=n_seeds, ablate=ablate)
         sections.append(text)
         hours += status.compute_hours
         readings.append((status.setting, status.verdict,
                          status.complete([g for g in groups(sweep) if g in VERDICT_GROUPS],
-                                         seeds)))
-        complete &= status.finished(sweep, seeds, ablate)
+                                         n_seeds)))
+        complete &= status.finished(sweep, n_seeds, ablate)
     head = [f"## {title}", "",
             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
             f"`{short_commit(tracking.git_commit())}` from MLflow `{tracking.redact(uri)}` by",
             "", "```bash", command, "```", "",
-            f"Seeds 0–{seeds - 1} per method; {hours:.1f} compute hours "
+            f"Seeds 0–{seeds - 1} per method{_own_seeds(sweeps, seeds)}; {hours:.1f} compute "
+            "hours "
             + ("in all. **Complete.**" if complete else "so far. **In progress** — run the "
                "same command to continue; finished runs are skipped."), "", *goal_lines(readings)]
     return "\n".join(head + sections), complete
+
+
+def _own_seeds(sweeps: list[Sweep], seeds: int) -> str:
+    """` (supervised: 0–2)` for the settings whose sweep file sets its own seeds."""
+    own = [f"{s.base.supervision.setting}: 0–{s.confirm_seeds(seeds) - 1}" for s in sweeps
+           if s.confirm_seeds(seeds) != seeds]
+    return f" ({'; '.join(own)})" if own else ""
 
 
 def write_results(path: Path, block: str, *, name: str | None = None) -> None:

@@ -84,7 +84,8 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
         with exporting:
             for sweep in sweeps:
                 status = setting_status(sweep, uri)
-                if status.complete(groups(sweep), seeds):
+                n_seeds = sweep.confirm_seeds(seeds)
+                if status.complete(groups(sweep), n_seeds):
                     logger.info(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
                     continue
                 resume = (sweep.directory / STATE_FILE).is_file()
@@ -92,8 +93,8 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
                             f"({'continuing' if resume else 'starting'}; "
                             f"{sweep.base.supervision.setting} setting, "
                             f"{sweep.settings.num_samples} trials, then "
-                            f"{len(groups(sweep))} × {seeds} confirmation runs)")
-                outcome = run_sweep(sweep, resume=resume, confirm=seeds,
+                            f"{len(groups(sweep))} × {n_seeds} confirmation runs)")
+                outcome = run_sweep(sweep, resume=resume, confirm=n_seeds,
                                     on_confirmed=refresh_between_runs)
                 if outcome.interrupted:
                     logger.info("[htl-ray] reproduce: interrupted; run the same command to "
@@ -104,7 +105,8 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
                     continue
                 logger.info(f"[htl-ray] reproduce: {sweep.settings.name} ablations "
                             f"({', '.join(sweep.ablations)}; val only)")
-                outcome = run_sweep(sweep, resume=True, confirm=seeds, ablate=True,
+                outcome = run_sweep(sweep, resume=True, confirm=sweep.confirm_seeds(seeds),
+                                    ablate=True,
                                     on_confirmed=refresh_between_runs)
                 if outcome.interrupted:
                     logger.info("[htl-ray] reproduce: interrupted; run the same command to "

@@ -84,6 +84,8 @@ class SweepSettings:
     comparators: list[str] | dict[str, list[str]] = field(default_factory=lambda: ["erm"])
     # ablations: seeds 0..N-1 of each variant (its Δ is paired with the chosen config's seeds)
     ablation_seeds: int = 1
+    # confirmation seeds of this setting in `htl-ray reproduce` (None: its --seeds)
+    seeds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,10 @@ class Sweep:
     def comparator_groups(self) -> dict[str, list[str]]:
         """Group name → the overrides that turn the chosen configuration into it."""
         return comparator_groups(self.settings.comparators)
+
+    def confirm_seeds(self, default: int) -> int:
+        """This setting's confirmation seeds: `sweep.seeds`, else the protocol's --seeds."""
+        return self.settings.seeds or default
 
     @property
     def directory(self) -> Path:
@@ -198,6 +204,10 @@ def _settings(raw: Any, where: str) -> SweepSettings:
         raise ConfigError(f"{where}.num_samples: expected a positive integer")
     if not isinstance(s.ablation_seeds, int) or s.ablation_seeds < 1:
         raise ConfigError(f"{where}.ablation_seeds: expected a positive integer")
+    if s.seeds is not None and (not isinstance(s.seeds, int) or isinstance(s.seeds, bool)
+                                or s.seeds < 1):
+        raise ConfigError(f"{where}.seeds: expected a positive integer (this setting's "
+                          f"confirmation seeds) or nothing (reproduce --seeds), got {s.seeds!r}")
     if s.max_concurrent != "auto" and (not isinstance(s.max_concurrent, int)
                                        or s.max_concurrent < 1):
         raise ConfigError(f"{where}.max_concurrent: expected `auto` or a positive integer")
