@@ -44,3 +44,15 @@ def test_plots_and_summary(tmp_path):
     md = summary_markdown("s", "val/dice", "max", table, records[1], skipped)
     assert "Best: **b lam=3** — val/dice = 0.7000" in md
     assert "5 (3 finished, 1 stopped early, 1 failed)" in md
+
+
+def test_a_trial_that_failed_after_logging_a_high_value_is_listed_last():
+    """It cannot be the best, so the summary's table must not show it above the best."""
+    records = [*_records(),
+               TrialRecord("f", "f lam=4", {"htl.lam": 4.0, "train.lr": 1e-3}, [0.95], False,
+                           error="lost")]
+    table = trials_table(records, "max", "val/dice")
+    assert list(table["trial"])[0] == "b lam=3"
+    assert list(table["status"])[-2:] == ["error", "error"]
+    assert list(table["trial"])[-2] == "f lam=4"            # failed ones by value, too
+    assert list(trials_table(records, "min", "val/dice")["status"])[-2:] == ["error", "error"]

@@ -105,7 +105,12 @@ def trials_table(records: list[TrialRecord], mode: str, metric: str) -> pd.DataF
                      "epochs": len(r.history), **r.params, "mlflow_run_id": r.mlflow_run_id})
     df = pd.DataFrame(rows)
     if not df.empty:
-        df = df.sort_values(metric, ascending=(mode == "min"), na_position="last")
+        # failed trials last, whatever they logged before failing: the best is never one, so
+        # the table must not list one above it
+        df = (df.assign(_failed=df["status"] == "error")
+              .sort_values(["_failed", metric], ascending=[True, mode == "min"],
+                           na_position="last", kind="stable")
+              .drop(columns="_failed"))
     return df
 
 
