@@ -285,7 +285,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     complete = run_protocol(args.sweeps, seeds=args.seeds, results=args.results,
                             report_only=args.report_only, overrides=overrides,
                             archive=args.archive, ablate=not args.no_ablations,
-                            block=args.block)
+                            block=args.block, externals=args.external)
     print(f"\n=== htl-ray: reproduction protocol {'complete' if complete else 'in progress'}"
           f" ===\nresults: {args.results}"
           + ("" if complete else "\nrun the same command again to continue (finished runs "
@@ -541,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--block", type=_block_name, help="write the page's block of this name "
                     "instead of the protocol's own (a later round beside the first on one "
                     "page, e.g. --block round2)")
+    rp.add_argument("--external", action="append", default=[], metavar="DATASET",
+                    help="an ingested test-only dataset of another site (`data ingest ... "
+                    "--all-test`): every confirmation run is also scored on it and the page "
+                    "shows the per-group effects there; repeatable")
     rp.add_argument("--no-ablations", action="store_true", help="skip the sweep files' "
                     "ablations (variants of each chosen configuration, scored on val only; by "
                     "default they run after every setting's confirmation runs)")

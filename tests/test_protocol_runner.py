@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from htl_ray.archive import ORIGIN_TAG
+from htl_ray.config import ConfigError
 from htl_ray.protocol import run_protocol
 from htl_ray.protocol.page import BEGIN, END
 
@@ -49,8 +51,11 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     # both baselines are tested with known numbers in test_protocol_page.py and
     # test_analysis_stats.py; without its ablations first: the protocol is complete once the
     # verdict's runs are
+    with pytest.raises(ConfigError, match="--external: .*missing dataset manifest"):
+        run_protocol([sweep_file], seeds=1, results=page, externals=[tmp_path])
+    # the synthetic set's own test split stands in for another site's test-only dataset
     assert run_protocol([sweep_file], seeds=1, results=page, archive=archive,
-                        ablate=False) is True
+                        ablate=False, externals=[synth_dataset]) is True
     lines = _said(capsys)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("repro")
@@ -66,6 +71,10 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     assert len({r.data.params["htl.lam"] for r in confirm}) == 1
     test_lam = confirm[0].data.params["htl.lam"]
     assert all("best/test/dice" in r.data.metrics for r in confirm)
+    # scored on the external dataset too (named by its folder), equal to its own test split
+    assert all(r.data.metrics["external/ds/dice"] == pytest.approx(
+        r.data.metrics["best/test/dice"], abs=1e-6) for r in confirm)
+    assert "External test-only dataset `ds`" in page.read_text()
 
     text = page.read_text()
     assert text.startswith("# Results\n\nwritten by hand\n") and text.count(BEGIN) == 1
@@ -80,7 +89,8 @@ def test_protocol_runs_resumes_and_reports_from_mlflow(ray_cluster, synth_datase
     header = [c.strip() for c in table[0].strip("|").split("|")]
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
             for r in table[1:]}
-    assert list(rows)[:3] == ["htl", "erm", "variant"]     # then the ablations' table
+    # then the per-group tables (test split, the external dataset), then the ablations'
+    assert list(rows)[:3] == ["htl", "erm", "group"] and "variant" in rows
     assert header[:6] == ["method", "seeds", "dice", "iou", "thresholded_jaccard",
                           "worst_group_dice"]
     # the table's numbers are the runs' test metrics, Δ = paired difference in points
@@ -196,7 +206,9 @@ def test_protocol_files_shipped_are_valid():
 
     sweeps = {p.stem: load_sweep(p) for p in sorted(PROTOCOL.glob("*.yaml"))}
     assert set(sweeps) == set(SETTINGS)
-    compared = {m.name for m in METHODS.values() if m.score_column is not None} | {"erm"}
+    # round one's five methods (tta and entropy came with round 2, below)
+    compared = {"htl", "random", "loss", "el2n", "erm"}
+    assert compared - {"erm"} < {m.name for m in METHODS.values() if m.score_column}
     makefile = (ROOT / "Makefile").read_text()
     for name, sweep in sweeps.items():
         base = sweep.base
@@ -255,3 +267,47 @@ def test_gpu_variant_overrides_every_setting_and_report_only_trains_nothing(
     assert "--set data.path=/mnt/shared/data/isic256" in text
     assert "--set 'scaling.resources_per_worker={CPU: 4, GPU: 0.75}'" in text
     assert "### semi: sweep `reproduce-semi`" in text and not (tmp_path / "sweeps").exists()
+
+
+def test_round_two_files_ask_the_issues_questions():
+    """experiments/reproduce/round2: in the weak setting ERM, HTL, TTA, loss, EL2N and the
+    placebo at round one's chosen configuration, plus the best down-weighting variant (λ < 0)
+    chosen on val, with 6 seeds (make reproduce-round2); in the supervised setting TTA and the
+    down-weighting variant against round one's ERM, HTL and placebo, 3 seeds; round one's runs
+    of those groups reused; its own sweep names."""
+    from htl_ray.tune.space import load_sweep
+
+    round1 = {p.stem: load_sweep(p) for p in sorted(PROTOCOL.glob("*.yaml"))}
+    round2 = {p.stem: load_sweep(p) for p in sorted((PROTOCOL / "round2").glob("*.yaml"))}
+    assert set(round2) == {"weak", "supervised"}
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("reproduce-round2:")[1].split("\n\n")[0]
+    assert "--seeds 6" in recipe and "--block round2" in recipe and "round2/archive" in recipe
+    for name, groups, seeds in (("weak", {"htl", "erm", "random", "tta", "loss", "el2n"}, 6),
+                                ("supervised", {"htl", "erm", "random", "tta"}, 3)):
+        sweep, first = round2[name], round1[name]
+        assert sweep.settings.name not in {s.settings.name for s in round1.values()}
+        assert set(sweep.comparator_groups) == groups and sweep.confirm_seeds(6) == seeds
+        # the search is over down-weighting only: every λ it can sample is in (−1, 0)
+        lam = sweep.space["htl.lam"]
+        assert -1 < lam.low < lam.high < 0
+        # the comparators keep round one's chosen configuration
+        chosen = {k.removeprefix("best."): v for k, v in _round_one_best(first).items()}
+        for group, extra in sweep.comparator_groups.items():
+            cfg = sweep.config_for({"htl.lam": -0.5, "htl.method": "tta"}, extra)
+            assert cfg.htl.method == group and str(cfg.htl.lam) == chosen["htl.lam"]
+            assert (str(cfg.htl.q), cfg.htl.attention) == (chosen["htl.q"],
+                                                           chosen["htl.attention"])
+        assert sweep.reuse.sweep_file.resolve() == first.path.resolve()
+        assert set(sweep.reuse.groups) == {"htl", "erm", "random"} | (
+            {"loss", "el2n"} if name == "weak" else set())
+        assert sweep.reuse.groups["htl"] == "best"
+
+
+def _round_one_best(sweep) -> dict[str, str]:
+    """The chosen configuration round one's archive records on its sweep's parent run."""
+    for path in (PROTOCOL / "archive" / sweep.settings.name).glob("*.json"):
+        record = json.loads(path.read_text())
+        if record["tags"].get("htl.role") == "sweep":
+            return {k: v for k, v in record["params"].items() if k.startswith("best.")}
+    raise AssertionError(f"no archived parent run of {sweep.settings.name}")

@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 from htl_ray.errors import UserError
+from htl_ray.protocol.external import check_externals, score_externals
 from htl_ray.protocol.page import results_markdown, write_results
 from htl_ray.protocol.status import groups, setting_status
 from htl_ray.tune.reuse import import_reused
@@ -22,7 +23,8 @@ logger = logging.getLogger(__name__)
 def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Path,
                  report_only: bool = False, overrides: list[str] | None = None,
                  archive: str | Path | None = None, archive_every_s: float = 120.0,
-                 ablate: bool = True, block: str | None = None) -> bool:
+                 ablate: bool = True, block: str | None = None,
+                 externals: list[str | Path] | None = None) -> bool:
     """Run (or continue) every setting's sweep and confirmation runs, regenerating the results
     page after each; then, with `ablate`, every setting's ablations (val only: after all the
     verdict's runs, which matter more). Returns whether the protocol is complete. With
@@ -31,13 +33,16 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     and every run that ended is written to it (`htl_ray.archive`), every `archive_every_s`
     seconds while the protocol trains and after each confirmation run: commit it to keep
     them. With `block`, the page's block of that name is written (a later round beside the
-    first)."""
+    first). With `externals` (test-only datasets), every confirmation run trained here is also
+    scored on each (`htl_ray.protocol.external`), and the page shows its per-group effects
+    there too."""
     from htl_ray import tracking
     from htl_ray.archive import PeriodicExport, export_sweep, import_sweep
 
     if seeds < 1:
         raise UserError(f"--seeds: expected at least 1, got {seeds}")
     sweeps = [load_sweep(f, overrides) for f in sweep_files]   # every file checked first
+    external = check_externals(list(externals or []))
     names = [s.settings.name for s in sweeps]
     if len(set(names)) < len(names):
         raise UserError(f"sweep names must differ across the protocol, got {names}")
@@ -45,7 +50,8 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     command = " ".join(["htl-ray reproduce", *map(str, sweep_files), f"--seeds {seeds}",
                         f"--results {results}", *([] if ablate else ["--no-ablations"]),
                         *(f"--set {shlex.quote(o)}" for o in overrides or []),
-                        *([f"--block {block}"] if block else [])])
+                        *([f"--block {block}"] if block else []),
+                        *(f"--external {p}" for p in externals or [])])
     results = Path(results)
     archive = Path(archive) if archive is not None else None
     if archive is not None:
@@ -58,6 +64,9 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     def refresh() -> bool:
         if archive is not None:        # first: the runs matter more than the page
             for sweep in sweeps:
+                export_sweep(sweep, uri, archive)
+        if score_externals(sweeps, external) and archive is not None:
+            for sweep in sweeps:       # their external scores, kept too
                 export_sweep(sweep, uri, archive)
         text, complete = results_markdown(
             sweeps, uri=uri, seeds=seeds, command=command, ablate=ablate,
