@@ -257,3 +257,17 @@ def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_externa
     bare = runs.assign(metrics=[{"best/test/dice": 0.8}] * len(runs))
     assert group_effect_lines(bare, enrichment) == [
         "Test split, per group: no group Dice to compare yet.", ""]
+
+
+def test_a_round_whose_chosen_configuration_is_not_htl_names_it_in_its_verdicts():
+    from htl_ray.protocol.page import chosen_label
+
+    verdicts = _verdicts({("ERM", "dice"): (0.01, -0.01, 0.03)})
+    assert verdict_lines(verdicts.values(), chosen="best (htl, λ=-0.52)") == [
+        "best (htl, λ=-0.52) − ERM, Dice: +1.0 points [-1.0, +3.0]: no significant difference "
+        "(the 95% CI includes 0)"]
+    assert goal_lines([("weak", verdicts, True)], chosen="the chosen configuration")[0] \
+        .startswith("**The goal** — the chosen configuration ahead of both ERM")
+    assert chosen_label(pd.DataFrame({"method": ["htl", "erm"]})) == "HTL"
+    assert chosen_label(pd.DataFrame({"method": ["best (tta, λ=-0.50)", "htl"]})) == \
+        "best (tta, λ=-0.50)"

@@ -135,23 +135,25 @@ _READINGS = {
 }
 
 
-def verdict_lines(verdicts: Iterable[Verdict]) -> list[str]:
-    """Plain-language reading of HTL's paired differences, against the ≥ 2-point goal."""
+def verdict_lines(verdicts: Iterable[Verdict], *, chosen: str = "HTL") -> list[str]:
+    """Plain-language reading of the chosen configuration's (HTL's) paired differences,
+    against the ≥ 2-point goal."""
     lines = []
     for v in verdicts:
         d, label, reading = v.difference, _metric_label(v.metric), v.reading
         if reading is Reading.MISSING:
             continue
         if reading is Reading.NO_INTERVAL:
-            lines.append(f"HTL − {v.baseline}, {label}: {d.mean * 100:+.1f} points "
+            lines.append(f"{chosen} − {v.baseline}, {label}: {d.mean * 100:+.1f} points "
                          "(one seed pair: no CI)")
             continue
-        lines.append(f"HTL − {v.baseline}, {label}: {d.mean * 100:+.1f} points "
+        lines.append(f"{chosen} − {v.baseline}, {label}: {d.mean * 100:+.1f} points "
                      f"[{d.low * 100:+.1f}, {d.high * 100:+.1f}]: {_READINGS[reading]}")
     return lines
 
 
-def goal_lines(readings: list[tuple[str, dict[tuple[str, str], Verdict], bool]]) -> list[str]:
+def goal_lines(readings: list[tuple[str, dict[tuple[str, str], Verdict], bool]], *,
+               chosen: str = "HTL") -> list[str]:
     """The issue's goal over all settings, from each setting's (name, verdicts, whether its
     verdict's runs have every seed): HTL ahead of *both* ERM and the placebo by ≥ 2 points of
     one metric (thresholded Jaccard or Dice), each 95% CI excluding 0, in at least one setting;
@@ -161,20 +163,28 @@ def goal_lines(readings: list[tuple[str, dict[tuple[str, str], Verdict], bool]])
         for metric in ("thresholded_jaccard", "dice"):
             if goal_met(verdicts, metric, GOAL_BASELINES):
                 met.append(f"{setting} ({_metric_label(metric, short=True)})")
-        worse += [f"{setting}: HTL − {v.baseline}, {_metric_label(v.metric, short=True)}"
+        worse += [f"{setting}: {chosen} − {v.baseline}, "
+                  f"{_metric_label(v.metric, short=True)}"
                   for v in verdicts.values() if v.reading is Reading.WORSE]
         if not complete:
             pending.append(setting)
     reading = (f"**met** in {', '.join(met)}" if met else "**not met** in any setting") + (
         " so far" if pending else "")
-    lines = [f"**The goal** — HTL ahead of both ERM and the random placebo by ≥ 2 points of "
+    lines = [f"**The goal** — {chosen} ahead of both ERM and the random placebo by ≥ 2 points of "
              f"thresholded Jaccard or Dice, 95% CIs excluding 0, in at least one setting: "
              f"{reading}. Significantly worse than ERM or the placebo: "
              f"{'; '.join(worse) if worse else 'nowhere'}."]
     if pending:
-        lines.append(f"Still without every seed of HTL, ERM and the placebo: "
+        lines.append(f"Still without every seed of {chosen}, ERM and the placebo: "
                      f"{', '.join(pending)}.")
     return [" ".join(lines), ""]
+
+
+def chosen_label(table: pd.DataFrame) -> str:
+    """What the verdicts call the chosen configuration: HTL, or in a round whose sweep chose
+    something else beside an HTL group (a down-weighting variant), its row's name."""
+    label = str(table["method"].iloc[0]) if len(table) else "htl"
+    return "HTL" if label == "htl" else label
 
 
 def enrichment_lines(sweep: Sweep) -> list[str]:
@@ -349,7 +359,8 @@ def setting_section(sweep: Sweep, *, uri: str, seeds: int, ablate: bool = True
               "(×100):", "", markdown_table(table), ""]
     if not status.complete(names, seeds):
         lines += ["*Incomplete: the numbers above cover the runs finished so far.*", ""]
-    lines += [f"- {v}" for v in verdict_lines(status.verdict.values())] + [""]
+    lines += [f"- {v}" for v in verdict_lines(status.verdict.values(),
+                                              chosen=chosen_label(table))] + [""]
     report = chosen_report(sweep)
     lines += group_effect_lines(runs, None if report is None else report.enrichment,
                                 methods=[g for g in names if g != BASELINE])
@@ -381,7 +392,9 @@ def results_markdown(sweeps: list[Sweep], *, uri: str, seeds: int, command: str,
             f"Seeds 0–{seeds - 1} per method{_own_seeds(sweeps, seeds)}; {hours:.1f} compute "
             "hours "
             + ("in all. **Complete.**" if complete else "so far. **In progress** — run the "
-               "same command to continue; finished runs are skipped."), "", *goal_lines(readings)]
+               "same command to continue; finished runs are skipped."), "",
+            *goal_lines(readings, chosen="HTL" if not any(
+                "htl" in s.comparator_groups for s in sweeps) else "the chosen configuration")]
     return "\n".join(head + sections), complete
 
 
