@@ -66,7 +66,7 @@ def test_a_failed_start_removes_only_the_out_folder_it_made(tmp_path):
     assert not (tmp_path / "out").exists()                    # INPUT is checked first
     with pytest.raises(ConfigError, match="MODEL: .*no_model does not exist"):
         predict(tmp_path / "no_model", src, tmp_path / "new" / "out")
-    assert not (tmp_path / "new" / "out").exists()            # made here, empty: removed
+    assert not (tmp_path / "new").exists()                    # made here, empty: removed
     (tmp_path / "mine").mkdir()
     with pytest.raises(ConfigError, match="MODEL:"):
         predict(tmp_path / "no_model", src, tmp_path / "mine")

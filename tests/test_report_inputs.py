@@ -121,9 +121,13 @@ def test_a_run_without_refreshes_is_scored_with_its_best_checkpoint(dataset, tmp
 
 
 def test_what_is_not_a_run_or_lost_its_dataset_is_named(dataset, tmp_path):
-    with pytest.raises(UserError, match=r"not a run directory \(no htl_run.json\); pass the "
-                                        r"directory `htl-ray train` printed"):
+    with pytest.raises(UserError, match=r"^report: .*: no htl_run.json there; not a run "
+                                        r"directory$"):
         load_run(tmp_path)
+    (tmp_path / "htl_run.json").write_text("{}")                 # there, but records nothing
+    with pytest.raises(UserError, match=r"htl_run.json: records no run \(an empty JSON "):
+        load_run(tmp_path)
+    (tmp_path / "htl_run.json").unlink()
     import shutil
 
     moved = tmp_path / "ds_moved"

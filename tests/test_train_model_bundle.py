@@ -149,7 +149,8 @@ def test_register_run_mistakes_name_the_run_and_register_nothing(tmp_path, track
     from htl_ray.tracking import client
 
     no_run = write_run_state(tmp_path / "no_run", config={})        # no MLflow run recorded
-    with pytest.raises(ConfigError, match=f"^register: {no_run}: .*not a run directory$"):
+    with pytest.raises(ConfigError, match=f"^register: {no_run}/htl_run.json: records no "
+                                          "MLflow run"):
         register_run(no_run, "m")
     run_id = tracking.start_run(tracking_uri, "bundles", "r", {}, {})
     bare = write_run_state(tmp_path / "bare", mlflow_run_id=run_id, tracking_uri=tracking_uri,

@@ -230,7 +230,9 @@ def predict(model: str | Path, source: str | Path, out: str | Path, *, split: st
     if review_threshold is not None and not 0 <= review_threshold <= 1:
         raise ConfigError(f"--review-threshold {review_threshold:g}: a risk is in [0, 1]")
     inputs: Inputs = discover(source, split, exclude=Path(out))
-    created = not Path(out).exists()
+    # the folders this call creates (--out new/out: new/ too), removed again on a failed start
+    created = [p for p in [Path(out).absolute(), *Path(out).absolute().parents]
+               if not p.exists()]
     out = writable_folder(Path(out))
     try:
         return _predict(model, source, out, inputs, split=split, risk=risk,
@@ -239,8 +241,9 @@ def predict(model: str | Path, source: str | Path, out: str | Path, *, split: st
                         gpus_per_actor=gpus_per_actor, batch_size=batch_size,
                         tracking_uri=tracking_uri)
     except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()                       # a failed start leaves no empty folder behind
+        for folder in created:                # deepest first; only if nothing was written
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()                # a failed start leaves no empty folder behind
         raise
 
 

@@ -21,7 +21,7 @@ from htl_ray.checkpoints import load_checkpoint
 from htl_ray.config import ExperimentConfig, from_dict
 from htl_ray.data.schema import RECORDS_FILE, read_table
 from htl_ray.errors import UserError
-from htl_ray.run_dir import PER_SAMPLE_FILE, STATE_FILE, RunDir, RunState, read_meta
+from htl_ray.run_dir import PER_SAMPLE_FILE, RunDir, RunState, read_meta
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,7 @@ def load_run(run_dir: str | Path) -> RunInputs:
     from htl_ray.htl.coordinator import load_versions
 
     run_dir = Path(run_dir).resolve()
-    state = RunDir(run_dir).state()
-    if state is None:
-        raise UserError(f"{run_dir}: not a run directory (no {STATE_FILE}); pass "
-                                "the directory `htl-ray train` printed")
+    state = RunDir(run_dir).require_state("report:")
     cfg = from_dict(state.config)
     if not (Path(cfg.data.path) / RECORDS_FILE).is_file():
         raise UserError(f"{run_dir}: the run's dataset {cfg.data.path} is not here "

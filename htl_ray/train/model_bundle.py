@@ -106,9 +106,10 @@ def register_run(run_dir: str | Path, name: str, *, tracking_uri: str | None = N
     from htl_ray.tracking import client as tracking_client
 
     run_dir = Path(run_dir).resolve()
-    state = RunDir(run_dir).state()
-    if state is None or not state.mlflow_run_id:
-        raise ConfigError(f"register: {run_dir}: no {STATE_FILE} there; not a run directory")
+    state = RunDir(run_dir).require_state("register:")
+    if not state.mlflow_run_id:
+        raise ConfigError(f"register: {RunDir(run_dir).state_file}: records no MLflow run "
+                          "(mlflow_run_id); was the run started by `htl-ray train`?")
     uri = absolute_uri(tracking_uri) if tracking_uri else state.tracking_uri
     run_id = state.mlflow_run_id
     check_reachable(uri, existing=True, key="--tracking-uri" if tracking_uri else
