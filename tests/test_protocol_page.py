@@ -242,13 +242,13 @@ def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_externa
              "worst group under ERM (`unknown` left out):")
     assert lines == [
         f"Test split, {intro}", "",
-        "| group | chosen as | ERM Dice | best − ERM | random − ERM | tta − ERM |\n"
+        "| group | chosen as | ERM Dice | htl − ERM | random − ERM | tta − ERM |\n"
         "|---|---|---|---|---|---|\n"
         "| site = head/neck | enriched (OR 2.5), worst for ERM | 0.710 | +3.5 [-2.9, +9.9] (n=2) "
         "| +1.0 (n=1) | +0.0 [+0.0, +0.0] (n=2) |", "",
         f"External test-only dataset `derm` (`htl-ray evaluate --data … --name derm`), {intro}",
         "",
-        "| group | chosen as | ERM Dice | best − ERM | random − ERM | tta − ERM |\n"
+        "| group | chosen as | ERM Dice | htl − ERM | random − ERM | tta − ERM |\n"
         "|---|---|---|---|---|---|\n"
         "| site = head/neck | enriched (OR 2.5) | 0.610 | +2.5 [-29.3, +34.3] (n=2) | – | – |\n"
         "| site = anterior_torso | worst for ERM | 0.510 | +4.0 [-21.4, +29.4] (n=2) | – | – |",

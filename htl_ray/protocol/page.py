@@ -73,12 +73,7 @@ def method_table(runs: pd.DataFrame, comparators: list[str] | dict[str, list[str
     groups = [_run_group(r) for r in runs.itertuples()]
     if "best" not in groups and "htl" not in names:       # rows without tags: best is htl
         groups = ["best" if g == "htl" else g for g in groups]
-    label = {g: g for g in groups}
-    if "best" in label:
-        best_params = runs.params[[g == "best" for g in groups]].iloc[0]
-        method = best_params.get("htl.method", "?")
-        label["best"] = method if method not in label else (
-            f"best ({method}, λ={float(best_params.get('htl.lam', 'nan')):.2f})")
+    label = group_labels(runs, groups)
     group_of = dict(zip(runs["run_id"], groups, strict=True))
     baselines = {"ERM": "erm", "random": "random"}
     by_base = {name: compare(runs, "test", _baseline_params(runs, groups, g))
@@ -109,6 +104,19 @@ def method_table(runs: pd.DataFrame, comparators: list[str] | dict[str, list[str
         rows.append((order.index(group) if group in order else len(order), row))
     table = pd.DataFrame([row for _, row in sorted(rows, key=lambda x: x[0])])
     return table.reset_index(drop=True), verdicts
+
+
+def group_labels(runs: pd.DataFrame, groups: list[str]) -> dict[str, str]:
+    """How the page names each confirmation group (`groups`: each run's): by its name, but
+    `best` by its method — with its λ where a comparator group has that name (a second round's
+    down-weighting variant beside its `htl` group)."""
+    label = {g: g for g in groups}
+    if "best" in label:
+        best_params = runs.params[[g == "best" for g in groups]].iloc[0]
+        method = best_params.get("htl.method", "?")
+        label["best"] = method if method not in label else (
+            f"best ({method}, λ={float(best_params.get('htl.lam', 'nan')):.2f})")
+    return label
 
 
 def _baseline_params(runs: pd.DataFrame, groups: list[str], group: str) -> dict[str, str]:
@@ -230,6 +238,7 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
     enriched among HTL samples and on each attribute's worst group under ERM, paired by seed.
     `methods`: the column order (the setting's groups); other groups follow."""
     scored = [ScoredRun(_run_group(r), str(r.seed), r.metrics) for r in runs.itertuples()]
+    labels = group_labels(runs, [r.group for r in scored]) if len(runs) else {}
     order = [*(methods or []), *dict.fromkeys(r.group for r in scored)]
     order = [m for m in dict.fromkeys(order) if any(r.group == m for r in scored)]
     lines = []
@@ -255,7 +264,7 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
             row = {"group": f"{attribute} = {group}", "chosen as": chosen,
                    "ERM Dice": _fmt(first["baseline_dice"])}
             for e in sub.itertuples():
-                row[f"{e.method} − ERM"] = "–" if e.pairs == 0 else (
+                row[f"{labels.get(e.method, e.method)} − ERM"] = "–" if e.pairs == 0 else (
                     _fmt(e.difference, e.low, e.high, signed=True, points=True)
                     + f" (n={e.pairs})")
             rows.append(row)
