@@ -268,6 +268,10 @@ def test_a_round_whose_chosen_configuration_is_not_htl_names_it_in_its_verdicts(
         "(the 95% CI includes 0)"]
     assert goal_lines([("weak", verdicts, True)], chosen="the chosen configuration")[0] \
         .startswith("**The goal** — the chosen configuration ahead of both ERM")
-    assert chosen_label(pd.DataFrame({"method": ["htl", "erm"]})) == "HTL"
-    assert chosen_label(pd.DataFrame({"method": ["best (tta, λ=-0.50)", "htl"]})) == \
-        "best (tta, λ=-0.50)"
+    runs = pd.DataFrame([_tagged("best", "htl", "-0.52", 0, 0.8),
+                         _tagged("erm", "erm", "2.4", 0, 0.8)])
+    assert chosen_label(runs, ["erm", "random"]) == "HTL"
+    # the htl group has no run yet, but the sweep has one: best is not called htl
+    assert chosen_label(runs, ["erm", "random", "htl"]) == "best (htl, λ=-0.52)"
+    table, _ = method_table(runs, ["erm", "random", "htl"])
+    assert list(table["method"]) == ["best (htl, λ=-0.52)", "erm"]

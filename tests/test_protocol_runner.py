@@ -283,25 +283,27 @@ def test_round_two_files_ask_the_issues_questions():
     makefile = (ROOT / "Makefile").read_text()
     recipe = makefile.split("reproduce-round2:")[1].split("\n\n")[0]
     assert "--seeds 6" in recipe and "--block round2" in recipe and "round2/archive" in recipe
-    for name, groups, seeds in (("weak", {"htl", "erm", "random", "tta", "loss", "el2n"}, 6),
-                                ("supervised", {"htl", "erm", "random", "tta"}, 3)):
+    for name, groups, seeds in (("weak", {"tta", "loss", "el2n"}, 6), ("supervised", {"tta"}, 3)):
         sweep, first = round2[name], round1[name]
+        groups |= {"htl", "erm", "random", "random-up"}
         assert sweep.settings.name not in {s.settings.name for s in round1.values()}
         assert set(sweep.comparator_groups) == groups and sweep.confirm_seeds(6) == seeds
         # the search is over down-weighting only: every λ it can sample is in (−1, 0)
         lam = sweep.space["htl.lam"]
         assert -1 < lam.low < lam.high < 0
-        # the comparators keep round one's chosen configuration
+        # the comparators keep round one's chosen configuration, but best's placebo (random)
+        # takes best's own λ: the same down-weighting on a random set
         chosen = {k.removeprefix("best."): v for k, v in _round_one_best(first).items()}
         for group, extra in sweep.comparator_groups.items():
             cfg = sweep.config_for({"htl.lam": -0.5, "htl.method": "tta"}, extra)
-            assert cfg.htl.method == group and str(cfg.htl.lam) == chosen["htl.lam"]
+            assert cfg.htl.method == group.removesuffix("-up")
+            assert str(cfg.htl.lam) == ("-0.5" if group == "random" else chosen["htl.lam"])
             assert (str(cfg.htl.q), cfg.htl.attention) == (chosen["htl.q"],
                                                            chosen["htl.attention"])
         assert sweep.reuse.sweep_file.resolve() == first.path.resolve()
-        assert set(sweep.reuse.groups) == {"htl", "erm", "random"} | (
-            {"loss", "el2n"} if name == "weak" else set())
-        assert sweep.reuse.groups["htl"] == "best"
+        assert sweep.reuse.groups == {"htl": "best", "erm": "erm", "random-up": "random",
+                                      **({"loss": "loss", "el2n": "el2n"} if name == "weak"
+                                         else {})}
 
 
 def _round_one_best(sweep) -> dict[str, str]:

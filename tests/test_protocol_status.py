@@ -69,3 +69,26 @@ def test_a_sweep_not_started_has_no_runs(tmp_path, tracking_uri):
     assert (status.parent_run_id, status.trials_finished, status.trials_asked) == (None, 0, 4)
     assert groups(sweep) == ["best", "erm", "random"]
     assert not status.complete(groups(sweep), 1) and status.complete([], 1)
+
+
+def test_once_chosen_the_groups_are_those_the_confirmation_plan_trains(tmp_path):
+    """A comparator that makes the chosen configuration again is not planned (it would be
+    `best` twice), so the status must not wait for it either: else the setting is never
+    complete and every sitting re-enters the sweep."""
+    from htl_ray.protocol.status import groups
+    from htl_ray.tune.confirm import confirmation_plan
+    from htl_ray.tune.space import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "overrides": ["htl.method=htl"],
+        "sweep": {"name": "r2", "storage_path": str(tmp_path),
+                  "comparators": {"erm": ["htl.method=erm"], "tta": ["htl.method=tta"]}},
+        "space": {"htl.method": {"type": "categorical", "choices": ["htl", "tta"]}}}))
+    sweep = load_sweep(path)
+    assert groups(sweep) == ["best", "erm", "tta"]                 # nothing chosen yet
+    for chosen, expected in (("tta", ["best", "erm"]), ("htl", ["best", "erm", "tta"])):
+        assert groups(sweep, {"htl.method": chosen}) == expected    # as MLflow records it
+        plan = confirmation_plan(sweep, {"htl.method": chosen}, seeds=1,
+                                 base_raw=sweep.base.to_dict())
+        assert sorted({p.group for p in plan}) == sorted(expected)

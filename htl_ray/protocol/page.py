@@ -73,7 +73,7 @@ def method_table(runs: pd.DataFrame, comparators: list[str] | dict[str, list[str
     groups = [_run_group(r) for r in runs.itertuples()]
     if "best" not in groups and "htl" not in names:       # rows without tags: best is htl
         groups = ["best" if g == "htl" else g for g in groups]
-    label = group_labels(runs, groups)
+    label = group_labels(runs, groups, names)
     group_of = dict(zip(runs["run_id"], groups, strict=True))
     baselines = {"ERM": "erm", "random": "random"}
     by_base = {name: compare(runs, "test", _baseline_params(runs, groups, g))
@@ -106,15 +106,17 @@ def method_table(runs: pd.DataFrame, comparators: list[str] | dict[str, list[str
     return table.reset_index(drop=True), verdicts
 
 
-def group_labels(runs: pd.DataFrame, groups: list[str]) -> dict[str, str]:
-    """How the page names each confirmation group (`groups`: each run's): by its name, but
-    `best` by its method — with its λ where a comparator group has that name (a second round's
-    down-weighting variant beside its `htl` group)."""
+def group_labels(runs: pd.DataFrame, groups: list[str], names: Iterable[str] = ()
+                 ) -> dict[str, str]:
+    """How the page names each confirmation group (`groups`: each run's; `names`: the
+    setting's groups, with or without runs yet): by its name, but `best` by its method — with
+    its λ where a group has that name (a second round's down-weighting variant beside its `htl`
+    group, also before the `htl` group has a run)."""
     label = {g: g for g in groups}
     if "best" in label:
         best_params = runs.params[[g == "best" for g in groups]].iloc[0]
         method = best_params.get("htl.method", "?")
-        label["best"] = method if method not in label else (
+        label["best"] = method if method not in {*label, *names} else (
             f"best ({method}, λ={float(best_params.get('htl.lam', 'nan')):.2f})")
     return label
 
@@ -188,10 +190,12 @@ def goal_lines(readings: list[tuple[str, dict[tuple[str, str], Verdict], bool]],
     return [" ".join(lines), ""]
 
 
-def chosen_label(table: pd.DataFrame) -> str:
-    """What the verdicts call the chosen configuration: HTL, or in a round whose sweep chose
-    something else beside an HTL group (a down-weighting variant), its row's name."""
-    label = str(table["method"].iloc[0]) if len(table) else "htl"
+def chosen_label(runs: pd.DataFrame, names: Iterable[str]) -> str:
+    """What the verdicts call the chosen configuration (`best`): HTL, or in a round whose
+    sweep chose something else beside an HTL group (a down-weighting variant), its name on the
+    page (`group_labels`)."""
+    groups = [_run_group(r) for r in runs.itertuples()]
+    label = group_labels(runs, groups, names).get("best", "htl") if len(runs) else "htl"
     return "HTL" if label == "htl" else label
 
 
@@ -238,7 +242,7 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
     enriched among HTL samples and on each attribute's worst group under ERM, paired by seed.
     `methods`: the column order (the setting's groups); other groups follow."""
     scored = [ScoredRun(_run_group(r), str(r.seed), r.metrics) for r in runs.itertuples()]
-    labels = group_labels(runs, [r.group for r in scored]) if len(runs) else {}
+    labels = group_labels(runs, [r.group for r in scored], methods or []) if len(runs) else {}
     order = [*(methods or []), *dict.fromkeys(r.group for r in scored)]
     order = [m for m in dict.fromkeys(order) if any(r.group == m for r in scored)]
     lines = []
@@ -337,7 +341,7 @@ def setting_section(sweep: Sweep, *, uri: str, seeds: int, ablate: bool = True
                     ) -> tuple[str, SettingStatus]:
     """One setting's section of the page, and its status (with its verdicts)."""
     status = setting_status(sweep, uri)
-    names = groups(sweep)
+    names = groups(sweep, status.best_params)
     title = f"### {sweep.base.supervision.setting}: sweep `{sweep.settings.name}`"
     n_abl = sweep.settings.ablation_seeds
     ablated = sum(min(status.ablation_finished.get(a, 0), n_abl) for a in sweep.ablations)
@@ -369,7 +373,7 @@ def setting_section(sweep: Sweep, *, uri: str, seeds: int, ablate: bool = True
     if not status.complete(names, seeds):
         lines += ["*Incomplete: the numbers above cover the runs finished so far.*", ""]
     lines += [f"- {v}" for v in verdict_lines(status.verdict.values(),
-                                              chosen=chosen_label(table))] + [""]
+                                              chosen=chosen_label(runs, names))] + [""]
     report = chosen_report(sweep)
     lines += group_effect_lines(runs, None if report is None else report.enrichment,
                                 methods=[g for g in names if g != BASELINE])
@@ -391,7 +395,8 @@ def results_markdown(sweeps: list[Sweep], *, uri: str, seeds: int, command: str,
         sections.append(text)
         hours += status.compute_hours
         readings.append((status.setting, status.verdict,
-                         status.complete([g for g in groups(sweep) if g in VERDICT_GROUPS],
+                         status.complete([g for g in groups(sweep, status.best_params)
+                                          if g in VERDICT_GROUPS],
                                          n_seeds)))
         complete &= status.finished(sweep, n_seeds, ablate)
     head = [f"## {title}", "",

@@ -94,7 +94,7 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
             for sweep in sweeps:
                 status = setting_status(sweep, uri)
                 n_seeds = sweep.confirm_seeds(seeds)
-                if status.complete(groups(sweep), n_seeds):
+                if status.complete(groups(sweep, status.best_params), n_seeds):
                     logger.info(f"[htl-ray] reproduce: {sweep.settings.name} complete, skipped")
                     continue
                 resume = (sweep.directory / STATE_FILE).is_file()
@@ -102,7 +102,8 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
                             f"({'continuing' if resume else 'starting'}; "
                             f"{sweep.base.supervision.setting} setting, "
                             f"{sweep.settings.num_samples} trials, then "
-                            f"{len(groups(sweep))} × {n_seeds} confirmation runs)")
+                            f"{len(groups(sweep, status.best_params))} × {n_seeds} "
+                            "confirmation runs)")
                 outcome = run_sweep(sweep, resume=resume, confirm=n_seeds,
                                     on_confirmed=refresh_between_runs)
                 if outcome.interrupted:

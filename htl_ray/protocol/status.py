@@ -25,6 +25,7 @@ from htl_ray.tracking.schema import (
     TRIAL_ROLE,
 )
 from htl_ray.tune.ablation import matches_variant, same_as_chosen
+from htl_ray.tune.confirm import planned_groups
 from htl_ray.tune.prior_trials import typed_params
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.state import read_in
@@ -59,13 +60,17 @@ class SettingStatus:
     def finished(self, sweep: Sweep, seeds: int, ablate: bool = True) -> bool:
         """Nothing left for the protocol to train in this setting: every confirmation run
         and, with `ablate`, every ablation."""
-        return self.complete(groups(sweep), seeds) and (
+        return self.complete(groups(sweep, self.best_params), seeds) and (
             not ablate or self.ablations_complete(sweep))
 
 
-def groups(sweep: Sweep) -> list[str]:
-    """The confirmation groups of a setting: the chosen HTL configuration and each comparator."""
-    return ["best", *sweep.comparator_groups]
+def groups(sweep: Sweep, best_params: dict[str, str] | None = None) -> list[str]:
+    """The confirmation groups of a setting: the chosen configuration and each comparator —
+    once the sweep has chosen (`best_params`, as its parent run records them), those its
+    confirmation plan trains (`tune.confirm.planned_groups`: not one that is `best` again)."""
+    if not best_params:
+        return ["best", *sweep.comparator_groups]
+    return list(planned_groups(sweep, typed_params(sweep, best_params)))
 
 
 def short_commit(commit: str) -> str:

@@ -24,6 +24,16 @@ def confirm_run_name(group: str, seed: int) -> str:
     return f"{CONFIRM_ROLE}-{group}-s{seed}"
 
 
+def planned_groups(sweep: Sweep, best_params: dict[str, Any], *,
+                   base_raw: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """The confirmation groups of the chosen configuration (`best`, then each comparator) and
+    their overrides; a comparator that makes the chosen configuration again (its own method)
+    would be `best` twice and is left out — the protocol's status counts the same groups."""
+    chosen = sweep.config_for(best_params, None, base_raw).flat()
+    return {"best": [], **{g: extra for g, extra in sweep.comparator_groups.items()
+                           if sweep.config_for(best_params, extra, base_raw).flat() != chosen}}
+
+
 def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], *, seeds: int,
                       base_raw: dict[str, Any]) -> list[PlannedRun]:
     """(run name, group, seed, config) of every confirmation run: the best config and the same
@@ -35,10 +45,7 @@ def confirmation_plan(sweep: Sweep, best_params: dict[str, Any], *, seeds: int,
     first, seed-major (a protocol interrupted after k seeds holds k complete paired
     comparisons); the other scores (loss, el2n) follow, seed-major too: with 5 groups and 3
     seeds the verdict's 9 runs come before the 6 others, not among them."""
-    # a comparator that makes the best config again (its own method) would be the best group
-    chosen = sweep.config_for(best_params, None, base_raw).flat()
-    groups = {"best": [], **{g: extra for g, extra in sweep.comparator_groups.items()
-                             if sweep.config_for(best_params, extra, base_raw).flat() != chosen}}
+    groups = planned_groups(sweep, best_params, base_raw=base_raw)
     tiers = [[g for g in groups if g in VERDICT_GROUPS], [g for g in groups
                                                            if g not in VERDICT_GROUPS]]
     return [PlannedRun(confirm_run_name(group, seed), group, seed,
