@@ -196,10 +196,12 @@ def read_records(archive: Path, sweep_name: str) -> list[dict[str, Any]]:
     return records
 
 
-def import_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
-    """Re-create the archived runs of `sweep` that this MLflow store lacks, and make the sweep
-    directory point at the archived parent run (so the protocol goes on to its missing trials
-    and confirmation runs instead of sweeping again)."""
+def import_sweep(sweep: Sweep, uri: str, archive: Path, *,
+                 point_sweep: bool = True) -> ArchiveCount:
+    """Re-create the archived runs of `sweep` that this MLflow store lacks, and (with
+    `point_sweep`) make the sweep directory point at the archived parent run, so the protocol
+    goes on to its missing trials and confirmation runs instead of sweeping again; a later
+    round that only reads the runs (`tune.reuse`) leaves the sweep directory alone."""
     from htl_ray import tracking
     from htl_ray.tracking import client as tracking_client
 
@@ -234,16 +236,18 @@ def import_sweep(sweep: Sweep, uri: str, archive: Path) -> ArchiveCount:
                             where=archive / sweep.settings.name / f"{rec['run_id']}.json")
         local[rec["run_id"]] = run_id
         count.runs += 1
+    if count.runs:
+        logger.info(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} "
+                    f"imported from {archive / sweep.settings.name} into MLflow "
+                    f"{tracking.redact(uri)}")
+    if not point_sweep:
+        return count
     _point_sweep_at(sweep, uri, local[parents[0]["run_id"]], archive)
     enrichment = archive / sweep.settings.name / ENRICHMENT_FILE
     target = sweep.directory / "report" / ENRICHMENT_FILE
     if enrichment.is_file() and not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(enrichment, target)
-    if count.runs:
-        logger.info(f"[htl-ray] archive: {count.runs} run(s) of {sweep.settings.name} "
-                    f"imported from {archive / sweep.settings.name} into MLflow "
-                    f"{tracking.redact(uri)}")
     return count
 
 

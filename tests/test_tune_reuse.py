@@ -12,6 +12,7 @@ from sweep_files import write_sweep
 
 from htl_ray.tracking.schema import (
     CONFIRM_ROLE,
+    DATASET_TAG,
     GROUP_TAG,
     PARENT_TAG,
     REUSED_SWEEP_TAG,
@@ -27,9 +28,9 @@ from htl_ray.tune.space import load_sweep
 EXPERIMENT = "rounds"
 
 
-def _sweeps(tmp_path, uri):
+def _sweeps(tmp_path, uri, data):
     overrides = ["train.epochs=3", "htl.method=htl", "htl.lam=2.5", f"tracking.uri={uri}",
-                 f"tracking.experiment={EXPERIMENT}"]
+                 f"tracking.experiment={EXPERIMENT}", f"data.path={data}"]
     (tmp_path / "one").mkdir()
     write_sweep(tmp_path / "one", {"htl.q": {"type": "float", "low": 0.1, "high": 0.4}},
                 {"name": "one", "comparators": ["erm"]}, overrides=overrides)
@@ -42,11 +43,17 @@ def _sweeps(tmp_path, uri):
     return load_sweep(tmp_path / "one" / "sweep.yaml"), two
 
 
-def _earlier_run(client, exp_id, cfg, *, group, seed, dice):
+def _earlier_run(client, exp_id, cfg, *, group, seed, dice, data="same"):
     """A finished, test-scored confirmation run of sweep `one`, as `htl-ray reproduce` leaves
-    one: the config as params, two epochs of val Dice, the test score."""
-    run = client.create_run(exp_id, start_time=1_000, run_name=f"{group} s{seed}", tags={
-        SWEEP_TAG: "one", ROLE_TAG: CONFIRM_ROLE, GROUP_TAG: group, PARENT_TAG: "p1"})
+    one: the config as params, two epochs of val Dice, the test score, the fingerprint of the
+    data it trained on (`data`: "same" as cfg's, None for none, or another)."""
+    from htl_ray.data.schema import read_manifest
+
+    tags = {SWEEP_TAG: "one", ROLE_TAG: CONFIRM_ROLE, GROUP_TAG: group, PARENT_TAG: "p1"}
+    if data is not None:
+        tags[DATASET_TAG] = read_manifest(cfg.data.path)["fingerprint"] if data == "same" \
+            else data
+    run = client.create_run(exp_id, start_time=1_000, run_name=f"{group} s{seed}", tags=tags)
     rid = run.info.run_id
     params = {k: str(v) for k, v in cfg.flat().items()}
     items = sorted(params.items())
@@ -61,8 +68,8 @@ def _earlier_run(client, exp_id, cfg, *, group, seed, dice):
 
 
 def test_a_run_of_the_same_configuration_is_copied_once_and_another_is_trained(
-        tmp_path, tracking_uri, caplog):
-    one, two = _sweeps(tmp_path, tracking_uri)
+        tmp_path, tracking_uri, synth_dataset, caplog):
+    one, two = _sweeps(tmp_path, tracking_uri, synth_dataset)
     client = MlflowClient(tracking_uri)
     exp_id = client.create_experiment(EXPERIMENT)
     plan = {(p.group, p.seed): p for p in confirmation_plan(
@@ -93,10 +100,39 @@ def test_a_run_of_the_same_configuration_is_copied_once_and_another_is_trained(
 
     with caplog.at_level(logging.INFO, logger="htl_ray.tune.reuse"):
         assert reuse_run(two, plan[("erm", 1)], parent_run_id="p2", trial_id="t2") is None
-    assert "confirm-erm-s1: not reused from one run 'erm s1': its configuration differs " \
-           "(htl.q '0.2' → '0.3')" in caplog.text
+    assert "confirm-erm-s1: not reused from one group 'erm' run 'erm s1': its configuration " \
+           "differs (htl.q '0.2' → '0.3')" in caplog.text
     # a group the sweep does not reuse, and a seed round one never ran: trained
     assert reuse_run(two, plan[("tta", 0)], parent_run_id="p2", trial_id="t2") is None
     late = PlannedRun("confirm-erm-s5", "erm", 5, plan[("erm", 0)].config)
-    assert reuse_run(two, late, parent_run_id="p2", trial_id="t2") is None
+    with caplog.at_level(logging.INFO, logger="htl_ray.tune.reuse"):
+        assert reuse_run(two, late, parent_run_id="p2", trial_id="t2") is None
+    assert "one group 'erm' has no finished seed 5 in MLflow" in caplog.text
     assert len(client.search_runs([exp_id])) == 3             # the two earlier ones + 1 copy
+
+
+def test_a_run_is_reused_only_on_data_shown_to_be_the_same(tmp_path, tracking_uri,
+                                                           synth_dataset, caplog):
+    """Same configuration and seed, but trained on other data, or with no fingerprint to
+    compare: trained again. Of two candidates, the one that matches is taken."""
+    one, two = _sweeps(tmp_path, tracking_uri, synth_dataset)
+    client = MlflowClient(tracking_uri)
+    exp_id = client.create_experiment(EXPERIMENT)
+    plan = {(p.group, p.seed): p for p in confirmation_plan(
+        two, {"htl.lam": -0.5}, seeds=3, base_raw=two.base.to_dict())}
+    erm = {p.seed: p.config for p in confirmation_plan(one, {"htl.q": 0.3}, seeds=3,
+                                                       base_raw=one.base.to_dict())
+           if p.group == "erm"}
+    _earlier_run(client, exp_id, erm[0], group="erm", seed=0, dice=0.8, data="f00dfeed")
+    _earlier_run(client, exp_id, erm[1], group="erm", seed=1, dice=0.8, data=None)
+    _earlier_run(client, exp_id, erm[2], group="erm", seed=2, dice=0.8, data="f00dfeed")
+    good = _earlier_run(client, exp_id, erm[2], group="erm", seed=2, dice=0.8)
+    with caplog.at_level(logging.INFO, logger="htl_ray.tune.reuse"):
+        assert reuse_run(two, plan[("erm", 0)], parent_run_id="p2", trial_id="t") is None
+        assert reuse_run(two, plan[("erm", 1)], parent_run_id="p2", trial_id="t") is None
+        copied = reuse_run(two, plan[("erm", 2)], parent_run_id="p2", trial_id="t")
+    assert "confirm-erm-s0: not reused from one group 'erm' run 'erm s0': its configuration " \
+           "differs (the dataset (htl.dataset_fingerprint))" in caplog.text
+    assert "confirm-erm-s1: not reused from one group 'erm' run 'erm s1': a dataset " \
+           "fingerprint is missing" in caplog.text
+    assert client.get_run(copied).data.tags[REUSED_TAG] == good

@@ -121,8 +121,12 @@ def test_asha_grace_period_must_leave_a_last_epoch(tmp_path):
     ({"best": ["htl.method=erm"]}, "group name 'best'"),
     ({"Erm": ["htl.method=erm"]}, "group name 'Erm'"),
     ({"erm": "htl.method=erm"}, "comparators.erm: expected a list of key=value"),
-    ({"erm": ["htl.method=jtt"]}, "sweep.comparators: erm does not fit the base config: "
-                                  "htl.method: expected one of"),
+    ({"other": ["htl.method=jtt"]}, "sweep.comparators: other does not fit the base config: "
+                                    "htl.method: expected one of"),
+    # erm and random are the verdict's baselines by name: the name must not lie
+    ({"erm": ["htl.method=random"]}, "comparators.erm: a group named after a method runs "
+                                     "that method, got htl.method=random"),
+    ({"random-up": ["htl.method=erm"]}, "comparators.random-up: a group named after a method"),
 ])
 def test_comparator_groups_are_named_and_checked_at_every_corner(tmp_path, comparators,
                                                                  message):
@@ -156,7 +160,9 @@ def test_reuse_names_an_earlier_sweep_and_maps_groups_both_ways(tmp_path):
              "'tta' is not a confirmation group of this sweep (it has best, erm)"),
             ({"sweep": "one/sweep.yaml", "groups": {"erm": "loss"}},
              "reuse.groups.erm: 'loss' is not a confirmation group of"),
-            ({"sweep": "one/sweep.yaml"}, "reuse: expected a mapping with sweep")):
+            ({"sweep": "one/sweep.yaml"}, "reuse: expected a mapping with sweep"),
+            ({"sweep": "one/sweep.yaml", "groups": {"erm": "erm", "best": "erm"}},
+             "reuse.groups: each of that sweep's groups counts as one of this sweep's at most")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             sweep_with(bad)
 
@@ -169,3 +175,26 @@ def test_a_setting_may_set_its_own_confirmation_seeds(tmp_path):
     for bad in (0, "3", True):
         with pytest.raises(ConfigError, match=r"sweep.seeds: expected a positive integer"):
             load_sweep(write_sweep(tmp_path, space, {"name": "s", "seeds": bad}))
+
+
+def test_reuse_in_a_circle_is_refused(tmp_path):
+    space = {"htl.lam": {"type": "float", "low": 0, "high": 1}}
+    for name, other in (("a", "b"), ("b", "a")):
+        (tmp_path / name).mkdir()
+        write_sweep(tmp_path / name, space, {"name": name},
+                    reuse={"sweep": f"../{other}/sweep.yaml", "groups": {"best": "best"}})
+    with pytest.raises(ConfigError, match=r"reuse.sweep: .*reuses this sweep's runs in turn"):
+        load_sweep(tmp_path / "a" / "sweep.yaml")
+
+
+def test_a_space_that_pairs_down_weighting_with_soft_weights_is_refused(tmp_path):
+    """The corner check pairs λ's low end with the first choice only: soft as the second
+    choice beside λ < 0 would fail only when a trial sampled it."""
+    space = {"htl.lam": {"type": "float", "low": -0.5, "high": 2.0},
+             "htl.weighting": {"type": "categorical", "choices": ["hard", "soft"]}}
+    with pytest.raises(ConfigError, match=r"htl.lam can be < 0 .* htl.weighting can be soft"):
+        load_sweep(write_sweep(tmp_path, space))
+    with pytest.raises(ConfigError, match=r"htl.lam can be < 0"):
+        load_sweep(write_sweep(tmp_path, {"htl.lam": space["htl.lam"]},
+                               overrides=["htl.weighting=soft"]))
+    assert load_sweep(write_sweep(tmp_path, {"htl.lam": space["htl.lam"]})).space

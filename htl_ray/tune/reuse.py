@@ -19,6 +19,7 @@ from pathlib import Path
 from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import (
     CONFIRM_ROLE,
+    DATASET_TAG,
     GROUP_TAG,
     ORIGIN_TAG,
     PARENT_TAG,
@@ -41,7 +42,9 @@ def import_reused(sweep: Sweep, uri: str) -> None:
 
     if sweep.reuse is None or sweep.reuse.archive is None:
         return
-    import_sweep(load_sweep(sweep.reuse.sweep_file), uri, sweep.reuse.archive)
+    # only read: the earlier round's sweep directory is left as it is
+    import_sweep(load_sweep(sweep.reuse.sweep_file), uri, sweep.reuse.archive,
+                 point_sweep=False)
 
 
 def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> str | None:
@@ -59,21 +62,30 @@ def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> st
     client = tracking_client(cfg.tracking.uri)
     exp = client.get_experiment_by_name(source.base.tracking.experiment)
     if exp is None:
+        logger.info(f"[htl-ray] confirm {planned.name}: MLflow experiment "
+                    f"{source.base.tracking.experiment!r} of {source.settings.name} is not in "
+                    "this store (is its archive imported?); training it")
         return None
     query = RunQuery(status="FINISHED", sweep=source.settings.name, role=CONFIRM_ROLE,
                      group=sweep.reuse.groups[planned.group],
                      params={"run.seed": planned.seed})
     runs = [r for r in search(client, exp.experiment_id, query, max_results=100)
             if scored_key(CONFIRM_ROLE) in r.data.metrics]
+    source_group = f"{source.settings.name} group {sweep.reuse.groups[planned.group]!r}"
     if not runs:
+        logger.info(f"[htl-ray] confirm {planned.name}: {source_group} has no finished seed "
+                    f"{planned.seed} in MLflow (is its archive imported?); training it")
         return None
-    earlier = runs[0]
-    why = _differs(earlier, cfg)
+    # the first run that trained exactly this (another sweep of that name may have run another
+    # configuration)
+    reasons = [(r, _differs(r, cfg)) for r in runs]
+    earlier = next((r for r, why in reasons if not why), None)
+    if earlier is None:
+        run, why = reasons[0]
+        logger.info(f"[htl-ray] confirm {planned.name}: not reused from {source_group} run "
+                    f"{run.info.run_name!r}: {why}; training it")
+        return None
     where = f"{source.settings.name} run {earlier.info.run_name!r}"
-    if why:
-        logger.info(f"[htl-ray] confirm {planned.name}: not reused from {where}: {why}; "
-                    "training it")
-        return None
     rec = run_record(client, earlier)
     origin = earlier.data.tags.get(ORIGIN_TAG, earlier.info.run_id)
     tags = {k: v for k, v in rec["tags"].items() if k != ORIGIN_TAG}
@@ -92,11 +104,21 @@ def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> st
 
 
 def _differs(run, cfg) -> str:
-    """Why `run` did not train `cfg` ('' when it did)."""
+    """Why `run` did not train `cfg` ('' when it did): a config key both know, or data that
+    is not shown to be the same — unlike a resume, a reuse needs both fingerprints, equal."""
+    from htl_ray.data.schema import read_manifest
+
     differ = mlflow_run_differences(run, cfg)
-    if not differ:
-        return ""
-    new = {k: str(v) for k, v in cfg.flat().items()}
-    shown = ", ".join(f"{k} {run.data.params.get(k)!r} → {new[k]!r}" if k in new else k
-                      for k in differ[:4])
-    return f"its configuration differs ({shown}{', ...' if len(differ) > 4 else ''})"
+    if differ:
+        new = {k: str(v) for k, v in cfg.flat().items()}
+        shown = ", ".join(f"{k} {run.data.params.get(k)!r} → {new[k]!r}" if k in new else k
+                          for k in differ[:4])
+        return f"its configuration differs ({shown}{', ...' if len(differ) > 4 else ''})"
+    try:
+        here = read_manifest(cfg.data.path).get("fingerprint")
+    except (OSError, ValueError) as exc:
+        return f"the data to compare it with is not readable here ({exc})"
+    theirs = run.data.tags.get(DATASET_TAG)
+    if not here or not theirs:
+        return "a dataset fingerprint is missing (the run's or this data's)"
+    return ""

@@ -225,12 +225,36 @@ def _settings(raw: Any, where: str) -> SweepSettings:
                     isinstance(o, str) and "=" in o for o in overrides):
                 raise ConfigError(f"{where}.comparators.{group}: expected a list of key=value "
                                   f"overrides, got {overrides!r}")
+            method = next((o.split("=", 1)[1].strip() for o in overrides
+                           if o.split("=", 1)[0].strip() == "htl.method"), None)
+            named = group.removesuffix("-up")
+            if named in methods and method not in (None, named):
+                # erm and random are the verdict's baselines by name: the name must not lie
+                raise ConfigError(f"{where}.comparators.{group}: a group named after a method "
+                                  f"runs that method, got htl.method={method}")
     elif not isinstance(s.comparators, list) or not all(m in methods for m in s.comparators) \
             or len(set(s.comparators)) < len(s.comparators):
         raise ConfigError(f"{where}.comparators: expected a list of distinct htl.method values "
                           f"({', '.join(methods)}) or a mapping of group names to overrides, "
                           f"got {s.comparators!r}")
     return s
+
+
+def _refuse_negative_soft(space: dict[str, Any], base: ExperimentConfig, path: Path) -> None:
+    """λ < 0 (down-weighting) needs hard weights; the corner check pairs each range's ends
+    with the first and last choices only, so a soft choice beside a negative λ is caught here
+    before a trial would fail."""
+    lam, weighting = space.get("htl.lam"), space.get("htl.weighting")
+    negative = isinstance(lam, dict) and isinstance(lam.get("low"), int | float) \
+        and lam["low"] < 0
+    soft = base.htl.weighting == "soft" if weighting is None else (
+        isinstance(weighting, dict) and "soft" in (weighting.get("choices") or []))
+    if negative and soft:
+        raise ConfigError(f"{path}: space: htl.lam can be < 0 (down-weighting) where "
+                          "htl.weighting can be soft; down-weighting needs hard weights")
+
+
+_READING: set[Path] = set()        # sweep files whose reuse: is being read (circles)
 
 
 def _reuse(raw: Any, path: Path, groups: list[str]) -> Reuse | None:
@@ -254,7 +278,17 @@ def _reuse(raw: Any, path: Path, groups: list[str]) -> Reuse | None:
     if not isinstance(mapping, dict) or not mapping:
         raise ConfigError(f"{where}.groups: expected a mapping of this sweep's groups to that "
                           f"sweep's, got {mapping!r}")
-    theirs = ["best", *comparator_groups(load_sweep(source).settings.comparators)]
+    if source.resolve() in _READING:
+        raise ConfigError(f"{where}.sweep: {source} reuses this sweep's runs in turn (a circle "
+                          "of reuse: sections); one round reuses an earlier one")
+    _READING.add(path.resolve())
+    try:
+        theirs = ["best", *comparator_groups(load_sweep(source).settings.comparators)]
+    finally:
+        _READING.discard(path.resolve())
+    if len(set(mapping.values())) < len(mapping):
+        raise ConfigError(f"{where}.groups: each of that sweep's groups counts as one of this "
+                          f"sweep's at most, got {mapping!r}")
     for mine, other in mapping.items():
         if mine not in groups:
             raise ConfigError(f"{where}.groups: {mine!r} is not a confirmation group of this "
@@ -312,6 +346,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             raise ConfigError(f"space.{key}: not a config key (e.g. htl.lam, train.lr, "
                               f"or the derived {MAX_SPARSITY})")
         space[key], lists[key] = _distribution(key, spec)
+    _refuse_negative_soft(raw["space"], base, path)
     sweep = Sweep(path=path, base=base, base_overrides=base_overrides,
                   settings=_settings(raw.get("sweep"), f"{path}: sweep"), space=space,
                   base_source=source, _list_choices=lists,
