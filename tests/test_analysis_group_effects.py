@@ -43,12 +43,19 @@ DICE = {
 }
 
 
-def _runs(dice=DICE, prefix="best/test") -> list[ScoredRun]:
+def _runs(dice=DICE, prefix="best/test", *, val: dict | None = None) -> list[ScoredRun]:
+    """Runs with `dice` on `prefix`'s split; on the test split, the same values on val too
+    (where the worst group is chosen), unless `val` gives ERM's val Dice per key."""
     runs = []
     for group, by_key in dice.items():
         for seed in range(max(len(v) for v in by_key.values())):
             metrics = {f"{prefix}/group/{a}/{g}/dice": v[seed]
                        for (a, g), v in by_key.items() if v[seed] is not None}
+            if prefix == "best/test":
+                on_val = (val or {}) if group == "erm" and val is not None else {
+                    k: v[seed] for k, v in by_key.items()}
+                metrics.update({f"best/val/group/{a}/{g}/dice": v for (a, g), v
+                                in on_val.items() if v is not None})
             runs.append(ScoredRun(group, str(seed), {f"{prefix}/dice": 0.8, **metrics}))
     return runs
 
@@ -137,9 +144,10 @@ def test_one_pair_has_a_mean_but_no_interval_and_methods_default_to_the_runs_ord
     assert effects["baseline_dice"].iloc[0] == pytest.approx(0.62)
 
 
-def test_an_external_dataset_is_its_own_split_with_its_own_worst_groups():
-    """`htl-ray evaluate --data D --name derm` logs `external/derm/...` (no `best/`); the
-    worst group there is ERM's worst on that dataset, not on the test split."""
+def test_an_external_dataset_is_its_own_split_with_the_worst_groups_chosen_on_val():
+    """`htl-ray evaluate --data D --name derm` logs `external/derm/...` (no `best/`); its
+    worst group is ERM's worst on the validation split, as for the test split: ERM's worst on
+    the external images themselves (anterior torso there) would favour every method."""
     external = {"erm": {("site", "head-neck"): [0.60, 0.62],
                         ("site", "anterior_torso"): [0.50, 0.54]},
                 "best": {("site", "head-neck"): [0.65, 0.62],
@@ -155,6 +163,22 @@ def test_an_external_dataset_is_its_own_split_with_its_own_worst_groups():
 
     effects = group_effects(runs, ENRICHMENT, split="external/derm")
     assert list(zip(effects["group"], effects["chosen"], strict=True)) == [
-        ("head/neck", "enriched"), ("anterior_torso", "worst")]     # 0.52 < 0.61 there
-    assert list(effects["difference"]) == pytest.approx([0.025, 0.03])   # (5 + 0) / 2, (2 + 4) / 2
-    assert list(effects["pairs"]) == [2, 2]
+        ("head/neck", "enriched, worst")]            # on val: 0.70 < 0.80 (external: 0.52)
+    assert list(effects["difference"]) == pytest.approx([0.025])   # (5 + 0) / 2
+    assert list(effects["pairs"]) == [2]
+
+
+def test_the_worst_group_is_chosen_on_val_and_scored_on_test():
+    """ERM's worst site on val is anterior torso; on test head/neck is lower (ERM unlucky
+    there): the table follows val. Without val Dice it falls back to test, and says so."""
+    chosen = chosen_groups(_runs(val={("site", "head-neck"): 0.85,
+                                      ("site", "anterior_torso"): 0.75,
+                                      ("age_bin", "60-74"): 0.70}), None)
+    assert list(zip(chosen["attribute"], chosen["group"], chosen["chosen"], strict=True)) == [
+        ("age_bin", "60-74", "worst"), ("contrast_quartile", "contrastQ1", "worst (on test)"),
+        ("site", "anterior_torso", "worst")]       # ERM has no val Dice of contrast quartiles
+    assert list(chosen["baseline_dice"]) == pytest.approx([0.72, 0.60, 0.80])  # ERM on test
+    no_val = [ScoredRun(r.group, r.seed, {k: v for k, v in r.metrics.items()
+                                          if not k.startswith("best/val/")}) for r in _runs()]
+    chosen = chosen_groups(no_val, None)
+    assert set(chosen["chosen"]) == {"worst (on test)"}

@@ -22,6 +22,7 @@ from htl_ray.analysis.stats import mean_ci, paired_difference
 
 BASELINE = "erm"
 TEST = "test"
+VAL = "val"
 EXTERNAL = "external"
 ALPHA = 0.05              # enriched: Holm-corrected p below it and an odds ratio above 1
 COLUMNS = ["attribute", "group", "key", "chosen", "odds_ratio", "baseline_dice", "method",
@@ -80,14 +81,20 @@ def _baseline_mean(runs: Sequence[ScoredRun], split: str, attribute: str, key: s
 
 
 def chosen_groups(runs: Iterable[ScoredRun], enrichment: pd.DataFrame | None, *,
-                  split: str = TEST, baseline: str = BASELINE) -> pd.DataFrame:
+                  split: str = TEST, baseline: str = BASELINE,
+                  choose_on: str = VAL) -> pd.DataFrame:
     """The groups to compare on `split`, one row each (attribute, group as the enrichment names
     it, key, chosen, odds_ratio, baseline_dice): those enriched among HTL samples (corrected p
     < 0.05, odds ratio > 1), in the enrichment table's order, then each attribute's worst group
     under `baseline` (lowest mean Dice over its runs, `unknown` left out) not already there.
-    Groups no run logged a Dice of on `split` are left out."""
+    The worst group is chosen on `choose_on` (val), not on `split`: a group chosen for ERM's
+    low Dice on the very images it is then scored on is one where ERM was unlucky, and every
+    method would seem to gain there (regression to the mean). An attribute with no Dice on
+    `choose_on` is chosen on `split`, and says so. Groups no run logged a Dice of on `split`
+    are left out."""
     runs = list(runs)
     logged = logged_groups(runs, split)
+    elsewhere = logged_groups([r for r in runs if r.group == baseline], choose_on)
     names: dict[tuple[str, str], str] = {}
     rows: dict[tuple[str, str], dict] = {}
     if enrichment is not None and not enrichment.empty:
@@ -101,16 +108,18 @@ def chosen_groups(runs: Iterable[ScoredRun], enrichment: pd.DataFrame | None, *,
                 rows[(r.attribute, key)] = {"chosen": "enriched",
                                             "odds_ratio": float(r.odds_ratio)}
     for attribute in sorted(logged):
-        means = {key: _baseline_mean(runs, split, attribute, key, baseline)
-                 for key in sorted(logged[attribute]) if key != UNKNOWN}
+        keys = [k for k in sorted(logged[attribute]) if k != UNKNOWN]
+        on = choose_on if set(keys) & elsewhere.get(attribute, set()) else split
+        means = {key: _baseline_mean(runs, on, attribute, key, baseline) for key in keys}
         means = {k: v for k, v in means.items() if v == v}
         if not means:
             continue
         worst = min(means, key=means.__getitem__)
+        label = "worst" if on == choose_on else f"worst (on {split})"
         if (attribute, worst) in rows:
-            rows[(attribute, worst)]["chosen"] = "enriched, worst"
+            rows[(attribute, worst)]["chosen"] = f"enriched, {label}"
         else:
-            rows[(attribute, worst)] = {"chosen": "worst", "odds_ratio": math.nan}
+            rows[(attribute, worst)] = {"chosen": label, "odds_ratio": math.nan}
     return pd.DataFrame(
         [{"attribute": a, "group": names.get((a, k), k), "key": k, **row,
           "baseline_dice": _baseline_mean(runs, split, a, k, baseline)}

@@ -258,7 +258,10 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
         lines += [f"{where}, per group: Dice of each method group minus ERM's, paired by seed, "
                   "in points (×100), 95% Student-t CI over the seed pairs, n = pairs; groups "
                   "enriched among HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and "
-                  "each attribute's worst group under ERM (`unknown` left out):", ""]
+                  "each attribute's worst group under ERM, chosen on the validation split so "
+                  "that the choice does not favour the methods on the images scored here "
+                  "(`unknown` is never the worst). Each interval stands alone: with this many "
+                  "cells, expect about one in twenty to exclude 0 by chance.", ""]
         rows = []
         for (attribute, group), sub in effects.groupby(["attribute", "group"], sort=False):
             first = sub.iloc[0]
