@@ -9,6 +9,7 @@ from coordinators import score_table as _table
 
 from htl_ray.htl.attention import (
     ATTENTION,
+    attended_count,
     attention_weights,
     oversample_counts,
 )
@@ -167,3 +168,11 @@ def test_down_weighting_by_oversampling_draws_the_attended_set_less_often():
     assert counts[sel].mean() == pytest.approx(2 / 3, abs=0.05)
     assert counts[~sel].mean() == pytest.approx(4 / 3, abs=0.05)
     assert counts.sum() == pytest.approx(1000, rel=0.05)
+
+
+def test_the_attended_set_is_counted_on_its_side_of_one_whichever_the_sign_of_lambda():
+    scores = np.arange(10, dtype=float)
+    up, sel = attention_weights(scores, lam=2.0, q=0.3)
+    down, _ = attention_weights(scores, lam=-0.5, q=0.3)
+    assert attended_count(up, lam=2.0) == attended_count(down, lam=-0.5) == sel.sum() == 3
+    assert attended_count(np.ones(10), lam=0.0) == 0

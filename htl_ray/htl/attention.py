@@ -27,7 +27,9 @@ Weights: the top-q fraction (or score ≥ τ) is the attended set; hard weights 
 so the loss scale is that of ERM. λ > 0 up-weights the attended set; λ in (−1, 0) down-weights
 it (hard weighting only: the hardest samples may be the mislabeled or ambiguous ones), still
 renormalised to mean 1, so the others gain what the attended set loses. An *attention*
-strategy (registry `ATTENTION`) turns the weights into a loss weight and a sampling rate.
+strategy (registry `ATTENTION`) turns the weights into a loss weight and a sampling rate
+(`both`: √w each, so that their product is w; each alone has a mean a little below 1 — by
+Jensen — so an epoch is a little shorter and its loss a little smaller than ERM's).
 """
 
 from __future__ import annotations
@@ -123,6 +125,15 @@ def attention_weights(scores: np.ndarray | None, *, lam: float, q: float | None 
     selected = select_htl(scores, q=q, tau=tau, seed=seed)
     w = WEIGHTINGS[weighting](scores, selected, lam)
     return w / w.mean(), selected
+
+
+def attended_count(weights: np.ndarray, *, lam: float) -> int:
+    """How many of a batch's renormalised weights belong to the attended set: above 1 when
+    it is up-weighted (λ > 0), below 1 when it is down-weighted (λ < 0); none at λ = 0."""
+    w = np.asarray(weights, dtype=np.float64)
+    if lam == 0:
+        return 0
+    return int((w > 1.0).sum() if lam > 0 else (w < 1.0).sum())
 
 
 @dataclass(frozen=True)

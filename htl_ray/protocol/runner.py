@@ -61,12 +61,23 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     for sweep in sweeps:               # an earlier round's runs that this one counts (`reuse:`)
         import_reused(sweep, uri)
 
+    def score_external() -> None:
+        """Every finished confirmation run on each --external dataset; an evaluation that
+        fails is named and the protocol goes on (the next refresh tries it again)."""
+        try:
+            scored = score_externals(sweeps, external)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning(f"[htl-ray] reproduce: could not score the confirmation runs on "
+                           f"--external {', '.join(map(str, external.values()))} (runs go on; "
+                           f"tried again after the next run): {exc}")
+            return
+        if scored and archive is not None:
+            for sweep in sweeps:       # their external scores, kept too
+                export_sweep(sweep, uri, archive)
+
     def refresh() -> bool:
         if archive is not None:        # first: the runs matter more than the page
             for sweep in sweeps:
-                export_sweep(sweep, uri, archive)
-        if score_externals(sweeps, external) and archive is not None:
-            for sweep in sweeps:       # their external scores, kept too
                 export_sweep(sweep, uri, archive)
         text, complete = results_markdown(
             sweeps, uri=uri, seeds=seeds, command=command, ablate=ablate,
@@ -78,13 +89,15 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     def refresh_between_runs() -> None:
         """After each confirmation run, so the page follows a protocol that takes hours; a page
         that cannot be written must not stop the runs (the final rewrite reports it)."""
+        score_external()
         try:
             refresh()
         except Exception as exc:  # noqa: BLE001
             logger.warning(f"[htl-ray] reproduce: could not rewrite {results} (runs go on): "
                            f"{exc}")
 
-    if report_only:
+    if report_only:                    # scores on --external datasets too: nothing trains
+        score_external()
         return refresh()
     complete = False
     exporting = (PeriodicExport(sweeps, uri, archive, archive_every_s)
@@ -122,6 +135,7 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
                     logger.info("[htl-ray] reproduce: interrupted; run the same command to "
                                 "continue")
                     return False
+        score_external()               # after the last run: not after a stop or a failure
     finally:
         # also when stopped or failed part-way: the page shows everything finished so far
         try:

@@ -123,7 +123,8 @@ METRICS = {
     "htl/weights_checksum": "checksum of the HTL weights in use (rank 0)",
     "htl/weights_checksum_max_abs_diff": "its spread across ranks (0: every rank used the "
                                          "same weights)",
-    "htl/attended_samples": "training samples with weight > 1 seen in the epoch, all ranks",
+    "htl/attended_samples": "training samples of the attended set seen in the epoch (weight "
+                            "> 1; down-weighted, λ < 0: weight < 1), all ranks",
     "htl/version": "per refresh: the version number of the score table",
     "htl/set_size": "per refresh: samples in the HTL (attended) set",
     "htl/jaccard_prev": "per refresh: overlap (Jaccard) of the HTL set with the previous one",

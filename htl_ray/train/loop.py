@@ -33,7 +33,7 @@ from htl_ray.data.augment import augment_batch
 from htl_ray.data.loading import iter_decoded
 from htl_ray.device import placement
 from htl_ray.errors import UserError
-from htl_ray.htl.attention import ATTENTION
+from htl_ray.htl.attention import ATTENTION, attended_count
 from htl_ray.htl.client import HtlClient
 from htl_ray.losses import weighted_mean
 from htl_ray.models import create_model, load_initial_weights, state_checksum
@@ -224,7 +224,7 @@ def train_epoch(w: Worker, train_shard: Any, epoch: int, *, started: float | Non
         w_loss, rows = None, np.arange(len(batch["id"]))
         if attend:
             weights = w.htl.batch_weights(batch["id"])
-            out.attended += int((weights > 1.0).sum())
+            out.attended += attended_count(weights, lam=cfg.htl.lam)
             rows, w_rows = attention.batch(weights, rng)
             x, y = x[rows], y[rows]
             w_loss = torch.as_tensor(w_rows, dtype=torch.float32, device=device)
