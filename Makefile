@@ -49,7 +49,7 @@ reproduce: $(STAMP) data/isic128/manifest.json
 ROUND2 := experiments/reproduce/round2/weak.yaml experiments/reproduce/round2/supervised.yaml
 reproduce-round2: $(STAMP) data/isic128/manifest.json
 	$(BIN)/htl-ray reproduce $(ROUND2) --seeds 6 --block round2 --results docs/results.md \
-		--archive experiments/reproduce/round2/archive --no-ablations
+		--archive experiments/reproduce/round2/archive
 
 # docs/quality_control.md: which label-free risk predicts failed segmentations (real ISIC data;
 # about 15 minutes on 2 cores, resumable)
