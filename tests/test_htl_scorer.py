@@ -196,11 +196,11 @@ def test_semi_scoring_reads_the_labeled_column_in_the_actor_and_in_process(ray_c
         score_in_process(batch, model.state_dict(), spec)
 
 
-@pytest.mark.parametrize("method", ["tta", "entropy"])
 def test_tta_and_entropy_methods_are_scored_beside_h_in_the_actor_and_in_process(
-        ray_cluster, synth_dataset, method):
+        ray_cluster, synth_dataset):
     """htl.method=tta / entropy: the scorer computes that signal of the dense model from the
-    same snapshot as h, equal to htl_ray.quality's own, and no other quality signal."""
+    same snapshot (and forward pass) as h, equal to htl_ray.quality's own, and no other
+    quality signal. One actor-pool run scores both, to keep the suite short."""
     from htl_ray.config import load_config
     from htl_ray.data.loading import decode_batch
     from htl_ray.htl.coordinator import spec_from_config
@@ -210,21 +210,27 @@ def test_tta_and_entropy_methods_are_scored_beside_h_in_the_actor_and_in_process
     model = create_model(ModelConfig(**MODEL))
     model.segmentation_head[0].bias.data.fill_(0.0)
     state = model.state_dict()
-    cfg = load_config(None, [f"htl.method={method}", "htl.sparsities=[0.5]"])
-    assert spec_from_config(cfg).signals == (method,)
-    spec = dataclasses.replace(ScoringSpec(model=MODEL, sparsities=(0.5,), batch_size=16),
-                               signals=(method,))
+    for method in ("tta", "entropy"):
+        cfg = load_config(None, [f"htl.method={method}", "htl.sparsities=[0.5]"])
+        assert spec_from_config(cfg).signals == (method,)
     rows = read_table(synth_dataset, columns=["id", "image", "mask", "height", "width"],
                       split="val")
     batch = {c: rows[c].to_numpy() for c in rows.columns}
+    base = ScoringSpec(model=MODEL, sparsities=(0.5,), batch_size=16)
+    only_entropy = score_in_process(batch, state, dataclasses.replace(base,
+                                                                      signals=("entropy",)))
+    assert "entropy" in only_entropy and not {"tta", "uncertain"} & set(only_entropy.columns)
+    spec = dataclasses.replace(base, signals=("tta", "entropy"))
     plain = score_in_process(batch, state, spec)
     pooled = score_dataset(split_dataset(synth_dataset, "val"), state, spec)
-    others = {"tta", "entropy", "uncertain"} - {method}
-    assert method in plain and not others & set(plain.columns)
-    np.testing.assert_allclose(pooled[method].to_numpy(), plain[method].to_numpy(), atol=1e-6)
+    assert "uncertain" not in plain and "uncertain" not in pooled
     images, _ = decode_batch(batch)
     model.eval()
-    direct = quality_signals(model, images)[method]
+    direct = quality_signals(model, images)
     order = np.argsort(rows["id"].to_numpy())
-    np.testing.assert_allclose(plain[method].to_numpy(), direct[order], atol=1e-6)
-    assert plain[method].between(0, 1).all() and plain[method].std() > 0
+    for method in ("tta", "entropy"):
+        np.testing.assert_allclose(pooled[method].to_numpy(), plain[method].to_numpy(),
+                                   atol=1e-6)
+        np.testing.assert_allclose(plain[method].to_numpy(), direct[method][order], atol=1e-6)
+        assert plain[method].between(0, 1).all() and plain[method].std() > 0
+    np.testing.assert_allclose(only_entropy["entropy"], plain["entropy"], atol=1e-12)

@@ -89,14 +89,11 @@ class ScorerActor:
         # decoded on the scoring device: on a GPU the host's float conversion and transfer
         # bound the scorer (bench/gpu_throughput.py)
         images, masks = decode_batch(batch, self.place.device)
+        inputs = self.place.inputs(images)
         with self.place.autocast():
             scores = score_population_batch(
-                self.population, self.place.inputs(images), *_labels(self.spec, batch, masks))
-        if self.spec.quality or self.spec.signals:
-            dense = self.population[-1][0]
-            with self.place.autocast():
-                scores.update(signals_of(self.spec, lambda x: dense(x).float(),
-                                         self.place.inputs(images)))
+                self.population, inputs, *_labels(self.spec, batch, masks),
+                extra=_signals_extra(self.spec, inputs))
         n = len(batch["id"])
         # measured once per actor; carried as columns so the caller can report it
         sparsity = {f"{SPARSITY_PREFIX}{s:.2f}": np.full(n, v) for s, v in self.sparsity.items()}
@@ -106,14 +103,22 @@ class ScorerActor:
 SPARSITY_PREFIX = "measured_sparsity_"
 
 
-def signals_of(spec: ScoringSpec, model, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """The quality-control signals `spec` asks for, of the newest dense model: all of them
-    for `htl-ray score`, else only those the method ranks by (TTA's three extra forward
-    passes only when it is asked for)."""
+def signals_of(spec: ScoringSpec, model, images: torch.Tensor,
+               logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """The quality-control signals `spec` asks for, of the newest dense model (`logits`: its
+    output on `images`, when already computed): all of them for `htl-ray score`, else only
+    those the method ranks by (TTA's three extra forward passes only when it is asked for)."""
     if spec.quality:
-        return quality_signals(model, images)
-    out = quality_signals(model, images, tta="tta" in spec.signals)
+        return quality_signals(model, images, logits)
+    out = quality_signals(model, images, logits, tta="tta" in spec.signals)
     return {k: v for k, v in out.items() if k in spec.signals}
+
+
+def _signals_extra(spec: ScoringSpec, images: torch.Tensor):
+    """`score_population_batch`'s `extra`: the signals from the dense pass it made already."""
+    if not (spec.quality or spec.signals):
+        return None
+    return lambda model, logits: signals_of(spec, lambda x: model(x).float(), images, logits)
 
 
 def _labels(spec: ScoringSpec, batch: dict[str, np.ndarray], masks: torch.Tensor
@@ -219,8 +224,7 @@ def score_in_process(rows: Sequence[dict[str, Any]] | dict[str, np.ndarray],
     for start in range(0, n, spec.batch_size):
         sub = {k: v[start:start + spec.batch_size] for k, v in batch.items()}
         images, masks = decode_batch(sub)
-        scores = score_population_batch(population, images, *_labels(spec, sub, masks))
-        if spec.quality or spec.signals:
-            scores.update(signals_of(spec, population[0][0], images))
+        scores = score_population_batch(population, images, *_labels(spec, sub, masks),
+                                        extra=_signals_extra(spec, images))
         parts.append(pd.DataFrame({"id": sub["id"], **scores}))
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)

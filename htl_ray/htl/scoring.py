@@ -16,7 +16,7 @@ EL2N measure how unsure the model is of the image; labeled images keep their lab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,7 +72,10 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
                            images: torch.Tensor,
                            masks: torch.Tensor | None = None,
                            label_kind: str = "mask",
-                           labeled: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+                           labeled: torch.Tensor | None = None,
+                           extra: Callable[[torch.nn.Module, torch.Tensor],
+                                           dict[str, np.ndarray]] | None = None
+                           ) -> dict[str, np.ndarray]:
     """PIE over a population of the last M snapshots (Hooker et al.): per sparsity, compare the
     per-pixel majority mask of the M dense models with that of the M pruned models. The
     majority of one mask is that mask, so M = 1 is the plain dense-vs-pruned score. Loss and
@@ -80,7 +83,8 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
     are boxes and the GT-aware term compares the predictions' bounding boxes with them (box
     IoU). With `labeled` ([B] bool, semi-supervised) only those rows of `masks` are labels:
     loss and EL2N score the others against the newest dense model's own mask, and there is no
-    GT-aware term."""
+    GT-aware term. `extra(newest dense model, its logits)` adds more per-sample columns from
+    the same forward pass (the quality-control signals a method ranks by)."""
     as_label = box_of if label_kind == "box" else (lambda m: m)
     dense_logits = [dense(images) for dense, _ in population]
     dense_major = majority_mask([binarize(lg) for lg in dense_logits])
@@ -110,7 +114,10 @@ def score_population_batch(population: list[tuple[torch.nn.Module, dict[float, t
         out["loss"] = BceDiceLoss()(newest, pseudo)
         out["el2n"] = el2n(newest, pseudo)
         out[LABELED] = rows.view(-1)           # two scales: the attention ranks within each
-    return {k: v.double().cpu().numpy() for k, v in out.items()}
+    arrays = {k: v.double().cpu().numpy() for k, v in out.items()}
+    if extra is not None:
+        arrays.update(extra(population[-1][0], dense_logits[-1]))
+    return arrays
 
 
 def sparsity_column(s: float) -> str:
