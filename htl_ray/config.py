@@ -160,7 +160,8 @@ class HtlConfig:
 
     method: str = _spec("erm", choices=RegistryNames("htl_ray.htl.attention", "METHODS"),
                         help="which samples get attention: pruning disagreement (htl), a placebo "
-                             "(random), per-sample loss, EL2N, none (erm), or focal loss")
+                             "(random), per-sample loss, EL2N, TTA disagreement (tta), "
+                             "predictive entropy, none (erm), or focal loss")
     attention: str = _spec("reweight", choices=RegistryNames("htl_ray.htl.attention", "ATTENTION"),
                            help="how the weights act: as loss weights (reweight), as "
                                 "sampling rates (oversample), or both (√w each)")
