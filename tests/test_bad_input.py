@@ -128,6 +128,10 @@ def world(tmp_path_factory, silent_server) -> Path:
     (root / "sweep_ok.yaml").write_text(
         f"sweep: {{name: cut, storage_path: {root}/sweeps}}\n"
         "space:\n  htl.lam: {type: float, low: 0.5, high: 4.0}\n")
+    (root / "sweep_reuse.yaml").write_text(
+        f"sweep: {{name: later, storage_path: {root}/sweeps}}\n"
+        "space:\n  htl.lam: {type: float, low: -0.9, high: -0.2}\n"
+        "reuse: {sweep: round_one.yaml, groups: {erm: erm}}\n")
     (root / "sweeps" / "cut").mkdir(parents=True)
     (root / "sweeps" / "cut" / "sweep_state.json").write_text('{"parent_run_id": "ab')
 
@@ -379,6 +383,15 @@ def _cases(w: str, server: str) -> dict[str, Case]:
                                       "base: expected the path of a config file"),
         "reproduce: --seeds 0": Case(["reproduce", f"{w}/nope.yaml", "--seeds", "0"],
                                      "expected at least 1"),
+        "reproduce: --block not a name": Case(
+            ["reproduce", f"{w}/sweep_ok.yaml", "--block", "Round 2"],
+            "'Round 2': expected lower-case letters, digits and dashes"),
+        "reproduce: --external not a dataset": Case(
+            ["reproduce", f"{w}/sweep_ok.yaml", "--external", f"{w}/src_folder",
+             "--report-only"], "--external: "),
+        "reproduce: reuse of a sweep file not there": Case(
+            ["reproduce", f"{w}/sweep_reuse.yaml", "--report-only"],
+            "reuse.sweep: sweep file not found"),
     }
 
 
