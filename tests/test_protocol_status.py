@@ -92,3 +92,41 @@ def test_once_chosen_the_groups_are_those_the_confirmation_plan_trains(tmp_path)
         plan = confirmation_plan(sweep, {"htl.method": chosen}, seeds=1,
                                  base_raw=sweep.base.to_dict())
         assert sorted({p.group for p in plan}) == sorted(expected)
+
+
+def test_a_reused_run_counts_as_a_seed_but_its_hours_are_the_earlier_rounds(tmp_path,
+                                                                           tracking_uri):
+    from htl_ray import tracking
+    from htl_ray.protocol.page import setting_section
+    from htl_ray.protocol.status import setting_status
+    from htl_ray.tune.space import load_sweep
+    from htl_ray.tune.sweep import STATE_FILE
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "overrides": [f"data.path={tmp_path / 'data'}", f"tracking.uri={tracking_uri}",
+                      "tracking.experiment=hours"],
+        "sweep": {"name": "later", "num_samples": 1, "storage_path": str(tmp_path)},
+        "space": {"htl.lam": {"type": "float", "low": 0.5, "high": 2.0}}}))
+    sweep = load_sweep(path)
+    client = MlflowClient(tracking_uri)
+    tags = {"htl.sweep": "later"}
+    parent = tracking.start_run(tracking_uri, "hours", "sweep", {}, {**tags, "htl.role": "sweep"})
+    client.log_param(parent, "best.htl.lam", "1.5")
+    for group, reused, hours in (("best", False, 2.0), ("erm", True, 5.0)):
+        run = client.create_run(client.get_experiment_by_name("hours").experiment_id,
+                                start_time=1_000, tags={
+                                    **tags, "htl.role": "confirm", "htl.group": group,
+                                    "mlflow.parentRunId": parent,
+                                    **({"htl.reused_from": "r1"} if reused else {})})
+        client.log_param(run.info.run_id, "run.seed", "0")
+        client.log_metric(run.info.run_id, "best/test/dice", 0.8)
+        client.set_terminated(run.info.run_id, "FINISHED", end_time=1_000 + int(hours * 3.6e6))
+    sweep.directory.mkdir(parents=True)
+    (sweep.directory / STATE_FILE).write_text(json.dumps({"parent_run_id": parent}))
+    status = setting_status(sweep, tracking_uri)
+    assert status.confirm_finished == {"best": 1, "erm": 1}
+    assert (status.compute_hours, status.reused) == (pytest.approx(2.0), 1)
+    assert "compute 2.0 h (wall clock of its runs; 1 confirmation runs reused from an " \
+           "earlier round, their hours not counted)" in setting_section(
+               sweep, uri=tracking_uri, seeds=1)[0]

@@ -358,7 +358,9 @@ def setting_section(sweep: Sweep, *, uri: str, seeds: int, ablate: bool = True
              + (f"ablation runs (val only) {ablated} of {n_variants * n_abl}; "
                 if sweep.ablations else "")
              + ("compute " if status.finished(sweep, seeds, ablate) else "compute so far ")
-             + f"{status.compute_hours:.1f} h (wall clock of its runs)"
+             + f"{status.compute_hours:.1f} h (wall clock of its runs"
+             + (f"; {status.reused} confirmation runs reused from an earlier round, their "
+                "hours not counted)" if status.reused else ")")
              + (f"; code: {', '.join(f'`{c}`' for c in sorted(status.commits))}."
                 if status.commits else ".")]
     if status.best_params:

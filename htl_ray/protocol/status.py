@@ -20,6 +20,7 @@ from htl_ray.tracking.schema import (
     CONFIRM_ROLE,
     GIT_COMMIT_TAG,
     GROUP_TAG,
+    REUSED_TAG,
     ROLE_TAG,
     SWEEP_ROLE,
     TRIAL_ROLE,
@@ -45,6 +46,7 @@ class SettingStatus:
     ablation_finished: dict[str, int] = field(default_factory=dict)     # variant → seeds
     ablations_same: list[str] = field(default_factory=list)   # variants = the chosen config
     compute_hours: float = 0.0
+    reused: int = 0        # confirmation runs copied from an earlier round (not trained here)
     best_params: dict[str, str] = field(default_factory=dict)
     commits: set[str] = field(default_factory=set)  # code that trained its runs (and resumes)
     # (baseline, metric) → HTL's paired difference on test, read against the goal
@@ -105,7 +107,9 @@ def setting_status(sweep: Sweep, uri: str) -> SettingStatus:
         if role == SWEEP_ROLE or not (run.info.status == "FINISHED" or (
                 role == TRIAL_ROLE and _trial_ended(client, run, bool(status.best_params)))):
             continue
-        if run.info.end_time and run.info.start_time:
+        if REUSED_TAG in run.data.tags:
+            status.reused += 1                    # its hours are the earlier round's
+        elif run.info.end_time and run.info.start_time:
             status.compute_hours += (run.info.end_time - run.info.start_time) / 3.6e6
         status.commits |= {short_commit(v) for k, v in run.data.tags.items()
                            if k.startswith(GIT_COMMIT_TAG)}
