@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_files import small_model_config
 from PIL import Image
 
 from htl_ray.config import ModelConfig
@@ -31,8 +32,7 @@ from htl_ray.inference import (
 )
 from htl_ray.models import create_model
 
-TINY = {"arch": "unet", "encoder": "resnet18", "encoder_weights": None,
-        "decoder_channels": [16, 8, 8, 4, 4]}
+TINY = small_model_config()             # the tests' small U-Net (tests/model_files.py)
 
 
 def _mean_model() -> torch.nn.Module:

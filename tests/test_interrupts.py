@@ -15,8 +15,6 @@ from htl_ray import interrupts
 def restore_sigterm(monkeypatch):
     """Each test starts with the handler not installed; the process's SIGTERM handler is put
     back after it."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signal handlers can only be set in the main thread")
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(interrupts, "_installed", False)
     yield

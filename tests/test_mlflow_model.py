@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
+from model_files import small_model_config
 
 from htl_ray import mlflow_model
 from htl_ray.config import ModelConfig
@@ -30,8 +31,7 @@ from htl_ray.mlflow_model import (
 )
 from htl_ray.models import create_model
 
-TINY = {"arch": "unet", "encoder": "resnet18", "encoder_weights": None,
-        "decoder_channels": [16, 8, 8, 4, 4]}
+TINY = small_model_config()             # the tests' small U-Net (tests/model_files.py)
 PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
