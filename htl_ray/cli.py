@@ -266,9 +266,9 @@ def _print_ui_hint(uri: str) -> None:
 
 
 def _block_name(text: str) -> str:
-    import re
+    from htl_ray.tune.space import ABLATION_NAME  # the same rule as a sweep's names
 
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", text):
+    if not ABLATION_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r}: expected lower-case letters, digits and "
                                          "dashes (it names the page's marks)")
     return text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from htl_ray.analysis.group_effects import external_split
 from htl_ray.config import ConfigError
 from htl_ray.run_dir import RunDir
 from htl_ray.tracking.schema import CONFIRM_ROLE
@@ -57,13 +58,13 @@ def score_externals(sweeps: list[Sweep], externals: dict[str, Path]) -> int:
         for path in sorted(runs_dir.glob(f"{CONFIRM_ROLE}-*")) if runs_dir.is_dir() else []:
             run = RunDir(path)
             state = run.state()
-            if state is None or not state.mlflow_run_id or tracking.run_status(
-                    state.tracking_uri, state.mlflow_run_id) != "FINISHED":
+            if state is None or not state.mlflow_run_id:
                 continue
-            metrics = tracking.client(state.tracking_uri).get_run(
-                state.mlflow_run_id).data.metrics
+            mlflow_run = tracking.client(state.tracking_uri).get_run(state.mlflow_run_id)
+            if mlflow_run.info.status != "FINISHED":
+                continue
             for name, data in externals.items():
-                if f"external/{name}/dice" in metrics:
+                if f"{external_split(name)}/dice" in mlflow_run.data.metrics:
                     continue
                 if run.best_checkpoint() is None:
                     absent += 1

@@ -21,7 +21,6 @@ from htl_ray.tracking.schema import (
     CONFIRM_ROLE,
     DATASET_TAG,
     GROUP_TAG,
-    ORIGIN_TAG,
     PARENT_TAG,
     REUSED_SWEEP_TAG,
     REUSED_TAG,
@@ -30,7 +29,7 @@ from htl_ray.tracking.schema import (
 )
 from htl_ray.tune.roles import scored_key
 from htl_ray.tune.same_config import mlflow_run_differences
-from htl_ray.tune.space import Sweep, load_sweep
+from htl_ray.tune.space import Sweep
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +42,7 @@ def import_reused(sweep: Sweep, uri: str) -> None:
     if sweep.reuse is None or sweep.reuse.archive is None:
         return
     # only read: the earlier round's sweep directory is left as it is
-    import_sweep(load_sweep(sweep.reuse.sweep_file), uri, sweep.reuse.archive,
-                 point_sweep=False)
+    import_sweep(sweep.reuse.source, uri, sweep.reuse.archive, point_sweep=False)
 
 
 def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> str | None:
@@ -57,7 +55,7 @@ def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> st
 
     if sweep.reuse is None or planned.group not in sweep.reuse.groups:
         return None
-    source = load_sweep(sweep.reuse.sweep_file)
+    source = sweep.reuse.source
     cfg = planned.config
     client = tracking_client(cfg.tracking.uri)
     exp = client.get_experiment_by_name(source.base.tracking.experiment)
@@ -86,13 +84,11 @@ def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> st
                     f"{run.info.run_name!r}: {why}; training it")
         return None
     where = f"{source.settings.name} run {earlier.info.run_name!r}"
-    rec = run_record(client, earlier)
-    origin = earlier.data.tags.get(ORIGIN_TAG, earlier.info.run_id)
-    tags = {k: v for k, v in rec["tags"].items() if k != ORIGIN_TAG}
-    tags.update({SWEEP_TAG: sweep.settings.name, PARENT_TAG: parent_run_id,
-                 GROUP_TAG: planned.group, TRIAL_TAG: trial_id,
-                 "mlflow.runName": f"{planned.group} s{planned.seed} (reused)"})
-    rec = {**rec, "run_name": f"{planned.group} s{planned.seed} (reused)"}
+    rec = run_record(client, earlier)        # its origin is the run id it was trained as
+    origin, name = rec["run_id"], f"{planned.group} s{planned.seed} (reused)"
+    tags = {**rec["tags"], SWEEP_TAG: sweep.settings.name, PARENT_TAG: parent_run_id,
+            GROUP_TAG: planned.group, TRIAL_TAG: trial_id, "mlflow.runName": name}
+    rec = {**rec, "run_name": name}
     exp_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment, cfg.tracking.uri)
     run_id = create_run(client, exp_id, rec, tags=tags,
                         last_tags={REUSED_TAG: origin,

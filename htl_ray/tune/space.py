@@ -96,6 +96,7 @@ class Reuse:
     sweep_file: Path
     archive: Path | None
     groups: dict[str, str]
+    source: Sweep          # that sweep, read (and checked) once with this one
 
 
 def comparator_groups(comparators: list[str] | dict[str, list[str]]) -> dict[str, list[str]]:
@@ -283,7 +284,8 @@ def _reuse(raw: Any, path: Path, groups: list[str]) -> Reuse | None:
                           "of reuse: sections); one round reuses an earlier one")
     _READING.add(path.resolve())
     try:
-        theirs = ["best", *comparator_groups(load_sweep(source).settings.comparators)]
+        earlier = load_sweep(source)
+        theirs = ["best", *comparator_groups(earlier.settings.comparators)]
     finally:
         _READING.discard(path.resolve())
     if len(set(mapping.values())) < len(mapping):
@@ -296,7 +298,7 @@ def _reuse(raw: Any, path: Path, groups: list[str]) -> Reuse | None:
         if other not in theirs:
             raise ConfigError(f"{where}.groups.{mine}: {other!r} is not a confirmation group of "
                               f"{source} (it has {', '.join(theirs)})")
-    return Reuse(source, archive, {str(k): str(v) for k, v in mapping.items()})
+    return Reuse(source, archive, {str(k): str(v) for k, v in mapping.items()}, earlier)
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
