@@ -3,10 +3,13 @@ difference to the ERM baseline.
 
 A configuration is a run's logged parameters minus the ones that only name or seed it
 (`SEED_LIKE`) and the ones that never change what a run trains (`RESULT_NEUTRAL_KEYS`: scorer
-speed, restarts); runs that share the rest are seeds of one configuration. The baseline of a
-group is the baseline-matching group (default `htl.method=erm`) that differs from it in the
-fewest parameters; differences are paired by `run.seed` so that seed-to-seed variation common
-to both arms cancels. Intervals are Student-t 95% intervals over seeds (or over seed pairs).
+speed, restarts), with its data told by the dataset's fingerprint where the run logged one, not
+by the path it lay at (`configuration`: a run trained on another machine and imported is a
+seed of the same configuration); runs that share the rest are seeds of one configuration. The
+baseline of a group is the baseline-matching group (default `htl.method=erm`) that differs from
+it in the fewest parameters; differences are paired by `run.seed` so that seed-to-seed
+variation common to both arms cancels. Intervals are Student-t 95% intervals over seeds (or over
+seed pairs).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from htl_ray.config import RESULT_NEUTRAL_KEYS
 from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table, short_value
 from htl_ray.tracking.queries import RunQuery, search
-from htl_ray.tracking.schema import ROLE_TAG, SWEEP_ROLE
+from htl_ray.tracking.schema import DATASET_TAG, ROLE_TAG, SWEEP_ROLE
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,19 @@ SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.
 # what is not part of a configuration's identity
 NOT_CONFIGURATION = SEED_LIKE | frozenset(RESULT_NEUTRAL_KEYS)
 METRICS = ("dice", "iou", "thresholded_jaccard", "worst_group_dice")
+DATA_KEY = "data"   # a configuration's data: the dataset's fingerprint, else where it lay
+
+
+def configuration(params: dict[str, str], tags: dict[str, str] | None = None
+                  ) -> tuple[tuple[str, str], ...]:
+    """What a run trained, as a sortable key: its params less `NOT_CONFIGURATION`, and its data
+    by fingerprint (the `htl.dataset` tag) where logged — by `data.path` only where not, since
+    the same data lies at another path on another machine."""
+    key = {k: v for k, v in params.items() if k not in NOT_CONFIGURATION and k != "data.path"}
+    data = (tags or {}).get(DATASET_TAG) or params.get("data.path")
+    if data is not None:
+        key[DATA_KEY] = data
+    return tuple(sorted(key.items()))
 
 
 def run_metrics(metrics: dict[str, float], split: str = "val") -> dict[str, float]:
@@ -124,15 +140,16 @@ def compare(runs: pd.DataFrame, split: str = "val",
     baseline = {"htl.method": "erm"} if baseline is None else baseline
     if runs.empty:
         raise UserError("no finished runs to compare (check the experiment name and filters)")
-    keys = [tuple(sorted((k, v) for k, v in p.items() if k not in NOT_CONFIGURATION))
-            for p in runs["params"]]
+    tags = runs["tags"] if "tags" in runs else [None] * len(runs)
+    keys = [configuration(p, t) for p, t in zip(runs["params"], tags, strict=True)]
     group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     config_params = [dict(k) for k in group_of]
     varying = sorted({k for c in config_params for k in c
                       if len({d.get(k) for d in config_params}) > 1})
 
     def label(c: dict[str, str]) -> str:
-        return " ".join(f"{k}={short_value(c.get(k))}" for k in varying) or "all runs"
+        return " ".join(f"{k}={short_value(c.get(k))[:12 if k == DATA_KEY else None]}"
+                        for k in varying) or "all runs"
 
     runs = runs.copy()
     runs["group"] = [group_of[k] for k in keys]

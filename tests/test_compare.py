@@ -102,6 +102,31 @@ def test_runs_differing_only_in_result_neutral_keys_are_seeds_of_one_configurati
     assert "htl.lam=1: seed(s) 1 ran more than once" in " ".join(result.notes)
 
 
+def test_a_runs_data_is_its_fingerprint_not_the_path_it_lay_at(tracking_uri):
+    """A seed trained on another machine (the data at another path, the same fingerprint) is a
+    seed of the same configuration; the same path holding other data is not; a run without a
+    fingerprint is told by its path."""
+    from htl_ray.tracking.schema import DATASET_TAG
+
+    client = MlflowClient(tracking_uri)
+    where = {}
+    for seed, (path, fingerprint) in enumerate([("/here/isic", "aaaa1111"),
+                                                ("/cluster/isic", "aaaa1111"),
+                                                ("/here/isic", "bbbb2222"),
+                                                ("/here/isic", None)]):
+        run_id = _log_run(tracking_uri, "erm", "1.0", seed, 0.80 + seed / 100, [0.5])
+        client.log_param(run_id, "data.path", path)
+        if fingerprint:
+            client.set_tag(run_id, DATASET_TAG, fingerprint)
+        where[seed] = run_id
+    result = compare(load_runs(tracking_uri, "cmp"))
+    by_config = result.runs.groupby("configuration")["seed"].apply(sorted).to_dict()
+    assert by_config == {"data=aaaa1111": ["0", "1"], "data=bbbb2222": ["2"],
+                         "data=/here/isic": ["3"]}
+    table = result.table.set_index("configuration")
+    assert table.loc["data=aaaa1111", "dice"] == pytest.approx(0.805)
+
+
 def test_compare_cli_prints_and_writes_markdown_and_csv(runs_uri, tmp_path, capsys):
     assert main(["compare", "cmp", "--tracking-uri", runs_uri, "--out",
                  str(tmp_path / "out")]) == 0

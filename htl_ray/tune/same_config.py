@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from htl_ray.config import RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig
+from htl_ray.config import MACHINE_PATHS, RESULT_NEUTRAL_KEYS, ConfigError, ExperimentConfig
 from htl_ray.run_dir import RunDir
 from htl_ray.tracking.schema import CONFIRM_ROLE, DATASET_TAG, ORIGIN_TAG
 from htl_ray.tune.roles import RUN_KIND
@@ -19,9 +19,6 @@ from htl_ray.tune.roles import RUN_KIND
 # often a lost worker is restarted:
 # none of them changes what a run trains
 IGNORED_ON_RESUME = ("run.", "tracking.", *RESULT_NEUTRAL_KEYS)
-
-# where the data and an initial checkpoint lie on the machine that trained a run
-MACHINE_PATHS = ("data.path", "model.init_checkpoint")
 
 
 def refuse_changed_run_dir(run: RunDir, cfg: ExperimentConfig,
