@@ -43,8 +43,8 @@ DATA_KEY = "data"   # a configuration's data: the dataset's fingerprint, else wh
 def configuration(params: dict[str, str], tags: dict[str, str] | None = None
                   ) -> tuple[tuple[str, str], ...]:
     """What a run trained, as a sortable key: its params less `NOT_CONFIGURATION`, and its data
-    by fingerprint (the `htl.dataset` tag) where logged — by `data.path` only where not, since
-    the same data lies at another path on another machine."""
+    by fingerprint (the `htl.dataset_fingerprint` tag) where logged — by `data.path` only
+    where not, since the same data lies at another path on another machine."""
     key = {k: v for k, v in params.items() if k not in NOT_CONFIGURATION and k != "data.path"}
     data = (tags or {}).get(DATASET_TAG) or params.get("data.path")
     if data is not None:

@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 from htl_ray.config import ExperimentConfig
 from htl_ray.run_dir import RunDir
-from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import (
     CONFIRM_ROLE,
     GROUP_TAG,
@@ -26,7 +25,7 @@ from htl_ray.tracking.schema import (
     TRIAL_TAG,
 )
 from htl_ray.tune.reuse import reuse_run
-from htl_ray.tune.roles import scored_key
+from htl_ray.tune.roles import scored_key, scored_runs
 from htl_ray.tune.same_config import refuse_changed_mlflow_run, refuse_changed_run_dir
 from htl_ray.tune.space import Sweep
 from htl_ray.tune.study import TrialRecord
@@ -109,18 +108,10 @@ def finished_elsewhere(sweep: Sweep, planned: PlannedRun, *, parent_run_id: str,
     """A confirmation (or ablation) run FINISHED and scored (`scored_key`) in MLflow without a
     run directory here: trained on another machine and imported from the protocol archive. It
     must have run the configuration planned now (`refuse_changed_mlflow_run`)."""
-    from htl_ray.tracking import client as tracking_client
-
     cfg = planned.config
-    client = tracking_client(cfg.tracking.uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    if exp is None:
-        return None
-    query = RunQuery(status="FINISHED", sweep=sweep.settings.name, role=role,
-                     group=planned.group, parent_run_id=parent_run_id,
-                     params={"run.seed": planned.seed})
-    runs = [r for r in search(client, exp.experiment_id, query, max_results=100)
-            if scored_key(role) in r.data.metrics]
+    runs = scored_runs(cfg.tracking.uri, cfg.tracking.experiment, sweep=sweep.settings.name,
+                       role=role, group=planned.group, seed=planned.seed,
+                       parent_run_id=parent_run_id)
     if not runs:
         return None
     refuse_changed_mlflow_run(runs[0], cfg, planned.name)

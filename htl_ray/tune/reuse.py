@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import (
     CONFIRM_ROLE,
     DATASET_TAG,
@@ -27,7 +26,7 @@ from htl_ray.tracking.schema import (
     SWEEP_TAG,
     TRIAL_TAG,
 )
-from htl_ray.tune.roles import scored_key
+from htl_ray.tune.roles import scored_runs
 from htl_ray.tune.same_config import mlflow_run_differences
 from htl_ray.tune.space import Sweep
 
@@ -57,18 +56,14 @@ def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> st
         return None
     source = sweep.reuse.source
     cfg = planned.config
-    client = tracking_client(cfg.tracking.uri)
-    exp = client.get_experiment_by_name(source.base.tracking.experiment)
-    if exp is None:
+    runs = scored_runs(cfg.tracking.uri, source.base.tracking.experiment,
+                       sweep=source.settings.name, role=CONFIRM_ROLE,
+                       group=sweep.reuse.groups[planned.group], seed=planned.seed)
+    if runs is None:
         logger.info(f"[htl-ray] confirm {planned.name}: MLflow experiment "
                     f"{source.base.tracking.experiment!r} of {source.settings.name} is not in "
                     "this store (is its archive imported?); training it")
         return None
-    query = RunQuery(status="FINISHED", sweep=source.settings.name, role=CONFIRM_ROLE,
-                     group=sweep.reuse.groups[planned.group],
-                     params={"run.seed": planned.seed})
-    runs = [r for r in search(client, exp.experiment_id, query, max_results=100)
-            if scored_key(CONFIRM_ROLE) in r.data.metrics]
     source_group = f"{source.settings.name} group {sweep.reuse.groups[planned.group]!r}"
     if not runs:
         logger.info(f"[htl-ray] confirm {planned.name}: {source_group} has no finished seed "
@@ -84,6 +79,7 @@ def reuse_run(sweep: Sweep, planned, *, parent_run_id: str, trial_id: str) -> st
                     f"{run.info.run_name!r}: {why}; training it")
         return None
     where = f"{source.settings.name} run {earlier.info.run_name!r}"
+    client = tracking_client(cfg.tracking.uri)
     rec = run_record(client, earlier)        # its origin is the run id it was trained as
     origin, name = rec["run_id"], f"{planned.group} s{planned.seed} (reused)"
     tags = {**rec["tags"], SWEEP_TAG: sweep.settings.name, PARENT_TAG: parent_run_id,
