@@ -9,7 +9,8 @@ Data (real ISIC 2018, ../shared/data/isic2018-task1-256, at 128x128):
   model never saw in any split.
 
 Steps, each skipped when its output exists (the script is resumable; run it again to go on):
-1. ingest both datasets;  2. train an ERM U-Net on ISIC (`htl-ray train`, 2 workers);
+1. ingest both datasets (`--drop` / `--keep lesion_id=MSK4_*`);
+2. train an ERM U-Net on ISIC (`htl-ray train`, 2 workers);
 3. score val, test and external with every quality-control signal (`htl-ray score` path);
 4. AUROC and AURC per signal with bootstrap 95% CIs; choose the default on val; write the page.
 
@@ -20,7 +21,6 @@ Usage: .venv/bin/python bench/failure_detection.py [--workdir DIR] [--epochs 8]
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +29,6 @@ from _common import isic_dir, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_PREFIX = "MSK4_"          # the lesion-id prefix of the external collection
-METADATA = "ISIC_2019_Training_Metadata.csv"
-DIAGNOSIS = "ISIC_2019_Training_GroundTruth.csv"
-IMAGES = "ISIC2018_Task1-2_Training_Input"
-MASKS = "ISIC2018_Task1_Training_GroundTruth"
 
 
 def htl_ray(*args: str) -> None:
@@ -41,43 +37,17 @@ def htl_ray(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def subset_folder(src: Path, dest: Path, keep) -> int:
-    """An ISIC-layout folder of symlinks to the images (and masks) of `src` whose metadata row
-    satisfies `keep`, with the metadata and diagnosis CSVs filtered to them."""
-    with open(src / METADATA, newline="") as f:
-        rows = list(csv.DictReader(f))
-    ids = {r["image"].removesuffix("_downsampled") for r in rows if keep(r)}
-    for sub in (IMAGES, MASKS):
-        (dest / sub).mkdir(parents=True, exist_ok=True)
-    for image in (src / IMAGES).glob("*.jpg"):
-        if image.stem in ids:
-            for link, target in ((dest / IMAGES / image.name, image),
-                                 (dest / MASKS / f"{image.stem}_segmentation.png",
-                                  src / MASKS / f"{image.stem}_segmentation.png")):
-                if not link.exists():
-                    link.symlink_to(target)
-    for name in (METADATA, DIAGNOSIS):
-        with open(src / name, newline="") as f:
-            reader = csv.DictReader(f)
-            kept = [r for r in reader if r["image"].removesuffix("_downsampled") in ids]
-            with open(dest / name, "w", newline="") as g:
-                writer = csv.DictWriter(g, fieldnames=reader.fieldnames)
-                writer.writeheader()
-                writer.writerows(kept)
-    return len(ids)
-
-
 def prepare(root: Path, src: Path) -> tuple[Path, Path]:
+    """The core ISIC dataset without the MSK-4 collection, and MSK-4 alone, test-only
+    (`htl-ray data ingest --drop/--keep`)."""
     core, external = root / "data" / "isic-core128", root / "data" / "isic-msk4-128"
-    held_out = lambda r: r["lesion_id"].startswith(HELD_OUT_PREFIX)  # noqa: E731
+    held_out = f"lesion_id={HELD_OUT_PREFIX}*"
     if not (core / "manifest.json").is_file():
-        subset_folder(src, root / "src" / "core", lambda r: not held_out(r))
-        htl_ray("data", "ingest", "--layout", "isic", str(root / "src" / "core"), "--out",
-                str(core), "--size", "128")
+        htl_ray("data", "ingest", "--layout", "isic", str(src), "--out", str(core), "--size",
+                "128", "--drop", held_out)
     if not (external / "manifest.json").is_file():
-        subset_folder(src, root / "src" / "msk4", held_out)
-        htl_ray("data", "ingest", "--layout", "isic", str(root / "src" / "msk4"), "--out",
-                str(external), "--size", "128", "--fractions", "0,0,1")
+        htl_ray("data", "ingest", "--layout", "isic", str(src), "--out", str(external),
+                "--size", "128", "--keep", held_out, "--all-test")
     return core, external
 
 

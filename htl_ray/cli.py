@@ -73,8 +73,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         if getattr(args, value) is not None and args.layout not in layouts:
             raise UserError(f"{option}: applies to --layout {' or '.join(layouts)}, not "
                             f"{args.layout}; remove it or choose the layout it belongs to")
+    from htl_ray.data.selection import parse_selection
+
+    selections = [*(parse_selection(t, keep=True) for t in args.keep or ()),
+                  *(parse_selection(t, keep=False) for t in args.drop or ())]
     ingest(factories[args.layout](), args.src, args.out, size=args.size,
-           fractions=args.fractions, seed=args.seed, allow_empty_masks=args.allow_empty_masks)
+           fractions=args.fractions, seed=args.seed, allow_empty_masks=args.allow_empty_masks,
+           selections=selections)
     return 0
 
 
@@ -400,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "lesion_id=col,diagnosis=col")
     ing.add_argument("--allow-empty-masks", action="store_true",
                      help="keep images whose mask is empty (default: quarantine them)")
+    ing.add_argument("--keep", action="append", metavar="KEY=PATTERN",
+                     help="ingest only the images whose metadata KEY (id, age, sex, site, "
+                     "lesion_id, diagnosis) matches the shell PATTERN, e.g. lesion_id=MSK4_* "
+                     "(repeatable: every --keep must match)")
+    ing.add_argument("--drop", action="append", metavar="KEY=PATTERN",
+                     help="leave out the images whose metadata KEY matches PATTERN, e.g. "
+                     "lesion_id=MSK4_* to hold that collection out (repeatable)")
     ing.set_defaults(func=_cmd_ingest)
 
     syn = data.add_parser("synth", help="generate the synthetic dataset with planted hard groups")

@@ -178,6 +178,12 @@ def _cases(w: str, server: str) -> dict[str, Case]:
                                                  "0.5,0.5"], "expected three numbers"),
         "ingest: --fractions not summing to 1": Case(
             [*ing, "--out", f"{w}/o", "--fractions", "0.9,0.2,0.1"], "sum 1"),
+        "ingest: --drop with an unknown key": Case(
+            [*ing, "--out", f"{w}/o", "--drop", "lesionid=MSK4_*"],
+            "--drop 'lesionid=MSK4_*': unknown key 'lesionid' (did you mean lesion_id?)"),
+        "ingest: --keep matching no image": Case(
+            [*ing, "--out", f"{w}/o", "--keep", "id=MSK4_*"],
+            "--keep id=MSK4_*: no image's id matches 'MSK4_*'"),
         "ingest: wrong layout for the folder": Case(
             ["data", "ingest", f"{w}/src_folder", "--layout", "isic", "--out", f"{w}/o"],
             "no ISIC image folder"),

@@ -247,6 +247,67 @@ def test_isic_layout_with_downsampled_names_and_one_hot_diagnosis(tmp_path):
     assert df.loc["ISIC_0000000", "split"] == df.loc["ISIC_0000001", "split"]   # lesion L1
 
 
+def _isic_folder(src: Path, lesions: list[str]) -> Path:
+    inp, gt = src / "ISIC2018_Task1-2_Training_Input", src / "ISIC2018_Task1_Training_GroundTruth"
+    inp.mkdir(parents=True)
+    gt.mkdir()
+    rows = ["image,age_approx,anatom_site_general,lesion_id,sex"]
+    for i, lesion in enumerate(lesions):
+        _lesion_image(inp / f"ISIC_000000{i}.jpg", seed=i)
+        _mask(gt / f"ISIC_000000{i}_segmentation.png")
+        rows.append(f"ISIC_000000{i}_downsampled,45,back,{lesion},male")
+    (src / "ISIC_2019_Training_Metadata.csv").write_text("\n".join(rows) + "\n")
+    return src
+
+
+def test_one_collection_held_out_by_drop_and_ingested_alone_by_keep(tmp_path):
+    """Two ingests of one folder: without the MSK4_ lesions, and only them as a test-only
+    dataset; each says what it left out, and the manifests (and fingerprints) differ from an
+    ingest of everything, whose fingerprint does not change by the option existing."""
+    src = _isic_folder(tmp_path / "isic", ["MSK4_1", "MSK4_2", "", "HAM_3", "HAM_4"])
+    args = ["data", "ingest", "--layout", "isic", str(src), "--size", "16"]
+    assert main([*args, "--out", str(tmp_path / "core"), "--drop", "lesion_id=MSK4_*",
+                 "--fractions", "0.34,0.33,0.33"]) == 0
+    assert main([*args, "--out", str(tmp_path / "msk4"), "--keep", "lesion_id=MSK4_*",
+                 "--all-test"]) == 0
+    assert main([*args, "--out", str(tmp_path / "all"), "--fractions", "0.34,0.33,0.33"]) == 0
+    core, msk4 = read_table(tmp_path / "core"), read_table(tmp_path / "msk4")
+    assert sorted(core.id) == ["ISIC_0000002", "ISIC_0000003", "ISIC_0000004"]
+    assert sorted(msk4.id) == ["ISIC_0000000", "ISIC_0000001"] and set(msk4.split) == {"test"}
+    report = json.loads((tmp_path / "core" / "report.json").read_text())
+    assert report["left_out"] == 2 and report["usable"] == 3 and report["total_images"] == 5
+    assert "--drop lesion_id=MSK4_*: 2 of 5 images left out (not ingested)" in report["notes"]
+    assert report["counts"] == {} and report["ignored"] == {}    # not defects, not unused files
+    manifests = {name: json.loads((tmp_path / name / "manifest.json").read_text())
+                 for name in ("core", "msk4", "all")}
+    assert manifests["core"]["params"]["selections"] == ["--drop lesion_id=MSK4_*"]
+    # an ingest without a selection hashes the params it always did: its fingerprint is kept
+    assert set(manifests["all"]["params"]) == {"layout", "size", "fractions", "seed",
+                                               "allow_empty_masks"}
+    assert len({m["fingerprint"] for m in manifests.values()}) == 3
+
+
+def test_a_selection_mistake_is_one_error_line_and_writes_nothing(tmp_path, capsys):
+    src = _isic_folder(tmp_path / "isic", ["MSK4_1", "HAM_2"])
+    args = ["data", "ingest", "--layout", "isic", str(src), "--size", "16", "--all-test"]
+    earlier = tmp_path / "o" / "quarantine" / "unreadable_image" / "x.jpg"   # a past ingest's
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"kept")
+    for option, message in (
+            (["--drop", "lesionid=MSK4_*"], "error: --drop 'lesionid=MSK4_*': unknown key "
+                                            "'lesionid' (did you mean lesion_id?)"),
+            (["--drop", "lesion_id=MSK_4*"], "error: --drop lesion_id=MSK_4*: no image's "
+                                             "lesion_id matches 'MSK_4*' (values seen: HAM_2, "
+                                             "MSK4_1)"),
+            (["--keep", "lesion_id=MSK4_*", "--drop", "sex=male"], "together they leave no "
+                                                                    "image to ingest")):
+        assert main([*args, "--out", str(tmp_path / "o"), *option]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("error:") == 1
+        assert not (tmp_path / "o" / "manifest.json").exists()
+        assert earlier.read_bytes() == b"kept"
+
+
 # ------------------------------------------------------- hostile and unusual encodings
 
 

@@ -30,6 +30,7 @@ from htl_ray.data.schema import (
     encode_mask_png,
     write_records,
 )
+from htl_ray.data.selection import Selection, select
 from htl_ray.data.split import assign_splits, validate_fractions
 from htl_ray.errors import UserError
 from htl_ray.paths import check_writable_dir
@@ -75,6 +76,7 @@ class IngestReport:
     split_counts: dict[str, int] = field(default_factory=dict)
     metadata_summary: dict[str, Any] = field(default_factory=dict)
     ignored: list[dict[str, str]] = field(default_factory=list)   # files not used, and why
+    left_out: int = 0              # images a --keep / --drop selection left out (see notes)
 
     def add(self, reason: str, record_id: str, detail: str, files: Sequence[Path] = ()) -> None:
         if reason not in REASONS:
@@ -93,7 +95,8 @@ class IngestReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "layout": self.layout,
-            "total_images": self.total_images, "usable": self.usable,
+            "total_images": self.total_images, "left_out": self.left_out,
+            "usable": self.usable,
             "quarantined": self.quarantined, "counts": self.counts,
             "split_counts": self.split_counts, "notes": self.notes,
             "metadata_summary": self.metadata_summary,
@@ -107,7 +110,8 @@ class IngestReport:
         }
 
     def summary(self) -> str:
-        lines = [f"ingest {self.layout} {self.source}: {self.total_images} images, "
+        selected = f"{self.left_out} left out by selection, " if self.left_out else ""
+        lines = [f"ingest {self.layout} {self.source}: {self.total_images} images, {selected}"
                  f"{self.usable} usable, {self.quarantined} quarantined"]
         for note in self.notes:
             lines.append(f"  {note}")
@@ -210,8 +214,10 @@ def finalize_dataset(rows: list[dict[str, Any]], out: Path, report: IngestReport
 
 def ingest(layout: Layout, src: str | Path, out: str | Path, *, size: int = 256,
            fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-           allow_empty_masks: bool = False) -> dict[str, Any]:
-    """Read `src` with `layout`, validate, resize to size×size and write a Parquet dataset."""
+           allow_empty_masks: bool = False, selections: Sequence[Selection] = ()
+           ) -> dict[str, Any]:
+    """Read `src` with `layout`, validate, resize to size×size and write a Parquet dataset —
+    only the images that `selections` let through (`data.selection`: `--keep`/`--drop`)."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise IngestError(f"source folder not found: {src}")
@@ -225,6 +231,13 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, *, size: int = 256,
     report.ignored = ignored_files(src, [
         *(p for c in disc.candidates for p in (c.image_path, c.mask_path) if p is not None),
         *disc.orphan_masks, *disc.read_files], skip=[out])
+    candidates = disc.candidates           # before anything is written: a typo changes nothing
+    if selections:
+        by_id = {} if disc.metadata is None else disc.metadata.to_dict(orient="index")
+        kept, notes = select([c.id for c in candidates], by_id, selections)
+        candidates = [c for c in candidates if c.id in kept]
+        report.left_out = report.total_images - len(candidates)
+        report.notes.extend(notes)
     if out.exists() and (out / "quarantine").exists():
         shutil.rmtree(out / "quarantine")
 
@@ -243,7 +256,7 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, *, size: int = 256,
     rows: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
     t0 = time.time()
-    for i, cand in enumerate(disc.candidates, 1):
+    for i, cand in enumerate(candidates, 1):
         files = [p for p in (cand.image_path, cand.mask_path) if p is not None]
         if cand.id in seen:
             report.add("duplicate_id", cand.id, f"{cand.image_path} repeats {seen[cand.id]}", files)
@@ -276,12 +289,14 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, *, size: int = 256,
                 report.add("no_metadata", cand.id, "no metadata row for this image")
         rows.append(row)
         if i % 250 == 0:
-            logger.info(f"  ... {i}/{len(disc.candidates)} images read "
+            logger.info(f"  ... {i}/{len(candidates)} images read "
                         f"({time.time() - t0:.0f}s)")
 
     report.metadata_summary = metadata_summary(rows, disc.stats)
     params = {"layout": layout.name, "size": size, "fractions": list(fractions), "seed": seed,
               "allow_empty_masks": allow_empty_masks}
+    if selections:            # only then: an unselected ingest keeps the fingerprint it had
+        params["selections"] = [str(sel) for sel in selections]
     manifest = finalize_dataset(rows, out, report, params=params, fractions=fractions,
                                 seed=seed)
     return {"manifest": manifest, "report": report}
