@@ -106,8 +106,12 @@ def test_each_method_minus_erm_paired_by_seed_over_the_seeds_both_logged():
                                      "baseline_dice", "method", "difference", "low", "high",
                                      "pairs"]
     got = {(r.key, r.method): r for r in effects.itertuples()}
-    assert set(got) == {(k, m) for k in ("head-neck", "75plus", "60-74", "contrastQ1")
+    assert set(got) == {(k, m) for k in ("", "head-neck", "75plus", "60-74", "contrastQ1")
                         for m in ("best", "random", "loss")}       # erm is the baseline
+    # first, every image of the split (each run's overall Dice: 0.8 here)
+    assert list(effects["group"])[:3] == ["all images"] * 3
+    assert set(effects["chosen"][:3]) == {"all"}
+    assert effects["baseline_dice"][0] == pytest.approx(0.8)
 
     def check(key, method, mean, half, pairs):
         r = got[(key, method)]
@@ -125,6 +129,8 @@ def test_each_method_minus_erm_paired_by_seed_over_the_seeds_both_logged():
     check("75plus", "random", 0.0, 0.0, 2)                      # 0, 0
     check("60-74", "random", -0.01, T1 * 0.01, 2)               # -2, 0
     check("contrastQ1", "best", 0.02, 0.0, 3)
+    check("", "best", 0.0, 0.0, 3)
+    check("", "random", 0.0, 0.0, 2)
     assert got[("contrastQ1", "random")].pairs == 0      # no placebo run logged that group
     # a method with no run yet: no pair, no number
     loss = got[("head-neck", "loss")]
@@ -161,11 +167,15 @@ def test_an_external_dataset_is_its_own_split_with_the_worst_groups_chosen_on_va
     assert group_dice(other.metrics, "external/isic-b", "sex", "male") == 0.5
     assert math.isnan(group_dice(other.metrics, "test", "sex", "male"))
 
+    # an external dataset's overall Dice alone names it (no per-group metrics logged there)
+    assert external_names([ScoredRun("erm", "0", {"external/plain/dice": 0.7})]) == ["plain"]
+
     effects = group_effects(runs, ENRICHMENT, split="external/derm")
     assert list(zip(effects["group"], effects["chosen"], strict=True)) == [
+        ("all images", "all"),
         ("head/neck", "enriched, worst")]            # on val: 0.70 < 0.80 (external: 0.52)
-    assert list(effects["difference"]) == pytest.approx([0.025])   # (5 + 0) / 2
-    assert list(effects["pairs"]) == [2]
+    assert list(effects["difference"]) == pytest.approx([0.0, 0.025])   # (5 + 0) / 2
+    assert list(effects["pairs"]) == [2, 2]
 
 
 def test_the_worst_group_is_chosen_on_val_and_scored_on_test():

@@ -220,17 +220,21 @@ def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_externa
     on the external dataset too, though ERM's Dice there is lowest on anterior torso."""
     hn, at = "group/site/head-neck/dice", "group/site/anterior_torso/dice"
     runs = pd.DataFrame([
-        _group_run("erm", "erm", 0, {f"best/test/{hn}": 0.70, f"best/test/{at}": 0.80,
+        _group_run("erm", "erm", 0, {"best/test/dice": 0.80, "external/derm/dice": 0.70,
+                                     f"best/test/{hn}": 0.70, f"best/test/{at}": 0.80,
                                      f"best/val/{hn}": 0.70, f"best/val/{at}": 0.80,
                                      f"external/derm/{hn}": 0.60, f"external/derm/{at}": 0.50}),
-        _group_run("erm", "erm", 1, {f"best/test/{hn}": 0.72, f"best/test/{at}": 0.82,
+        _group_run("erm", "erm", 1, {"best/test/dice": 0.82, "external/derm/dice": 0.72,
+                                     f"best/test/{hn}": 0.72, f"best/test/{at}": 0.82,
                                      f"best/val/{hn}": 0.72, f"best/val/{at}": 0.82,
                                      f"external/derm/{hn}": 0.62, f"external/derm/{at}": 0.52}),
-        _group_run("best", "htl", 0, {f"best/test/{hn}": 0.73, f"external/derm/{hn}": 0.65,
+        _group_run("best", "htl", 0, {"best/test/dice": 0.81, "external/derm/dice": 0.74,
+                                      f"best/test/{hn}": 0.73, f"external/derm/{hn}": 0.65,
                                       f"external/derm/{at}": 0.52}),
-        _group_run("best", "htl", 1, {f"best/test/{hn}": 0.76, f"external/derm/{hn}": 0.62,
+        _group_run("best", "htl", 1, {"best/test/dice": 0.84, "external/derm/dice": 0.71,
+                                      f"best/test/{hn}": 0.76, f"external/derm/{hn}": 0.62,
                                       f"external/derm/{at}": 0.58}),
-        _group_run("random", "random", 0, {f"best/test/{hn}": 0.71}),
+        _group_run("random", "random", 0, {"best/test/dice": 0.79, f"best/test/{hn}": 0.71}),
         _group_run("tta", "htl", 0, {f"best/test/{hn}": 0.70}),
         _group_run("tta", "htl", 1, {f"best/test/{hn}": 0.72})])
     enrichment = pd.DataFrame({"attribute": ["site", "site"], "group": ["head/neck", "scalp"],
@@ -238,9 +242,11 @@ def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_externa
     lines = group_effect_lines(runs, enrichment, methods=["best", "random", "loss"])
     # best − ERM, head/neck: 3 and 4 points; half-width t(0.975, 1) · sd (0.5√2) / √2
     # external, best − ERM: head/neck 5 and 0 points
+    # all images: best − ERM +1 and +2 points on test, +4 and −1 on the external dataset
     intro = ("per group: Dice of each method group minus ERM's, paired by seed, in points "
-             "(×100), 95% Student-t CI over the seed pairs, n = pairs; groups enriched among "
-             "HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and each attribute's "
+             "(×100), 95% Student-t CI over the seed pairs, n = pairs; all images, then the "
+             "groups enriched among HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and "
+             "each attribute's "
              "worst group under ERM, chosen on the validation split so that the choice does "
              "not favour the methods on the images scored here (`unknown` is never the "
              "worst). Each interval stands alone: with this many cells, expect about one in "
@@ -249,18 +255,23 @@ def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_externa
         f"Test split, {intro}", "",
         "| group | chosen as | ERM Dice | htl − ERM | random − ERM | tta − ERM |\n"
         "|---|---|---|---|---|---|\n"
+        "| all images | every image | 0.810 | +1.5 [-4.9, +7.9] (n=2) | -1.0 (n=1) | – |\n"
         "| site = head/neck | enriched (OR 2.5), worst for ERM | 0.710 | +3.5 [-2.9, +9.9] (n=2) "
         "| +1.0 (n=1) | +0.0 [+0.0, +0.0] (n=2) |", "",
         f"External test-only dataset `derm` (`htl-ray evaluate --data … --name derm`), {intro}",
         "",
         "| group | chosen as | ERM Dice | htl − ERM | random − ERM | tta − ERM |\n"
         "|---|---|---|---|---|---|\n"
+        "| all images | every image | 0.710 | +1.5 [-30.3, +33.3] (n=2) | – | – |\n"
         "| site = head/neck | enriched (OR 2.5), worst for ERM | 0.610 | +2.5 [-29.3, +34.3] "
         "(n=2) | – | – |",
         ""]
-    # no group Dice logged (runs scored before per-group metrics): one line, no table
+    # no group Dice logged (runs scored before per-group metrics): all images only
     bare = runs.assign(metrics=[{"best/test/dice": 0.8}] * len(runs))
-    assert group_effect_lines(bare, enrichment) == [
+    table = group_effect_lines(bare, enrichment)[2].splitlines()
+    assert len(table) == 3 and table[2].startswith("| all images | every image | 0.800 | +0.0")
+    # nothing scored: one line, no table
+    assert group_effect_lines(runs.assign(metrics=[{}] * len(runs)), enrichment) == [
         "Test split, per group: no group Dice to compare yet.", ""]
 
 

@@ -5,7 +5,9 @@ An average over the test split can hide a method that helps exactly the images H
 or one that costs the images ERM already serves worst. So the groups looked at are those
 enriched among HTL's hard training samples (the HTL report's enrichment table) and, per
 attribute, the group with ERM's lowest Dice (`unknown` left out: its images share no
-attribute). Pure functions, no MLflow: a run is its group (`htl.group`), seed and metrics.
+attribute) — after a first row of every image of the split (`ALL`), the number an external
+dataset is scored on first. Pure functions, no MLflow: a run is its group (`htl.group`), seed
+and metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ BASELINE = "erm"
 TEST = "test"
 VAL = "val"
 EXTERNAL = "external"
+ALL = "all"               # the attribute of the row of every image: each method's overall Dice
 ALPHA = 0.05              # enriched: Holm-corrected p below it and an odds ratio above 1
 COLUMNS = ["attribute", "group", "key", "chosen", "odds_ratio", "baseline_dice", "method",
            "difference", "low", "high", "pairs"]
@@ -45,18 +48,20 @@ def external_split(name: str) -> str:
 
 
 def external_names(runs: Iterable[ScoredRun]) -> list[str]:
-    """The external datasets some run has per-group Dice of (`external/<name>/group/...`,
-    or `best/external/...`): each gets its own table."""
-    pattern = re.compile(rf"^(?:best/)?{EXTERNAL}/([^/]+)/group/[^/]+/[^/]+/dice$")
+    """The external datasets some run has a Dice of, of all its images or per group
+    (`external/<name>/dice`, `external/<name>/group/...`, or `best/external/...`): each gets
+    its own table."""
+    pattern = re.compile(rf"^(?:best/)?{EXTERNAL}/([^/]+)/(?:group/[^/]+/[^/]+/)?dice$")
     return sorted({m.group(1) for r in runs for k in r.metrics if (m := pattern.match(k))})
 
 
 def group_dice(metrics: Mapping[str, float], split: str, attribute: str, key: str) -> float:
-    """A run's Dice of one group (`key`: the group's metric name fragment) on `split`: its best
-    checkpoint's (`best/<split>/...`) when logged, else `<split>/...` (what `htl-ray evaluate
-    --data` logs); NaN when the run has neither."""
+    """A run's Dice of one group (`key`: the group's metric name fragment; attribute `ALL`: of
+    every image) on `split`: its best checkpoint's (`best/<split>/...`) when logged, else
+    `<split>/...` (what `htl-ray evaluate --data` logs); NaN when the run has neither."""
+    name = "dice" if attribute == ALL else f"group/{attribute}/{key}/dice"
     for prefix in (f"best/{split}", split):
-        value = metrics.get(f"{prefix}/group/{attribute}/{key}/dice")
+        value = metrics.get(f"{prefix}/{name}")
         if value is not None:
             return float(value)
     return math.nan
@@ -130,13 +135,21 @@ def chosen_groups(runs: Iterable[ScoredRun], enrichment: pd.DataFrame | None, *,
 def group_effects(runs: Iterable[ScoredRun], enrichment: pd.DataFrame | None, *,
                   split: str = TEST, baseline: str = BASELINE,
                   methods: Sequence[str] | None = None, level: float = 0.95) -> pd.DataFrame:
-    """For each chosen group (`chosen_groups`) and each method group but `baseline` (`methods`'
+    """For every image of `split` (attribute `ALL`, first, when some run logged its Dice there),
+    each chosen group (`chosen_groups`), and each method group but `baseline` (`methods`'
     order, else the runs' order): the mean of its Dice minus the baseline's over the seeds both
     have that group's Dice of (a run that did not log it pairs with nothing), the Student-t
     `level` interval over those pairs, and the number of pairs — as fractions, not points. The
     seed pairs cancel the seed-to-seed variation common to both arms."""
     runs = list(runs)
     chosen = chosen_groups(runs, enrichment, split=split, baseline=baseline)
+    if any(group_dice(r.metrics, split, ALL, "") == group_dice(r.metrics, split, ALL, "")
+           for r in runs):                                      # some run has its overall Dice
+        every = {"attribute": ALL, "group": "all images", "key": "", "chosen": ALL,
+                 "odds_ratio": math.nan,
+                 "baseline_dice": _baseline_mean(runs, split, ALL, "", baseline)}
+        chosen = pd.concat([pd.DataFrame([every], columns=chosen.columns), chosen],
+                           ignore_index=True)
     if methods is None:
         methods = list(dict.fromkeys(r.group for r in runs))
     methods = [m for m in methods if m != baseline]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from htl_ray.analysis.group_effects import (
+    ALL,
     BASELINE,
     TEST,
     ScoredRun,
@@ -256,9 +257,10 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
             lines += [f"{where}, per group: no group Dice to compare yet.", ""]
             continue
         lines += [f"{where}, per group: Dice of each method group minus ERM's, paired by seed, "
-                  "in points (×100), 95% Student-t CI over the seed pairs, n = pairs; groups "
-                  "enriched among HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and "
-                  "each attribute's worst group under ERM, chosen on the validation split so "
+                  "in points (×100), 95% Student-t CI over the seed pairs, n = pairs; all "
+                  "images, then the groups enriched among HTL samples (Holm-corrected p < "
+                  "0.05, odds ratio > 1) and each attribute's worst group under ERM, chosen "
+                  "on the validation split so "
                   "that the choice does not favour the methods on the images scored here "
                   "(`unknown` is never the worst). Each interval stands alone: with this many "
                   "cells, expect about one in twenty to exclude 0 by chance.", ""]
@@ -268,7 +270,8 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
             chosen = first["chosen"].replace(
                 "enriched", f"enriched (OR {first['odds_ratio']:.1f})").replace(
                 "worst", "worst for ERM")
-            row = {"group": f"{attribute} = {group}", "chosen as": chosen,
+            row = {"group": group if attribute == ALL else f"{attribute} = {group}",
+                   "chosen as": "every image" if attribute == ALL else chosen,
                    "ERM Dice": _fmt(first["baseline_dice"])}
             for e in sub.itertuples():
                 row[f"{labels.get(e.method, e.method)} − ERM"] = "–" if e.pairs == 0 else (
