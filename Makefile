@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs lint bench quality-control reproduce reproduce-round2 clean
+.PHONY: demo test docs lint bench quality-control reproduce reproduce-round2 \
+	reproduce-round2-transfer clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -49,6 +50,20 @@ reproduce: $(STAMP) data/isic128/manifest.json
 ROUND2 := experiments/reproduce/round2/weak.yaml experiments/reproduce/round2/supervised.yaml
 reproduce-round2: $(STAMP) data/isic128/manifest.json
 	$(BIN)/htl-ray reproduce $(ROUND2) --seeds 6 --block round2 --results docs/results.md \
+		--archive experiments/reproduce/round2/archive
+
+# Round 2, question 4 (docs/results.md): trained without the ISIC archive's MSK-4 collection,
+# scored on it as an external test-only dataset; 3 seeds, configurations fixed to round 2's
+HELD_OUT := 'lesion_id=MSK4_*'
+data/isic-core128/manifest.json: | $(STAMP)
+	@test -d $(ISIC) || { echo "error: ISIC 2018 data not found at $(ISIC); run 'make reproduce-round2-transfer ISIC=/path/to/isic2018-task1'"; exit 1; }
+	$(BIN)/htl-ray data ingest --layout isic $(ISIC) --out data/isic-core128 --size 128 --drop $(HELD_OUT)
+data/isic-msk4-128/manifest.json: | $(STAMP)
+	@test -d $(ISIC) || { echo "error: ISIC 2018 data not found at $(ISIC); run 'make reproduce-round2-transfer ISIC=/path/to/isic2018-task1'"; exit 1; }
+	$(BIN)/htl-ray data ingest --layout isic $(ISIC) --out data/isic-msk4-128 --size 128 --keep $(HELD_OUT) --all-test
+reproduce-round2-transfer: $(STAMP) data/isic-core128/manifest.json data/isic-msk4-128/manifest.json
+	$(BIN)/htl-ray reproduce experiments/reproduce/round2/transfer.yaml --seeds 3 \
+		--block round2-transfer --external data/isic-msk4-128 --results docs/results.md \
 		--archive experiments/reproduce/round2/archive
 
 # docs/quality_control.md: which label-free risk predicts failed segmentations (real ISIC data;

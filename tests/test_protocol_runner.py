@@ -279,7 +279,7 @@ def test_round_two_files_ask_the_issues_questions():
 
     round1 = {p.stem: load_sweep(p) for p in sorted(PROTOCOL.glob("*.yaml"))}
     round2 = {p.stem: load_sweep(p) for p in sorted((PROTOCOL / "round2").glob("*.yaml"))}
-    assert set(round2) == {"weak", "supervised"}
+    assert set(round2) == {"weak", "supervised", "transfer"}
     makefile = (ROOT / "Makefile").read_text()
     recipe = makefile.split("reproduce-round2:")[1].split("\n\n")[0]
     assert "--seeds 6" in recipe and "--block round2" in recipe and "round2/archive" in recipe
@@ -306,9 +306,43 @@ def test_round_two_files_ask_the_issues_questions():
                                          else {})}
 
 
+def test_round_two_transfer_trains_without_msk4_and_scores_every_run_on_it():
+    """Question 4 (experiments/reproduce/round2/transfer.yaml): the weak setting on the core
+    data (MSK-4 dropped at ingest), every confirmation run also scored on MSK-4 alone
+    (--external), configurations fixed to what round 2 and round one chose on val."""
+    from htl_ray.tune.space import load_sweep
+
+    sweep = load_sweep(PROTOCOL / "round2" / "transfer.yaml")
+    weak = load_sweep(PROTOCOL / "round2" / "weak.yaml")
+    assert sweep.base.data.path.endswith("data/isic-core128") and sweep.reuse is None
+    assert sweep.base.supervision.setting == "weak" and sweep.settings.num_samples == 1
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("reproduce-round2-transfer:")[1].split("\n\n")[0]
+    assert "--external data/isic-msk4-128" in recipe and "--block round2-transfer" in recipe
+    assert "--seeds 3" in recipe and "round2/archive" in recipe
+    # the two datasets are one folder split by the same selection: held out, then alone
+    held_out = makefile.split("HELD_OUT := ")[1].split("\n")[0]
+    core = makefile.split("data/isic-core128/manifest.json:")[1].split("\ndata/")[0]
+    msk4 = makefile.split("data/isic-msk4-128/manifest.json:")[1].split("\nreproduce")[0]
+    assert "--drop $(HELD_OUT)" in core and "--keep $(HELD_OUT) --all-test" in msk4
+    assert held_out == "'lesion_id=MSK4_*'"
+    # no search: the one choice is round2-weak's chosen variant; the rest round one's choice
+    lam = sweep.space["htl.lam"]
+    assert list(lam.choices) == [float(_round_one_best(weak)["best.htl.lam"])]
+    assert _round_one_best(weak)["best.htl.method"] == sweep.base.htl.method == "htl"
+    assert set(sweep.comparator_groups) == {"erm", "htl", "tta"}
+    assert sweep.confirm_seeds(6) == 3
+    for group, extra in sweep.comparator_groups.items():
+        cfg = sweep.config_for({"htl.lam": lam.choices[0]}, extra)
+        assert cfg.htl.method == group and cfg.htl.lam == weak.base.htl.lam
+        assert (cfg.htl.q, cfg.htl.sparsities) == (weak.base.htl.q, weak.base.htl.sparsities)
+
+
 def _round_one_best(sweep) -> dict[str, str]:
-    """The chosen configuration round one's archive records on its sweep's parent run."""
-    for path in (PROTOCOL / "archive" / sweep.settings.name).glob("*.json"):
+    """The chosen configuration a round's archive records on its sweep's parent run."""
+    archive = PROTOCOL / ("round2/archive" if sweep.settings.name.startswith("round2")
+                          else "archive")
+    for path in (archive / sweep.settings.name).glob("*.json"):
         record = json.loads(path.read_text())
         if record["tags"].get("htl.role") == "sweep":
             return {k: v for k, v in record["params"].items() if k.startswith("best.")}
