@@ -39,7 +39,9 @@ def htl_ray(*args: str) -> None:
 
 def prepare(root: Path, src: Path) -> tuple[Path, Path]:
     """The core ISIC dataset without the MSK-4 collection, and MSK-4 alone, test-only
-    (`htl-ray data ingest --drop/--keep`)."""
+    (`htl-ray data ingest --drop/--keep`). The one image without a metadata row
+    (ISIC_0015982) is in the core set: the symlinked subset behind the page's figures
+    (commit 8970309) left it out, so a fresh run's core set has 1,460 images, not 1,459."""
     core, external = root / "data" / "isic-core128", root / "data" / "isic-msk4-128"
     held_out = f"lesion_id={HELD_OUT_PREFIX}*"
     if not (core / "manifest.json").is_file():

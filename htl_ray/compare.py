@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from htl_ray.analysis.stats import mean_ci, paired_difference
-from htl_ray.config import RESULT_NEUTRAL_KEYS
+from htl_ray.config import DATA_PATH, RESULT_NEUTRAL_KEYS
 from htl_ray.errors import UserError
 from htl_ray.tables import markdown_table, short_value
 from htl_ray.tracking.queries import RunQuery, search
@@ -38,6 +38,7 @@ SEED_LIKE = frozenset({"run.seed", "run.name", "run.storage_path", "supervision.
 NOT_CONFIGURATION = SEED_LIKE | frozenset(RESULT_NEUTRAL_KEYS)
 METRICS = ("dice", "iou", "thresholded_jaccard", "worst_group_dice")
 DATA_KEY = "data"   # a configuration's data: the dataset's fingerprint, else where it lay
+FINGERPRINT = "fingerprint "     # how a DATA_KEY value that is a fingerprint starts
 
 
 def configuration(params: dict[str, str], tags: dict[str, str] | None = None
@@ -45,11 +46,20 @@ def configuration(params: dict[str, str], tags: dict[str, str] | None = None
     """What a run trained, as a sortable key: its params less `NOT_CONFIGURATION`, and its data
     by fingerprint (the `htl.dataset_fingerprint` tag) where logged — by `data.path` only
     where not, since the same data lies at another path on another machine."""
-    key = {k: v for k, v in params.items() if k not in NOT_CONFIGURATION and k != "data.path"}
-    data = (tags or {}).get(DATASET_TAG) or params.get("data.path")
+    key = {k: v for k, v in params.items() if k not in NOT_CONFIGURATION and k != DATA_PATH}
+    fingerprint = (tags or {}).get(DATASET_TAG)
+    data = FINGERPRINT + fingerprint if fingerprint else params.get(DATA_PATH)
     if data is not None:
         key[DATA_KEY] = data
     return tuple(sorted(key.items()))
+
+
+def _shown(key: str, value: str | None) -> str:
+    """A configuration value as its label shows it: a fingerprint by its first 12 digits (a
+    path in full: two paths may share their start)."""
+    if key == DATA_KEY and value is not None and value.startswith(FINGERPRINT):
+        return value.removeprefix(FINGERPRINT)[:12]
+    return short_value(value)
 
 
 def run_metrics(metrics: dict[str, float], split: str = "val") -> dict[str, float]:
@@ -148,8 +158,7 @@ def compare(runs: pd.DataFrame, split: str = "val",
                       if len({d.get(k) for d in config_params}) > 1})
 
     def label(c: dict[str, str]) -> str:
-        return " ".join(f"{k}={short_value(c.get(k))[:12 if k == DATA_KEY else None]}"
-                        for k in varying) or "all runs"
+        return " ".join(f"{k}={_shown(k, c.get(k))}" for k in varying) or "all runs"
 
     runs = runs.copy()
     runs["group"] = [group_of[k] for k in keys]

@@ -33,10 +33,11 @@ class ConfigError(UserError):
 # prefixes (`compare` matches them exactly).
 RESULT_NEUTRAL_KEYS = ("htl.scorer_threads", "htl.scorer_batch_size",
                        "htl.scorer_start_timeout_s", "train.max_failures")
-# where the data and an initial checkpoint lie on the machine that trained a run: the same data
-# lies elsewhere on another machine, so a run's data is told by its fingerprint (the
-# `htl.dataset_fingerprint` tag), not by these paths
-MACHINE_PATHS = ("data.path", "model.init_checkpoint")
+# where the data and an initial checkpoint lie on the machine that trained a run: the same files
+# lie elsewhere on another machine (a run's data is told by its fingerprint, the
+# `htl.dataset_fingerprint` tag, where one was logged)
+DATA_PATH = "data.path"
+MACHINE_PATHS = (DATA_PATH, "model.init_checkpoint")
 
 
 class RegistryNames:

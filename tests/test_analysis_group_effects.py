@@ -106,12 +106,8 @@ def test_each_method_minus_erm_paired_by_seed_over_the_seeds_both_logged():
                                      "baseline_dice", "method", "difference", "low", "high",
                                      "pairs"]
     got = {(r.key, r.method): r for r in effects.itertuples()}
-    assert set(got) == {(k, m) for k in ("", "head-neck", "75plus", "60-74", "contrastQ1")
+    assert set(got) == {(k, m) for k in ("head-neck", "75plus", "60-74", "contrastQ1")
                         for m in ("best", "random", "loss")}       # erm is the baseline
-    # first, every image of the split (each run's overall Dice: 0.8 here)
-    assert list(effects["group"])[:3] == ["all images"] * 3
-    assert set(effects["chosen"][:3]) == {"all"}
-    assert effects["baseline_dice"][0] == pytest.approx(0.8)
 
     def check(key, method, mean, half, pairs):
         r = got[(key, method)]
@@ -129,8 +125,6 @@ def test_each_method_minus_erm_paired_by_seed_over_the_seeds_both_logged():
     check("75plus", "random", 0.0, 0.0, 2)                      # 0, 0
     check("60-74", "random", -0.01, T1 * 0.01, 2)               # -2, 0
     check("contrastQ1", "best", 0.02, 0.0, 3)
-    check("", "best", 0.0, 0.0, 3)
-    check("", "random", 0.0, 0.0, 2)
     assert got[("contrastQ1", "random")].pairs == 0      # no placebo run logged that group
     # a method with no run yet: no pair, no number
     loss = got[("head-neck", "loss")]
@@ -172,10 +166,28 @@ def test_an_external_dataset_is_its_own_split_with_the_worst_groups_chosen_on_va
 
     effects = group_effects(runs, ENRICHMENT, split="external/derm")
     assert list(zip(effects["group"], effects["chosen"], strict=True)) == [
-        ("all images", "all"),
         ("head/neck", "enriched, worst")]            # on val: 0.70 < 0.80 (external: 0.52)
-    assert list(effects["difference"]) == pytest.approx([0.0, 0.025])   # (5 + 0) / 2
-    assert list(effects["pairs"]) == [2, 2]
+    assert list(effects["difference"]) == pytest.approx([0.025])   # (5 + 0) / 2
+    assert list(effects["pairs"]) == [2]
+    # with all_images, first every image of the dataset: best − ERM +4 and −1 points
+    overall = {("erm", "0"): 0.70, ("erm", "1"): 0.72, ("best", "0"): 0.74, ("best", "1"): 0.71}
+    with_overall = [ScoredRun(r.group, r.seed, {**r.metrics, **(
+        {"external/derm/dice": overall[(r.group, r.seed)]} if (r.group, r.seed) in overall
+        else {})}) for r in runs]
+    effects = group_effects(with_overall, ENRICHMENT, split="external/derm", all_images=True)
+    assert list(zip(effects["group"], effects["chosen"], strict=True)) == [
+        ("all images", "all"), ("head/neck", "enriched, worst")]
+    every = effects.iloc[0]
+    assert every["baseline_dice"] == pytest.approx(0.71) and every["pairs"] == 2
+    assert every["difference"] == pytest.approx(0.015)
+    # half-width t(0.975, 1) · sd / √2, sd of (+4, −1) points = 2.5√2 points
+    assert (every["low"], every["high"]) == pytest.approx(
+        (0.015 - T1 * 0.025, 0.015 + T1 * 0.025), abs=1e-9)
+    # no run logged the dataset's overall Dice: no such row
+    bare = [ScoredRun(r.group, r.seed, {k: v for k, v in r.metrics.items()
+                                        if k != "external/derm/dice"}) for r in runs]
+    assert "all images" not in set(group_effects(bare, ENRICHMENT, split="external/derm",
+                                                 all_images=True)["group"])
 
 
 def test_the_worst_group_is_chosen_on_val_and_scored_on_test():

@@ -110,10 +110,12 @@ def test_a_runs_data_is_its_fingerprint_not_the_path_it_lay_at(tracking_uri):
 
     client = MlflowClient(tracking_uri)
     where = {}
-    for seed, (path, fingerprint) in enumerate([("/here/isic", "aaaa1111"),
-                                                ("/cluster/isic", "aaaa1111"),
-                                                ("/here/isic", "bbbb2222"),
-                                                ("/here/isic", None)]):
+    aaa, bbb = "aaaa1111" * 8, "bbbb2222" * 8                 # sha256 digests: 64 digits
+    for seed, (path, fingerprint) in enumerate([("/here/isic", aaa),
+                                                ("/cluster/isic", aaa),
+                                                ("/here/isic", bbb),
+                                                ("/work/main/data/isic128", None),
+                                                ("/work/main/data/isic-core128", None)]):
         run_id = _log_run(tracking_uri, "erm", "1.0", seed, 0.80 + seed / 100, [0.5])
         client.log_param(run_id, "data.path", path)
         if fingerprint:
@@ -121,10 +123,12 @@ def test_a_runs_data_is_its_fingerprint_not_the_path_it_lay_at(tracking_uri):
         where[seed] = run_id
     result = compare(load_runs(tracking_uri, "cmp"))
     by_config = result.runs.groupby("configuration")["seed"].apply(sorted).to_dict()
-    assert by_config == {"data=aaaa1111": ["0", "1"], "data=bbbb2222": ["2"],
-                         "data=/here/isic": ["3"]}
+    # a fingerprint shown by its first 12 digits; paths in full (they may share a start)
+    assert by_config == {"data=aaaa1111aaaa": ["0", "1"], "data=bbbb2222bbbb": ["2"],
+                         "data=/work/main/data/isic128": ["3"],
+                         "data=/work/main/data/isic-core128": ["4"]}
     table = result.table.set_index("configuration")
-    assert table.loc["data=aaaa1111", "dice"] == pytest.approx(0.805)
+    assert table.loc["data=aaaa1111aaaa", "dice"] == pytest.approx(0.805)
 
 
 def test_compare_cli_prints_and_writes_markdown_and_csv(runs_uri, tmp_path, capsys):

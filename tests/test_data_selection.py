@@ -23,7 +23,7 @@ def test_keep_and_drop_select_by_shell_pattern_and_an_unknown_value_matches_noth
     assert notes == ["--drop lesion_id=MSK4_*: 2 of 5 images left out (not ingested)"]
     kept, _ = select(IDS, META, [parse_selection("lesion_id=MSK4_*", keep=True)])
     assert kept == {"a", "b"}                # nor kept
-    # every --keep must match, then no --drop: ages are read as written (80.0 → '80')
+    # every --keep must match, then no --drop: ages are read in whole years (80.0 → "80")
     kept, notes = select(IDS, META, [parse_selection("age=8?", keep=True),
                                      parse_selection("site=back", keep=False)])
     assert kept == {"d"} and notes[0].startswith("--keep age=8?: 3 of 5")

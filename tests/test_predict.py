@@ -242,15 +242,22 @@ def _masks_only(folder: Path) -> Path:
 def test_evaluate_register_and_resource_mistakes_are_one_error_line(trained, tmp_path, capsys):
     """Each mistake: exit 2, one `error:` line naming the flag; nothing waits for resources
     that will not come."""
+    from htl_ray.data.ingest import ingest
+    from htl_ray.data.layouts import FolderLayout
     from htl_ray.data.synth import synthesize
 
     run_dir = str(trained["outcome"].run_dir)
     synthesize(tmp_path / "s48", n=20, size=48, seed=0, fractions=(0, 0, 1))
+    # the run's own images again, test-only: not another site
+    ingest(FolderLayout("{id}_segmentation.png"), trained["site"], tmp_path / "again",
+           size=32, fractions=(0, 0, 1))
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "x.png")
     cases = [
         (["evaluate", run_dir, "--data", str(tmp_path / "s48")], "stored at 48x48"),
         (["evaluate", run_dir, "--data", str(tmp_path / "imgs")], "--data:"),
+        (["evaluate", run_dir, "--data", str(tmp_path / "again")],
+         f"test images are also in the train or val split of {trained['data']} (run small)"),
         (["evaluate", run_dir, "--data", str(trained["data"]), "--split", "train",
           "--name", "bad name"], "--name 'bad name'"),
         (["evaluate", run_dir, "--name", "x"], "--name names the site of --data"),

@@ -54,8 +54,14 @@ def test_an_external_dataset_sharing_images_with_a_settings_train_or_val_split_i
     with pytest.raises(ConfigError, match=(
             rf"--external .*site: {trained_on} of its 200 test images are also in the train "
             rf"or val split of {synth_dataset} \(sweep weak-here\).*--drop KEY=PATTERN")):
-        check_externals([again], [sweep])
+        check_externals([again], sweeps=[sweep])
     other = tmp_path / "other" / "site"             # another seed: other images
     synthesize(other, n=60, size=48, seed=1, fractions=(0.0, 0.0, 1.0))
-    assert check_externals([other], [sweep]) == {"site": other.resolve()}
-    assert check_externals([synth_dataset], [sweep]) == {"ds": synth_dataset.resolve()}
+    assert check_externals([other], sweeps=[sweep]) == {"site": other.resolve()}
+    assert check_externals([synth_dataset], sweeps=[sweep]) == {"ds": synth_dataset.resolve()}
+    # a setting whose data is not on this machine is not compared (its run says so itself)
+    elsewhere = load_sweep(write_sweep(tmp_path, {"htl.lam": {"type": "float", "low": 1,
+                                                              "high": 2}},
+                                       {"name": "on-the-cluster"},
+                                       overrides=[f"data.path={tmp_path / 'not-here'}"]))
+    assert check_externals([again], sweeps=[elsewhere]) == {"site": again.resolve()}

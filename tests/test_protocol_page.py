@@ -244,21 +244,20 @@ def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_externa
     # external, best − ERM: head/neck 5 and 0 points
     # all images: best − ERM +1 and +2 points on test, +4 and −1 on the external dataset
     intro = ("per group: Dice of each method group minus ERM's, paired by seed, in points "
-             "(×100), 95% Student-t CI over the seed pairs, n = pairs; all images, then the "
-             "groups enriched among HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and "
-             "each attribute's "
+             "(×100), 95% Student-t CI over the seed pairs, n = pairs; {}groups enriched among "
+             "HTL samples (Holm-corrected p < 0.05, odds ratio > 1) and each attribute's "
              "worst group under ERM, chosen on the validation split so that the choice does "
              "not favour the methods on the images scored here (`unknown` is never the "
              "worst). Each interval stands alone: with this many cells, expect about one in "
              "twenty to exclude 0 by chance.")
     assert lines == [
-        f"Test split, {intro}", "",
+        f"Test split, {intro.format('')}", "",
         "| group | chosen as | ERM Dice | htl − ERM | random − ERM | tta − ERM |\n"
         "|---|---|---|---|---|---|\n"
-        "| all images | every image | 0.810 | +1.5 [-4.9, +7.9] (n=2) | -1.0 (n=1) | – |\n"
         "| site = head/neck | enriched (OR 2.5), worst for ERM | 0.710 | +3.5 [-2.9, +9.9] (n=2) "
         "| +1.0 (n=1) | +0.0 [+0.0, +0.0] (n=2) |", "",
-        f"External test-only dataset `derm` (`htl-ray evaluate --data … --name derm`), {intro}",
+        "External test-only dataset `derm` (`htl-ray evaluate --data … --name derm`), "
+        + intro.format("all its images, then the "),
         "",
         "| group | chosen as | ERM Dice | htl − ERM | random − ERM | tta − ERM |\n"
         "|---|---|---|---|---|---|\n"
@@ -266,13 +265,14 @@ def test_group_effects_are_tabled_per_group_against_erm_on_test_and_each_externa
         "| site = head/neck | enriched (OR 2.5), worst for ERM | 0.610 | +2.5 [-29.3, +34.3] "
         "(n=2) | – | – |",
         ""]
-    # no group Dice logged (runs scored before per-group metrics): all images only
-    bare = runs.assign(metrics=[{"best/test/dice": 0.8}] * len(runs))
-    table = group_effect_lines(bare, enrichment)[2].splitlines()
-    assert len(table) == 3 and table[2].startswith("| all images | every image | 0.800 | +0.0")
-    # nothing scored: one line, no table
-    assert group_effect_lines(runs.assign(metrics=[{}] * len(runs)), enrichment) == [
-        "Test split, per group: no group Dice to compare yet.", ""]
+    # no group Dice logged (runs scored before per-group metrics): one line, no table; on an
+    # external dataset, its all-images row alone
+    bare = runs.assign(metrics=[{"best/test/dice": 0.8, "external/derm/dice": 0.7}]
+                       * len(runs))
+    lines = group_effect_lines(bare, enrichment)
+    assert lines[:2] == ["Test split, per group: no group Dice to compare yet.", ""]
+    table = lines[4].splitlines()
+    assert len(table) == 3 and table[2].startswith("| all images | every image | 0.700 | +0.0")
 
 
 def test_a_round_whose_chosen_configuration_is_not_htl_names_it_in_its_verdicts():

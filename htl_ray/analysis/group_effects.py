@@ -5,9 +5,9 @@ An average over the test split can hide a method that helps exactly the images H
 or one that costs the images ERM already serves worst. So the groups looked at are those
 enriched among HTL's hard training samples (the HTL report's enrichment table) and, per
 attribute, the group with ERM's lowest Dice (`unknown` left out: its images share no
-attribute) — after a first row of every image of the split (`ALL`), the number an external
-dataset is scored on first. Pure functions, no MLflow: a run is its group (`htl.group`), seed
-and metrics.
+attribute) — on an external dataset after a first row of all its images (`ALL`): whether a
+method transfers at all (on the test split, the method table has that number). Pure functions,
+no MLflow: a run is its group (`htl.group`), seed and metrics.
 """
 
 from __future__ import annotations
@@ -134,17 +134,19 @@ def chosen_groups(runs: Iterable[ScoredRun], enrichment: pd.DataFrame | None, *,
 
 def group_effects(runs: Iterable[ScoredRun], enrichment: pd.DataFrame | None, *,
                   split: str = TEST, baseline: str = BASELINE,
-                  methods: Sequence[str] | None = None, level: float = 0.95) -> pd.DataFrame:
-    """For every image of `split` (attribute `ALL`, first, when some run logged its Dice there),
-    each chosen group (`chosen_groups`), and each method group but `baseline` (`methods`'
-    order, else the runs' order): the mean of its Dice minus the baseline's over the seeds both
-    have that group's Dice of (a run that did not log it pairs with nothing), the Student-t
-    `level` interval over those pairs, and the number of pairs — as fractions, not points. The
-    seed pairs cancel the seed-to-seed variation common to both arms."""
+                  methods: Sequence[str] | None = None, level: float = 0.95,
+                  all_images: bool = False) -> pd.DataFrame:
+    """For each chosen group (`chosen_groups`) — with `all_images`, first every image of
+    `split` (attribute `ALL`, when some run logged its Dice there) — and each method group but
+    `baseline` (`methods`' order, else the runs' order): the mean of its Dice minus the
+    baseline's over the seeds both have that group's Dice of (a run that did not log it pairs
+    with nothing), the Student-t `level` interval over those pairs, and the number of pairs —
+    as fractions, not points. The seed pairs cancel the seed-to-seed variation common to both
+    arms."""
     runs = list(runs)
     chosen = chosen_groups(runs, enrichment, split=split, baseline=baseline)
-    if any(group_dice(r.metrics, split, ALL, "") == group_dice(r.metrics, split, ALL, "")
-           for r in runs):                                      # some run has its overall Dice
+    if all_images and any(not math.isnan(group_dice(r.metrics, split, ALL, ""))
+                          for r in runs):
         every = {"attribute": ALL, "group": "all images", "key": "", "chosen": ALL,
                  "odds_ratio": math.nan,
                  "baseline_dice": _baseline_mean(runs, split, ALL, "", baseline)}

@@ -296,7 +296,7 @@ def ingest(layout: Layout, src: str | Path, out: str | Path, *, size: int = 256,
     params = {"layout": layout.name, "size": size, "fractions": list(fractions), "seed": seed,
               "allow_empty_masks": allow_empty_masks}
     if selections:            # only then: an unselected ingest keeps the fingerprint it had
-        params["selections"] = [str(sel) for sel in selections]
+        params["selections"] = sorted(str(sel) for sel in selections)   # order: no matter
     manifest = finalize_dataset(rows, out, report, params=params, fractions=fractions,
                                 seed=seed)
     return {"manifest": manifest, "report": report}

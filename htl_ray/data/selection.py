@@ -3,12 +3,13 @@
 Holding one collection out as an external test set — the ISIC archive's MSK-4 images (lesion ids
 `MSK4_…`), one hospital's patients, one device — is two ingests of the same folder: one that
 drops it and one that keeps only it (`--all-test`). A selection is a metadata key and a shell
-pattern (`fnmatch`, case-sensitive) on the value as written: `lesion_id=MSK4_*`, `site=head*`,
-`age=8?`. An image is ingested when it matches every `--keep` and no `--drop`; an image whose
-value is unknown matches no pattern. Nothing is left out silently: the report says how many
-images each selection left out, the manifest records the selections (so the fingerprint tells
-the two datasets apart), and a selection that matches no image at all is refused as the typo it
-most likely is.
+pattern (`fnmatch`, case-sensitive) on the value as ingestion reads it — ids and lesion ids as
+written, `sex` lower-cased, `age` a whole number of years: `lesion_id=MSK4_*`, `site=head*`,
+`sex=female`, `age=8?`. An image is ingested when it matches every `--keep` and no `--drop`;
+an image whose value is unknown matches no pattern. Nothing is left out silently: the report
+says how many images each selection left out, the manifest records the selections (so the
+fingerprint tells the two datasets apart), and a selection that matches no image at all is
+refused as the typo it most likely is.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from htl_ray.data.layouts import META_FIELDS
 from htl_ray.errors import UserError
 
 SELECTABLE = ("id", *META_FIELDS)     # what a selection may name: the schema's metadata keys
-HOW = ("keep", "drop")
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,18 @@ run, and once more before the page is written. A run copied from an earlier roun
 from the archive has no checkpoint here, so it cannot be scored; the log says how many.
 
 An external dataset that shares images with what the runs trained or were chosen on (the
-train and val splits of a setting's data) would say nothing about another site, and is
-refused before anything trains (`check_externals`): an easy mistake when one collection is held
-out of a folder for this (`htl-ray data ingest --drop`) and a setting still reads the folder's
-full ingest.
+train and val splits of a setting's data; `htl_ray.data.overlap`) would say nothing about
+another site, and is refused before anything trains (`check_externals`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from htl_ray.analysis.group_effects import external_split
 from htl_ray.config import ConfigError
-from htl_ray.data.schema import RECORDS_FILE
 from htl_ray.run_dir import RunDir
 from htl_ray.tracking.schema import CONFIRM_ROLE
 from htl_ray.tune.space import Sweep
@@ -30,13 +26,13 @@ from htl_ray.tune.space import Sweep
 logger = logging.getLogger(__name__)
 
 
-def check_externals(datasets: list[str | Path], sweeps: Iterable[Sweep] = ()
+def check_externals(datasets: list[str | Path], *, sweeps: Iterable[Sweep] = ()
                     ) -> dict[str, Path]:
     """Site name → dataset folder; each must be an ingested dataset with a test split, the
     names (folder names) must differ, and no test image may be one of the images `sweeps`'
-    runs train or are chosen on (`training_overlap`)."""
+    runs train or are chosen on (`refuse_shared_images`)."""
     from htl_ray.data.schema import read_manifest
-    from htl_ray.train.trainer import external_name
+    from htl_ray.train.trainer import external_name, refuse_shared_images
 
     out: dict[str, Path] = {}
     for data in datasets:
@@ -54,39 +50,15 @@ def check_externals(datasets: list[str | Path], sweeps: Iterable[Sweep] = ()
             raise ConfigError(f"--external: two datasets are named {name!r} ({out[name]} and "
                               f"{path}); the folder's name names the site")
         out[name] = path
-    training = {Path(s.base.data.path).resolve(): s.settings.name for s in sweeps}
+    training: dict[Path, list[str]] = {}
+    for sweep in sweeps:
+        training.setdefault(Path(sweep.base.data.path).resolve(), []).append(
+            sweep.settings.name)
     for path in out.values():
-        for data, sweep_name in training.items():
-            shared, total = training_overlap(path, data)
-            if shared:
-                raise ConfigError(
-                    f"--external {path}: {shared} of its {total} test images are also in the "
-                    f"train or val split of {data} (sweep {sweep_name}), which its runs train "
-                    "and are chosen on, so scored there they say nothing about another site; "
-                    "ingest the training data without them (`htl-ray data ingest ... --drop "
-                    "KEY=PATTERN`) or score on another dataset")
+        for data, names in training.items():
+            refuse_shared_images(path, data, key="--external",
+                                 trained_by=f"sweep {', '.join(names)}")
     return out
-
-
-def training_overlap(external: Path, training: Path) -> tuple[int, int]:
-    """(how many of `external`'s test images are pixel for pixel in `training`'s train or
-    val split, how many test images it has); (0, n) when `training` is not readable here —
-    the run itself will say so."""
-    from htl_ray.data.schema import read_split_table
-
-    def hashes(path: Path, splits: tuple[str, ...]) -> list[bytes]:
-        out = []
-        for split in splits:
-            table = read_split_table(path / RECORDS_FILE, ["image"], split)
-            out += [hashlib.sha256(b).digest() for b in table.column("image").to_pylist()]
-        return out
-
-    tested = hashes(external, ("test",))
-    try:
-        seen = set(hashes(training, ("train", "val")))
-    except (FileNotFoundError, OSError):
-        return 0, len(tested)
-    return sum(h in seen for h in tested), len(tested)
 
 
 def score_externals(sweeps: list[Sweep], externals: dict[str, Path]) -> int:

@@ -249,7 +249,8 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
     lines = []
     for name in [None, *external_names(scored)]:
         split = TEST if name is None else external_split(name)
-        effects = group_effects(scored, enrichment, split=split, methods=order)
+        effects = group_effects(scored, enrichment, split=split, methods=order,
+                                all_images=name is not None)
         where = ("Test split" if name is None else
                  f"External test-only dataset `{name}` (`htl-ray evaluate --data … --name "
                  f"{name}`)")
@@ -257,8 +258,9 @@ def group_effect_lines(runs: pd.DataFrame, enrichment: pd.DataFrame | None, *,
             lines += [f"{where}, per group: no group Dice to compare yet.", ""]
             continue
         lines += [f"{where}, per group: Dice of each method group minus ERM's, paired by seed, "
-                  "in points (×100), 95% Student-t CI over the seed pairs, n = pairs; all "
-                  "images, then the groups enriched among HTL samples (Holm-corrected p < "
+                  "in points (×100), 95% Student-t CI over the seed pairs, n = pairs; "
+                  + ("" if name is None else "all its images, then the ")
+                  + "groups enriched among HTL samples (Holm-corrected p < "
                   "0.05, odds ratio > 1) and each attribute's worst group under ERM, chosen "
                   "on the validation split so "
                   "that the choice does not favour the methods on the images scored here "

@@ -42,7 +42,7 @@ def run_protocol(sweep_files: list[str | Path], *, seeds: int, results: str | Pa
     if seeds < 1:
         raise UserError(f"--seeds: expected at least 1, got {seeds}")
     sweeps = [load_sweep(f, overrides) for f in sweep_files]   # every file checked first
-    external = check_externals(list(externals or []), sweeps)
+    external = check_externals(list(externals or []), sweeps=sweeps)
     names = [s.settings.name for s in sweeps]
     if len(set(names)) < len(names):
         raise UserError(f"sweep names must differ across the protocol, got {names}")

@@ -422,8 +422,33 @@ def evaluate_run(run_dir: str | Path, split: str = TEST_SPLIT, *,
     return metrics
 
 
+def refuse_shared_images(data: Path, training: str | Path, *, key: str, trained_by: str,
+                         split: str = "test") -> None:
+    """An external dataset's `split` must hold no image of `training`'s train or val split
+    (`data.overlap`): refused when pixels match, a warning when only ids do (ids may collide
+    between sites)."""
+    from htl_ray.data.overlap import TRAINED_ON, shared_images
+
+    found = shared_images(data, training, split=split)
+    if found is None:
+        return
+    where = f"the {' or '.join(TRAINED_ON)} split of {training} ({trained_by})"
+    if found.same_pixels:
+        raise ConfigError(
+            f"{key} {data}: {found.same_pixels} of its {found.total} {split} images are also "
+            f"in {where}, which trains and chooses the model, so scored there it says nothing "
+            "about another site; ingest the training data without them (`htl-ray data ingest "
+            "... --drop KEY=PATTERN`) or score on another dataset")
+    if found.same_id_only:
+        logger.warning(f"[htl-ray] warning: {key} {data}: {found.same_id_only} of its "
+                       f"{found.total} {split} images have the id of an image in {where} "
+                       "(other pixels: another size, or another site's same name); if they "
+                       "are the same images, this is not an external test")
+
+
 def _check_external(data: Path, split: str, run_dir: Path, state: RunState) -> None:
-    """An external dataset must exist, hold the split, and be stored at the training size."""
+    """An external dataset must exist, hold the split, be stored at the training size, and
+    share no image with what the run trained on (`refuse_shared_images`)."""
     from htl_ray.data.schema import read_manifest
     from htl_ray.train.model_bundle import input_size_of
 
@@ -440,6 +465,8 @@ def _check_external(data: Path, split: str, run_dir: Path, state: RunState) -> N
     if size is not None and [size, size] != list(own):
         raise ConfigError(f"--data: {data} is stored at {size}x{size}, the run trained at "
                           f"{own[0]}x{own[1]}; ingest it again with --size {own[0]}")
+    refuse_shared_images(data, from_dict(state.config).data.path, key="--data",
+                         trained_by=f"run {run_dir.name}", split=split)
 
 
 def _saved_model(run_dir: Path, checkpoint: Path) -> Path | None:

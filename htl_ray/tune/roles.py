@@ -8,8 +8,13 @@ here, and find a sweep's runs that count (`scored_runs`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from htl_ray.tracking.queries import RunQuery, search
 from htl_ray.tracking.schema import ABLATION_ROLE, CONFIRM_ROLE
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 RUN_KIND = {CONFIRM_ROLE: "confirmation", ABLATION_ROLE: "ablation"}
 SCORED_ROLES = tuple(RUN_KIND)        # a sweep's child runs that count once scored
@@ -24,7 +29,7 @@ def scored_key(role: str) -> str:
 
 
 def scored_runs(uri: str, experiment: str, *, sweep: str, role: str, group: str, seed: int,
-                parent_run_id: str | None = None) -> list | None:
+                parent_run_id: str | None = None) -> list[Run] | None:
     """The FINISHED child runs of `sweep` of one `role`, method group and seed that are scored
     (`scored_key`), as MLflow runs (under one parent run, when given); None when `experiment`
     is not in the store — a sweep's confirmation run finished elsewhere, or an earlier
