@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from htl_ray.data.overlap import Overlap, shared_images
 from htl_ray.data.schema import RECORDS_FILE
@@ -38,3 +39,15 @@ def test_pixels_in_train_or_val_are_shared_an_id_alone_is_counted_apart_test_is_
                                                         same_id_only=1)
     assert shared_images(external, training, split="val") == Overlap(1, 1, 0)
     assert shared_images(external, tmp_path / "absent") is None
+
+
+def test_a_records_file_cut_short_is_named_not_a_traceback(tmp_path):
+    from htl_ray.errors import UserError
+
+    training = _dataset(tmp_path / "train", [("a", b"A", "train"), ("b", b"B", "val")])
+    external = _dataset(tmp_path / "ext", [("x", b"X", "test"), ("y", b"Y", "test")])
+    data = (external / RECORDS_FILE).read_bytes()
+    (external / RECORDS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=rf"{external / RECORDS_FILE}: not a readable records "
+                                        r"file .*ingest the dataset again"):
+        shared_images(external, training)

@@ -12,12 +12,15 @@ collide between sites, so an id alone is reported, not refused, by the callers).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from htl_ray.data.schema import RECORDS_FILE
+from htl_ray.errors import UserError, first_line
 
 TRAINED_ON = ("train", "val")      # what a run trains on, and chooses its epoch and config on
 BATCH_ROWS = 256                   # pixels read a batch at a time: memory stays flat at 512 px+
@@ -33,17 +36,21 @@ class Overlap:
     same_id_only: int
 
 
-def _digests(dataset: Path, splits: tuple[str, ...]) -> tuple[set[bytes], set[str]]:
-    """(sha256 of the pixels, ids) of the rows of `splits`."""
-    pixels, ids = set(), set()
-    for batch in pq.ParquetFile(dataset / RECORDS_FILE).iter_batches(
-            batch_size=BATCH_ROWS, columns=["id", "image", "split"]):
-        rows = batch.to_pydict()
-        for rid, image, split in zip(rows["id"], rows["image"], rows["split"], strict=True):
-            if split in splits:
-                pixels.add(hashlib.sha256(image).digest())
-                ids.add(rid)
-    return pixels, ids
+def _rows(dataset: Path, splits: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    """(id, pixels) of the rows of `splits`, a batch at a time; a records file that cannot be
+    read is the user's to mend (a copy cut short), named."""
+    path = dataset / RECORDS_FILE
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS,
+                                                       columns=["id", "image", "split"]):
+            rows = batch.to_pydict()
+            for rid, image, split in zip(rows["id"], rows["image"], rows["split"],
+                                         strict=True):
+                if split in splits:
+                    yield rid, image
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path}: not a readable records file ({first_line(exc)}); ingest "
+                        "the dataset again") from None
 
 
 def shared_images(external: str | Path, training: str | Path, *,
@@ -53,18 +60,15 @@ def shared_images(external: str | Path, training: str | Path, *,
     external, training = Path(external), Path(training)
     if not (training / RECORDS_FILE).is_file():
         return None
-    seen_pixels, seen_ids = _digests(training, TRAINED_ON)
+    seen_pixels, seen_ids = set(), set()
+    for rid, image in _rows(training, TRAINED_ON):
+        seen_pixels.add(hashlib.sha256(image).digest())
+        seen_ids.add(rid)
     same_pixels = same_id_only = total = 0
-    for batch in pq.ParquetFile(external / RECORDS_FILE).iter_batches(
-            batch_size=BATCH_ROWS, columns=["id", "image", "split"]):
-        rows = batch.to_pydict()
-        for rid, image, row_split in zip(rows["id"], rows["image"], rows["split"],
-                                         strict=True):
-            if row_split != split:
-                continue
-            total += 1
-            if hashlib.sha256(image).digest() in seen_pixels:
-                same_pixels += 1
-            elif rid in seen_ids:
-                same_id_only += 1
+    for rid, image in _rows(external, (split,)):
+        total += 1
+        if hashlib.sha256(image).digest() in seen_pixels:
+            same_pixels += 1
+        elif rid in seen_ids:
+            same_id_only += 1
     return Overlap(total, same_pixels, same_id_only)
