@@ -65,3 +65,26 @@ def test_outside_the_main_thread_nothing_is_installed():
     assert interrupts._installed is False
     interrupts.reinstall_after_ray_init()                   # so nothing to take back either
     assert signal.getsignal(signal.SIGTERM) is _other_handler
+
+
+def test_ctrl_c_while_training_aborts_first_then_interrupts_and_python_gets_it_back():
+    """Ray Train's SIGINT handler ends the process with sys.exit; ours aborts the same way,
+    then raises KeyboardInterrupt — also when the abort fails (the run ended already)."""
+    before = signal.getsignal(signal.SIGINT)
+    calls = []
+    try:
+        signal.signal(signal.SIGINT, interrupts.interrupt_after(lambda: calls.append("abort")))
+        with pytest.raises(KeyboardInterrupt, match="signal 2"):
+            signal.raise_signal(signal.SIGINT)
+        assert calls == ["abort"]
+
+        def gone():
+            raise RuntimeError("the controller actor died")
+
+        signal.signal(signal.SIGINT, interrupts.interrupt_after(gone))
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        interrupts.restore_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

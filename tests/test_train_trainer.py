@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bad_config_fails_before_ray_starts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "htl_ray.cli", "train", "train.epoch=3"],
@@ -21,9 +23,12 @@ def test_bad_config_fails_before_ray_starts(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()           # nothing was started
 
 
-def test_sigterm_marks_the_run_failed_and_keeps_its_checkpoints(ray_cluster, synth_dataset,
-                                                                tmp_path):
-    """`ray job stop`, `kill`, a scheduler's preemption: SIGTERM is handled like Ctrl-C."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_marks_the_run_failed_and_keeps_its_checkpoints(
+        ray_cluster, synth_dataset, tmp_path, signame):
+    """`ray job stop`, `kill`, a scheduler's preemption: SIGTERM is handled like Ctrl-C. And
+    Ctrl-C itself (SIGINT), though Ray Train's own handler would end the process with exit
+    status 1 and no word."""
     import os
     import signal
     import time
@@ -50,7 +55,7 @@ def test_sigterm_marks_the_run_failed_and_keeps_its_checkpoints(ray_cluster, syn
                 break
         time.sleep(1)
     assert run_id, "the run never logged its first epoch"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted; results already written are kept" in err
     assert client.get_run(run_id).info.status == "FAILED"

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,9 +189,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
     `log_model`: log the best checkpoint as an MLflow Model (a sweep's trials do not: they are
     candidates, and the confirmation runs of the chosen one do)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from htl_ray import tracking
+    from htl_ray.interrupts import restore_ctrl_c
 
     manifest = preflight(cfg)
     run_dir = run_dir_of(cfg)
@@ -267,7 +268,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                         f"{cfg.htl.refresh_every} epochs "
                         f"({'async' if cfg.htl.asynchronous else 'sync'}), "
                         f"sparsities {cfg.htl.sparsities}")
-        trainer = TorchTrainer(
+        trainer = interruptible_trainer()(
             train_loop_per_worker,
             train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri,
                                "mlflow_run_id": run_id, "fault_after_epoch": fault_after_epoch,
@@ -291,6 +292,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
         try:
             result = trainer.fit()
         finally:
+            restore_ctrl_c()
             if coordinator is not None:
                 import ray
 
@@ -321,6 +323,24 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False,
                            metrics=dict(result.metrics or {}), best_checkpoint=best_ckpt,
                            best_metrics=dict(best_metrics), tracking_pending=pending,
                            test_metrics=test_metrics)
+
+
+def interruptible_trainer() -> type:
+    """Ray's TorchTrainer with Ctrl-C as an interrupt: it aborts the run as Ray Train's own
+    handler does, then raises KeyboardInterrupt (`interrupts.interrupt_after`) where Ray's
+    would end the process with exit status 1 and no word — so the run is marked FAILED, its
+    checkpoints kept, and the command says how to go on (exit 130)."""
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    from htl_ray.interrupts import interrupt_after
+
+    class InterruptibleTorchTrainer(TorchTrainer):
+        def _register_sigint_handler(self, controller) -> None:
+            signal.signal(signal.SIGINT, interrupt_after(
+                lambda: ray.get(controller.abort.remote(), timeout=60)))
+
+    return InterruptibleTorchTrainer
 
 
 def _user_cause(error: BaseException) -> BaseException | None:
